@@ -1,0 +1,337 @@
+//! The events the pipeline reads and writes, and how raw bytes become a valid event.
+//!
+//! Owns the wire contracts of `orders.created`, `orders.dispatched` and `orders.state`
+//! (their JSON Schemas live in `topics/schemas/`). Decoding is strict about what the
+//! pipeline needs and tolerant of fields it does not know, so shop services can add fields
+//! without breaking it. A payload that cannot be used becomes an [`InvalidEvent`], whose
+//! reason goes into the DLQ's headers (G8).
+
+use crate::core::lifecycle::{FailureReason, OrderState};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// The only `schema_version` of each event this build writes and accepts.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Upper bound on an `orders.created` payload; larger events are dead-lettered rather than
+/// parsed (a shop bug, not an order).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024;
+
+/// `orders.created` v1: a shop asks for an order to be placed with a provider.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderCreated {
+    pub schema_version: u32,
+    pub order_id: Uuid,
+    pub tenant_id: String,
+    /// Which configured provider account places the order.
+    pub provider_account: String,
+    /// The provider's product parameters; for znet `oyun` and `kupur`.
+    pub product: BTreeMap<String, String>,
+    /// First user field: for znet the customer's phone (`musteri_tel`).
+    pub user_identifier: String,
+    /// Second user field: for znet the player info (`oyuncu_bilgi`).
+    #[serde(default)]
+    pub user_extra: String,
+    pub created_at: DateTime<Utc>,
+    /// Overrides the default deadline (dispatch time + 24 h) when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// Why an event cannot be processed. `kind` is a stable machine-readable word for the DLQ's
+/// `orderflow.dlq.reason` header; `detail` is one sentence for a person.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {detail}")]
+pub struct InvalidEvent {
+    pub kind: InvalidKind,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvalidKind {
+    Oversized,
+    UnreadableJson,
+    InvalidField,
+    UnsupportedVersion,
+    UnknownProviderAccount,
+    InvalidProduct,
+}
+
+impl InvalidKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidKind::Oversized => "oversized",
+            InvalidKind::UnreadableJson => "unreadable_json",
+            InvalidKind::InvalidField => "invalid_field",
+            InvalidKind::UnsupportedVersion => "unsupported_version",
+            InvalidKind::UnknownProviderAccount => "unknown_provider_account",
+            InvalidKind::InvalidProduct => "invalid_product",
+        }
+    }
+}
+
+impl std::fmt::Display for InvalidKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl InvalidEvent {
+    pub fn new(kind: InvalidKind, detail: impl Into<String>) -> Self {
+        InvalidEvent {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl OrderCreated {
+    /// Decodes and validates an `orders.created` payload.
+    pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<OrderCreated, InvalidEvent> {
+        if bytes.len() > max_bytes {
+            return Err(InvalidEvent::new(
+                InvalidKind::Oversized,
+                format!("event is {} bytes, the limit is {max_bytes}", bytes.len()),
+            ));
+        }
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            InvalidEvent::new(InvalidKind::UnreadableJson, format!("not JSON: {e}"))
+        })?;
+        if !value.is_object() {
+            return Err(InvalidEvent::new(
+                InvalidKind::InvalidField,
+                "the event is not a JSON object",
+            ));
+        }
+        match value.get("schema_version").and_then(|v| v.as_u64()) {
+            Some(v) if v == u64::from(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(InvalidEvent::new(
+                    InvalidKind::UnsupportedVersion,
+                    format!("schema_version {v} is not supported (expected {SCHEMA_VERSION})"),
+                ))
+            }
+            None => {
+                return Err(InvalidEvent::new(
+                    InvalidKind::InvalidField,
+                    "schema_version is missing or not an integer",
+                ))
+            }
+        }
+        let event: OrderCreated = serde_json::from_value(value)
+            .map_err(|e| InvalidEvent::new(InvalidKind::InvalidField, e.to_string()))?;
+        event.validate()?;
+        Ok(event)
+    }
+
+    fn validate(&self) -> Result<(), InvalidEvent> {
+        let blank = |field: &str| {
+            InvalidEvent::new(
+                InvalidKind::InvalidField,
+                format!("{field} must not be blank"),
+            )
+        };
+        if self.order_id.is_nil() {
+            return Err(InvalidEvent::new(
+                InvalidKind::InvalidField,
+                "order_id must not be the nil UUID",
+            ));
+        }
+        if self.tenant_id.trim().is_empty() {
+            return Err(blank("tenant_id"));
+        }
+        if self.provider_account.trim().is_empty() {
+            return Err(blank("provider_account"));
+        }
+        if let Some(deadline) = self.deadline {
+            if deadline <= self.created_at {
+                return Err(InvalidEvent::new(
+                    InvalidKind::InvalidField,
+                    "deadline must be after created_at",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an OrderCreated always serializes")
+    }
+}
+
+/// `orders.dispatched` v1: the provider accepted the order; the poll stage takes it from
+/// here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderDispatched {
+    pub schema_version: u32,
+    pub order_id: Uuid,
+    pub tenant_id: String,
+    pub provider_account: String,
+    pub provider_reference: String,
+    pub dispatched_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    /// The version of the `dispatched` state event; the poll stage's events follow it.
+    pub version: i64,
+}
+
+/// Details of a failure, as much as is known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub reason: FailureReason,
+    /// The provider's code, when the provider gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The provider's message or the pipeline's explanation.
+    pub message: String,
+}
+
+/// `orders.state` v1: one order's state after a change. The topic is compacted by order
+/// id, so its latest event per key is the order's current state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderStateEvent {
+    pub schema_version: u32,
+    pub order_id: Uuid,
+    pub tenant_id: String,
+    pub provider_account: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_reference: Option<String>,
+    pub state: OrderState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// Status checks made so far.
+    pub attempts: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_check_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
+    /// Orders this order's state events; see [`crate::core::lifecycle::version`].
+    pub version: i64,
+    pub changed_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid() -> serde_json::Value {
+        serde_json::json!({
+            "schema_version": 1,
+            "order_id": "6f1d2c3e-8a4b-4c5d-9e6f-7a8b9c0d1e2f",
+            "tenant_id": "shop-1",
+            "provider_account": "znet-main",
+            "product": {"oyun": "412", "kupur": "100"},
+            "user_identifier": "5551234567",
+            "user_extra": "player#1",
+            "created_at": "2026-11-28T10:00:00Z"
+        })
+    }
+
+    fn decode(v: &serde_json::Value) -> Result<OrderCreated, InvalidEvent> {
+        OrderCreated::decode(&serde_json::to_vec(v).unwrap(), DEFAULT_MAX_EVENT_BYTES)
+    }
+
+    #[test]
+    fn a_valid_event_decodes() {
+        let e = decode(&valid()).unwrap();
+        assert_eq!(e.product["kupur"], "100");
+        assert_eq!(e.deadline, None);
+    }
+
+    #[test]
+    fn unknown_fields_are_tolerated() {
+        let mut v = valid();
+        v["coupon"] = serde_json::json!({"code": "X"});
+        assert!(decode(&v).is_ok());
+    }
+
+    #[test]
+    fn each_missing_required_field_is_named() {
+        for field in [
+            "order_id",
+            "tenant_id",
+            "provider_account",
+            "product",
+            "user_identifier",
+            "created_at",
+        ] {
+            let mut v = valid();
+            v.as_object_mut().unwrap().remove(field);
+            let err = decode(&v).unwrap_err();
+            assert_eq!(err.kind, InvalidKind::InvalidField, "{field}");
+            assert!(err.detail.contains(field), "{field}: {}", err.detail);
+        }
+    }
+
+    #[test]
+    fn wrong_types_and_bad_values_are_invalid_fields() {
+        let cases = [
+            ("order_id", serde_json::json!("not-a-uuid")),
+            ("order_id", serde_json::json!(42)),
+            ("tenant_id", serde_json::json!(7)),
+            ("tenant_id", serde_json::json!("  ")),
+            ("product", serde_json::json!(["oyun"])),
+            ("created_at", serde_json::json!("yesterday")),
+            ("deadline", serde_json::json!("2026-11-27T10:00:00Z")),
+        ];
+        for (field, bad) in cases {
+            let mut v = valid();
+            v[field] = bad.clone();
+            let err = decode(&v).unwrap_err();
+            assert_eq!(err.kind, InvalidKind::InvalidField, "{field}={bad}");
+        }
+    }
+
+    #[test]
+    fn versions_are_checked_before_fields() {
+        let mut v = valid();
+        v["schema_version"] = serde_json::json!(2);
+        v.as_object_mut().unwrap().remove("order_id");
+        assert_eq!(
+            decode(&v).unwrap_err().kind,
+            InvalidKind::UnsupportedVersion
+        );
+    }
+
+    #[test]
+    fn oversized_events_are_not_parsed() {
+        let bytes = vec![b' '; 100];
+        let err = OrderCreated::decode(&bytes, 99).unwrap_err();
+        assert_eq!(err.kind, InvalidKind::Oversized);
+    }
+
+    #[test]
+    fn unreadable_json_is_reported_as_such() {
+        let err = OrderCreated::decode(b"{\"order_id\": ", 1000).unwrap_err();
+        assert_eq!(err.kind, InvalidKind::UnreadableJson);
+        let err = OrderCreated::decode(b"[1,2]", 1000).unwrap_err();
+        assert_eq!(err.kind, InvalidKind::InvalidField);
+    }
+
+    #[test]
+    fn encode_then_decode_is_identity() {
+        let e = decode(&valid()).unwrap();
+        assert_eq!(
+            OrderCreated::decode(&e.encode(), DEFAULT_MAX_EVENT_BYTES).unwrap(),
+            e
+        );
+    }
+
+    proptest! {
+        /// Whatever bytes arrive, decoding answers with an event or a reason; it never
+        /// panics.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = OrderCreated::decode(&bytes, DEFAULT_MAX_EVENT_BYTES);
+        }
+
+        #[test]
+        fn arbitrary_field_values_never_panic(field in "[a-z_]{1,16}", value in ".{0,40}") {
+            let mut v = valid();
+            v[field] = serde_json::Value::String(value);
+            let _ = decode(&v);
+        }
+    }
+}

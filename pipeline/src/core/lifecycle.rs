@@ -1,0 +1,204 @@
+//! Order states, the transitions between them and the shop's view of them.
+//!
+//! Owns the rules of `../shared/design/lifecycle.md` that do not need IO: which states are
+//! final, how a state maps to the shop's `status` / `external_status` columns, and the
+//! `version` that orders state events so that an older event never overwrites a newer one
+//! (G3).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Where an order is in its life. `Completed` and `Failed` are final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderState {
+    Received,
+    Dispatching,
+    Dispatched,
+    Processing,
+    Completed,
+    Failed,
+}
+
+/// Why a failed order failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// The provider refused the order (for znet: a `code|message` answer to a placement).
+    Rejected,
+    /// The provider accepted the order and later cancelled it.
+    Cancelled,
+    /// The order was not final before its deadline.
+    Deadline,
+    /// The order could not be placed as given.
+    Invalid,
+}
+
+/// The shop's `status` column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShopStatus {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+/// The shop's `external_status` column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExternalStatus {
+    Sent,
+    Processing,
+    Done,
+    Failed,
+}
+
+impl OrderState {
+    pub const ALL: [OrderState; 6] = [
+        OrderState::Received,
+        OrderState::Dispatching,
+        OrderState::Dispatched,
+        OrderState::Processing,
+        OrderState::Completed,
+        OrderState::Failed,
+    ];
+
+    pub fn is_final(self) -> bool {
+        matches!(self, OrderState::Completed | OrderState::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderState::Received => "received",
+            OrderState::Dispatching => "dispatching",
+            OrderState::Dispatched => "dispatched",
+            OrderState::Processing => "processing",
+            OrderState::Completed => "completed",
+            OrderState::Failed => "failed",
+        }
+    }
+
+    /// The shop's columns for this state (lifecycle.md, "States").
+    pub fn shop_view(self) -> (ShopStatus, ExternalStatus) {
+        match self {
+            OrderState::Completed => (ShopStatus::Approved, ExternalStatus::Done),
+            OrderState::Failed => (ShopStatus::Rejected, ExternalStatus::Failed),
+            OrderState::Processing => (ShopStatus::Pending, ExternalStatus::Processing),
+            OrderState::Received | OrderState::Dispatching | OrderState::Dispatched => {
+                (ShopStatus::Pending, ExternalStatus::Sent)
+            }
+        }
+    }
+
+    /// Whether an order may move from `self` to `next`. Final states admit nothing;
+    /// `processing` may repeat (one event per status check).
+    pub fn may_become(self, next: OrderState) -> bool {
+        use OrderState::*;
+        match (self, next) {
+            (Completed | Failed, _) => false,
+            (_, Failed) => true,
+            (Received, Dispatching) => true,
+            (Dispatching, Dispatched) => true,
+            (Dispatched | Processing, Processing | Completed) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for OrderState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Rejected => "rejected",
+            FailureReason::Cancelled => "cancelled",
+            FailureReason::Deadline => "deadline",
+            FailureReason::Invalid => "invalid",
+        }
+    }
+}
+
+/// Versions of the state events one order goes through. Each stage emits the version of
+/// the state it produces; the sink keeps the highest version and never touches a final
+/// row (G3). Status check `n` (1-based) yields `PROCESSING_BASE + n`, and a final state
+/// takes the version after the last event before it.
+pub mod version {
+    pub const DISPATCHING: i64 = 1;
+    pub const DISPATCHED: i64 = 2;
+    pub const PROCESSING_BASE: i64 = DISPATCHED;
+
+    /// The version of the state event that follows one of version `previous`.
+    pub fn after(previous: i64) -> i64 {
+        previous + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_states_admit_no_transition() {
+        for from in [OrderState::Completed, OrderState::Failed] {
+            for to in OrderState::ALL {
+                assert!(!from.may_become(to), "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_happy_path_is_allowed_in_order_only() {
+        use OrderState::*;
+        let path = [
+            Received,
+            Dispatching,
+            Dispatched,
+            Processing,
+            Processing,
+            Completed,
+        ];
+        for pair in path.windows(2) {
+            assert!(pair[0].may_become(pair[1]), "{} -> {}", pair[0], pair[1]);
+        }
+        assert!(!Dispatched.may_become(Dispatching));
+        assert!(!Received.may_become(Completed));
+    }
+
+    #[test]
+    fn every_non_final_state_may_fail() {
+        for from in OrderState::ALL.into_iter().filter(|s| !s.is_final()) {
+            assert!(from.may_become(OrderState::Failed), "{from}");
+        }
+    }
+
+    #[test]
+    fn shop_view_matches_the_existing_columns() {
+        assert_eq!(
+            OrderState::Completed.shop_view(),
+            (ShopStatus::Approved, ExternalStatus::Done)
+        );
+        assert_eq!(
+            OrderState::Failed.shop_view(),
+            (ShopStatus::Rejected, ExternalStatus::Failed)
+        );
+        assert_eq!(
+            OrderState::Dispatched.shop_view(),
+            (ShopStatus::Pending, ExternalStatus::Sent)
+        );
+        assert_eq!(
+            OrderState::Processing.shop_view(),
+            (ShopStatus::Pending, ExternalStatus::Processing)
+        );
+    }
+
+    #[test]
+    fn serialized_names_are_the_documented_ones() {
+        for s in OrderState::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! PostgreSQL at the edge: connecting, migrating, and the tables' repositories.
+//!
+//! `orders` holds each order's latest state for the shop (written from `orders.state`);
+//! `dispatch_claims` is the dispatch stage's durable memory of each order's provider
+//! reference and placement progress (G1).
+
+pub mod claims;
+pub mod orders;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The migrations in `migrations/`, built into the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct DbConfig {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long = "database-url",
+        env = "ORDERFLOW_DATABASE_URL",
+        default_value = "postgres://orderflow:orderflow@127.0.0.1:5432/orderflow",
+        hide_default_value = false
+    )]
+    pub url: String,
+
+    /// Connections in the pool.
+    #[arg(
+        long = "database-max-connections",
+        env = "ORDERFLOW_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 8
+    )]
+    pub max_connections: u32,
+
+    /// How long to wait for a connection before failing.
+    #[arg(
+        id = "database_connect_timeout_ms",
+        long = "database-connect-timeout-ms",
+        env = "ORDERFLOW_DATABASE_CONNECT_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("the database URL {url} is invalid ({reason})")]
+    InvalidUrl { url: String, reason: String },
+    #[error("cannot connect to PostgreSQL at {url} ({source})")]
+    Unreachable { url: String, source: sqlx::Error },
+    #[error("applying the migrations failed ({0})")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("a database query failed ({0})")]
+    Query(#[from] sqlx::Error),
+}
+
+impl DbError {
+    /// Whether trying again later may succeed (the database is down or overloaded), as
+    /// opposed to a bug or a broken schema.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Unreachable { .. } => true,
+            DbError::Query(e) => matches!(
+                e,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+            ),
+            _ => false,
+        }
+    }
+}
+
+impl DbConfig {
+    pub fn for_tests(url: &str) -> Self {
+        DbConfig {
+            url: url.to_owned(),
+            max_connections: 4,
+            connect_timeout_ms: 5_000,
+        }
+    }
+
+    /// Connects, failing within the connect timeout if the server does not answer.
+    pub async fn connect(&self) -> Result<PgPool, DbError> {
+        let shown = redact_url(&self.url);
+        let invalid = |reason: String| DbError::InvalidUrl {
+            url: shown.clone(),
+            reason,
+        };
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            return Err(invalid("it must start with postgres://".into()));
+        }
+        let options = PgConnectOptions::from_str(&self.url).map_err(|e| invalid(e.to_string()))?;
+        // One connection first: a pool only says "timed out" where this says why.
+        let timeout = Duration::from_millis(self.connect_timeout_ms);
+        match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
+            Ok(Ok(conn)) => drop(conn),
+            Ok(Err(source)) => return Err(DbError::Unreachable { url: shown, source }),
+            Err(_) => {
+                return Err(DbError::Unreachable {
+                    url: shown,
+                    source: sqlx::Error::PoolTimedOut,
+                })
+            }
+        }
+        PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(Duration::from_millis(self.connect_timeout_ms))
+            .connect_with(options)
+            .await
+            .map_err(|source| DbError::Unreachable { url: shown, source })
+    }
+}
+
+/// Applies every migration not yet applied.
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// The URL with its password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}")
+            } else {
+                format!("{scheme}://{user}@{host}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact_url("postgres://u:p%40ss@h:5432/d"),
+            "postgres://u:***@h:5432/d"
+        );
+        assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+        assert_eq!(redact_url("postgres://h/d"), "postgres://h/d");
+        assert_eq!(redact_url("nonsense"), "nonsense");
+    }
+}

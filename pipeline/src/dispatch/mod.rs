@@ -1,0 +1,390 @@
+//! The dispatch stage: `orders.created` → one placement per order at its provider →
+//! `orders.dispatched` and `orders.state` (G1, G2, G8).
+//!
+//! Each message runs through [`DispatchHandler`]: decode and validate (a bad event goes to
+//! `orders.dlq` with its reason), settle the placement ([`placement::Placer`]), then publish
+//! the outcome. The message's offset is committed only after the outcome is on the broker,
+//! by the shared consumer loop in [`crate::kafka::stage`].
+
+pub mod placement;
+
+use crate::core::backoff::{random_fraction, Backoff};
+use crate::core::event::{
+    Failure, InvalidEvent, InvalidKind, OrderCreated, OrderDispatched, OrderStateEvent,
+    SCHEMA_VERSION,
+};
+use crate::core::lifecycle::{version, FailureReason, OrderState};
+use crate::db::claims::Claim;
+use crate::kafka::dlq::DeadLetters;
+use crate::kafka::emit::Emitter;
+use crate::kafka::stage::{self, Handler, StageOptions};
+use crate::kafka::topics::name;
+use crate::kafka::KafkaConfig;
+use crate::provider::accounts::Accounts;
+use crate::shutdown::{Interrupted, Shutdown};
+use chrono::Utc;
+use futures::future::BoxFuture;
+use placement::{Placer, Settled};
+use rdkafka::message::{Message, OwnedMessage};
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings of the dispatch stage (flags or environment variables).
+#[derive(Clone, Debug, clap::Args)]
+pub struct DispatchConfig {
+    /// The provider accounts file (TOML, one [[account]] per account; see README).
+    #[arg(long = "provider-accounts", env = "ORDERFLOW_PROVIDER_ACCOUNTS")]
+    pub accounts_file: PathBuf,
+
+    /// Consumer group of the dispatch stage.
+    #[arg(
+        long = "dispatch-group",
+        env = "ORDERFLOW_DISPATCH_GROUP",
+        default_value = "orderflow.dispatch"
+    )]
+    pub group: String,
+
+    /// Orders worked on at once by this process.
+    #[arg(
+        long = "dispatch-max-in-flight",
+        env = "ORDERFLOW_DISPATCH_MAX_IN_FLIGHT",
+        default_value_t = 64
+    )]
+    pub max_in_flight: usize,
+
+    /// Largest accepted orders.created event, in bytes; larger ones are dead-lettered.
+    #[arg(long = "max-event-bytes", env = "ORDERFLOW_MAX_EVENT_BYTES", default_value_t = crate::core::event::DEFAULT_MAX_EVENT_BYTES)]
+    pub max_event_bytes: usize,
+
+    /// An order's deadline, in seconds after dispatch, unless its event sets one.
+    #[arg(
+        long = "order-deadline-secs",
+        env = "ORDERFLOW_ORDER_DEADLINE_SECS",
+        default_value_t = 86_400
+    )]
+    pub deadline_secs: u64,
+
+    /// First delay before retrying a failed provider call, in milliseconds; it doubles up to
+    /// the maximum.
+    #[arg(
+        long = "dispatch-retry-min-ms",
+        env = "ORDERFLOW_DISPATCH_RETRY_MIN_MS",
+        default_value_t = 1_000
+    )]
+    pub retry_min_ms: u64,
+
+    /// Longest delay between retries of a failed provider call, in milliseconds.
+    #[arg(
+        long = "dispatch-retry-max-ms",
+        env = "ORDERFLOW_DISPATCH_RETRY_MAX_MS",
+        default_value_t = 60_000
+    )]
+    pub retry_max_ms: u64,
+
+    /// How long orders in flight may take to finish when the stage is asked to stop.
+    #[arg(
+        long = "shutdown-grace-ms",
+        env = "ORDERFLOW_SHUTDOWN_GRACE_MS",
+        default_value_t = 15_000
+    )]
+    pub shutdown_grace_ms: u64,
+}
+
+impl DispatchConfig {
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            min: Duration::from_millis(self.retry_min_ms.max(1)),
+            max: Duration::from_millis(self.retry_max_ms.max(self.retry_min_ms).max(1)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Accounts(#[from] crate::provider::accounts::AccountsError),
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaSetupError),
+    #[error("the dispatch consumer failed ({0})")]
+    Consumer(#[from] rdkafka::error::KafkaError),
+}
+
+/// Handles one `orders.created` message.
+pub struct DispatchHandler {
+    accounts: Accounts,
+    placer: Placer,
+    emitter: Emitter,
+    dead_letters: DeadLetters,
+    max_event_bytes: usize,
+    default_deadline: chrono::Duration,
+    backoff: Backoff,
+}
+
+impl DispatchHandler {
+    pub fn new(
+        config: &DispatchConfig,
+        kafka: &KafkaConfig,
+        pool: PgPool,
+        accounts: Accounts,
+    ) -> Result<Self, DispatchError> {
+        let emitter = Emitter::new(kafka)?;
+        let dead_letters = DeadLetters::new(
+            emitter.producer().clone(),
+            kafka.topic(name::ORDERS_DLQ),
+            "dispatch",
+        );
+        Ok(DispatchHandler {
+            accounts,
+            placer: Placer {
+                pool,
+                owner: uuid::Uuid::new_v4(),
+                backoff: config.backoff(),
+            },
+            emitter,
+            dead_letters,
+            max_event_bytes: config.max_event_bytes,
+            default_deadline: chrono::Duration::seconds(
+                config.deadline_secs.min(i64::MAX as u64) as i64
+            ),
+            backoff: config.backoff(),
+        })
+    }
+
+    async fn process(
+        &self,
+        message: &OwnedMessage,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        let order = match self.validate(message) {
+            Ok(order) => order,
+            Err(why) => {
+                tracing::warn!(
+                    topic = message.topic(), partition = message.partition(), offset = message.offset(),
+                    reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
+                );
+                return self
+                    .retry_until_sent("dead-lettering an event", shutdown, || {
+                        self.dead_letters.send(message, &why)
+                    })
+                    .await;
+            }
+        };
+        let account = self
+            .accounts
+            .get(&order.provider_account)
+            .expect("validated above");
+        let emitter = &self.emitter;
+        let settled = self
+            .placer
+            .settle(
+                &order,
+                account,
+                self.default_deadline,
+                |claim: &Claim| {
+                    let event = state_event(&order, claim, OrderState::Dispatching, None, version::DISPATCHING);
+                    async move {
+                        if let Err(e) = emitter.state(&event).await {
+                            tracing::warn!(order_id = %event.order_id, error = %e, "publishing the dispatching state failed");
+                        }
+                    }
+                },
+                shutdown,
+            )
+            .await?;
+        self.publish(&order, &settled, shutdown).await
+    }
+
+    fn validate(&self, message: &OwnedMessage) -> Result<OrderCreated, InvalidEvent> {
+        let order =
+            OrderCreated::decode(message.payload().unwrap_or_default(), self.max_event_bytes)?;
+        if let Some(key) = message.key() {
+            if key != order.order_id.to_string().as_bytes() {
+                return Err(InvalidEvent::new(
+                    InvalidKind::InvalidField,
+                    "the message key is not the event's order_id",
+                ));
+            }
+        }
+        let account = self.accounts.get(&order.provider_account).ok_or_else(|| {
+            InvalidEvent::new(
+                InvalidKind::UnknownProviderAccount,
+                format!(
+                    "provider_account {:?} is not configured",
+                    order.provider_account
+                ),
+            )
+        })?;
+        account
+            .provider
+            .validate_product(&order.product)
+            .map_err(|why| InvalidEvent::new(InvalidKind::InvalidProduct, why))?;
+        Ok(order)
+    }
+
+    async fn publish(
+        &self,
+        order: &OrderCreated,
+        settled: &Settled,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        match settled {
+            Settled::Placed(claim) => {
+                tracing::info!(order_id = %order.order_id, reference = %claim.provider_reference, "order placed");
+                let state = state_event(
+                    order,
+                    claim,
+                    OrderState::Dispatched,
+                    None,
+                    version::DISPATCHED,
+                );
+                let dispatched = OrderDispatched {
+                    schema_version: SCHEMA_VERSION,
+                    order_id: order.order_id,
+                    tenant_id: order.tenant_id.clone(),
+                    provider_account: claim.provider_account.clone(),
+                    provider_reference: claim.provider_reference.clone(),
+                    dispatched_at: state.changed_at,
+                    deadline: claim.deadline,
+                    version: version::DISPATCHED,
+                };
+                self.retry_until_sent("publishing a dispatched order", shutdown, || async {
+                    let (a, b) = futures::join!(
+                        self.emitter.state(&state),
+                        self.emitter.dispatched(&dispatched)
+                    );
+                    a.and(b)
+                })
+                .await
+            }
+            Settled::Rejected {
+                claim,
+                code,
+                message,
+            } => {
+                tracing::info!(order_id = %order.order_id, reference = %claim.provider_reference, code = %code, "order rejected by the provider");
+                let failure = Failure {
+                    reason: FailureReason::Rejected,
+                    code: Some(code.clone()),
+                    message: message.clone(),
+                };
+                let state = state_event(
+                    order,
+                    claim,
+                    OrderState::Failed,
+                    Some(failure),
+                    version::DISPATCHED,
+                );
+                self.retry_until_sent("publishing a rejected order", shutdown, || {
+                    self.emitter.state(&state)
+                })
+                .await
+            }
+            Settled::Expired(claim) => {
+                tracing::info!(order_id = %order.order_id, reference = %claim.provider_reference, "order expired before placement");
+                let failure = Failure {
+                    reason: FailureReason::Deadline,
+                    code: None,
+                    message: claim
+                        .outcome_message
+                        .clone()
+                        .unwrap_or_else(|| "deadline passed".into()),
+                };
+                let state = state_event(
+                    order,
+                    claim,
+                    OrderState::Failed,
+                    Some(failure),
+                    version::DISPATCHED,
+                );
+                self.retry_until_sent("publishing an expired order", shutdown, || {
+                    self.emitter.state(&state)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Retries a Kafka write until the broker has it: the offset must not move before.
+    async fn retry_until_sent<F, Fut>(
+        &self,
+        what: &str,
+        shutdown: &mut Shutdown,
+        mut send: F,
+    ) -> Result<(), Interrupted>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), rdkafka::error::KafkaError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match send().await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what} failed; retrying");
+                    shutdown
+                        .sleep(self.backoff.delay(attempt, random_fraction()))
+                        .await?;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+fn state_event(
+    order: &OrderCreated,
+    claim: &Claim,
+    state: OrderState,
+    failure: Option<Failure>,
+    version: i64,
+) -> OrderStateEvent {
+    OrderStateEvent {
+        schema_version: SCHEMA_VERSION,
+        order_id: order.order_id,
+        tenant_id: order.tenant_id.clone(),
+        provider_account: claim.provider_account.clone(),
+        provider_reference: Some(claim.provider_reference.clone()),
+        state,
+        failure,
+        attempts: 0,
+        next_check_at: None,
+        deadline: Some(claim.deadline),
+        version,
+        changed_at: Utc::now(),
+    }
+}
+
+impl Handler for DispatchHandler {
+    fn handle(
+        self: Arc<Self>,
+        message: OwnedMessage,
+        mut shutdown: Shutdown,
+    ) -> BoxFuture<'static, Result<(), Interrupted>> {
+        Box::pin(async move { self.process(&message, &mut shutdown).await })
+    }
+}
+
+/// Runs the dispatch stage until `shutdown`.
+pub async fn run(
+    config: DispatchConfig,
+    accounts: Accounts,
+    kafka: KafkaConfig,
+    pool: PgPool,
+    shutdown: Shutdown,
+) -> Result<(), DispatchError> {
+    kafka.check_reachable()?;
+    let handler = Arc::new(DispatchHandler::new(&config, &kafka, pool, accounts)?);
+    let options = StageOptions {
+        group: config.group.clone(),
+        topics: vec![kafka.topic(name::ORDERS_CREATED)],
+        max_in_flight: config.max_in_flight.max(1),
+        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+    };
+    let consumer = stage::consumer(&kafka, &options)?;
+    tracing::info!(group = %options.group, topic = %options.topics[0], "dispatch stage running");
+    stage::run(consumer, handler, options, shutdown).await?;
+    tracing::info!("dispatch stage stopped");
+    Ok(())
+}

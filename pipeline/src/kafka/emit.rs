@@ -1,0 +1,78 @@
+//! Writing the pipeline's own events: `orders.state` and `orders.dispatched`.
+//!
+//! Keyed by order id, JSON, with `orderflow.event` and `orderflow.schema_version` headers.
+//! `send` returns once the broker has the record, so a caller can make an offset commit
+//! wait for it (G2).
+
+use crate::core::event::{OrderDispatched, OrderStateEvent, SCHEMA_VERSION};
+use crate::kafka::headers;
+use crate::kafka::topics::name;
+use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use serde::Serialize;
+
+#[derive(Clone)]
+pub struct Emitter {
+    producer: FutureProducer<Context>,
+    state_topic: String,
+    dispatched_topic: String,
+}
+
+impl Emitter {
+    pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaSetupError> {
+        Ok(Emitter {
+            producer: kafka.producer()?,
+            state_topic: kafka.topic(name::ORDERS_STATE),
+            dispatched_topic: kafka.topic(name::ORDERS_DISPATCHED),
+        })
+    }
+
+    pub fn producer(&self) -> &FutureProducer<Context> {
+        &self.producer
+    }
+
+    pub async fn state(&self, event: &OrderStateEvent) -> Result<(), KafkaError> {
+        self.send(
+            &self.state_topic,
+            name::ORDERS_STATE,
+            &event.order_id.to_string(),
+            event,
+        )
+        .await
+    }
+
+    pub async fn dispatched(&self, event: &OrderDispatched) -> Result<(), KafkaError> {
+        self.send(
+            &self.dispatched_topic,
+            name::ORDERS_DISPATCHED,
+            &event.order_id.to_string(),
+            event,
+        )
+        .await
+    }
+
+    async fn send<T: Serialize>(
+        &self,
+        topic: &str,
+        event: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<(), KafkaError> {
+        let payload = serde_json::to_vec(value).expect("events always serialize");
+        let version = SCHEMA_VERSION.to_string();
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(&payload)
+            .headers(headers::build([
+                (headers::EVENT, event),
+                (headers::SCHEMA_VERSION, version.as_str()),
+            ]));
+        self.producer
+            .send(record, Timeout::Never)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+}

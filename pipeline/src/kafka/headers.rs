@@ -1,0 +1,42 @@
+//! Names of the Kafka headers orderflow writes, in one place.
+
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+/// Which event a record carries, e.g. `orders.state`.
+pub const EVENT: &str = "orderflow.event";
+/// The payload's `schema_version`, so a reader can route without parsing.
+pub const SCHEMA_VERSION: &str = "orderflow.schema_version";
+
+/// DLQ: machine-readable reason, e.g. `invalid_field` (see `InvalidKind`).
+pub const DLQ_REASON: &str = "orderflow.dlq.reason";
+/// DLQ: one sentence for a person.
+pub const DLQ_DETAIL: &str = "orderflow.dlq.detail";
+/// DLQ: the stage that gave up on the record.
+pub const DLQ_STAGE: &str = "orderflow.dlq.stage";
+/// DLQ: where the original record was.
+pub const DLQ_SOURCE_TOPIC: &str = "orderflow.dlq.source.topic";
+pub const DLQ_SOURCE_PARTITION: &str = "orderflow.dlq.source.partition";
+pub const DLQ_SOURCE_OFFSET: &str = "orderflow.dlq.source.offset";
+/// DLQ: when it was dead-lettered (RFC 3339).
+pub const DLQ_AT: &str = "orderflow.dlq.at";
+
+/// Builds headers from name/value pairs.
+pub fn build<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> OwnedHeaders {
+    pairs
+        .into_iter()
+        .fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value),
+            })
+        })
+}
+
+/// The first value of header `name` as UTF-8 text.
+pub fn get<'h, H: Headers>(headers: &'h H, name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}

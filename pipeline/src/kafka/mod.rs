@@ -1,0 +1,160 @@
+//! Kafka at the edge: client settings, the connection check every command starts with,
+//! topic specs and their application, headers, and the dead-letter queue.
+//!
+//! librdkafka reconnects by itself and never reports "wrong address" as an error, so every
+//! command first asks the cluster for its metadata with a deadline and turns a failure into
+//! one sentence (see [`KafkaConfig::check_reachable`]).
+
+pub mod dlq;
+pub mod emit;
+pub mod headers;
+pub mod stage;
+pub mod topics;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+use std::time::Duration;
+
+/// How to reach the cluster and which names the topics have there.
+#[derive(Clone, Debug, clap::Args)]
+pub struct KafkaConfig {
+    /// Kafka bootstrap servers, comma-separated host:port pairs.
+    #[arg(
+        long = "kafka-brokers",
+        env = "ORDERFLOW_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub brokers: String,
+
+    /// Prefix put in front of every topic name, to keep environments (or tests) apart on
+    /// one cluster. Example: `staging.`.
+    #[arg(
+        long = "topic-prefix",
+        env = "ORDERFLOW_TOPIC_PREFIX",
+        default_value = ""
+    )]
+    pub topic_prefix: String,
+
+    /// How long to wait for the cluster to answer before giving up at startup.
+    #[arg(
+        id = "kafka_connect_timeout_ms",
+        long = "kafka-connect-timeout-ms",
+        env = "ORDERFLOW_KAFKA_CONNECT_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("cannot reach the Kafka cluster at {brokers} within {waited:?} ({reason})")]
+    Unreachable {
+        brokers: String,
+        waited: Duration,
+        reason: String,
+    },
+    #[error("invalid Kafka client setting ({0})")]
+    Client(KafkaError),
+}
+
+impl KafkaConfig {
+    pub fn for_tests(brokers: &str, topic_prefix: &str) -> Self {
+        KafkaConfig {
+            brokers: brokers.to_owned(),
+            topic_prefix: topic_prefix.to_owned(),
+            connect_timeout_ms: 10_000,
+        }
+    }
+
+    /// The full name of a topic from `topics/`.
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{}", self.topic_prefix, name)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// Settings shared by every client.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", "orderflow")
+            .set_log_level(RDKafkaLogLevel::Warning);
+        config
+    }
+
+    /// A producer that never reorders or duplicates within a partition and only reports
+    /// success once every in-sync replica has the record.
+    pub fn producer(&self) -> Result<FutureProducer<Context>, KafkaSetupError> {
+        self.client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .create_with_context(Context)
+            .map_err(KafkaSetupError::Client)
+    }
+
+    /// Fails with one sentence if the cluster does not answer a metadata request in time.
+    pub fn check_reachable(&self) -> Result<(), KafkaSetupError> {
+        let probe: BaseConsumer<Context> = self
+            .client_config()
+            .create_with_context(Context)
+            .map_err(KafkaSetupError::Client)?;
+        let waited = self.connect_timeout();
+        probe
+            .fetch_metadata(None, waited)
+            .map(|_| ())
+            .map_err(|error| KafkaSetupError::Unreachable {
+                brokers: self.brokers.clone(),
+                waited,
+                reason: match error.rdkafka_error_code() {
+                    Some(code) => code.to_string(),
+                    None => error.to_string(),
+                },
+            })
+    }
+}
+
+/// The client context of every orderflow Kafka client: librdkafka's own log lines go to
+/// `tracing` under the `librdkafka` target, connection churn at debug level (it is
+/// reported by the startup check and by readiness, and librdkafka recovers by itself).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Context;
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let churn = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
+        );
+        if churn {
+            tracing::debug!(target: "librdkafka", %error, "{reason}");
+        } else {
+            tracing::warn!(target: "librdkafka", %error, "{reason}");
+        }
+    }
+}
+
+impl ConsumerContext for Context {}

@@ -1,0 +1,260 @@
+//! The consumer loop every stage runs on: at-least-once, many messages in flight, offsets
+//! committed only up to the contiguous prefix of finished work (G2).
+//!
+//! A stage supplies a [`Handler`]; the loop feeds it messages, each in its own task, and
+//! records completions in a per-partition [`PartitionWatermark`]. It keeps polling the
+//! consumer at all times (so the group never evicts it), pausing the assignment while the
+//! in-flight bound is reached instead of not polling. On a revoke it forgets the revoked
+//! partitions: work still running for them finishes but moves no offset, and the new owner
+//! redoes it (handlers are idempotent). On shutdown it stops taking messages, waits a grace
+//! period for work in flight, commits, and leaves the group.
+
+use crate::core::watermark::PartitionWatermark;
+use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
+use crate::shutdown::{Interrupted, Shutdown};
+use futures::future::BoxFuture;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// What a stage does with one message. It returns `Ok` once the message's effects are
+/// durable, or `Err(Interrupted)` if shutdown stopped it before that.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(
+        self: Arc<Self>,
+        message: OwnedMessage,
+        shutdown: Shutdown,
+    ) -> BoxFuture<'static, Result<(), Interrupted>>;
+}
+
+/// How a stage consumes.
+#[derive(Clone, Debug)]
+pub struct StageOptions {
+    pub group: String,
+    pub topics: Vec<String>,
+    pub max_in_flight: usize,
+    /// How long work in flight may take to finish after shutdown is requested.
+    pub shutdown_grace: Duration,
+}
+
+/// Records revoked partitions from inside librdkafka's rebalance callback, for the loop to
+/// act on.
+#[derive(Default)]
+pub struct StageContext {
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for StageContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        Context.log(level, fac, message)
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        Context.error(error, reason)
+    }
+}
+
+impl ConsumerContext for StageContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut revoked = self.revoked.lock().expect("revoked lock");
+            for e in tpl.elements() {
+                revoked.push((e.topic().to_owned(), e.partition()));
+            }
+            tracing::info!(partitions = tpl.count(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+}
+
+/// Creates a consumer for a stage: offsets stored by the loop only, committed in the
+/// background and on shutdown or revoke.
+pub fn consumer(
+    kafka: &KafkaConfig,
+    options: &StageOptions,
+) -> Result<StreamConsumer<StageContext>, KafkaSetupError> {
+    let consumer: StreamConsumer<StageContext> = kafka
+        .client_config()
+        .set("group.id", &options.group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .create_with_context(StageContext::default())
+        .map_err(KafkaSetupError::Client)?;
+    let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(KafkaSetupError::Client)?;
+    Ok(consumer)
+}
+
+struct Done {
+    topic: String,
+    partition: i32,
+    generation: u64,
+    offset: i64,
+    result: Result<(), Interrupted>,
+}
+
+#[derive(Default)]
+struct Tracked {
+    generation: u64,
+    watermark: PartitionWatermark,
+}
+
+/// Runs `handler` over the consumer's messages until `shutdown`.
+pub async fn run<H: Handler>(
+    consumer: StreamConsumer<StageContext>,
+    handler: Arc<H>,
+    options: StageOptions,
+    mut shutdown: Shutdown,
+) -> Result<(), KafkaError> {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let mut partitions: HashMap<(String, i32), Tracked> = HashMap::new();
+    let mut next_generation = 0u64;
+    let mut in_flight = 0usize;
+    let mut paused = false;
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            Some(done) = done_rx.recv() => {
+                in_flight -= 1;
+                forget_revoked(&consumer, &mut partitions, &mut next_generation);
+                complete(&consumer, &mut partitions, done);
+                if paused && in_flight < options.max_in_flight {
+                    set_paused(&consumer, false);
+                    paused = false;
+                }
+            }
+            received = consumer.recv() => {
+                forget_revoked(&consumer, &mut partitions, &mut next_generation);
+                let message = match received {
+                    Ok(m) => m.detach(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        continue;
+                    }
+                };
+                let key = (message.topic().to_owned(), message.partition());
+                let tracked = partitions.entry(key).or_insert_with(|| {
+                    next_generation += 1;
+                    Tracked { generation: next_generation, ..Default::default() }
+                });
+                tracked.watermark.begin(message.offset());
+                let done = Done {
+                    topic: message.topic().to_owned(),
+                    partition: message.partition(),
+                    generation: tracked.generation,
+                    offset: message.offset(),
+                    result: Ok(()),
+                };
+                in_flight += 1;
+                let (handler, task_shutdown, done_tx) = (Arc::clone(&handler), shutdown.clone(), done_tx.clone());
+                tokio::spawn(async move {
+                    let result = handler.handle(message, task_shutdown).await;
+                    let _ = done_tx.send(Done { result, ..done });
+                });
+                if !paused && in_flight >= options.max_in_flight {
+                    set_paused(&consumer, true);
+                    paused = true;
+                }
+            }
+        }
+    }
+
+    // Shutdown: let work in flight finish (handlers step aside at safe points), then commit.
+    let deadline = tokio::time::Instant::now() + options.shutdown_grace;
+    while in_flight > 0 {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(done)) => {
+                in_flight -= 1;
+                complete(&consumer, &mut partitions, done);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if in_flight > 0 {
+        tracing::warn!(
+            in_flight,
+            "work still in flight after the shutdown grace; it will be redone by the next owner"
+        );
+    }
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::error::RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "final commit failed; uncommitted work will be redone")
+        }
+    }
+    consumer.unsubscribe();
+    Ok(())
+}
+
+fn complete(
+    consumer: &StreamConsumer<StageContext>,
+    partitions: &mut HashMap<(String, i32), Tracked>,
+    done: Done,
+) {
+    if done.result.is_err() {
+        return; // not durable: the offset stays where it is and the message is redone
+    }
+    let Some(tracked) = partitions.get_mut(&(done.topic.clone(), done.partition)) else {
+        return;
+    };
+    if tracked.generation != done.generation {
+        return;
+    }
+    if let Some(position) = tracked.watermark.finish(done.offset) {
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(&done.topic, done.partition, Offset::Offset(position))
+            .is_ok()
+        {
+            if let Err(e) = consumer.store_offsets(&tpl) {
+                tracing::debug!(error = %e, topic = %done.topic, partition = done.partition, "offset not stored (partition no longer assigned)");
+            }
+        }
+    }
+}
+
+fn forget_revoked(
+    consumer: &StreamConsumer<StageContext>,
+    partitions: &mut HashMap<(String, i32), Tracked>,
+    next_generation: &mut u64,
+) {
+    let revoked = std::mem::take(&mut *consumer.context().revoked.lock().expect("revoked lock"));
+    for key in revoked {
+        if partitions.remove(&key).is_some() {
+            *next_generation += 1;
+        }
+    }
+}
+
+fn set_paused(consumer: &StreamConsumer<StageContext>, pause: bool) {
+    let result = consumer.assignment().and_then(|assigned| {
+        if pause {
+            consumer.pause(&assigned)
+        } else {
+            consumer.resume(&assigned)
+        }
+    });
+    if let Err(e) = result {
+        tracing::warn!(error = %e, pause, "changing the pause state failed");
+    }
+}

@@ -1,0 +1,331 @@
+//! Topic specs (`topics/topics.toml`) and `orderflow topics apply`.
+//!
+//! The spec is the source of truth for partitions, cleanup policy and retention. Applying
+//! creates what is missing and compares what exists: a topic whose partition count or any
+//! setting named in its spec differs is reported as drift, never silently accepted and
+//! never silently changed (shrinking partitions or flipping a compacted topic to delete
+//! are decisions for a person).
+
+use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The spec shipped with this build, used when no other file is named.
+pub const BUILTIN_SPEC: &str = include_str!("../../../topics/topics.toml");
+
+/// Stable names of the topics in the spec, for code that produces or consumes them.
+pub mod name {
+    pub const ORDERS_CREATED: &str = "orders.created";
+    pub const ORDERS_DISPATCHED: &str = "orders.dispatched";
+    pub const ORDERS_STATE: &str = "orders.state";
+    pub const ORDERS_DLQ: &str = "orders.dlq";
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpecs {
+    #[serde(rename = "topic")]
+    pub topics: Vec<TopicSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSpec {
+    /// The topic's name without the environment prefix, e.g. `orders.created`.
+    pub name: String,
+    /// What the topic carries; documentation only.
+    #[serde(default)]
+    pub description: String,
+    pub partitions: i32,
+    #[serde(default = "one")]
+    pub replication_factor: i32,
+    /// Topic-level settings, compared on every apply, e.g. `cleanup.policy = "compact"`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicsError {
+    #[error("cannot read the topic specs at {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the topic specs are invalid: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Setup(#[from] KafkaSetupError),
+    #[error("the Kafka admin request failed: {0}")]
+    Admin(KafkaError),
+    #[error("creating topic {topic} failed: {code}")]
+    Create {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("reading the settings of topic {topic} failed: {code}")]
+    Describe {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+}
+
+impl TopicSpecs {
+    pub fn parse(text: &str) -> Result<TopicSpecs, TopicsError> {
+        let specs: TopicSpecs =
+            toml::from_str(text).map_err(|e| TopicsError::Invalid(e.message().to_owned()))?;
+        specs.validate()?;
+        Ok(specs)
+    }
+
+    pub fn load(path: Option<&Path>) -> Result<TopicSpecs, TopicsError> {
+        match path {
+            None => Self::parse(BUILTIN_SPEC),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| TopicsError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Self::parse(&text)
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), TopicsError> {
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.topics {
+            if t.name.is_empty()
+                || !t
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                return Err(TopicsError::Invalid(format!(
+                    "{:?} is not a valid topic name",
+                    t.name
+                )));
+            }
+            if !seen.insert(&t.name) {
+                return Err(TopicsError::Invalid(format!(
+                    "topic {} is listed twice",
+                    t.name
+                )));
+            }
+            if t.partitions < 1 || t.replication_factor < 1 {
+                return Err(TopicsError::Invalid(format!(
+                    "topic {} needs at least one partition and one replica",
+                    t.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TopicSpec> {
+        self.topics.iter().find(|t| t.name == name)
+    }
+}
+
+/// One way an existing topic differs from its spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drift {
+    pub topic: String,
+    pub setting: String,
+    pub expected: String,
+    pub actual: String,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "topic {} has {} = {}, the spec says {}",
+            self.topic, self.setting, self.actual, self.expected
+        )
+    }
+}
+
+/// What `apply` found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub created: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub drift: Vec<Drift>,
+}
+
+impl ApplyReport {
+    pub fn is_clean(&self) -> bool {
+        self.drift.is_empty()
+    }
+}
+
+/// Creates the topics of `specs` that are missing and reports drift in the others.
+pub async fn apply(kafka: &KafkaConfig, specs: &TopicSpecs) -> Result<ApplyReport, TopicsError> {
+    kafka.check_reachable()?;
+    let admin: AdminClient<Context> = kafka
+        .client_config()
+        .create_with_context(Context)
+        .map_err(|e| TopicsError::Setup(KafkaSetupError::Client(e)))?;
+    let timeout = kafka.connect_timeout();
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, timeout)
+        .map_err(TopicsError::Admin)?;
+    let existing: BTreeMap<String, i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+        .collect();
+
+    let opts = AdminOptions::new().operation_timeout(Some(timeout));
+    let mut report = ApplyReport::default();
+    let mut missing = Vec::new();
+    for spec in &specs.topics {
+        let full = kafka.topic(&spec.name);
+        match existing.get(&full) {
+            None => missing.push((full, spec)),
+            Some(&partitions) => {
+                let before = report.drift.len();
+                if partitions != spec.partitions {
+                    report.drift.push(Drift {
+                        topic: full.clone(),
+                        setting: "partitions".into(),
+                        expected: spec.partitions.to_string(),
+                        actual: partitions.to_string(),
+                    });
+                }
+                report
+                    .drift
+                    .extend(config_drift(&admin, &opts, &full, spec).await?);
+                if report.drift.len() == before {
+                    report.unchanged.push(full);
+                }
+            }
+        }
+    }
+
+    let new_topics: Vec<NewTopic> = missing
+        .iter()
+        .map(|(full, spec)| {
+            spec.config.iter().fold(
+                NewTopic::new(
+                    full,
+                    spec.partitions,
+                    TopicReplication::Fixed(spec.replication_factor),
+                ),
+                |t, (k, v)| t.set(k, v),
+            )
+        })
+        .collect();
+    if !new_topics.is_empty() {
+        for result in admin
+            .create_topics(&new_topics, &opts)
+            .await
+            .map_err(TopicsError::Admin)?
+        {
+            match result {
+                Ok(topic) => report.created.push(topic),
+                // Another `apply` created it in the meantime: compare it on the next run.
+                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => report.unchanged.push(topic),
+                Err((topic, code)) => return Err(TopicsError::Create { topic, code }),
+            }
+        }
+    }
+    Ok(report)
+}
+
+async fn config_drift(
+    admin: &AdminClient<Context>,
+    opts: &AdminOptions,
+    topic: &str,
+    spec: &TopicSpec,
+) -> Result<Vec<Drift>, TopicsError> {
+    if spec.config.is_empty() {
+        return Ok(Vec::new());
+    }
+    let results = admin
+        .describe_configs(&[ResourceSpecifier::Topic(topic)], opts)
+        .await
+        .map_err(TopicsError::Admin)?;
+    let resource = results
+        .into_iter()
+        .next()
+        .ok_or_else(|| TopicsError::Describe {
+            topic: topic.to_owned(),
+            code: RDKafkaErrorCode::UnknownTopic,
+        })?
+        .map_err(|code| TopicsError::Describe {
+            topic: topic.to_owned(),
+            code,
+        })?;
+    let actual: BTreeMap<&str, &str> = resource
+        .entries
+        .iter()
+        .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or("")))
+        .collect();
+    Ok(spec
+        .config
+        .iter()
+        .filter_map(|(key, expected)| {
+            let actual = actual.get(key.as_str()).copied().unwrap_or("(not set)");
+            (actual != expected).then(|| Drift {
+                topic: topic.to_owned(),
+                setting: key.clone(),
+                expected: expected.clone(),
+                actual: actual.to_owned(),
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_spec_has_every_topic_of_the_lifecycle() {
+        let specs = TopicSpecs::parse(BUILTIN_SPEC).unwrap();
+        for name in [
+            name::ORDERS_CREATED,
+            name::ORDERS_DISPATCHED,
+            name::ORDERS_STATE,
+            name::ORDERS_DLQ,
+        ] {
+            assert!(specs.get(name).is_some(), "{name}");
+        }
+        let tiers = specs
+            .topics
+            .iter()
+            .filter(|t| t.name.starts_with("orders.status-check."))
+            .count();
+        assert_eq!(tiers, 6);
+        let state = specs.get(name::ORDERS_STATE).unwrap();
+        assert_eq!(state.config["cleanup.policy"], "compact");
+    }
+
+    #[test]
+    fn invalid_specs_say_why() {
+        let dup = "[[topic]]\nname='a'\npartitions=1\n[[topic]]\nname='a'\npartitions=1\n";
+        assert!(TopicSpecs::parse(dup)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+        let zero = "[[topic]]\nname='a'\npartitions=0\n";
+        assert!(TopicSpecs::parse(zero)
+            .unwrap_err()
+            .to_string()
+            .contains("partition"));
+        let unknown = "[[topic]]\nname='a'\npartitions=1\nretention='1d'\n";
+        assert!(TopicSpecs::parse(unknown)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field"));
+    }
+}

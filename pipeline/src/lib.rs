@@ -1,0 +1,26 @@
+//! orderflow: places digital-goods orders with upstream providers exactly once and tracks
+//! them to a final state, on Kafka and PostgreSQL.
+//!
+//! A map for newcomers (`../shared/design/lifecycle.md` has the flow and guarantees G1–G8):
+//!
+//! - [`core`]: the pure core, no IO. Event contracts, order lifecycle, offset watermark,
+//!   backoff and rate limiting; unit- and property-tested.
+//! - [`provider`]: what a provider is asked and how its answers are classified; provider
+//!   accounts with their concurrency and rate caps.
+//! - [`znet`]: the first provider: answer parsing (pure), HTTP client, and a simulator.
+//! - [`kafka`]: client settings, topic specs, the shared consumer loop ([`kafka::stage`]),
+//!   event publishing and the dead-letter queue.
+//! - [`db`]: PostgreSQL: migrations, the `orders` table and the dispatch claims.
+//! - [`dispatch`]: the dispatch stage.
+//! - [`secret`], [`shutdown`]: values that never print; the shutdown signal.
+//!
+//! The `orderflow` binary (`src/main.rs`) wires these into subcommands.
+
+pub mod core;
+pub mod db;
+pub mod dispatch;
+pub mod kafka;
+pub mod provider;
+pub mod secret;
+pub mod shutdown;
+pub mod znet;

@@ -1,0 +1,245 @@
+//! The `orderflow` command: one subcommand per job. Configuration comes from flags or the
+//! environment variables named in `--help`; errors end the process with one sentence on
+//! stderr and a non-zero exit code.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use orderflow::db::{self, DbConfig};
+use orderflow::dispatch::{self, DispatchConfig};
+use orderflow::kafka::topics::{self, TopicSpecs};
+use orderflow::kafka::KafkaConfig;
+use orderflow::provider::accounts::Accounts;
+use orderflow::shutdown;
+use orderflow::znet::sim::{Sim, SimConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "orderflow",
+    version,
+    about = "Places digital-goods orders with providers exactly once and tracks them to a final state."
+)]
+struct Cli {
+    /// Log filter, e.g. `info` or `orderflow=debug,librdkafka=warn`.
+    #[arg(long, global = true, env = "ORDERFLOW_LOG", default_value = "info")]
+    log: String,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, global = true, env = "ORDERFLOW_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage Kafka topics from their specs in topics/.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Apply the database migrations that are not applied yet.
+    Migrate {
+        #[command(flatten)]
+        db: DbConfig,
+    },
+    /// Run the dispatch stage: place each order of orders.created with its provider.
+    Dispatch {
+        #[command(flatten)]
+        kafka: KafkaConfig,
+        #[command(flatten)]
+        db: DbConfig,
+        #[command(flatten)]
+        dispatch: DispatchConfig,
+    },
+    /// Serve a znet-compatible provider simulator with fault injection (for tests and the demo).
+    SimZnet(SimArgs),
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// Create missing topics; report (and exit 3 on) topics whose settings differ from the spec.
+    Apply {
+        #[command(flatten)]
+        kafka: KafkaConfig,
+        /// A topic spec file to use instead of the one built in (topics/topics.toml).
+        #[arg(long)]
+        spec: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "ORDERFLOW_SIM_LISTEN", default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    /// Dealer code the simulator accepts.
+    #[arg(long, env = "ORDERFLOW_SIM_KOD", default_value = "sim-kod")]
+    kod: String,
+    /// Password the simulator accepts.
+    #[arg(
+        long,
+        env = "ORDERFLOW_SIM_SIFRE",
+        default_value = "sim-sifre",
+        hide_default_value = true
+    )]
+    sifre: String,
+    /// Delay added to every answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Status checks answered "processing" before an order completes.
+    #[arg(long, default_value_t = 1)]
+    checks_until_complete: u32,
+    /// Share of placements rejected with `3|Kupur Bilgisi Bulunamadı` (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    rejection_rate: f64,
+    /// Share of accepted orders that end cancelled (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    cancel_rate: f64,
+    /// Share of calls answered with a random fault: 5xx, timeout, HTML, empty body, garbage,
+    /// or an accepted placement whose answer is lost (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    fault_rate: f64,
+    /// How long a lost answer or a timeout hangs, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    lost_answer_delay_ms: u64,
+    /// Seed of the simulator's random choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = init_logging(&cli.log, &cli.log_format) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_sentence(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str, format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("the log filter {filter:?} is invalid"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Topics {
+            command: TopicsCommand::Apply { kafka, spec },
+        } => {
+            let specs = TopicSpecs::load(spec.as_deref())?;
+            let report = topics::apply(&kafka, &specs).await?;
+            for name in &report.created {
+                println!("created   {name}");
+            }
+            for name in &report.unchanged {
+                println!("unchanged {name}");
+            }
+            for drift in &report.drift {
+                println!("DRIFT     {drift}");
+            }
+            println!(
+                "{} created, {} unchanged, {} settings differ from the spec",
+                report.created.len(),
+                report.unchanged.len(),
+                report.drift.len()
+            );
+            Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+        Command::Migrate { db } => {
+            let pool = db.connect().await?;
+            db::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dispatch {
+            kafka,
+            db,
+            dispatch,
+        } => {
+            let accounts = Accounts::load(&dispatch.accounts_file)?;
+            let pool = db.connect().await?;
+            let (trigger, shutdown) = shutdown::channel();
+            tokio::spawn(shutdown::on_signals(trigger));
+            dispatch::run(dispatch, accounts, kafka, pool, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SimZnet(args) => {
+            let config = SimConfig {
+                kod: args.kod,
+                sifre: args.sifre,
+                latency: Duration::from_millis(args.latency_ms),
+                checks_until_complete: args.checks_until_complete,
+                rejection_rate: unit_share("rejection-rate", args.rejection_rate)?,
+                cancel_rate: unit_share("cancel-rate", args.cancel_rate)?,
+                fault_rate: unit_share("fault-rate", args.fault_rate)?,
+                lost_answer_delay: Duration::from_millis(args.lost_answer_delay_ms),
+                seed: args.seed,
+                ..SimConfig::default()
+            };
+            let (trigger, mut shutdown) = shutdown::channel();
+            tokio::spawn(shutdown::on_signals(trigger));
+            let handle = Sim::new(config)
+                .serve(args.listen, async move { shutdown.wait().await })
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            println!("znet simulator listening on http://{}", handle.addr);
+            handle
+                .task
+                .await
+                .context("the simulator stopped unexpectedly")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The error and its causes on one line, leaving out causes that an outer message already
+/// quotes.
+fn one_sentence(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+fn unit_share(flag: &str, value: f64) -> anyhow::Result<f64> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&value),
+        "--{flag} must be between 0 and 1, got {value}"
+    );
+    Ok(value)
+}

@@ -1,0 +1,327 @@
+//! Provider accounts: which provider, where, with which credentials and how politely.
+//!
+//! Read from a TOML file (`ORDERFLOW_PROVIDER_ACCOUNTS`), one `[[account]]` table each.
+//! Every provider call goes through [`Account::call_permit`], which holds the account's
+//! concurrency cap and calls-per-second cap (G6). Credentials are [`Secret`]s: printing an
+//! account never shows them.
+//!
+//! ```toml
+//! [[account]]
+//! id = "znet-main"            # what orders.created names in provider_account
+//! provider = "znet"
+//! base_url = "https://bayi.example.com"
+//! kod = "..."                 # or kod_env = "ZNET_MAIN_KOD" to read an environment variable
+//! sifre_env = "ZNET_MAIN_SIFRE"
+//! max_concurrent = 8
+//! max_per_second = 10
+//! request_timeout_ms = 10000
+//! ```
+
+use crate::core::rate::TokenBucket;
+use crate::provider::Provider;
+use crate::secret::Secret;
+use crate::znet::client::ZnetClient;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountsFile {
+    #[serde(rename = "account", default)]
+    accounts: Vec<AccountConfig>,
+}
+
+/// One `[[account]]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// The name orders use in `provider_account`, e.g. `znet-main`.
+    pub id: String,
+    /// Which protocol the account speaks; only `znet` exists.
+    pub provider: ProviderKind,
+    /// The provider's base URL, e.g. `https://bayi.example.com`.
+    pub base_url: String,
+    /// The dealer code, or `kod_env` naming an environment variable that holds it.
+    pub kod: Option<Secret>,
+    pub kod_env: Option<String>,
+    /// The password, or `sifre_env` naming an environment variable that holds it.
+    pub sifre: Option<Secret>,
+    pub sifre_env: Option<String>,
+    /// Calls in flight at once to this account.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: usize,
+    /// Calls per second to this account (bursts of up to one second's worth).
+    #[serde(default = "default_max_per_second")]
+    pub max_per_second: f64,
+    /// How long one call may take before its outcome counts as unknown.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Znet,
+}
+
+fn default_max_concurrent() -> usize {
+    8
+}
+fn default_max_per_second() -> f64 {
+    10.0
+}
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    #[error("cannot read the provider accounts file {path} ({source})")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the provider accounts file {path} is invalid: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+/// A configured account, ready to call.
+pub struct Account {
+    pub id: String,
+    pub provider: Box<dyn Provider>,
+    pub request_timeout: Duration,
+    concurrency: Arc<Semaphore>,
+    bucket: Mutex<TokenBucket>,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Held for the length of one provider call.
+pub struct CallPermit {
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Account {
+    pub fn new(
+        id: String,
+        provider: Box<dyn Provider>,
+        request_timeout: Duration,
+        max_concurrent: usize,
+        max_per_second: f64,
+    ) -> Self {
+        Account {
+            id,
+            provider,
+            request_timeout,
+            concurrency: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            bucket: Mutex::new(TokenBucket::new(
+                max_per_second,
+                max_per_second.ceil() as u32,
+                Instant::now(),
+            )),
+        }
+    }
+
+    /// Waits until a call to this account is within both caps.
+    pub async fn call_permit(&self) -> CallPermit {
+        let slot = Arc::clone(&self.concurrency)
+            .acquire_owned()
+            .await
+            .expect("the account semaphore is never closed");
+        loop {
+            let wait = self
+                .bucket
+                .lock()
+                .expect("rate bucket lock")
+                .try_take(Instant::now());
+            match wait {
+                Ok(()) => return CallPermit { _slot: slot },
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+}
+
+/// Every configured account by id.
+#[derive(Debug, Default)]
+pub struct Accounts {
+    by_id: HashMap<String, Arc<Account>>,
+}
+
+impl Accounts {
+    pub fn from_accounts(accounts: impl IntoIterator<Item = Account>) -> Self {
+        Accounts {
+            by_id: accounts
+                .into_iter()
+                .map(|a| (a.id.clone(), Arc::new(a)))
+                .collect(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, AccountsError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| AccountsError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, |name| std::env::var(name).ok()).map_err(|reason| {
+            AccountsError::Invalid {
+                path: shown,
+                reason,
+            }
+        })
+    }
+
+    /// Parses an accounts file; `env` looks up `*_env` variables.
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let file: AccountsFile = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        if file.accounts.is_empty() {
+            return Err("it lists no [[account]]".into());
+        }
+        let mut accounts = Vec::new();
+        for c in file.accounts {
+            if accounts.iter().any(|a: &Account| a.id == c.id) {
+                return Err(format!("account {} is listed twice", c.id));
+            }
+            let secret = |value: Option<Secret>,
+                          var: Option<String>,
+                          what: &str|
+             -> Result<Secret, String> {
+                match (value, var) {
+                    (Some(v), None) if !v.is_empty() => Ok(v),
+                    (None, Some(var)) => env(&var)
+                        .filter(|v| !v.is_empty())
+                        .map(Secret::new)
+                        .ok_or_else(|| {
+                            format!(
+                                "account {}: environment variable {var} ({what}) is not set",
+                                c.id
+                            )
+                        }),
+                    (Some(_), Some(_)) => Err(format!(
+                        "account {}: give {what} or {what}_env, not both",
+                        c.id
+                    )),
+                    _ => Err(format!(
+                        "account {}: {what} (or {what}_env) is required",
+                        c.id
+                    )),
+                }
+            };
+            let kod = secret(c.kod.clone(), c.kod_env.clone(), "kod")?;
+            let sifre = secret(c.sifre.clone(), c.sifre_env.clone(), "sifre")?;
+            if !(c.base_url.starts_with("http://") || c.base_url.starts_with("https://")) {
+                return Err(format!(
+                    "account {}: base_url must start with http:// or https://",
+                    c.id
+                ));
+            }
+            if c.max_concurrent == 0 || !(c.max_per_second > 0.0) || c.request_timeout_ms == 0 {
+                return Err(format!(
+                    "account {}: max_concurrent, max_per_second and request_timeout_ms must be positive",
+                    c.id
+                ));
+            }
+            let timeout = Duration::from_millis(c.request_timeout_ms);
+            let provider: Box<dyn Provider> = match c.provider {
+                ProviderKind::Znet => Box::new(
+                    ZnetClient::new(&c.base_url, kod, sifre, timeout)
+                        .map_err(|e| format!("account {}: {}", c.id, e.without_url()))?,
+                ),
+            };
+            accounts.push(Account::new(
+                c.id,
+                provider,
+                timeout,
+                c.max_concurrent,
+                c.max_per_second,
+            ));
+        }
+        Ok(Self::from_accounts(accounts))
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Account>> {
+        self.by_id.get(id)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.by_id.keys().map(String::as_str)
+    }
+
+    /// The longest request timeout of any account: how long a placement can be in flight.
+    pub fn longest_request_timeout(&self) -> Duration {
+        self.by_id
+            .values()
+            .map(|a| a.request_timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(10))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+        [[account]]
+        id = "znet-main"
+        provider = "znet"
+        base_url = "http://127.0.0.1:1"
+        kod = "K-123"
+        sifre_env = "TEST_SIFRE"
+        max_per_second = 5
+    "#;
+
+    #[test]
+    fn parses_and_reads_secrets_from_the_environment() {
+        let accounts =
+            Accounts::parse(FILE, |v| (v == "TEST_SIFRE").then(|| "S-456".into())).unwrap();
+        let a = accounts.get("znet-main").unwrap();
+        assert_eq!(a.request_timeout, Duration::from_secs(10));
+        assert!(!format!("{a:?}").contains("K-123"));
+    }
+
+    #[test]
+    fn errors_name_the_problem_without_the_secret() {
+        let err = Accounts::parse(FILE, |_| None).unwrap_err();
+        assert!(
+            err.contains("TEST_SIFRE") && err.contains("not set"),
+            "{err}"
+        );
+        let err =
+            Accounts::parse(&FILE.replace("http://", "ftp://"), |_| Some("x".into())).unwrap_err();
+        assert!(err.contains("base_url") && !err.contains("K-123"), "{err}");
+        let err =
+            Accounts::parse(&FILE.replace("znet\"", "other\""), |_| Some("x".into())).unwrap_err();
+        assert!(err.contains("unknown variant"), "{err}");
+        assert!(Accounts::parse("", |_| None)
+            .unwrap_err()
+            .contains("no [[account]]"));
+    }
+
+    #[tokio::test]
+    async fn the_rate_cap_spaces_calls() {
+        let accounts = Accounts::parse(FILE, |_| Some("x".into())).unwrap();
+        let a = accounts.get("znet-main").unwrap();
+        let start = Instant::now();
+        for _ in 0..7 {
+            drop(a.call_permit().await);
+        }
+        // A burst of 5, then 2 more at 5 per second.
+        assert!(
+            start.elapsed() >= Duration::from_millis(350),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! What the pipeline asks of a provider, and the answers it can get.
+//!
+//! Every answer is classified into what to do next. For a placement that is the heart of
+//! G1: `Accepted` and `Rejected` are settled; `Transient` and `AccountProblem` mean the
+//! order was certainly not placed and may be tried again; `Unknown` means it may have been
+//! placed and must be settled by checking the same reference, never by a placement under a
+//! new one. Details never carry a PIN or a credential (G5).
+
+pub mod accounts;
+
+use crate::secret::Secret;
+use futures::future::BoxFuture;
+use std::collections::BTreeMap;
+
+/// One order as a provider needs it.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// Fixed per order before the first attempt; digits only.
+    pub reference: String,
+    pub product: BTreeMap<String, String>,
+    pub user_identifier: String,
+    pub user_extra: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PlaceOutcome {
+    /// The provider took the order. Amounts are the provider's decimal text, when given.
+    Accepted {
+        cost: Option<String>,
+        balance: Option<String>,
+    },
+    /// The provider refused the order; final for the order.
+    Rejected { code: String, message: String },
+    /// Credentials, IP whitelist, API permission or base URL are wrong: not the order's
+    /// fault, and the order was not placed.
+    AccountProblem { detail: String },
+    /// The order was not placed (the request never reached the provider, or the provider
+    /// said to come back later).
+    Transient { detail: String },
+    /// The order may or may not have been placed.
+    Unknown { detail: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// Known to the provider, not final yet.
+    Pending,
+    /// Final: the PIN.
+    Completed {
+        pin: Secret,
+    },
+    /// Final: the provider cancelled the order.
+    Cancelled {
+        message: String,
+    },
+    /// The provider answered with an error for this reference, typically because it has no
+    /// order under it.
+    NotFound {
+        code: String,
+        message: String,
+    },
+    AccountProblem {
+        detail: String,
+    },
+    /// No usable answer this time.
+    Transient {
+        detail: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BalanceOutcome {
+    Balance {
+        balance: String,
+        debt: Option<String>,
+    },
+    AccountProblem {
+        detail: String,
+    },
+    Transient {
+        detail: String,
+    },
+}
+
+/// A provider, as seen by the stages. Implementations classify every answer; they never
+/// return raw bodies.
+pub trait Provider: Send + Sync + 'static {
+    /// Checks that the product parameters are the ones this provider needs, so that a bad
+    /// event is dead-lettered instead of sent.
+    fn validate_product(&self, product: &BTreeMap<String, String>) -> Result<(), String>;
+
+    fn place<'a>(&'a self, placement: &'a Placement) -> BoxFuture<'a, PlaceOutcome>;
+
+    fn check<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, CheckOutcome>;
+
+    fn balance(&self) -> BoxFuture<'_, BalanceOutcome>;
+}

@@ -1,0 +1,63 @@
+//! Graceful shutdown: one signal every task can wait on or look at.
+//!
+//! `main` triggers it on SIGINT/SIGTERM; stages stop taking new work, let work in flight
+//! finish or step aside at a safe point, commit what is durable, and return.
+
+use tokio::sync::watch;
+
+/// Fires the shutdown signal.
+#[derive(Debug)]
+pub struct Trigger(watch::Sender<bool>);
+
+/// Observes the shutdown signal; cheap to clone into every task.
+#[derive(Clone, Debug)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// A signal pair.
+pub fn channel() -> (Trigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (Trigger(tx), Shutdown(rx))
+}
+
+impl Trigger {
+    pub fn fire(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Shutdown {
+    pub fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the signal fires (immediately if it has).
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|fired| *fired).await;
+    }
+
+    /// Sleeps for `duration` unless shutdown comes first; returns `Err(Interrupted)` then.
+    pub async fn sleep(&mut self, duration: std::time::Duration) -> Result<(), Interrupted> {
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => Ok(()),
+            _ = self.wait() => Err(Interrupted),
+        }
+    }
+}
+
+/// Work stopped at a safe point because of shutdown; it is not done and its offset must not
+/// be committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("interrupted by shutdown")]
+pub struct Interrupted;
+
+/// Fires `trigger` on SIGINT or SIGTERM.
+pub async fn on_signals(trigger: Trigger) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown requested");
+    trigger.fire();
+}

@@ -1,0 +1,132 @@
+//! The znet HTTP client: one GET per call, credentials as query parameters, every answer
+//! classified by [`crate::znet::protocol`].
+//!
+//! Request errors are stripped of their URL before anything sees them, because the URL
+//! carries `kod` and `sifre` (G5). A request that may have reached znet and got no answer
+//! (a timeout after sending, a broken body) is `Unknown` for a placement.
+
+use crate::provider::{BalanceOutcome, CheckOutcome, PlaceOutcome, Placement, Provider};
+use crate::secret::Secret;
+use crate::znet::protocol;
+use futures::future::BoxFuture;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The product parameters znet needs.
+pub const PRODUCT_PARAMS: [&str; 2] = ["oyun", "kupur"];
+
+pub struct ZnetClient {
+    http: reqwest::Client,
+    base_url: String,
+    kod: Secret,
+    sifre: Secret,
+}
+
+/// What went wrong with a request, without its URL.
+enum Failure {
+    /// The request never left: nothing can have been bought.
+    NotSent(String),
+    /// It may have reached znet.
+    NoAnswer(String),
+}
+
+impl ZnetClient {
+    pub fn new(
+        base_url: &str,
+        kod: Secret,
+        sifre: Secret,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .build()?;
+        Ok(ZnetClient {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            kod,
+            sifre,
+        })
+    }
+
+    async fn call(&self, name: &str, params: &[(&str, &str)]) -> Result<(u16, String), Failure> {
+        let url = format!("{}/servis/{name}.php", self.base_url);
+        let auth = [("kod", self.kod.expose()), ("sifre", self.sifre.expose())];
+        let response = self
+            .http
+            .get(url)
+            .query(&auth)
+            .query(params)
+            .send()
+            .await
+            .map_err(|e| {
+                let e = e.without_url();
+                if e.is_connect() || e.is_builder() {
+                    Failure::NotSent(e.to_string())
+                } else {
+                    Failure::NoAnswer(e.to_string())
+                }
+            })?;
+        let status = response.status().as_u16();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| Failure::NoAnswer(e.without_url().to_string()))?;
+        Ok((status, body))
+    }
+}
+
+impl Provider for ZnetClient {
+    fn validate_product(&self, product: &BTreeMap<String, String>) -> Result<(), String> {
+        for name in PRODUCT_PARAMS {
+            match product.get(name).map(|v| v.trim()) {
+                None | Some("") => return Err(format!("znet needs product.{name}")),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn place<'a>(&'a self, p: &'a Placement) -> BoxFuture<'a, PlaceOutcome> {
+        Box::pin(async move {
+            let get = |k: &str| p.product.get(k).map(String::as_str).unwrap_or_default();
+            let params = [
+                ("oyun", get("oyun")),
+                ("kupur", get("kupur")),
+                ("referans", p.reference.as_str()),
+                ("musteri_tel", p.user_identifier.as_str()),
+                ("oyuncu_bilgi", p.user_extra.as_str()),
+            ];
+            match self.call("pin_ekle", &params).await {
+                Ok((status, body)) => protocol::classify_place(status, &body),
+                Err(Failure::NotSent(detail)) => PlaceOutcome::Transient { detail },
+                Err(Failure::NoAnswer(detail)) => PlaceOutcome::Unknown { detail },
+            }
+        })
+    }
+
+    fn check<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, CheckOutcome> {
+        Box::pin(async move {
+            match self
+                .call("pin_kontrol", &[("tahsilat_api_islem_id", reference)])
+                .await
+            {
+                Ok((status, body)) => protocol::classify_check(status, &body),
+                Err(Failure::NotSent(detail) | Failure::NoAnswer(detail)) => {
+                    CheckOutcome::Transient { detail }
+                }
+            }
+        })
+    }
+
+    fn balance(&self) -> BoxFuture<'_, BalanceOutcome> {
+        Box::pin(async move {
+            match self.call("bakiye_kontrol", &[]).await {
+                Ok((status, body)) => protocol::classify_balance(status, &body),
+                Err(Failure::NotSent(detail) | Failure::NoAnswer(detail)) => {
+                    BalanceOutcome::Transient { detail }
+                }
+            }
+        })
+    }
+}

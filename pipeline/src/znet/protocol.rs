@@ -1,0 +1,434 @@
+//! znet's answers, parsed and classified (`../shared/design/znet-protocol.md`).
+//!
+//! Pure functions from (HTTP status, body) to a provider outcome. They are deliberately
+//! suspicious: anything that is not a documented shape is `Unknown` for a placement (it
+//! may have bought something) and `Transient` for a check. Details describe the shape of
+//! an odd answer, never its content, because a check's body can hold a PIN (G5).
+
+use crate::provider::{BalanceOutcome, CheckOutcome, PlaceOutcome};
+use crate::secret::Secret;
+
+/// Error codes that mean the dealer account (credentials, IP whitelist, API permission) is
+/// at fault rather than the order: `8|Bağlantı Hatası,Kullanıcı Api Yetki, ...`.
+pub const ACCOUNT_PROBLEM_CODES: &[&str] = &["8"];
+
+/// The shape of a body, after trimming.
+#[derive(Debug, PartialEq, Eq)]
+enum Body<'a> {
+    Empty,
+    Html,
+    /// `OK|...`: the fields after `OK`, trimmed.
+    Ok(Vec<&'a str>),
+    /// `<digits>|<message>`.
+    Error {
+        code: &'a str,
+        message: &'a str,
+    },
+    Garbage,
+}
+
+fn shape(body: &str) -> Body<'_> {
+    let body = body.trim_start_matches('\u{feff}').trim();
+    if body.is_empty() {
+        return Body::Empty;
+    }
+    let lower_head: String = body.chars().take(64).collect::<String>().to_lowercase();
+    if lower_head.starts_with('<') || lower_head.contains("<html") {
+        return Body::Html;
+    }
+    let mut fields = body.split('|').map(str::trim);
+    let head = fields.next().unwrap_or_default();
+    if head.eq_ignore_ascii_case("ok") {
+        return Body::Ok(fields.collect());
+    }
+    if !head.is_empty() && head.bytes().all(|b| b.is_ascii_digit()) && body.contains('|') {
+        let message = body
+            .split_once('|')
+            .map(|(_, m)| m.trim())
+            .unwrap_or_default();
+        return Body::Error {
+            code: head,
+            message,
+        };
+    }
+    Body::Garbage
+}
+
+fn is_account_problem(code: &str) -> bool {
+    ACCOUNT_PROBLEM_CODES.contains(&code)
+}
+
+fn amount(field: Option<&&str>) -> Option<String> {
+    let text = field?.trim();
+    let ok = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == '-')
+        && text.parse::<f64>().is_ok();
+    ok.then(|| text.to_owned())
+}
+
+const HTML_DETAIL: &str = "HTML answer: wrong base URL or the server's IP is not whitelisted";
+
+/// Classifies the answer to `pin_ekle.php`.
+pub fn classify_place(http_status: u16, body: &str) -> PlaceOutcome {
+    match http_status {
+        200..=299 => {}
+        408 | 429 => {
+            return PlaceOutcome::Transient {
+                detail: format!("HTTP {http_status}"),
+            }
+        }
+        400..=499 => {
+            return PlaceOutcome::AccountProblem {
+                detail: format!("HTTP {http_status}: check the account's base URL"),
+            }
+        }
+        // A 5xx may come from a proxy after the provider processed the order.
+        _ => {
+            return PlaceOutcome::Unknown {
+                detail: format!("HTTP {http_status}"),
+            }
+        }
+    }
+    match shape(body) {
+        Body::Ok(fields) => PlaceOutcome::Accepted {
+            cost: amount(fields.first()),
+            balance: amount(fields.get(1)),
+        },
+        Body::Error { code, message } if is_account_problem(code) => PlaceOutcome::AccountProblem {
+            detail: format!("{code}|{message}"),
+        },
+        Body::Error { code, message } => PlaceOutcome::Rejected {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        },
+        Body::Html => PlaceOutcome::AccountProblem {
+            detail: HTML_DETAIL.to_owned(),
+        },
+        Body::Empty => PlaceOutcome::Unknown {
+            detail: "empty answer".to_owned(),
+        },
+        Body::Garbage => PlaceOutcome::Unknown {
+            detail: format!("unrecognised answer of {} bytes", body.len()),
+        },
+    }
+}
+
+/// Classifies the answer to `pin_kontrol.php`.
+pub fn classify_check(http_status: u16, body: &str) -> CheckOutcome {
+    if !(200..=299).contains(&http_status) {
+        return CheckOutcome::Transient {
+            detail: format!("HTTP {http_status}"),
+        };
+    }
+    match shape(body) {
+        Body::Ok(fields) => {
+            let durum = fields.first().copied().unwrap_or_default();
+            let pin = fields.get(1).copied().unwrap_or_default();
+            let description = fields.get(2..).map(|d| d.join("|")).unwrap_or_default();
+            match durum {
+                "1" => CheckOutcome::Pending,
+                "2" if is_blank_pin(pin) => CheckOutcome::Transient {
+                    detail: "completed without a PIN".to_owned(),
+                },
+                "2" => CheckOutcome::Completed {
+                    pin: Secret::new(pin),
+                },
+                "3" => CheckOutcome::Cancelled {
+                    message: description.trim().to_owned(),
+                },
+                _ => CheckOutcome::Transient {
+                    detail: format!("unknown durum of {} characters", durum.chars().count()),
+                },
+            }
+        }
+        Body::Error { code, message } if is_account_problem(code) => CheckOutcome::AccountProblem {
+            detail: format!("{code}|{message}"),
+        },
+        Body::Error { code, message } => CheckOutcome::NotFound {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        },
+        Body::Html => CheckOutcome::AccountProblem {
+            detail: HTML_DETAIL.to_owned(),
+        },
+        Body::Empty => CheckOutcome::Transient {
+            detail: "empty answer".to_owned(),
+        },
+        Body::Garbage => CheckOutcome::Transient {
+            detail: format!("unrecognised answer of {} bytes", body.len()),
+        },
+    }
+}
+
+/// Classifies the answer to `bakiye_kontrol.php`.
+pub fn classify_balance(http_status: u16, body: &str) -> BalanceOutcome {
+    if !(200..=299).contains(&http_status) {
+        return BalanceOutcome::Transient {
+            detail: format!("HTTP {http_status}"),
+        };
+    }
+    match shape(body) {
+        Body::Ok(fields) => match amount(fields.first()) {
+            Some(balance) => BalanceOutcome::Balance {
+                balance,
+                debt: amount(fields.get(1)),
+            },
+            None => BalanceOutcome::Transient {
+                detail: "balance answer without an amount".to_owned(),
+            },
+        },
+        Body::Empty => BalanceOutcome::AccountProblem {
+            detail: "empty answer: wrong dealer code, API access disabled or IP mismatch"
+                .to_owned(),
+        },
+        Body::Html => BalanceOutcome::AccountProblem {
+            detail: HTML_DETAIL.to_owned(),
+        },
+        Body::Error { code, message } => BalanceOutcome::AccountProblem {
+            detail: format!("{code}|{message}"),
+        },
+        Body::Garbage => BalanceOutcome::Transient {
+            detail: format!("unrecognised answer of {} bytes", body.len()),
+        },
+    }
+}
+
+/// znet marks "no PIN yet" with a space, a dash or nothing.
+pub fn is_blank_pin(pin: &str) -> bool {
+    let pin = pin.trim();
+    pin.is_empty() || pin.chars().all(|c| c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn place_ok_with_amounts() {
+        assert_eq!(
+            classify_place(200, "OK|97.50|1402.25\n"),
+            PlaceOutcome::Accepted {
+                cost: Some("97.50".into()),
+                balance: Some("1402.25".into())
+            }
+        );
+    }
+
+    #[test]
+    fn place_ok_with_odd_amounts_is_still_accepted() {
+        assert_eq!(
+            classify_place(200, "OK|abc"),
+            PlaceOutcome::Accepted {
+                cost: None,
+                balance: None
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_denomination_is_a_rejection_with_turkish_message() {
+        assert_eq!(
+            classify_place(200, "3|Kupur Bilgisi Bulunamadı"),
+            PlaceOutcome::Rejected {
+                code: "3".into(),
+                message: "Kupur Bilgisi Bulunamadı".into()
+            }
+        );
+    }
+
+    #[test]
+    fn auth_ip_or_permission_is_an_account_problem() {
+        let body =
+            "8|Bağlantı Hatası,Kullanıcı Api Yetki, Kısıtlı Ip yada Kullanıcı Bilgileri Hatalı";
+        assert!(matches!(
+            classify_place(200, body),
+            PlaceOutcome::AccountProblem { .. }
+        ));
+        assert!(matches!(
+            classify_check(200, body),
+            CheckOutcome::AccountProblem { .. }
+        ));
+    }
+
+    #[test]
+    fn html_is_an_account_problem_for_every_call() {
+        let html = "<!DOCTYPE html><html><body>403 Forbidden</body></html>";
+        assert!(matches!(
+            classify_place(200, html),
+            PlaceOutcome::AccountProblem { .. }
+        ));
+        assert!(matches!(
+            classify_check(200, html),
+            CheckOutcome::AccountProblem { .. }
+        ));
+        assert!(matches!(
+            classify_balance(200, html),
+            BalanceOutcome::AccountProblem { .. }
+        ));
+    }
+
+    #[test]
+    fn an_unclear_placement_is_unknown_never_transient() {
+        for (status, body) in [
+            (200, ""),
+            (200, "   \n"),
+            (200, "Sunucu meşgul"),
+            (500, "OK|1|2"),
+            (502, "<html>bad gateway</html>"),
+            (503, ""),
+        ] {
+            assert!(
+                matches!(classify_place(status, body), PlaceOutcome::Unknown { .. }),
+                "{status} {body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_placement_that_never_reached_the_provider_is_transient() {
+        assert!(matches!(
+            classify_place(429, ""),
+            PlaceOutcome::Transient { .. }
+        ));
+        assert!(matches!(
+            classify_place(404, "not found"),
+            PlaceOutcome::AccountProblem { .. }
+        ));
+    }
+
+    #[test]
+    fn check_states() {
+        assert_eq!(classify_check(200, "OK|1| |"), CheckOutcome::Pending);
+        assert_eq!(
+            classify_check(200, "OK|1|-|Beklemede"),
+            CheckOutcome::Pending
+        );
+        assert_eq!(
+            classify_check(200, "OK|2| ABCD-1234 |Tamamlandı"),
+            CheckOutcome::Completed {
+                pin: Secret::new("ABCD-1234")
+            }
+        );
+        assert_eq!(
+            classify_check(200, "OK|3| |Stok yok, iptal edildi"),
+            CheckOutcome::Cancelled {
+                message: "Stok yok, iptal edildi".into()
+            }
+        );
+        assert_eq!(
+            classify_check(200, "4|Sipariş bulunamadı"),
+            CheckOutcome::NotFound {
+                code: "4".into(),
+                message: "Sipariş bulunamadı".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_blank_pin_is_never_a_pin() {
+        for pin in ["", " ", "-", " - ", "--"] {
+            let body = format!("OK|2|{pin}|Tamamlandı");
+            assert!(
+                matches!(classify_check(200, &body), CheckOutcome::Transient { .. }),
+                "{pin:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn odd_check_answers_are_transient_and_do_not_echo_the_body() {
+        for (status, body) in [
+            (200, ""),
+            (200, "OK|9|SECRETPIN|x"),
+            (200, "SECRETPIN garbage"),
+            (503, "SECRETPIN"),
+        ] {
+            match classify_check(status, body) {
+                CheckOutcome::Transient { detail } => {
+                    assert!(!detail.contains("SECRETPIN"), "{detail}")
+                }
+                other => panic!("{body:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn balance_shapes() {
+        assert_eq!(
+            classify_balance(200, "OK|1500.00"),
+            BalanceOutcome::Balance {
+                balance: "1500.00".into(),
+                debt: None
+            }
+        );
+        assert_eq!(
+            classify_balance(200, "OK|1500.00|-20.5"),
+            BalanceOutcome::Balance {
+                balance: "1500.00".into(),
+                debt: Some("-20.5".into())
+            }
+        );
+        assert!(matches!(
+            classify_balance(200, ""),
+            BalanceOutcome::AccountProblem { .. }
+        ));
+    }
+
+    #[test]
+    fn bom_and_whitespace_are_ignored() {
+        assert_eq!(
+            classify_check(200, "\u{feff}  OK|1|-|\r\n"),
+            CheckOutcome::Pending
+        );
+    }
+
+    fn any_body() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".{0,80}",
+            "(OK|ok|[0-9]{1,2}|<html>)?(\\|[ -~ıİşŞğĞüÜöÖçÇ]{0,12}){0,5}",
+        ]
+    }
+
+    proptest! {
+        /// No answer can make a placement look settled unless it says OK or code|message
+        /// with a 2xx status: the classifier errs on the side of "unknown" (G1).
+        #[test]
+        fn only_documented_shapes_settle_a_placement(status in 100u16..600, body in any_body()) {
+            match classify_place(status, &body) {
+                PlaceOutcome::Accepted { .. } => {
+                    prop_assert!((200..300).contains(&status));
+                    let trimmed = body.trim_start_matches('\u{feff}').trim().to_lowercase();
+                    prop_assert!(trimmed.starts_with("ok"));
+                }
+                PlaceOutcome::Rejected { code, .. } => {
+                    prop_assert!((200..300).contains(&status));
+                    prop_assert!(code.bytes().all(|b| b.is_ascii_digit()));
+                    prop_assert!(!ACCOUNT_PROBLEM_CODES.contains(&code.as_str()));
+                }
+                _ => {}
+            }
+        }
+
+        /// A completed check always carries a non-blank, trimmed PIN.
+        #[test]
+        fn completed_always_has_a_real_pin(status in 200u16..300, body in any_body()) {
+            if let CheckOutcome::Completed { pin } = classify_check(status, &body) {
+                prop_assert!(!is_blank_pin(pin.expose()));
+                prop_assert_eq!(pin.expose().trim(), pin.expose());
+            }
+        }
+
+        /// Details of unclear answers never repeat the answer's text.
+        #[test]
+        fn transient_details_do_not_echo_bodies(body in "[A-Z]{12,20}") {
+            for outcome in [classify_check(200, &body), classify_check(500, &body)] {
+                if let CheckOutcome::Transient { detail } = outcome {
+                    prop_assert!(!detail.contains(&body));
+                }
+            }
+        }
+    }
+}

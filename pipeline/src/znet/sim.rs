@@ -1,0 +1,1002 @@
+//! A znet-compatible provider simulator with fault injection (`orderflow sim-znet`, and
+//! in-process for integration tests).
+//!
+//! Owns: the four `/servis/*.php` endpoints of `shared/design/znet-protocol.md` as our
+//! parser (`super::protocol`) expects them, a small static catalog, the dealer balance,
+//! referans uniqueness (one purchase per referans, ever), seeded randomness (rejections,
+//! cancellations, faults, PINs), fault injection (scripted FIFO per call, then random) and
+//! the `/sim/*` control endpoints for out-of-process tests.
+//!
+//! It never logs kod, sifre or PINs (G5): debug events carry only referans, oyun, kupur and
+//! outcome words.
+
+use axum::extract::{Query, State as Shared};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::debug;
+
+// ----- public types -------------------------------------------------------------------
+
+#[derive(Clone)]
+pub struct SimConfig {
+    /// Expected dealer code; a wrong kod or sifre gets the `8|...` answer.
+    pub kod: String,
+    pub sifre: String,
+    /// Added to every `/servis` answer.
+    pub latency: Duration,
+    /// `pin_kontrol` answers durum 1 this many times per order, then its final state.
+    pub checks_until_complete: u32,
+    /// Share of valid placements answered `3|Kupur Bilgisi Bulunamadı`.
+    pub rejection_rate: f64,
+    /// Share of purchased orders that end cancelled (durum 3) instead of completed.
+    pub cancel_rate: f64,
+    /// Share of place and check calls that get a random fault from [`Fault::random_set`].
+    pub fault_rate: f64,
+    /// How long a `Timeout` or `LostAnswer` hangs before answering 503.
+    pub lost_answer_delay: Duration,
+    pub seed: u64,
+    /// Kuruş (1/100 TRY).
+    pub initial_balance_kurus: i64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            kod: "sim-kod".into(),
+            sifre: "sim-sifre".into(),
+            latency: Duration::ZERO,
+            checks_until_complete: 1,
+            rejection_rate: 0.0,
+            cancel_rate: 0.0,
+            fault_rate: 0.0,
+            lost_answer_delay: Duration::from_secs(30),
+            seed: 1,
+            initial_balance_kurus: 1_000_000_00,
+        }
+    }
+}
+
+/// Credentials are shown as `***`.
+impl fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("kod", &"***")
+            .field("sifre", &"***")
+            .field("latency", &self.latency)
+            .field("checks_until_complete", &self.checks_until_complete)
+            .field("rejection_rate", &self.rejection_rate)
+            .field("cancel_rate", &self.cancel_rate)
+            .field("fault_rate", &self.fault_rate)
+            .field("lost_answer_delay", &self.lost_answer_delay)
+            .field("seed", &self.seed)
+            .field("initial_balance_kurus", &self.initial_balance_kurus)
+            .finish()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// HTTP 503 with a short HTML body; no effect.
+    ServerError,
+    /// Hangs `lost_answer_delay`, then 503; no effect (dropped before processing).
+    Timeout,
+    /// HTTP 200 with an HTML page (like a wrong base URL); no effect.
+    Html,
+    /// HTTP 200, empty body; no effect.
+    EmptyBody,
+    /// HTTP 200, a non-protocol text body; no effect.
+    Garbage,
+    /// The call IS processed, but the answer is lost: hangs `lost_answer_delay`, then 503.
+    LostAnswer,
+}
+
+impl Fault {
+    /// The faults `fault_rate` draws from, uniformly.
+    pub fn random_set() -> &'static [Fault] {
+        &[
+            Fault::ServerError,
+            Fault::Timeout,
+            Fault::Html,
+            Fault::EmptyBody,
+            Fault::Garbage,
+            Fault::LostAnswer,
+        ]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimCall {
+    Place,
+    Check,
+    Balance,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SimStats {
+    /// How many placement calls each referans received that reached the order logic
+    /// (duplicates included, faults with "no effect" excluded).
+    pub placements: BTreeMap<String, u32>,
+    /// How many purchases each referans produced (never more than 1).
+    pub purchases: BTreeMap<String, u32>,
+    /// Authenticated check calls that reached the order logic (lost answers included).
+    pub checks: u64,
+    pub faults_injected: u64,
+    /// Placements answered with a rejection code (2, 3 or 6), duplicates (5) excluded.
+    pub rejected: u64,
+    pub balance_kurus: i64,
+}
+
+pub struct SimHandle {
+    /// `base_url = format!("http://{addr}")`.
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// The simulator; cheap to clone.
+#[derive(Clone)]
+pub struct Sim {
+    inner: Arc<Inner>,
+}
+
+// ----- state --------------------------------------------------------------------------
+
+struct Inner {
+    config: SimConfig,
+    state: Mutex<State>,
+    /// Becomes true at shutdown, so hanging answers end and graceful shutdown finishes.
+    stopping: watch::Sender<bool>,
+}
+
+struct State {
+    rng: SplitMix64,
+    orders: HashMap<String, Order>,
+    scripts: HashMap<SimCall, VecDeque<Fault>>,
+    stats: SimStats,
+}
+
+struct Order {
+    checks_seen: u32,
+    cancelled: bool,
+    pin: String,
+}
+
+/// SplitMix64: tiny, seeded, good enough for a simulator.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// True with probability `p`; draws nothing when `p <= 0`.
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+impl State {
+    /// A scripted fault for `call` first, else a random one (place and check only).
+    fn next_fault(&mut self, call: SimCall, fault_rate: f64) -> Option<Fault> {
+        let scripted = self.scripts.get_mut(&call).and_then(VecDeque::pop_front);
+        let fault = scripted.or_else(|| {
+            (call != SimCall::Balance && self.rng.chance(fault_rate)).then(|| {
+                let set = Fault::random_set();
+                set[self.rng.below(set.len())]
+            })
+        });
+        self.stats.faults_injected += u64::from(fault.is_some());
+        fault
+    }
+
+    fn pin(&mut self) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        let group = |rng: &mut SplitMix64| -> String {
+            (0..4)
+                .map(|_| ALPHABET[rng.below(ALPHABET.len())] as char)
+                .collect()
+        };
+        let groups: Vec<String> = (0..4).map(|_| group(&mut self.rng)).collect();
+        groups.join("-")
+    }
+}
+
+// ----- catalog and answers ------------------------------------------------------------
+
+struct Product {
+    id: u32,
+    oyun_bilgi_id: &'static str,
+    oyun_id: &'static str,
+    oyun_adi: &'static str,
+    kupur: &'static str,
+    price_kurus: i64,
+}
+
+const CATALOG: &[Product] = &[
+    Product {
+        id: 1,
+        oyun_bilgi_id: "412",
+        oyun_id: "41",
+        oyun_adi: "Steam Cüzdan Kodu",
+        kupur: "25",
+        price_kurus: 24_25,
+    },
+    Product {
+        id: 2,
+        oyun_bilgi_id: "412",
+        oyun_id: "41",
+        oyun_adi: "Steam Cüzdan Kodu",
+        kupur: "50",
+        price_kurus: 48_50,
+    },
+    Product {
+        id: 3,
+        oyun_bilgi_id: "412",
+        oyun_id: "41",
+        oyun_adi: "Steam Cüzdan Kodu",
+        kupur: "100",
+        price_kurus: 97_00,
+    },
+    Product {
+        id: 4,
+        oyun_bilgi_id: "7",
+        oyun_id: "3",
+        oyun_adi: "Oyun Parası Şişesi",
+        kupur: "10",
+        price_kurus: 10_40,
+    },
+    Product {
+        id: 5,
+        oyun_bilgi_id: "7",
+        oyun_id: "3",
+        oyun_adi: "Oyun Parası Şişesi",
+        kupur: "20",
+        price_kurus: 20_80,
+    },
+];
+
+const AUTH_FAILED: &str =
+    "8|Bağlantı Hatası,Kullanıcı Api Yetki, Kısıtlı Ip yada Kullanıcı Bilgileri Hatalı";
+const BAD_PARAMETERS: &str = "2|Eksik veya hatalı parametre";
+const NO_KUPUR: &str = "3|Kupur Bilgisi Bulunamadı";
+const ORDER_NOT_FOUND: &str = "4|Sipariş bulunamadı";
+const DUPLICATE: &str = "5|Bu referans ile daha önce sipariş verilmiş";
+/// Not in the protocol notes: the simulator's own answer for an empty balance.
+const NO_BALANCE: &str = "6|Yetersiz bakiye";
+const PENDING: &str = "OK|1| |İşleminiz devam ediyor";
+const CANCELLED: &str = "OK|3| |Stok yetersiz, iptal edildi";
+const GARBAGE: &str = "Sunucu meşgul, lütfen daha sonra tekrar deneyiniz.";
+const UNAVAILABLE_HTML: &str =
+    "<html><head><title>503 Service Unavailable</title></head><body><h1>Service Unavailable</h1></body></html>";
+const WRONG_URL_HTML: &str =
+    "<!DOCTYPE html><html><head><title>Bayi Paneli</title></head><body>Giriş yapınız</body></html>";
+const NOT_FOUND_HTML: &str =
+    "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>";
+
+type Params = HashMap<String, String>;
+type Logic = fn(&SimConfig, &mut State, &Params) -> String;
+
+fn param<'a>(q: &'a Params, name: &str) -> &'a str {
+    q.get(name).map(String::as_str).unwrap_or_default()
+}
+
+fn authorised(config: &SimConfig, q: &Params) -> bool {
+    q.get("kod") == Some(&config.kod) && q.get("sifre") == Some(&config.sifre)
+}
+
+/// Kuruş as TRY with two decimals and a `.`.
+fn money(kurus: i64) -> String {
+    let sign = if kurus < 0 { "-" } else { "" };
+    let abs = kurus.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+}
+
+fn place(config: &SimConfig, st: &mut State, q: &Params) -> String {
+    if !authorised(config, q) {
+        debug!("pin_ekle: unauthorised");
+        return AUTH_FAILED.into();
+    }
+    let (referans, oyun, kupur) = (param(q, "referans"), param(q, "oyun"), param(q, "kupur"));
+    if referans.is_empty()
+        || !referans.bytes().all(|b| b.is_ascii_digit())
+        || oyun.is_empty()
+        || kupur.is_empty()
+    {
+        st.stats.rejected += 1;
+        debug!("pin_ekle: missing or malformed parameters");
+        return BAD_PARAMETERS.into();
+    }
+    *st.stats.placements.entry(referans.to_owned()).or_default() += 1;
+    let reject = |st: &mut State, answer: &str, outcome: &str| {
+        st.stats.rejected += 1;
+        debug!(referans, oyun, kupur, outcome, "pin_ekle");
+        answer.to_owned()
+    };
+    if st.orders.contains_key(referans) {
+        debug!(referans, oyun, kupur, outcome = "duplicate", "pin_ekle");
+        return DUPLICATE.into();
+    }
+    let Some(product) = CATALOG
+        .iter()
+        .find(|p| p.oyun_bilgi_id == oyun && p.kupur == kupur)
+    else {
+        return reject(st, NO_KUPUR, "unknown kupur");
+    };
+    if st.rng.chance(config.rejection_rate) {
+        return reject(st, NO_KUPUR, "rejected");
+    }
+    if st.stats.balance_kurus < product.price_kurus {
+        return reject(st, NO_BALANCE, "no balance");
+    }
+    st.stats.balance_kurus -= product.price_kurus;
+    let cancelled = st.rng.chance(config.cancel_rate);
+    let pin = st.pin();
+    st.orders.insert(
+        referans.to_owned(),
+        Order {
+            checks_seen: 0,
+            cancelled,
+            pin,
+        },
+    );
+    *st.stats.purchases.entry(referans.to_owned()).or_default() += 1;
+    let outcome = if cancelled {
+        "purchased, will cancel"
+    } else {
+        "purchased"
+    };
+    debug!(referans, oyun, kupur, outcome, "pin_ekle");
+    format!(
+        "OK|{}|{}",
+        money(product.price_kurus),
+        money(st.stats.balance_kurus)
+    )
+}
+
+fn check(config: &SimConfig, st: &mut State, q: &Params) -> String {
+    if !authorised(config, q) {
+        debug!("pin_kontrol: unauthorised");
+        return AUTH_FAILED.into();
+    }
+    st.stats.checks += 1;
+    let referans = param(q, "tahsilat_api_islem_id");
+    let Some(order) = st.orders.get_mut(referans) else {
+        debug!(referans, outcome = "not found", "pin_kontrol");
+        return ORDER_NOT_FOUND.into();
+    };
+    order.checks_seen += 1;
+    let (answer, outcome) = if order.checks_seen <= config.checks_until_complete {
+        (PENDING.to_owned(), "pending")
+    } else if order.cancelled {
+        (CANCELLED.to_owned(), "cancelled")
+    } else {
+        (format!("OK|2|{}|Tamamlandı", order.pin), "completed")
+    };
+    debug!(referans, outcome, "pin_kontrol");
+    answer
+}
+
+fn balance(config: &SimConfig, st: &mut State, q: &Params) -> String {
+    if !authorised(config, q) {
+        debug!("bakiye_kontrol: unauthorised, empty answer");
+        return String::new();
+    }
+    format!("OK|{}", money(st.stats.balance_kurus))
+}
+
+fn catalog_json(config: &SimConfig, q: &Params) -> String {
+    if !authorised(config, q) {
+        return serde_json::json!({"success": false, "result": [], "error": "Yetkisiz erişim"})
+            .to_string();
+    }
+    let result: Vec<serde_json::Value> = CATALOG
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "id": p.id, "adi": format!("{} {} TL", p.oyun_adi, p.kupur),
+                "aciklama": "Dijital kod, anında teslim", "oyun_id": p.oyun_id,
+                "oyun_adi": p.oyun_adi, "fiyat": money(p.price_kurus), "kupur": p.kupur,
+                "oyun_bilgi_id": p.oyun_bilgi_id,
+            })
+        })
+        .collect();
+    serde_json::json!({"success": true, "result": result, "error": null}).to_string()
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, content_type)], body.into()).into_response()
+}
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    reply(status, "text/plain; charset=utf-8", body)
+}
+fn html(status: StatusCode, body: &'static str) -> Response {
+    reply(status, "text/html; charset=utf-8", body)
+}
+fn json(body: String) -> Response {
+    reply(StatusCode::OK, "application/json; charset=utf-8", body)
+}
+
+// ----- the simulator ------------------------------------------------------------------
+
+impl Sim {
+    pub fn new(config: SimConfig) -> Sim {
+        let state = State {
+            rng: SplitMix64(config.seed),
+            orders: HashMap::new(),
+            scripts: HashMap::new(),
+            stats: SimStats {
+                balance_kurus: config.initial_balance_kurus,
+                ..SimStats::default()
+            },
+        };
+        let (stopping, _) = watch::channel(false);
+        Sim {
+            inner: Arc::new(Inner {
+                config,
+                state: Mutex::new(state),
+                stopping,
+            }),
+        }
+    }
+
+    /// Binds (use "127.0.0.1:0" in tests) and serves until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        addr: SocketAddr,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<SimHandle> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        self.inner.stopping.send_replace(false);
+        let sim = self.clone();
+        let signal = async move {
+            shutdown.await;
+            sim.inner.stopping.send_replace(true);
+        };
+        let router = self.router();
+        let task = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router)
+                .with_graceful_shutdown(signal)
+                .await
+            {
+                tracing::error!(%error, "znet simulator stopped");
+            }
+        });
+        tracing::info!(%addr, "znet simulator listening");
+        Ok(SimHandle { addr, task })
+    }
+
+    /// Faults for the next calls of an endpoint, consumed in order before random faults.
+    pub fn script(&self, call: SimCall, faults: Vec<Fault>) {
+        self.with_state(|st| st.scripts.entry(call).or_default().extend(faults));
+    }
+
+    pub fn stats(&self) -> SimStats {
+        self.with_state(|st| st.stats.clone())
+    }
+
+    fn router(&self) -> Router {
+        Router::new()
+            .route(
+                "/servis/pin_ekle.php",
+                get(|s: Shared<Sim>, q: Query<Params>| {
+                    s.0.protocol_call(SimCall::Place, q.0, place)
+                }),
+            )
+            .route(
+                "/servis/pin_kontrol.php",
+                get(|s: Shared<Sim>, q: Query<Params>| {
+                    s.0.protocol_call(SimCall::Check, q.0, check)
+                }),
+            )
+            .route(
+                "/servis/bakiye_kontrol.php",
+                get(|s: Shared<Sim>, q: Query<Params>| {
+                    s.0.protocol_call(SimCall::Balance, q.0, balance)
+                }),
+            )
+            .route("/servis/pin_listesi.php", get(catalog_handler))
+            .route(
+                "/sim/stats",
+                get(|s: Shared<Sim>| async move {
+                    json(serde_json::to_string(&s.0.stats()).unwrap_or_default())
+                }),
+            )
+            .route("/sim/script", get(script_handler))
+            .fallback(|| async { html(StatusCode::NOT_FOUND, NOT_FOUND_HTML) })
+            .with_state(self.clone())
+    }
+
+    /// Never holds the lock across an await.
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut guard = self
+            .inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard)
+    }
+
+    /// Sleeps, or returns early when the server is shutting down.
+    async fn pause(&self, duration: Duration) {
+        if duration.is_zero() {
+            return;
+        }
+        let mut stopping = self.inner.stopping.subscribe();
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => {}
+            _ = async move {
+                // The watch guard must not live across the await: test, then wait.
+                loop {
+                    let stop = *stopping.borrow_and_update();
+                    if stop || stopping.changed().await.is_err() {
+                        break;
+                    }
+                }
+            } => {}
+        }
+    }
+
+    async fn protocol_call(self, call: SimCall, q: Params, logic: Logic) -> Response {
+        let config = &self.inner.config;
+        self.pause(config.latency).await;
+        let fault = self.with_state(|st| st.next_fault(call, config.fault_rate));
+        let Some(fault) = fault else {
+            return text(StatusCode::OK, self.with_state(|st| logic(config, st, &q)));
+        };
+        debug!(?call, ?fault, "injecting a fault");
+        match fault {
+            Fault::ServerError => html(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_HTML),
+            Fault::Html => html(StatusCode::OK, WRONG_URL_HTML),
+            Fault::EmptyBody => text(StatusCode::OK, ""),
+            Fault::Garbage => text(StatusCode::OK, GARBAGE),
+            Fault::Timeout | Fault::LostAnswer => {
+                if fault == Fault::LostAnswer {
+                    let _lost = self.with_state(|st| logic(config, st, &q));
+                }
+                self.pause(config.lost_answer_delay).await;
+                html(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_HTML)
+            }
+        }
+    }
+}
+
+async fn catalog_handler(Shared(sim): Shared<Sim>, Query(q): Query<Params>) -> Response {
+    sim.pause(sim.inner.config.latency).await;
+    json(catalog_json(&sim.inner.config, &q))
+}
+
+/// `GET /sim/script?call=place&faults=server_error,lost_answer`.
+async fn script_handler(Shared(sim): Shared<Sim>, Query(q): Query<Params>) -> Response {
+    fn snake<T: serde::de::DeserializeOwned>(word: &str) -> Option<T> {
+        serde_json::from_value(serde_json::Value::String(word.trim().to_owned())).ok()
+    }
+    let call = snake::<SimCall>(param(&q, "call"));
+    let faults: Option<Vec<Fault>> = param(&q, "faults")
+        .split(',')
+        .filter(|w| !w.trim().is_empty())
+        .map(snake)
+        .collect();
+    match (call, faults) {
+        (Some(call), Some(faults)) => {
+            sim.script(call, faults);
+            text(StatusCode::OK, "ok")
+        }
+        _ => text(
+            StatusCode::BAD_REQUEST,
+            "expected call=place|check|balance&faults=<fault>,...",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::{BalanceOutcome, CheckOutcome, PlaceOutcome};
+    use crate::znet::protocol::{classify_balance, classify_check, classify_place};
+
+    struct Running {
+        sim: Sim,
+        base: String,
+        handle: SimHandle,
+        stop: tokio::sync::oneshot::Sender<()>,
+    }
+
+    async fn start(config: SimConfig) -> Running {
+        let sim = Sim::new(config);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let handle = sim
+            .clone()
+            .serve("127.0.0.1:0".parse().unwrap(), shutdown)
+            .await
+            .unwrap();
+        let base = format!("http://{}", handle.addr);
+        Running {
+            sim,
+            base,
+            handle,
+            stop,
+        }
+    }
+
+    fn url(base: &str, path: &str, params: &[(&str, &str)]) -> reqwest::Url {
+        reqwest::Url::parse_with_params(&format!("{base}{path}"), params).unwrap()
+    }
+
+    async fn get(base: &str, path: &str, params: &[(&str, &str)]) -> (u16, String) {
+        let resp = reqwest::get(url(base, path, params)).await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    const AUTH: [(&str, &str); 2] = [("kod", "sim-kod"), ("sifre", "sim-sifre")];
+
+    async fn place_at(base: &str, referans: &str, oyun: &str, kupur: &str) -> (u16, String) {
+        let mut params = AUTH.to_vec();
+        params.extend([("oyun", oyun), ("kupur", kupur), ("referans", referans)]);
+        params.extend([
+            ("musteri_tel", "5551234567"),
+            ("oyuncu_bilgi", "Şükrü Öğüt"),
+        ]);
+        get(base, "/servis/pin_ekle.php", &params).await
+    }
+
+    async fn check_at(base: &str, referans: &str) -> CheckOutcome {
+        let mut params = AUTH.to_vec();
+        params.push(("tahsilat_api_islem_id", referans));
+        let (status, body) = get(base, "/servis/pin_kontrol.php", &params).await;
+        classify_check(status, &body)
+    }
+
+    async fn place_ok(base: &str, referans: &str) -> PlaceOutcome {
+        let (status, body) = place_at(base, referans, "412", "25").await;
+        classify_place(status, &body)
+    }
+
+    #[tokio::test]
+    async fn happy_path_pending_then_completed_with_a_pin() {
+        let run = start(SimConfig {
+            checks_until_complete: 2,
+            ..SimConfig::default()
+        })
+        .await;
+        assert_eq!(
+            place_ok(&run.base, "1001").await,
+            PlaceOutcome::Accepted {
+                cost: Some("24.25".into()),
+                balance: Some("999975.75".into())
+            }
+        );
+        assert_eq!(check_at(&run.base, "1001").await, CheckOutcome::Pending);
+        assert_eq!(check_at(&run.base, "1001").await, CheckOutcome::Pending);
+        let CheckOutcome::Completed { pin } = check_at(&run.base, "1001").await else {
+            panic!("not completed")
+        };
+        assert!(!crate::znet::protocol::is_blank_pin(pin.expose()));
+        assert_eq!(pin.expose().len(), 19);
+        assert_eq!(
+            check_at(&run.base, "1001").await,
+            CheckOutcome::Completed { pin },
+            "same PIN every time"
+        );
+        let (status, body) = get(&run.base, "/servis/bakiye_kontrol.php", &AUTH).await;
+        assert_eq!(
+            classify_balance(status, &body),
+            BalanceOutcome::Balance {
+                balance: "999975.75".into(),
+                debt: None
+            }
+        );
+        let stats = run.sim.stats();
+        assert_eq!(
+            (stats.checks, stats.balance_kurus),
+            (4, 1_000_000_00 - 24_25)
+        );
+        assert!(
+            matches!(check_at(&run.base, "999").await, CheckOutcome::NotFound { code, .. } if code == "4")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_referans_never_buys_twice() {
+        let run = start(SimConfig::default()).await;
+        assert!(matches!(
+            place_ok(&run.base, "2002").await,
+            PlaceOutcome::Accepted { .. }
+        ));
+        assert!(
+            matches!(place_ok(&run.base, "2002").await, PlaceOutcome::Rejected { code, .. } if code == "5")
+        );
+        let stats = run.sim.stats();
+        assert_eq!(stats.placements["2002"], 2);
+        assert_eq!(stats.purchases["2002"], 1);
+        assert_eq!(stats.balance_kurus, 1_000_000_00 - 24_25);
+    }
+
+    #[tokio::test]
+    async fn unknown_kupur_bad_parameters_and_random_rejection() {
+        let run = start(SimConfig::default()).await;
+        let (status, body) = place_at(&run.base, "3003", "412", "30").await;
+        assert_eq!(
+            classify_place(status, &body),
+            PlaceOutcome::Rejected {
+                code: "3".into(),
+                message: "Kupur Bilgisi Bulunamadı".into()
+            }
+        );
+        let (status, body) = place_at(&run.base, "12ab", "412", "25").await;
+        assert!(
+            matches!(classify_place(status, &body), PlaceOutcome::Rejected { code, .. } if code == "2")
+        );
+        let stats = run.sim.stats();
+        assert_eq!((stats.rejected, stats.purchases.len()), (2, 0));
+
+        let run = start(SimConfig {
+            rejection_rate: 1.0,
+            ..SimConfig::default()
+        })
+        .await;
+        assert!(
+            matches!(place_ok(&run.base, "3004").await, PlaceOutcome::Rejected { code, .. } if code == "3")
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_credentials_are_an_account_problem_and_an_empty_balance() {
+        let run = start(SimConfig::default()).await;
+        let bad = [("kod", "sim-kod"), ("sifre", "yanlis")];
+        let mut params = bad.to_vec();
+        params.extend([("oyun", "412"), ("kupur", "25"), ("referans", "4004")]);
+        let (status, body) = get(&run.base, "/servis/pin_ekle.php", &params).await;
+        assert!(matches!(
+            classify_place(status, &body),
+            PlaceOutcome::AccountProblem { .. }
+        ));
+        let (status, body) = get(
+            &run.base,
+            "/servis/pin_kontrol.php",
+            &[bad[0], bad[1], ("tahsilat_api_islem_id", "4004")],
+        )
+        .await;
+        assert!(matches!(
+            classify_check(status, &body),
+            CheckOutcome::AccountProblem { .. }
+        ));
+        let (status, body) = get(&run.base, "/servis/bakiye_kontrol.php", &bad).await;
+        assert_eq!((status, body.as_str()), (200, ""));
+        assert!(matches!(
+            classify_balance(status, &body),
+            BalanceOutcome::AccountProblem { .. }
+        ));
+        let (_, body) = get(&run.base, "/servis/pin_listesi.php", &bad).await;
+        let catalog: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(catalog["success"], false);
+        assert!(run.sim.stats().placements.is_empty());
+    }
+
+    #[tokio::test]
+    async fn scripted_server_error_has_no_effect_then_success() {
+        let run = start(SimConfig::default()).await;
+        run.sim.script(SimCall::Place, vec![Fault::ServerError]);
+        assert!(matches!(
+            place_ok(&run.base, "5005").await,
+            PlaceOutcome::Unknown { .. }
+        ));
+        assert!(run.sim.stats().placements.is_empty());
+        assert!(matches!(
+            place_ok(&run.base, "5005").await,
+            PlaceOutcome::Accepted { .. }
+        ));
+        let stats = run.sim.stats();
+        assert_eq!((stats.faults_injected, stats.purchases["5005"]), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_times_out_but_the_purchase_happened() {
+        let run = start(SimConfig {
+            lost_answer_delay: Duration::from_millis(200),
+            ..SimConfig::default()
+        })
+        .await;
+        run.sim.script(SimCall::Place, vec![Fault::LostAnswer]);
+        run.sim.script(SimCall::Check, vec![Fault::LostAnswer]);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(50))
+            .build()
+            .unwrap();
+        let mut params = AUTH.to_vec();
+        params.extend([("oyun", "7"), ("kupur", "10"), ("referans", "6006")]);
+        let err = client
+            .get(url(&run.base, "/servis/pin_ekle.php", &params))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+        let stats = run.sim.stats();
+        assert_eq!(
+            (stats.purchases["6006"], stats.balance_kurus),
+            (1, 1_000_000_00 - 10_40)
+        );
+        let (status, body) = get(
+            &run.base,
+            "/servis/pin_kontrol.php",
+            &[AUTH[0], AUTH[1], ("tahsilat_api_islem_id", "6006")],
+        )
+        .await;
+        assert!(
+            matches!(
+                classify_check(status, &body),
+                CheckOutcome::Transient { .. }
+            ),
+            "lost check answers 503"
+        );
+        assert!(
+            matches!(
+                check_at(&run.base, "6006").await,
+                CheckOutcome::Completed { .. }
+            ),
+            "the lost check counted"
+        );
+        assert_eq!(run.sim.stats().faults_injected, 2);
+        // Shutdown ends the hanging handlers instead of waiting for them.
+        let (hung, _) = tokio::join!(get(&run.base, "/servis/pin_ekle.php", &params), async {
+            run.sim.script(SimCall::Place, vec![Fault::Timeout]);
+            let _ = run.stop.send(());
+        });
+        assert!(hung.0 == 503 || hung.0 == 200);
+        tokio::time::timeout(Duration::from_secs(2), run.handle.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn cancelled_orders_and_out_of_process_controls() {
+        let run = start(SimConfig {
+            cancel_rate: 1.0,
+            checks_until_complete: 0,
+            ..SimConfig::default()
+        })
+        .await;
+        assert_eq!(
+            get(
+                &run.base,
+                "/sim/script",
+                &[("call", "check"), ("faults", "garbage,empty_body")]
+            )
+            .await,
+            (200, "ok".into())
+        );
+        assert_eq!(
+            get(
+                &run.base,
+                "/sim/script",
+                &[("call", "place"), ("faults", "bogus")]
+            )
+            .await
+            .0,
+            400
+        );
+        assert!(matches!(
+            place_ok(&run.base, "7007").await,
+            PlaceOutcome::Accepted { .. }
+        ));
+        assert!(matches!(
+            check_at(&run.base, "7007").await,
+            CheckOutcome::Transient { .. }
+        ));
+        assert!(matches!(
+            check_at(&run.base, "7007").await,
+            CheckOutcome::Transient { .. }
+        ));
+        assert!(
+            matches!(check_at(&run.base, "7007").await, CheckOutcome::Cancelled { message } if message.contains("iptal"))
+        );
+        let (status, body) = get(&run.base, "/sim/stats", &[]).await;
+        let stats: SimStats = serde_json::from_str(&body).unwrap();
+        assert_eq!((status, stats.checks, stats.faults_injected), (200, 1, 2));
+        assert_eq!(stats, run.sim.stats());
+        let (status, body) = get(&run.base, "/servis/yok.php", &[]).await;
+        assert!(status == 404 && body.contains("<html"));
+        let (_, body) = get(&run.base, "/servis/pin_listesi.php", &AUTH).await;
+        let catalog: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(catalog["result"].as_array().unwrap().len(), 5);
+        assert_eq!(catalog["result"][0]["oyun_bilgi_id"], "412");
+    }
+
+    #[tokio::test]
+    async fn random_faults_are_seeded_and_never_buy_twice() {
+        let run = start(SimConfig {
+            fault_rate: 0.5,
+            lost_answer_delay: Duration::from_millis(1),
+            seed: 42,
+            ..SimConfig::default()
+        })
+        .await;
+        for i in 0..40 {
+            let referans = format!("{}", 8000 + i % 10);
+            let _ = place_ok(&run.base, &referans).await;
+        }
+        let stats = run.sim.stats();
+        assert!(
+            stats.faults_injected > 5 && stats.faults_injected < 35,
+            "{}",
+            stats.faults_injected
+        );
+        assert!(stats.purchases.values().all(|&n| n == 1));
+        let spent = 24_25 * stats.purchases.len() as i64;
+        assert_eq!(stats.balance_kurus, 1_000_000_00 - spent);
+    }
+
+    #[tokio::test]
+    async fn credentials_and_pins_are_never_logged() {
+        use std::io::Write;
+        #[derive(Clone, Default)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl Write for Capture {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let config = SimConfig {
+            kod: "dealer-kod-77".into(),
+            sifre: "hunter2-sifre".into(),
+            checks_until_complete: 0,
+            ..SimConfig::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let run = start(config).await;
+        let auth = [("kod", "dealer-kod-77"), ("sifre", "hunter2-sifre")];
+        let mut params = auth.to_vec();
+        params.extend([("oyun", "412"), ("kupur", "50"), ("referans", "9009")]);
+        assert_eq!(get(&run.base, "/servis/pin_ekle.php", &params).await.0, 200);
+        let (status, body) = get(
+            &run.base,
+            "/servis/pin_kontrol.php",
+            &[auth[0], auth[1], ("tahsilat_api_islem_id", "9009")],
+        )
+        .await;
+        let CheckOutcome::Completed { pin } = classify_check(status, &body) else {
+            panic!("not completed")
+        };
+        let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logs.contains("9009") && logs.contains("completed"),
+            "nothing captured: {logs}"
+        );
+        for secret in ["dealer-kod-77", "hunter2-sifre", pin.expose()] {
+            assert!(!logs.contains(secret), "a secret was logged");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The `orderflow` binary's answers to bad configuration: one sentence, non-zero exit,
+//! within seconds.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn orderflow(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String, Duration) {
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_orderflow"))
+        .args(args)
+        .env_remove("ORDERFLOW_KAFKA_BROKERS")
+        .env_remove("ORDERFLOW_DATABASE_URL")
+        .envs(env.iter().copied())
+        .output()
+        .expect("running orderflow");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        start.elapsed(),
+    )
+}
+
+fn one_error_line(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    lines[0]
+}
+
+#[test]
+fn an_unreachable_broker_is_one_clear_line() {
+    // A port nothing listens on.
+    let (code, _, stderr, took) = orderflow(
+        &[
+            "topics",
+            "apply",
+            "--kafka-brokers",
+            "127.0.0.1:1",
+            "--kafka-connect-timeout-ms",
+            "3000",
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    let line = one_error_line(&stderr);
+    assert!(
+        line.contains("cannot reach the Kafka cluster at 127.0.0.1:1"),
+        "{line}"
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}
+
+#[test]
+fn an_unresolvable_broker_name_is_one_clear_line() {
+    let (code, _, stderr, took) = orderflow(
+        &["topics", "apply", "--kafka-connect-timeout-ms", "3000"],
+        &[("ORDERFLOW_KAFKA_BROKERS", "no-such-host.invalid:9092")],
+    );
+    assert_ne!(code, 0);
+    assert!(one_error_line(&stderr).contains("no-such-host.invalid:9092"));
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}
+
+#[test]
+fn a_wrong_database_is_one_clear_line_without_the_password() {
+    for url in [
+        "postgres://orderflow:s3cret@127.0.0.1:1/orderflow",
+        "postgres://orderflow:s3cret@127.0.0.1:5432/no_such_database_here",
+        "mysql://nope",
+    ] {
+        let (code, _, stderr, took) = orderflow(&["migrate", "--database-url", url], &[]);
+        assert_ne!(code, 0, "{url}");
+        let line = one_error_line(&stderr);
+        assert!(!line.contains("s3cret"), "{line}");
+        assert!(took < Duration::from_secs(15), "{url}: {took:?}");
+    }
+}
+
+#[test]
+fn a_bad_argument_is_answered_by_clap_not_a_panic() {
+    let (code, _, stderr, _) = orderflow(&["dispatch", "--dispatch-max-in-flight", "many"], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("invalid value 'many'"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn help_lists_only_working_subcommands() {
+    let (code, stdout, _, _) = orderflow(&["--help"], &[]);
+    assert_eq!(code, 0);
+    for sub in ["topics", "migrate", "dispatch", "sim-znet"] {
+        assert!(stdout.contains(sub), "{sub} missing from:\n{stdout}");
+    }
+}
+
+#[test]
+fn a_missing_accounts_file_is_one_clear_line() {
+    let (code, _, stderr, _) = orderflow(
+        &[
+            "dispatch",
+            "--provider-accounts",
+            "/nonexistent/accounts.toml",
+            "--database-url",
+            "postgres://orderflow:orderflow@127.0.0.1:1/x",
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    let line = one_error_line(&stderr);
+    assert!(
+        line.contains("provider accounts file /nonexistent/accounts.toml"),
+        "{line}"
+    );
+}

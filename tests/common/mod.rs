@@ -1,0 +1,95 @@
+//! What every integration test needs: the real broker and database started by
+//! `ops/kafka/broker.sh` and `ops/postgres/db.sh` (or named by ORDERFLOW_KAFKA_BROKERS and
+//! ORDERFLOW_TEST_DATABASE_URL), a topic prefix and a database of the test's own, so tests
+//! never see each other's data and can run in any order.
+
+#![allow(dead_code)]
+
+use orderflow::db::DbConfig;
+use orderflow::kafka::topics::{self, TopicSpecs};
+use orderflow::kafka::KafkaConfig;
+use sqlx::{Connection, PgConnection, PgPool};
+
+pub fn brokers() -> String {
+    std::env::var("ORDERFLOW_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// The server's admin URL: a role allowed to create databases.
+pub fn admin_database_url() -> String {
+    std::env::var("ORDERFLOW_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://orderflow:orderflow@127.0.0.1:5432/orderflow".into())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(what: &str) -> String {
+    format!("{what}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Kafka settings with a prefix of the test's own; nothing is created yet.
+pub fn kafka(test: &str) -> KafkaConfig {
+    KafkaConfig::for_tests(&brokers(), &format!("{}.", unique(&format!("t-{test}-"))))
+}
+
+/// Kafka settings with every topic of the spec created under a prefix of the test's own.
+pub async fn kafka_with_topics(test: &str) -> KafkaConfig {
+    let kafka = kafka(test);
+    let specs = TopicSpecs::load(None).expect("built-in specs");
+    let report = topics::apply(&kafka, &specs)
+        .await
+        .expect("applying the topics");
+    assert!(report.is_clean(), "{report:?}");
+    kafka
+}
+
+/// A fresh, migrated database of the test's own, dropped by [`TestDb::drop_now`] (or left
+/// for inspection if the test fails before).
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new_empty() -> TestDb {
+        let admin = admin_database_url();
+        let name = unique("orderflow_test_");
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .expect("connecting to the test database server");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("creating a test database");
+        let (base, _) = admin
+            .rsplit_once('/')
+            .expect("a database URL ends in /name");
+        let url = format!("{base}/{name}");
+        let pool = DbConfig::for_tests(&url)
+            .connect()
+            .await
+            .expect("connecting to the test database");
+        TestDb { name, url, pool }
+    }
+
+    pub async fn new_migrated() -> TestDb {
+        let db = Self::new_empty().await;
+        orderflow::db::migrate(&db.pool)
+            .await
+            .expect("migrating the test database");
+        db
+    }
+
+    pub async fn drop_now(self) {
+        self.pool.close().await;
+        let mut conn = PgConnection::connect(&admin_database_url())
+            .await
+            .expect("connecting");
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .expect("dropping the test database");
+    }
+}
