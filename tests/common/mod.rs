@@ -93,3 +93,4 @@ impl TestDb {
         .expect("dropping the test database");
     }
 }
+pub mod pipeline;

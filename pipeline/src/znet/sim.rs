@@ -49,6 +49,9 @@ pub struct SimConfig {
     pub initial_balance_kurus: i64,
 }
 
+/// 1,000,000.00 TRY.
+pub const DEFAULT_BALANCE_KURUS: i64 = 1_000_000 * 100;
+
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
@@ -61,7 +64,7 @@ impl Default for SimConfig {
             fault_rate: 0.0,
             lost_answer_delay: Duration::from_secs(30),
             seed: 1,
-            initial_balance_kurus: 1_000_000_00,
+            initial_balance_kurus: DEFAULT_BALANCE_KURUS,
         }
     }
 }
@@ -229,47 +232,29 @@ struct Product {
     price_kurus: i64,
 }
 
+/// (oyun_bilgi_id, oyun_id, oyun_adi) of the two games.
+type Game = (&'static str, &'static str, &'static str);
+const STEAM: Game = ("412", "41", "Steam Cüzdan Kodu");
+const BOTTLE: Game = ("7", "3", "Oyun Parası Şişesi");
+
+const fn product(id: u32, game: Game, kupur: &'static str, price_kurus: i64) -> Product {
+    let (oyun_bilgi_id, oyun_id, oyun_adi) = game;
+    Product {
+        id,
+        oyun_bilgi_id,
+        oyun_id,
+        oyun_adi,
+        kupur,
+        price_kurus,
+    }
+}
+
 const CATALOG: &[Product] = &[
-    Product {
-        id: 1,
-        oyun_bilgi_id: "412",
-        oyun_id: "41",
-        oyun_adi: "Steam Cüzdan Kodu",
-        kupur: "25",
-        price_kurus: 24_25,
-    },
-    Product {
-        id: 2,
-        oyun_bilgi_id: "412",
-        oyun_id: "41",
-        oyun_adi: "Steam Cüzdan Kodu",
-        kupur: "50",
-        price_kurus: 48_50,
-    },
-    Product {
-        id: 3,
-        oyun_bilgi_id: "412",
-        oyun_id: "41",
-        oyun_adi: "Steam Cüzdan Kodu",
-        kupur: "100",
-        price_kurus: 97_00,
-    },
-    Product {
-        id: 4,
-        oyun_bilgi_id: "7",
-        oyun_id: "3",
-        oyun_adi: "Oyun Parası Şişesi",
-        kupur: "10",
-        price_kurus: 10_40,
-    },
-    Product {
-        id: 5,
-        oyun_bilgi_id: "7",
-        oyun_id: "3",
-        oyun_adi: "Oyun Parası Şişesi",
-        kupur: "20",
-        price_kurus: 20_80,
-    },
+    product(1, STEAM, "25", 24_25),
+    product(2, STEAM, "50", 48_50),
+    product(3, STEAM, "100", 97_00),
+    product(4, BOTTLE, "10", 10_40),
+    product(5, BOTTLE, "20", 20_80),
 ];
 
 const AUTH_FAILED: &str =
@@ -709,7 +694,7 @@ mod tests {
         let stats = run.sim.stats();
         assert_eq!(
             (stats.checks, stats.balance_kurus),
-            (4, 1_000_000_00 - 24_25)
+            (4, DEFAULT_BALANCE_KURUS - 24_25)
         );
         assert!(
             matches!(check_at(&run.base, "999").await, CheckOutcome::NotFound { code, .. } if code == "4")
@@ -729,7 +714,7 @@ mod tests {
         let stats = run.sim.stats();
         assert_eq!(stats.placements["2002"], 2);
         assert_eq!(stats.purchases["2002"], 1);
-        assert_eq!(stats.balance_kurus, 1_000_000_00 - 24_25);
+        assert_eq!(stats.balance_kurus, DEFAULT_BALANCE_KURUS - 24_25);
     }
 
     #[tokio::test]
@@ -834,7 +819,7 @@ mod tests {
         let stats = run.sim.stats();
         assert_eq!(
             (stats.purchases["6006"], stats.balance_kurus),
-            (1, 1_000_000_00 - 10_40)
+            (1, DEFAULT_BALANCE_KURUS - 10_40)
         );
         let (status, body) = get(
             &run.base,
@@ -857,16 +842,31 @@ mod tests {
             "the lost check counted"
         );
         assert_eq!(run.sim.stats().faults_injected, 2);
-        // Shutdown ends the hanging handlers instead of waiting for them.
-        let (hung, _) = tokio::join!(get(&run.base, "/servis/pin_ekle.php", &params), async {
-            run.sim.script(SimCall::Place, vec![Fault::Timeout]);
-            let _ = run.stop.send(());
-        });
-        assert!(hung.0 == 503 || hung.0 == 200);
-        tokio::time::timeout(Duration::from_secs(2), run.handle.task)
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_hanging_answers() {
+        let run = start(SimConfig::default()).await; // lost_answer_delay 30 s
+        run.sim.script(SimCall::Place, vec![Fault::Timeout]);
+        let base = run.base.clone();
+        let hung = tokio::spawn(async move { place_at(&base, "6007", "412", "25").await });
+        while run.sim.stats().faults_injected == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = run.stop.send(());
+        let (status, _) = tokio::time::timeout(Duration::from_secs(5), hung)
             .await
             .unwrap()
             .unwrap();
+        assert_eq!(status, 503);
+        tokio::time::timeout(Duration::from_secs(5), run.handle.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            run.sim.stats().placements.is_empty(),
+            "a timeout has no effect"
+        );
     }
 
     #[tokio::test]
@@ -944,7 +944,7 @@ mod tests {
         );
         assert!(stats.purchases.values().all(|&n| n == 1));
         let spent = 24_25 * stats.purchases.len() as i64;
-        assert_eq!(stats.balance_kurus, 1_000_000_00 - spent);
+        assert_eq!(stats.balance_kurus, DEFAULT_BALANCE_KURUS - spent);
     }
 
     #[tokio::test]

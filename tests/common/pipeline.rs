@@ -1,0 +1,190 @@
+//! A dispatch stage under test: its own topics, database, simulator and accounts file, and
+//! helpers to publish orders and read what the stage wrote.
+
+use super::{kafka_with_topics, unique, TestDb};
+use chrono::Utc;
+use orderflow::core::event::{OrderCreated, OrderDispatched, OrderStateEvent, SCHEMA_VERSION};
+use orderflow::dispatch::DispatchConfig;
+use orderflow::kafka::topics::name;
+use orderflow::kafka::KafkaConfig;
+use orderflow::provider::accounts::Accounts;
+use orderflow::znet::sim::{Sim, SimConfig, SimStats};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Credentials of the simulated account: distinctive, so a test can look for them in logs.
+pub const KOD: &str = "KOD-7f3a9e";
+pub const SIFRE: &str = "SIFRE-b2c4d8";
+pub const ACCOUNT: &str = "znet-test";
+
+pub struct Harness {
+    pub kafka: KafkaConfig,
+    pub db: TestDb,
+    pub sim: Sim,
+    pub sim_url: String,
+    pub accounts_file: PathBuf,
+    _sim_stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Harness {
+    /// Everything a dispatch stage needs; `request_timeout_ms` is the account's.
+    pub async fn new(test: &str, sim: SimConfig, request_timeout_ms: u64) -> Harness {
+        let kafka = kafka_with_topics(test).await;
+        let db = TestDb::new_migrated().await;
+        let sim = Sim::new(SimConfig { kod: KOD.into(), sifre: SIFRE.into(), ..sim });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = sim
+            .clone()
+            .serve("127.0.0.1:0".parse().unwrap(), async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("starting the simulator");
+        let sim_url = format!("http://{}", handle.addr);
+        let accounts_file = std::env::temp_dir().join(format!("{}.toml", unique("orderflow-accounts-")));
+        std::fs::write(
+            &accounts_file,
+            format!(
+                "[[account]]\nid = \"{ACCOUNT}\"\nprovider = \"znet\"\nbase_url = \"{sim_url}\"\n\
+                 kod = \"{KOD}\"\nsifre = \"{SIFRE}\"\nmax_concurrent = 8\nmax_per_second = 200\n\
+                 request_timeout_ms = {request_timeout_ms}\n"
+            ),
+        )
+        .unwrap();
+        Harness { kafka, db, sim, sim_url, accounts_file, _sim_stop: stop }
+    }
+
+    pub fn accounts(&self) -> Accounts {
+        Accounts::load(&self.accounts_file).expect("the test accounts file")
+    }
+
+    pub fn dispatch_config(&self) -> DispatchConfig {
+        DispatchConfig {
+            accounts_file: self.accounts_file.clone(),
+            group: unique("g-dispatch-"),
+            max_in_flight: 32,
+            max_event_bytes: 4096,
+            deadline_secs: 3600,
+            retry_min_ms: 200,
+            retry_max_ms: 2_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+
+    /// The environment for an `orderflow dispatch` child process.
+    pub fn dispatch_env(&self, group: &str) -> Vec<(String, String)> {
+        vec![
+            ("ORDERFLOW_KAFKA_BROKERS".into(), self.kafka.brokers.clone()),
+            ("ORDERFLOW_TOPIC_PREFIX".into(), self.kafka.topic_prefix.clone()),
+            ("ORDERFLOW_DATABASE_URL".into(), self.db.url.clone()),
+            ("ORDERFLOW_PROVIDER_ACCOUNTS".into(), self.accounts_file.display().to_string()),
+            ("ORDERFLOW_DISPATCH_GROUP".into(), group.into()),
+            ("ORDERFLOW_DISPATCH_MAX_IN_FLIGHT".into(), "16".into()),
+            ("ORDERFLOW_DISPATCH_RETRY_MIN_MS".into(), "200".into()),
+            ("ORDERFLOW_DISPATCH_RETRY_MAX_MS".into(), "2000".into()),
+            ("ORDERFLOW_LOG".into(), "debug,librdkafka=info,sqlx=warn,h2=info,hyper=info,reqwest=info,rdkafka=info".into()),
+        ]
+    }
+
+    pub fn stats(&self) -> SimStats {
+        self.sim.stats()
+    }
+
+    /// Publishes raw bytes to orders.created.
+    pub async fn publish_raw(&self, key: Option<&str>, payload: &[u8]) {
+        let producer = self.kafka.producer().unwrap();
+        let topic = self.kafka.topic(name::ORDERS_CREATED);
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        producer.send(record, Timeout::After(Duration::from_secs(10))).await.map_err(|(e, _)| e).unwrap();
+    }
+
+    pub async fn publish(&self, order: &OrderCreated) {
+        self.publish_raw(Some(&order.order_id.to_string()), &order.encode()).await;
+    }
+
+    /// Reads `topic` from the start until `done` holds for what was read, or `within` passes.
+    pub async fn read_until(
+        &self,
+        topic: &str,
+        within: Duration,
+        mut done: impl FnMut(&[OwnedMessage]) -> bool,
+    ) -> Vec<OwnedMessage> {
+        let consumer: StreamConsumer = self
+            .kafka
+            .client_config()
+            .set("group.id", unique("g-reader-"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&self.kafka.topic(topic)]).unwrap();
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        while !done(&seen) && Instant::now() < deadline {
+            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+                seen.push(m.detach());
+            }
+        }
+        seen
+    }
+
+    /// The state events per order, once every order in `orders` has a final or dispatched
+    /// state (or `within` passes).
+    pub async fn settled_states(&self, orders: &[Uuid], within: Duration) -> BTreeMap<Uuid, Vec<OrderStateEvent>> {
+        let messages = self
+            .read_until(name::ORDERS_STATE, within, |seen| {
+                let settled: std::collections::HashSet<Uuid> = seen
+                    .iter()
+                    .map(decode_state)
+                    .filter(|s| s.version >= 2)
+                    .map(|s| s.order_id)
+                    .collect();
+                orders.iter().all(|o| settled.contains(o))
+            })
+            .await;
+        let mut by_order: BTreeMap<Uuid, Vec<OrderStateEvent>> = BTreeMap::new();
+        for m in &messages {
+            let s = decode_state(m);
+            by_order.entry(s.order_id).or_default().push(s);
+        }
+        by_order
+    }
+
+    pub async fn dispatched(&self, count: usize, within: Duration) -> Vec<OrderDispatched> {
+        self.read_until(name::ORDERS_DISPATCHED, within, |seen| seen.len() >= count)
+            .await
+            .iter()
+            .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
+            .collect()
+    }
+}
+
+pub fn decode_state(m: &OwnedMessage) -> OrderStateEvent {
+    let s: OrderStateEvent = serde_json::from_slice(m.payload().expect("a payload")).expect("a state event");
+    assert_eq!(m.key(), Some(s.order_id.to_string().as_bytes()), "state events are keyed by order id");
+    s
+}
+
+/// A valid order for the simulator's catalog (oyun 412, kupur 25/50/100).
+pub fn order(kupur: &str) -> OrderCreated {
+    OrderCreated {
+        schema_version: SCHEMA_VERSION,
+        order_id: Uuid::new_v4(),
+        tenant_id: "shop-1".into(),
+        provider_account: ACCOUNT.into(),
+        product: BTreeMap::from([("oyun".into(), "412".into()), ("kupur".into(), kupur.into())]),
+        user_identifier: "5551234567".into(),
+        user_extra: "oyuncu#42".into(),
+        created_at: Utc::now(),
+        deadline: None,
+    }
+}
