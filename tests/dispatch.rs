@@ -18,20 +18,33 @@ use std::time::Duration;
 /// Runs the dispatch stage in this process until the returned trigger fires.
 fn start_dispatch(h: &Harness) -> (shutdown::Trigger, tokio::task::JoinHandle<()>) {
     let (trigger, signal) = shutdown::channel();
-    let (config, accounts, kafka, pool) = (h.dispatch_config(), h.accounts(), h.kafka.clone(), h.db.pool.clone());
+    let (config, accounts, kafka, pool) = (
+        h.dispatch_config(),
+        h.accounts(),
+        h.kafka.clone(),
+        h.db.pool.clone(),
+    );
     let task = tokio::spawn(async move {
-        orderflow::dispatch::run(config, accounts, kafka, pool, signal).await.expect("the dispatch stage");
+        orderflow::dispatch::run(config, accounts, kafka, pool, signal)
+            .await
+            .expect("the dispatch stage");
     });
     (trigger, task)
 }
 
 async fn stop(trigger: shutdown::Trigger, task: tokio::task::JoinHandle<()>) {
     trigger.fire();
-    tokio::time::timeout(Duration::from_secs(30), task).await.expect("the stage stops").unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the stage stops")
+        .unwrap();
 }
 
 fn last(states: &[OrderStateEvent]) -> &OrderStateEvent {
-    states.iter().max_by_key(|s| s.version).expect("at least one state")
+    states
+        .iter()
+        .max_by_key(|s| s.version)
+        .expect("at least one state")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -41,17 +54,24 @@ async fn happy_path_places_once_and_publishes_dispatched() {
     let o = order("50");
     h.publish(&o).await;
 
-    let states = h.settled_states(&[o.order_id], Duration::from_secs(60)).await;
+    let states = h
+        .settled_states(&[o.order_id], Duration::from_secs(60))
+        .await;
     let states = &states[&o.order_id];
     let end = last(states);
     assert_eq!(end.state, OrderState::Dispatched);
-    assert!(states.iter().any(|s| s.state == OrderState::Dispatching && s.version == 1));
+    assert!(states
+        .iter()
+        .any(|s| s.state == OrderState::Dispatching && s.version == 1));
     let reference = end.provider_reference.clone().expect("a reference");
     assert!(reference.bytes().all(|b| b.is_ascii_digit()), "{reference}");
 
     let dispatched = h.dispatched(1, Duration::from_secs(30)).await;
     assert_eq!(dispatched.len(), 1);
-    assert_eq!((dispatched[0].order_id, &dispatched[0].provider_reference), (o.order_id, &reference));
+    assert_eq!(
+        (dispatched[0].order_id, &dispatched[0].provider_reference),
+        (o.order_id, &reference)
+    );
     assert_eq!(dispatched[0].provider_account, ACCOUNT);
 
     let stats = h.stats();
@@ -60,6 +80,7 @@ async fn happy_path_places_once_and_publishes_dispatched() {
     let claim = claims::get(&h.db.pool, o.order_id).await.unwrap().unwrap();
     assert_eq!((claim.phase, claim.place_calls), (Phase::Placed, 1));
     stop(trigger, task).await;
+    h.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -69,7 +90,9 @@ async fn a_rejection_fails_the_order_with_code_and_message() {
     let o = order("999"); // not in the simulator's catalog
     h.publish(&o).await;
 
-    let states = h.settled_states(&[o.order_id], Duration::from_secs(60)).await;
+    let states = h
+        .settled_states(&[o.order_id], Duration::from_secs(60))
+        .await;
     let end = last(&states[&o.order_id]);
     assert_eq!(end.state, OrderState::Failed);
     let failure = end.failure.as_ref().expect("a failure");
@@ -78,20 +101,26 @@ async fn a_rejection_fails_the_order_with_code_and_message() {
     assert_eq!(failure.message, "Kupur Bilgisi Bulunamadı");
     assert!(h.stats().purchases.is_empty());
     // Nothing for the poll stage: a rejected order is never polled.
-    let dispatched = h.read_until(name::ORDERS_DISPATCHED, Duration::from_secs(3), |_| false).await;
+    let dispatched = h
+        .read_until(name::ORDERS_DISPATCHED, Duration::from_secs(3), |_| false)
+        .await;
     assert!(dispatched.is_empty());
     stop(trigger, task).await;
+    h.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_error_then_success_places_once() {
     let h = Harness::new("5xx", SimConfig::default(), 5_000).await;
-    h.sim.script(SimCall::Place, vec![Fault::ServerError, Fault::ServerError]);
+    h.sim
+        .script(SimCall::Place, vec![Fault::ServerError, Fault::ServerError]);
     let (trigger, task) = start_dispatch(&h);
     let o = order("25");
     h.publish(&o).await;
 
-    let states = h.settled_states(&[o.order_id], Duration::from_secs(60)).await;
+    let states = h
+        .settled_states(&[o.order_id], Duration::from_secs(60))
+        .await;
     let end = last(&states[&o.order_id]);
     assert_eq!(end.state, OrderState::Dispatched);
     let reference = end.provider_reference.clone().unwrap();
@@ -101,28 +130,39 @@ async fn a_server_error_then_success_places_once() {
     // Both failed calls used the same reference: one order, one reference, ever.
     assert_eq!(stats.purchases.len(), 1);
     stop(trigger, task).await;
+    h.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_accepted_order_whose_answer_is_lost_is_placed_exactly_once() {
-    let sim = SimConfig { lost_answer_delay: Duration::from_secs(4), ..SimConfig::default() };
+    let sim = SimConfig {
+        lost_answer_delay: Duration::from_secs(4),
+        ..SimConfig::default()
+    };
     let h = Harness::new("lost", sim, 1_000).await;
     h.sim.script(SimCall::Place, vec![Fault::LostAnswer]);
     let (trigger, task) = start_dispatch(&h);
     let o = order("100");
     h.publish(&o).await;
 
-    let states = h.settled_states(&[o.order_id], Duration::from_secs(60)).await;
+    let states = h
+        .settled_states(&[o.order_id], Duration::from_secs(60))
+        .await;
     let end = last(&states[&o.order_id]);
     assert_eq!(end.state, OrderState::Dispatched);
     let reference = end.provider_reference.clone().unwrap();
     let stats = h.stats();
-    assert_eq!(stats.placements.get(&reference), Some(&1), "settled by a check, not a second placement");
+    assert_eq!(
+        stats.placements.get(&reference),
+        Some(&1),
+        "settled by a check, not a second placement"
+    );
     assert_eq!(stats.purchases.get(&reference), Some(&1));
     assert!(stats.checks >= 1);
     let claim = claims::get(&h.db.pool, o.order_id).await.unwrap().unwrap();
     assert_eq!((claim.phase, claim.place_calls), (Phase::Placed, 1));
     stop(trigger, task).await;
+    h.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -144,13 +184,42 @@ async fn invalid_events_go_to_the_dlq_with_their_reason_and_the_stage_carries_on
     let mut oversized = valid.clone();
     oversized["user_extra"] = serde_json::Value::String("x".repeat(8_000));
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("malformed", b"{\"order_id\": \"6f1d".to_vec(), "unreadable_json"),
-        ("wrong-type", with("tenant_id", serde_json::json!(42)), "invalid_field"),
+        (
+            "malformed",
+            b"{\"order_id\": \"6f1d".to_vec(),
+            "unreadable_json",
+        ),
+        (
+            "wrong-type",
+            with("tenant_id", serde_json::json!(42)),
+            "invalid_field",
+        ),
         ("missing", without("provider_account"), "invalid_field"),
-        ("bad-uuid", with("order_id", serde_json::json!("not-a-uuid")), "invalid_field"),
-        ("oversized", serde_json::to_vec(&oversized).unwrap(), "oversized"),
-        ("unknown-account", with("provider_account", serde_json::json!("nobody")), "unknown_provider_account"),
-        ("no-kupur", with("product", serde_json::json!({"oyun": "412"})), "invalid_product"),
+        (
+            "bad-uuid",
+            with("order_id", serde_json::json!("not-a-uuid")),
+            "invalid_field",
+        ),
+        (
+            "oversized",
+            serde_json::to_vec(&oversized).unwrap(),
+            "oversized",
+        ),
+        (
+            "unknown-account",
+            with("provider_account", serde_json::json!("nobody")),
+            "unknown_provider_account",
+        ),
+        (
+            "no-kupur",
+            with("product", serde_json::json!({"oyun": "412"})),
+            "invalid_product",
+        ),
+        (
+            "key-is-not-the-order-id",
+            serde_json::to_vec(&valid).unwrap(),
+            "invalid_field",
+        ),
     ];
     for (key, payload, _) in &cases {
         h.publish_raw(Some(key), payload).await;
@@ -159,23 +228,59 @@ async fn invalid_events_go_to_the_dlq_with_their_reason_and_the_stage_carries_on
     let good = order("50");
     h.publish(&good).await;
 
-    let dead = h.read_until(name::ORDERS_DLQ, Duration::from_secs(60), |seen| seen.len() >= cases.len()).await;
+    let dead = h
+        .read_until(name::ORDERS_DLQ, Duration::from_secs(60), |seen| {
+            seen.len() >= cases.len()
+        })
+        .await;
     assert_eq!(dead.len(), cases.len());
     for (key, payload, reason) in &cases {
-        let m = dead.iter().find(|m| m.key() == Some(key.as_bytes())).unwrap_or_else(|| panic!("{key} not in the DLQ"));
+        let m = dead
+            .iter()
+            .find(|m| m.key() == Some(key.as_bytes()))
+            .unwrap_or_else(|| panic!("{key} not in the DLQ"));
         let hs = m.headers().expect("DLQ headers");
-        assert_eq!(headers::get(hs, headers::DLQ_REASON), Some(*reason), "{key}");
-        assert!(!headers::get(hs, headers::DLQ_DETAIL).unwrap_or_default().is_empty(), "{key}");
+        assert_eq!(
+            headers::get(hs, headers::DLQ_REASON),
+            Some(*reason),
+            "{key}"
+        );
+        assert!(
+            !headers::get(hs, headers::DLQ_DETAIL)
+                .unwrap_or_default()
+                .is_empty(),
+            "{key}"
+        );
         assert_eq!(headers::get(hs, headers::DLQ_STAGE), Some("dispatch"));
-        assert_eq!(headers::get(hs, headers::DLQ_SOURCE_TOPIC), Some(h.kafka.topic(name::ORDERS_CREATED).as_str()));
-        assert!(headers::get(hs, headers::DLQ_SOURCE_PARTITION).unwrap().parse::<i32>().is_ok());
-        assert!(headers::get(hs, headers::DLQ_SOURCE_OFFSET).unwrap().parse::<i64>().is_ok());
-        assert_eq!(m.payload(), Some(payload.as_slice()), "{key}: the original bytes");
+        assert_eq!(
+            headers::get(hs, headers::DLQ_SOURCE_TOPIC),
+            Some(h.kafka.topic(name::ORDERS_CREATED).as_str())
+        );
+        assert!(headers::get(hs, headers::DLQ_SOURCE_PARTITION)
+            .unwrap()
+            .parse::<i32>()
+            .is_ok());
+        assert!(headers::get(hs, headers::DLQ_SOURCE_OFFSET)
+            .unwrap()
+            .parse::<i64>()
+            .is_ok());
+        assert_eq!(
+            m.payload(),
+            Some(payload.as_slice()),
+            "{key}: the original bytes"
+        );
     }
-    let states = h.settled_states(&[good.order_id], Duration::from_secs(60)).await;
+    let states = h
+        .settled_states(&[good.order_id], Duration::from_secs(60))
+        .await;
     assert_eq!(last(&states[&good.order_id]).state, OrderState::Dispatched);
-    assert_eq!(h.stats().purchases.len(), 1, "no invalid event reached the provider");
+    assert_eq!(
+        h.stats().purchases.len(),
+        1,
+        "no invalid event reached the provider"
+    );
     stop(trigger, task).await;
+    h.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -189,17 +294,26 @@ async fn a_redelivered_order_is_not_placed_again() {
     }
     let messages = h
         .read_until(name::ORDERS_STATE, Duration::from_secs(60), |seen| {
-            seen.iter().filter(|m| decode_state(m).state == OrderState::Dispatched).count() >= 3
+            seen.iter()
+                .filter(|m| decode_state(m).state == OrderState::Dispatched)
+                .count()
+                >= 3
         })
         .await;
-    let dispatched: Vec<_> =
-        messages.iter().map(decode_state).filter(|s| s.state == OrderState::Dispatched).collect();
+    let dispatched: Vec<_> = messages
+        .iter()
+        .map(decode_state)
+        .filter(|s| s.state == OrderState::Dispatched)
+        .collect();
     assert_eq!(dispatched.len(), 3, "each copy is answered");
-    assert!(dispatched.windows(2).all(|w| w[0].provider_reference == w[1].provider_reference));
+    assert!(dispatched
+        .windows(2)
+        .all(|w| w[0].provider_reference == w[1].provider_reference));
     let stats = h.stats();
     assert_eq!(stats.purchases.values().sum::<u32>(), 1);
     assert_eq!(stats.placements.values().sum::<u32>(), 1);
     stop(trigger, task).await;
+    h.finish().await;
 }
 
 /// Kills `orderflow dispatch` with SIGKILL while orders are in flight, restarts it, and
@@ -207,7 +321,10 @@ async fn a_redelivered_order_is_not_placed_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_mid_batch_then_restart_places_every_order_exactly_once() {
     const ORDERS: usize = 120;
-    let sim = SimConfig { latency: Duration::from_millis(40), ..SimConfig::default() };
+    let sim = SimConfig {
+        latency: Duration::from_millis(40),
+        ..SimConfig::default()
+    };
     let h = Harness::new("kill", sim, 2_000).await;
     let group = common::unique("g-kill-");
     let logs = std::env::temp_dir().join(common::unique("orderflow-kill-logs-"));
@@ -223,7 +340,9 @@ async fn sigkill_mid_batch_then_restart_places_every_order_exactly_once() {
             .expect("starting orderflow dispatch")
     };
 
-    let orders: Vec<_> = (0..ORDERS).map(|i| order(["25", "50", "100"][i % 3])).collect();
+    let orders: Vec<_> = (0..ORDERS)
+        .map(|i| order(["25", "50", "100"][i % 3]))
+        .collect();
     for o in &orders {
         h.publish(o).await;
     }
@@ -231,14 +350,23 @@ async fn sigkill_mid_batch_then_restart_places_every_order_exactly_once() {
     // Kill once a part of the batch is bought and more is in flight.
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while h.stats().purchases.len() < ORDERS / 4 {
-        assert!(std::time::Instant::now() < deadline, "the first process made no progress");
-        assert!(first.try_wait().unwrap().is_none(), "the first process exited early");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first process made no progress"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first process exited early"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let bought_before_restart = h.stats().purchases.len();
-    assert!(bought_before_restart < ORDERS, "the kill came too late to prove anything");
+    assert!(
+        bought_before_restart < ORDERS,
+        "the kill came too late to prove anything"
+    );
 
     let mut second = spawn(2);
     let ids: Vec<_> = orders.iter().map(|o| o.order_id).collect();
@@ -249,11 +377,18 @@ async fn sigkill_mid_batch_then_restart_places_every_order_exactly_once() {
     let stats = h.stats();
     let mut references = std::collections::BTreeSet::new();
     for o in &orders {
-        let s = states.get(&o.order_id).unwrap_or_else(|| panic!("order {} has no state", o.order_id));
+        let s = states
+            .get(&o.order_id)
+            .unwrap_or_else(|| panic!("order {} has no state", o.order_id));
         let end = last(s);
         assert_eq!(end.state, OrderState::Dispatched, "order {}", o.order_id);
         let reference = end.provider_reference.clone().unwrap();
-        assert_eq!(stats.purchases.get(&reference), Some(&1), "order {} bought once", o.order_id);
+        assert_eq!(
+            stats.purchases.get(&reference),
+            Some(&1),
+            "order {} bought once",
+            o.order_id
+        );
         references.insert(reference);
     }
     assert_eq!(references.len(), ORDERS, "one reference per order");
@@ -264,8 +399,12 @@ async fn sigkill_mid_batch_then_restart_places_every_order_exactly_once() {
     for n in [1, 2] {
         let text = std::fs::read_to_string(logs.join(format!("dispatch-{n}.log"))).unwrap();
         assert!(!text.is_empty(), "process {n} logged nothing");
-        assert!(!text.contains(KOD) && !text.contains(SIFRE), "process {n} logged a credential");
+        assert!(
+            !text.contains(KOD) && !text.contains(SIFRE),
+            "process {n} logged a credential"
+        );
         assert!(!text.contains("panicked"), "process {n} panicked");
     }
     std::fs::remove_dir_all(&logs).ok();
+    h.finish().await;
 }

@@ -8,7 +8,8 @@
 #
 # Env: ORDERFLOW_STATE_DIR (/var/lib/orderflow), KAFKA_PORT (9092),
 # KAFKA_CONTROLLER_PORT (9093), KAFKA_EXTRA_PROPERTIES (lines appended to
-# server.properties), KAFKA_START_TIMEOUT (seconds, 60).
+# server.properties), KAFKA_START_TIMEOUT (seconds, 60), KAFKA_FRESH (1: a broker
+# this script starts begins with empty storage; a running one is still reused).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -159,6 +160,8 @@ start() {
   port_open "$CPORT" && die "127.0.0.1:$CPORT (controller) is already taken; free it or set KAFKA_CONTROLLER_PORT."
   command -v java >/dev/null || die "Java 17 or newer is needed but java is not on PATH."
   fetch_jars
+  # CI starts from empty storage, so topics of earlier runs never pile up.
+  if [[ ${KAFKA_FRESH:-0} == 1 && -d $DATA ]]; then say "KAFKA_FRESH=1: discarding $DATA."; rm -rf "$DATA"; fi
   mkdir -p "$DATA"
   write_props
   format_once

@@ -12,6 +12,7 @@
 //!   event publishing and the dead-letter queue.
 //! - [`db`]: PostgreSQL: migrations, the `orders` table and the dispatch claims.
 //! - [`dispatch`]: the dispatch stage.
+//! - [`load`]: the load generator behind the demo and the benchmarks.
 //! - [`secret`], [`shutdown`]: values that never print; the shutdown signal.
 //!
 //! The `orderflow` binary (`src/main.rs`) wires these into subcommands.
@@ -20,6 +21,7 @@ pub mod core;
 pub mod db;
 pub mod dispatch;
 pub mod kafka;
+pub mod load;
 pub mod provider;
 pub mod secret;
 pub mod shutdown;

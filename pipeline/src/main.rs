@@ -8,6 +8,7 @@ use orderflow::db::{self, DbConfig};
 use orderflow::dispatch::{self, DispatchConfig};
 use orderflow::kafka::topics::{self, TopicSpecs};
 use orderflow::kafka::KafkaConfig;
+use orderflow::load::{self, LoadConfig};
 use orderflow::provider::accounts::Accounts;
 use orderflow::shutdown;
 use orderflow::znet::sim::{Sim, SimConfig};
@@ -24,7 +25,12 @@ use std::time::Duration;
 )]
 struct Cli {
     /// Log filter, e.g. `info` or `orderflow=debug,librdkafka=warn`.
-    #[arg(long, global = true, env = "ORDERFLOW_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "ORDERFLOW_LOG",
+        default_value = "info,sqlx=warn"
+    )]
     log: String,
 
     /// Log format: `text` or `json`.
@@ -55,6 +61,13 @@ enum Command {
         db: DbConfig,
         #[command(flatten)]
         dispatch: DispatchConfig,
+    },
+    /// Publish a realistic load of orders and follow each until the pipeline answers it.
+    Load {
+        #[command(flatten)]
+        kafka: KafkaConfig,
+        #[command(flatten)]
+        load: LoadConfig,
     },
     /// Serve a znet-compatible provider simulator with fault injection (for tests and the demo).
     SimZnet(SimArgs),
@@ -190,6 +203,42 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             tokio::spawn(shutdown::on_signals(trigger));
             dispatch::run(dispatch, accounts, kafka, pool, shutdown).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Load { kafka, load } => {
+            let (trigger, shutdown) = shutdown::channel();
+            tokio::spawn(shutdown::on_signals(trigger));
+            let report = load::run(&kafka, &load, shutdown).await?;
+            let ms = |p| {
+                report
+                    .percentile(p)
+                    .map_or("-".into(), |d: Duration| format!("{} ms", d.as_millis()))
+            };
+            let answered: usize = report.answered.values().sum();
+            println!(
+                "published      {} events in {:.1} s",
+                report.published,
+                report.elapsed.as_secs_f64()
+            );
+            for (answer, n) in &report.answered {
+                println!("  {answer:<13}{n}");
+            }
+            println!("  missing      {}", report.missing);
+            println!(
+                "throughput     {:.1} answered events/s",
+                answered as f64 / report.elapsed.as_secs_f64().max(1e-9)
+            );
+            println!(
+                "latency        p50 {}  p90 {}  p99 {}  max {}  (publish to answer)",
+                ms(50.0),
+                ms(90.0),
+                ms(99.0),
+                ms(100.0)
+            );
+            Ok(if report.missing == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(4)
+            })
         }
         Command::SimZnet(args) => {
             let config = SimConfig {

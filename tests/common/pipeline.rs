@@ -37,7 +37,11 @@ impl Harness {
     pub async fn new(test: &str, sim: SimConfig, request_timeout_ms: u64) -> Harness {
         let kafka = kafka_with_topics(test).await;
         let db = TestDb::new_migrated().await;
-        let sim = Sim::new(SimConfig { kod: KOD.into(), sifre: SIFRE.into(), ..sim });
+        let sim = Sim::new(SimConfig {
+            kod: KOD.into(),
+            sifre: SIFRE.into(),
+            ..sim
+        });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = sim
             .clone()
@@ -47,7 +51,8 @@ impl Harness {
             .await
             .expect("starting the simulator");
         let sim_url = format!("http://{}", handle.addr);
-        let accounts_file = std::env::temp_dir().join(format!("{}.toml", unique("orderflow-accounts-")));
+        let accounts_file =
+            std::env::temp_dir().join(format!("{}.toml", unique("orderflow-accounts-")));
         std::fs::write(
             &accounts_file,
             format!(
@@ -57,7 +62,20 @@ impl Harness {
             ),
         )
         .unwrap();
-        Harness { kafka, db, sim, sim_url, accounts_file, _sim_stop: stop }
+        Harness {
+            kafka,
+            db,
+            sim,
+            sim_url,
+            accounts_file,
+            _sim_stop: stop,
+        }
+    }
+
+    /// Drops the test's database and accounts file (left in place when a test fails first).
+    pub async fn finish(self) {
+        std::fs::remove_file(&self.accounts_file).ok();
+        self.db.drop_now().await;
     }
 
     pub fn accounts(&self) -> Accounts {
@@ -81,14 +99,24 @@ impl Harness {
     pub fn dispatch_env(&self, group: &str) -> Vec<(String, String)> {
         vec![
             ("ORDERFLOW_KAFKA_BROKERS".into(), self.kafka.brokers.clone()),
-            ("ORDERFLOW_TOPIC_PREFIX".into(), self.kafka.topic_prefix.clone()),
+            (
+                "ORDERFLOW_TOPIC_PREFIX".into(),
+                self.kafka.topic_prefix.clone(),
+            ),
             ("ORDERFLOW_DATABASE_URL".into(), self.db.url.clone()),
-            ("ORDERFLOW_PROVIDER_ACCOUNTS".into(), self.accounts_file.display().to_string()),
+            (
+                "ORDERFLOW_PROVIDER_ACCOUNTS".into(),
+                self.accounts_file.display().to_string(),
+            ),
             ("ORDERFLOW_DISPATCH_GROUP".into(), group.into()),
             ("ORDERFLOW_DISPATCH_MAX_IN_FLIGHT".into(), "16".into()),
             ("ORDERFLOW_DISPATCH_RETRY_MIN_MS".into(), "200".into()),
             ("ORDERFLOW_DISPATCH_RETRY_MAX_MS".into(), "2000".into()),
-            ("ORDERFLOW_LOG".into(), "debug,librdkafka=info,sqlx=warn,h2=info,hyper=info,reqwest=info,rdkafka=info".into()),
+            (
+                "ORDERFLOW_LOG".into(),
+                "debug,librdkafka=info,sqlx=warn,h2=info,hyper=info,reqwest=info,rdkafka=info"
+                    .into(),
+            ),
         ]
     }
 
@@ -104,11 +132,16 @@ impl Harness {
         if let Some(key) = key {
             record = record.key(key);
         }
-        producer.send(record, Timeout::After(Duration::from_secs(10))).await.map_err(|(e, _)| e).unwrap();
+        producer
+            .send(record, Timeout::After(Duration::from_secs(10)))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
     }
 
     pub async fn publish(&self, order: &OrderCreated) {
-        self.publish_raw(Some(&order.order_id.to_string()), &order.encode()).await;
+        self.publish_raw(Some(&order.order_id.to_string()), &order.encode())
+            .await;
     }
 
     /// Reads `topic` from the start until `done` holds for what was read, or `within` passes.
@@ -130,7 +163,9 @@ impl Harness {
         let deadline = Instant::now() + within;
         let mut seen = Vec::new();
         while !done(&seen) && Instant::now() < deadline {
-            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            if let Ok(Ok(m)) =
+                tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
+            {
                 seen.push(m.detach());
             }
         }
@@ -139,7 +174,11 @@ impl Harness {
 
     /// The state events per order, once every order in `orders` has a final or dispatched
     /// state (or `within` passes).
-    pub async fn settled_states(&self, orders: &[Uuid], within: Duration) -> BTreeMap<Uuid, Vec<OrderStateEvent>> {
+    pub async fn settled_states(
+        &self,
+        orders: &[Uuid],
+        within: Duration,
+    ) -> BTreeMap<Uuid, Vec<OrderStateEvent>> {
         let messages = self
             .read_until(name::ORDERS_STATE, within, |seen| {
                 let settled: std::collections::HashSet<Uuid> = seen
@@ -169,8 +208,13 @@ impl Harness {
 }
 
 pub fn decode_state(m: &OwnedMessage) -> OrderStateEvent {
-    let s: OrderStateEvent = serde_json::from_slice(m.payload().expect("a payload")).expect("a state event");
-    assert_eq!(m.key(), Some(s.order_id.to_string().as_bytes()), "state events are keyed by order id");
+    let s: OrderStateEvent =
+        serde_json::from_slice(m.payload().expect("a payload")).expect("a state event");
+    assert_eq!(
+        m.key(),
+        Some(s.order_id.to_string().as_bytes()),
+        "state events are keyed by order id"
+    );
     s
 }
 
@@ -181,7 +225,10 @@ pub fn order(kupur: &str) -> OrderCreated {
         order_id: Uuid::new_v4(),
         tenant_id: "shop-1".into(),
         provider_account: ACCOUNT.into(),
-        product: BTreeMap::from([("oyun".into(), "412".into()), ("kupur".into(), kupur.into())]),
+        product: BTreeMap::from([
+            ("oyun".into(), "412".into()),
+            ("kupur".into(), kupur.into()),
+        ]),
         user_identifier: "5551234567".into(),
         user_extra: "oyuncu#42".into(),
         created_at: Utc::now(),

@@ -199,14 +199,6 @@ impl DispatchHandler {
     fn validate(&self, message: &OwnedMessage) -> Result<OrderCreated, InvalidEvent> {
         let order =
             OrderCreated::decode(message.payload().unwrap_or_default(), self.max_event_bytes)?;
-        if let Some(key) = message.key() {
-            if key != order.order_id.to_string().as_bytes() {
-                return Err(InvalidEvent::new(
-                    InvalidKind::InvalidField,
-                    "the message key is not the event's order_id",
-                ));
-            }
-        }
         let account = self.accounts.get(&order.provider_account).ok_or_else(|| {
             InvalidEvent::new(
                 InvalidKind::UnknownProviderAccount,
@@ -220,6 +212,15 @@ impl DispatchHandler {
             .provider
             .validate_product(&order.product)
             .map_err(|why| InvalidEvent::new(InvalidKind::InvalidProduct, why))?;
+        // The key decides the partition, and so the order of one order's events.
+        if let Some(key) = message.key() {
+            if key != order.order_id.to_string().as_bytes() {
+                return Err(InvalidEvent::new(
+                    InvalidKind::InvalidField,
+                    "the message key is not the event's order_id",
+                ));
+            }
+        }
         Ok(order)
     }
 

@@ -192,21 +192,7 @@ pub async fn apply(kafka: &KafkaConfig, specs: &TopicSpecs) -> Result<ApplyRepor
         match existing.get(&full) {
             None => missing.push((full, spec)),
             Some(&partitions) => {
-                let before = report.drift.len();
-                if partitions != spec.partitions {
-                    report.drift.push(Drift {
-                        topic: full.clone(),
-                        setting: "partitions".into(),
-                        expected: spec.partitions.to_string(),
-                        actual: partitions.to_string(),
-                    });
-                }
-                report
-                    .drift
-                    .extend(config_drift(&admin, &opts, &full, spec).await?);
-                if report.drift.len() == before {
-                    report.unchanged.push(full);
-                }
+                compare(&admin, &opts, &full, partitions, spec, &mut report).await?
             }
         }
     }
@@ -232,13 +218,74 @@ pub async fn apply(kafka: &KafkaConfig, specs: &TopicSpecs) -> Result<ApplyRepor
         {
             match result {
                 Ok(topic) => report.created.push(topic),
-                // Another `apply` created it in the meantime: compare it on the next run.
-                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => report.unchanged.push(topic),
+                // The broker's metadata lagged, or another `apply` created it meanwhile.
+                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    let spec = missing
+                        .iter()
+                        .find(|(full, _)| *full == topic)
+                        .map(|(_, spec)| *spec)
+                        .expect("only missing topics are created");
+                    let partitions = partitions_of(&admin, &topic, timeout)?;
+                    compare(&admin, &opts, &topic, partitions, spec, &mut report).await?;
+                }
                 Err((topic, code)) => return Err(TopicsError::Create { topic, code }),
             }
         }
     }
     Ok(report)
+}
+
+/// Adds the topic's drift to the report, or lists it as unchanged.
+async fn compare(
+    admin: &AdminClient<Context>,
+    opts: &AdminOptions,
+    topic: &str,
+    partitions: i32,
+    spec: &TopicSpec,
+    report: &mut ApplyReport,
+) -> Result<(), TopicsError> {
+    let before = report.drift.len();
+    if partitions != spec.partitions {
+        report.drift.push(Drift {
+            topic: topic.to_owned(),
+            setting: "partitions".into(),
+            expected: spec.partitions.to_string(),
+            actual: partitions.to_string(),
+        });
+    }
+    report
+        .drift
+        .extend(config_drift(admin, opts, topic, spec).await?);
+    if report.drift.len() == before {
+        report.unchanged.push(topic.to_owned());
+    }
+    Ok(())
+}
+
+/// The partition count of one existing topic, waiting briefly for metadata to catch up.
+fn partitions_of(
+    admin: &AdminClient<Context>,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> Result<i32, TopicsError> {
+    for _ in 0..50 {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(TopicsError::Admin)?;
+        let found = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        if let Some(t) = found {
+            return Ok(t.partitions().len() as i32);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Err(TopicsError::Describe {
+        topic: topic.to_owned(),
+        code: RDKafkaErrorCode::UnknownTopicOrPartition,
+    })
 }
 
 async fn config_drift(
