@@ -149,7 +149,8 @@ fn init_logging(filter: &str, format: &str) -> anyhow::Result<()> {
         .with_context(|| format!("the log filter {filter:?} is invalid"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {
         builder.json().init();
     } else {
