@@ -17,6 +17,7 @@ use std::time::Duration;
 
 /// Runs the dispatch stage in this process until the returned trigger fires.
 fn start_dispatch(h: &Harness) -> (shutdown::Trigger, tokio::task::JoinHandle<()>) {
+    common::logs::capture();
     let (trigger, signal) = shutdown::channel();
     let (config, accounts, kafka, pool) = (
         h.dispatch_config(),
@@ -407,4 +408,13 @@ async fn sigkill_mid_batch_then_restart_places_every_order_exactly_once() {
     }
     std::fs::remove_dir_all(&logs).ok();
     h.finish().await;
+}
+
+#[test]
+fn pin_shapes_are_recognised() {
+    assert!(common::logs::has_pin_shape("x ABCD-1234-EF56-7890 y"));
+    assert!(!common::logs::has_pin_shape(
+        "order 6f1d2c3e-8a4b-4c5d-9e6f-7a8b9c0d1e2f"
+    ));
+    assert!(!common::logs::has_pin_shape("ABCD-1234"));
 }

@@ -93,4 +93,5 @@ impl TestDb {
         .expect("dropping the test database");
     }
 }
+pub mod logs;
 pub mod pipeline;

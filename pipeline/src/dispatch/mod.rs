@@ -139,7 +139,6 @@ impl DispatchHandler {
             accounts,
             placer: Placer {
                 pool,
-                owner: uuid::Uuid::new_v4(),
                 backoff: config.backoff(),
             },
             emitter,

@@ -55,8 +55,6 @@ enum Step {
 
 pub struct Placer {
     pub pool: PgPool,
-    /// This process's identity as a lease owner.
-    pub owner: Uuid,
     pub backoff: Backoff,
 }
 
@@ -84,11 +82,14 @@ impl Placer {
         let deadline = order
             .deadline
             .unwrap_or_else(|| Utc::now() + default_deadline);
+        // Each settling is its own lease owner, so two copies of one order in this process
+        // take turns just as copies in two processes do.
+        let owner = Uuid::new_v4();
         let mut failures = 0u32;
         let mut announced = false;
         loop {
             if shutdown.is_set() {
-                let _ = claims::release(&self.pool, order.order_id, self.owner).await;
+                let _ = claims::release(&self.pool, order.order_id, owner).await;
                 return Err(Interrupted);
             }
             let claimed = claims::claim(
@@ -96,7 +97,7 @@ impl Placer {
                 order.order_id,
                 &account.id,
                 deadline,
-                self.owner,
+                owner,
                 Self::lease(account),
             )
             .await;
@@ -105,7 +106,7 @@ impl Placer {
                 Ok(Claimed::Busy { until }) => {
                     let wait = (until - Utc::now()).to_std().unwrap_or_default();
                     shutdown
-                        .sleep(wait.clamp(Duration::from_millis(100), Duration::from_secs(5)))
+                        .sleep(wait.clamp(Duration::from_millis(100), Duration::from_secs(1)))
                         .await?;
                     continue;
                 }
@@ -135,9 +136,9 @@ impl Placer {
                         announce(&claim).await;
                         announced = true;
                     }
-                    self.place(order, account, &claim).await
+                    self.place(order, account, &claim, owner).await
                 }
-                Phase::Placing => self.resolve(order, account, &claim).await,
+                Phase::Placing => self.resolve(order, account, &claim, owner).await,
             };
             match step {
                 Step::Settle {
@@ -148,7 +149,7 @@ impl Placer {
                     match claims::settle(
                         &self.pool,
                         order.order_id,
-                        self.owner,
+                        owner,
                         phase,
                         code.as_deref(),
                         message.as_deref(),
@@ -184,7 +185,13 @@ impl Placer {
 
     /// Places the order under its reference. Only called when nothing under that reference
     /// can exist at the provider (`new`, or a check just said so).
-    async fn place(&self, order: &OrderCreated, account: &Account, claim: &Claim) -> Step {
+    async fn place(
+        &self,
+        order: &OrderCreated,
+        account: &Account,
+        claim: &Claim,
+        owner: Uuid,
+    ) -> Step {
         if Utc::now() > claim.deadline {
             return Step::Settle {
                 phase: Phase::Expired,
@@ -192,7 +199,7 @@ impl Placer {
                 message: Some("the deadline passed before the provider took the order".into()),
             };
         }
-        match claims::begin_placing(&self.pool, order.order_id, self.owner).await {
+        match claims::begin_placing(&self.pool, order.order_id, owner).await {
             Ok(true) => {}
             Ok(false) => {
                 return Step::Retry {
@@ -237,14 +244,20 @@ impl Placer {
     }
 
     /// Settles a `placing` order: whatever the provider knows under the reference decides.
-    async fn resolve(&self, order: &OrderCreated, account: &Account, claim: &Claim) -> Step {
+    async fn resolve(
+        &self,
+        order: &OrderCreated,
+        account: &Account,
+        claim: &Claim,
+        owner: Uuid,
+    ) -> Step {
         match self.check(account, claim).await {
             Ok(true) => Step::Settle {
                 phase: Phase::Placed,
                 code: None,
                 message: None,
             },
-            Ok(false) => match self.place(order, account, claim).await {
+            Ok(false) => match self.place(order, account, claim, owner).await {
                 // Between the check and this placement an earlier call may still have landed,
                 // and a provider refuses a reused reference: look once more before failing.
                 Step::Settle {
