@@ -5,7 +5,7 @@
 //! to commit is the lowest offset still in flight, or one past the highest offset seen
 //! when nothing is in flight (G2: offsets only cover durable work).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 /// The watermark of one partition.
 #[derive(Debug, Default, Clone)]
@@ -53,37 +53,6 @@ impl PartitionWatermark {
     }
 }
 
-/// Watermarks of every partition a consumer works on, keyed by (topic, partition).
-#[derive(Debug, Default)]
-pub struct Watermarks {
-    partitions: HashMap<(String, i32), PartitionWatermark>,
-}
-
-impl Watermarks {
-    pub fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
-        self.partitions
-            .entry((topic.to_owned(), partition))
-            .or_default()
-            .begin(offset);
-    }
-
-    pub fn finish(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
-        self.partitions
-            .get_mut(&(topic.to_owned(), partition))?
-            .finish(offset)
-    }
-
-    /// Forgets a partition this consumer no longer owns; work still running for it will
-    /// not move any commit position.
-    pub fn forget(&mut self, topic: &str, partition: i32) {
-        self.partitions.remove(&(topic.to_owned(), partition));
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.partitions.values().map(|p| p.in_flight()).sum()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,15 +77,6 @@ mod tests {
         w.begin(5);
         assert_eq!(w.finish(4), None);
         assert_eq!(w.position(), Some(5));
-    }
-
-    #[test]
-    fn forgotten_partitions_ignore_late_completions() {
-        let mut ws = Watermarks::default();
-        ws.begin("t", 0, 1);
-        ws.forget("t", 0);
-        assert_eq!(ws.finish("t", 0, 1), None);
-        assert_eq!(ws.in_flight(), 0);
     }
 
     proptest! {

@@ -56,21 +56,6 @@ pub enum DbError {
     Query(#[from] sqlx::Error),
 }
 
-impl DbError {
-    /// Whether trying again later may succeed (the database is down or overloaded), as
-    /// opposed to a bug or a broken schema.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            DbError::Unreachable { .. } => true,
-            DbError::Query(e) => matches!(
-                e,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-            ),
-            _ => false,
-        }
-    }
-}
-
 impl DbConfig {
     pub fn for_tests(url: &str) -> Self {
         DbConfig {

@@ -5,7 +5,6 @@
 //! state events arrive.
 
 use crate::core::event::OrderStateEvent;
-use crate::core::lifecycle::OrderState;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -47,10 +46,6 @@ impl OrderRow {
             }),
             version: event.version,
         }
-    }
-
-    pub fn is_final(&self) -> bool {
-        self.state == OrderState::Completed.as_str() || self.state == OrderState::Failed.as_str()
     }
 }
 

@@ -107,8 +107,8 @@ pub enum DispatchError {
     Accounts(#[from] crate::provider::accounts::AccountsError),
     #[error(transparent)]
     Kafka(#[from] crate::kafka::KafkaSetupError),
-    #[error("the dispatch consumer failed ({0})")]
-    Consumer(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Stage(#[from] crate::kafka::stage::StageError),
 }
 
 /// Handles one `orders.created` message.

@@ -35,6 +35,16 @@ pub trait Handler: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<(), Interrupted>>;
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("the handler panicked on {topic}/{partition} at offset {offset}; the message will be redone after a restart")]
+    HandlerPanicked {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+}
+
 /// How a stage consumes.
 #[derive(Clone, Debug)]
 pub struct StageOptions {
@@ -108,7 +118,16 @@ struct Done {
     partition: i32,
     generation: u64,
     offset: i64,
-    result: Result<(), Interrupted>,
+    outcome: Outcome,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Durable,
+    Interrupted,
+    /// A bug: the stage stops, so that the message is redone after a restart rather than
+    /// skipped.
+    Panicked,
 }
 
 #[derive(Default)]
@@ -123,12 +142,13 @@ pub async fn run<H: Handler>(
     handler: Arc<H>,
     options: StageOptions,
     mut shutdown: Shutdown,
-) -> Result<(), KafkaError> {
+) -> Result<(), StageError> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut partitions: HashMap<(String, i32), Tracked> = HashMap::new();
     let mut next_generation = 0u64;
     let mut in_flight = 0usize;
     let mut paused = false;
+    let mut panicked = None;
 
     loop {
         tokio::select! {
@@ -136,6 +156,11 @@ pub async fn run<H: Handler>(
             _ = shutdown.wait() => break,
             Some(done) = done_rx.recv() => {
                 in_flight -= 1;
+                if done.outcome == Outcome::Panicked {
+                    tracing::error!(topic = %done.topic, partition = done.partition, offset = done.offset, "a handler panicked; stopping the stage");
+                    panicked = Some(StageError::HandlerPanicked { topic: done.topic, partition: done.partition, offset: done.offset });
+                    break;
+                }
                 forget_revoked(&consumer, &mut partitions, &mut next_generation);
                 complete(&consumer, &mut partitions, done);
                 if paused && in_flight < options.max_in_flight {
@@ -163,13 +188,18 @@ pub async fn run<H: Handler>(
                     partition: message.partition(),
                     generation: tracked.generation,
                     offset: message.offset(),
-                    result: Ok(()),
+                    outcome: Outcome::Durable,
                 };
                 in_flight += 1;
                 let (handler, task_shutdown, done_tx) = (Arc::clone(&handler), shutdown.clone(), done_tx.clone());
                 tokio::spawn(async move {
-                    let result = handler.handle(message, task_shutdown).await;
-                    let _ = done_tx.send(Done { result, ..done });
+                    let handled = std::panic::AssertUnwindSafe(handler.handle(message, task_shutdown));
+                    let outcome = match futures::FutureExt::catch_unwind(handled).await {
+                        Ok(Ok(())) => Outcome::Durable,
+                        Ok(Err(Interrupted)) => Outcome::Interrupted,
+                        Err(_) => Outcome::Panicked,
+                    };
+                    let _ = done_tx.send(Done { outcome, ..done });
                 });
                 if !paused && in_flight >= options.max_in_flight {
                     set_paused(&consumer, true);
@@ -203,7 +233,7 @@ pub async fn run<H: Handler>(
         }
     }
     consumer.unsubscribe();
-    Ok(())
+    panicked.map_or(Ok(()), Err)
 }
 
 fn complete(
@@ -211,7 +241,7 @@ fn complete(
     partitions: &mut HashMap<(String, i32), Tracked>,
     done: Done,
 ) {
-    if done.result.is_err() {
+    if done.outcome != Outcome::Durable {
         return; // not durable: the offset stays where it is and the message is redone
     }
     let Some(tracked) = partitions.get_mut(&(done.topic.clone(), done.partition)) else {

@@ -253,19 +253,6 @@ impl Accounts {
     pub fn get(&self, id: &str) -> Option<&Arc<Account>> {
         self.by_id.get(id)
     }
-
-    pub fn ids(&self) -> impl Iterator<Item = &str> {
-        self.by_id.keys().map(String::as_str)
-    }
-
-    /// The longest request timeout of any account: how long a placement can be in flight.
-    pub fn longest_request_timeout(&self) -> Duration {
-        self.by_id
-            .values()
-            .map(|a| a.request_timeout)
-            .max()
-            .unwrap_or(Duration::from_secs(10))
-    }
 }
 
 #[cfg(test)]
