@@ -164,7 +164,7 @@ pub async fn run(
             return Err(LoadError::Share(flag));
         }
     }
-    if !(config.rate > 0.0) {
+    if config.rate.is_nan() || config.rate <= 0.0 {
         return Err(LoadError::Rate);
     }
     kafka.check_reachable()?;

@@ -226,7 +226,11 @@ impl Accounts {
                     c.id
                 ));
             }
-            if c.max_concurrent == 0 || !(c.max_per_second > 0.0) || c.request_timeout_ms == 0 {
+            if c.max_concurrent == 0
+                || c.max_per_second.is_nan()
+                || c.max_per_second <= 0.0
+                || c.request_timeout_ms == 0
+            {
                 return Err(format!(
                     "account {}: max_concurrent, max_per_second and request_timeout_ms must be positive",
                     c.id
