@@ -20,4 +20,12 @@ for db in $leftovers; do
   bash ops/postgres/db.sh psql -d orderflow -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
 done
 
-cargo test --workspace --locked "$@"
+# One closing line for the whole run, summed over every test binary.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
