@@ -1,7 +1,9 @@
-//! The pure core: event contracts, the order lifecycle, the offset watermark and the rate
-//! limiter. Nothing here does IO, so all of it is covered by unit and property tests.
+//! The pure core: event contracts, the order lifecycle, the offset watermark, backoff, the
+//! rate limiter and the circuit breaker. Nothing here does IO, so all of it is covered by
+//! unit and property tests.
 
 pub mod backoff;
+pub mod breaker;
 pub mod event;
 pub mod lifecycle;
 pub mod rate;

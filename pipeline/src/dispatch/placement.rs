@@ -215,10 +215,7 @@ impl Placer {
             user_identifier: order.user_identifier.clone(),
             user_extra: order.user_extra.clone(),
         };
-        let outcome = {
-            let _permit = account.call_permit().await;
-            account.provider.place(&placement).await
-        };
+        let outcome = account.place(&placement).await;
         match outcome {
             PlaceOutcome::Accepted { .. } => Step::Settle {
                 phase: Phase::Placed,
@@ -286,10 +283,7 @@ impl Placer {
     /// Whether the provider has an order under the claim's reference; `Err` when it could not
     /// say.
     async fn check(&self, account: &Account, claim: &Claim) -> Result<bool, Step> {
-        let outcome = {
-            let _permit = account.call_permit().await;
-            account.provider.check(&claim.provider_reference).await
-        };
+        let outcome = account.check(&claim.provider_reference).await;
         match outcome {
             CheckOutcome::Pending
             | CheckOutcome::Completed { .. }

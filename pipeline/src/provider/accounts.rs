@@ -1,8 +1,9 @@
 //! Provider accounts: which provider, where, with which credentials and how politely.
 //!
 //! Read from a TOML file (`ORDERFLOW_PROVIDER_ACCOUNTS`), one `[[account]]` table each.
-//! Every provider call goes through [`Account::call_permit`], which holds the account's
-//! concurrency cap and calls-per-second cap (G6). Credentials are [`Secret`]s: printing an
+//! Every provider call goes through [`Account::place`] or [`Account::check`], which hold the
+//! account's concurrency cap and calls-per-second cap and stop calling while its circuit
+//! breaker is open (G6). Credentials are [`Secret`]s: printing an
 //! account never shows them.
 //!
 //! ```toml
@@ -15,10 +16,13 @@
 //! max_concurrent = 8
 //! max_per_second = 10
 //! request_timeout_ms = 10000
+//! breaker_failures = 5        # consecutive failed calls that pause calls ...
+//! breaker_open_ms = 30000     # ... for this long, then one probe decides
 //! ```
 
+use crate::core::breaker::{Breaker, BreakerConfig, BreakerState};
 use crate::core::rate::TokenBucket;
-use crate::provider::Provider;
+use crate::provider::{CheckOutcome, PlaceOutcome, Placement, Provider};
 use crate::secret::Secret;
 use crate::znet::client::ZnetClient;
 use serde::Deserialize;
@@ -60,6 +64,12 @@ pub struct AccountConfig {
     /// How long one call may take before its outcome counts as unknown.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// Consecutive failed calls (timeouts, 5xx, HTML, empty or odd answers) that stop
+    /// calls to this account for `breaker_open_ms`, after which one probe call decides.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    #[serde(default = "default_breaker_open_ms")]
+    pub breaker_open_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -77,6 +87,12 @@ fn default_max_per_second() -> f64 {
 fn default_request_timeout_ms() -> u64 {
     10_000
 }
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_open_ms() -> u64 {
+    30_000
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountsError {
@@ -89,13 +105,23 @@ pub enum AccountsError {
     Invalid { path: String, reason: String },
 }
 
-/// A configured account, ready to call.
+/// How politely an account is called (G6).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    pub max_concurrent: usize,
+    pub max_per_second: f64,
+    pub breaker: BreakerConfig,
+}
+
+/// A configured account, ready to call. Calls go through [`Account::place`] and
+/// [`Account::check`], which hold the account's caps and feed its circuit breaker.
 pub struct Account {
     pub id: String,
     pub provider: Box<dyn Provider>,
     pub request_timeout: Duration,
     concurrency: Arc<Semaphore>,
     bucket: Mutex<TokenBucket>,
+    breaker: Mutex<Breaker>,
 }
 
 impl std::fmt::Debug for Account {
@@ -106,9 +132,27 @@ impl std::fmt::Debug for Account {
     }
 }
 
-/// Held for the length of one provider call.
-pub struct CallPermit {
+/// Held for the length of one provider call; its outcome feeds the breaker. A call that
+/// ends without an outcome (its task was cancelled) counts as failed.
+struct CallPermit<'a> {
+    account: &'a Account,
     _slot: OwnedSemaphorePermit,
+    recorded: bool,
+}
+
+impl CallPermit<'_> {
+    fn finish(mut self, healthy: bool) {
+        self.recorded = true;
+        self.account.record(healthy);
+    }
+}
+
+impl Drop for CallPermit<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.account.record(false);
+        }
+    }
 }
 
 impl Account {
@@ -116,28 +160,61 @@ impl Account {
         id: String,
         provider: Box<dyn Provider>,
         request_timeout: Duration,
-        max_concurrent: usize,
-        max_per_second: f64,
+        limits: Limits,
     ) -> Self {
         Account {
             id,
             provider,
             request_timeout,
-            concurrency: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            concurrency: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
             bucket: Mutex::new(TokenBucket::new(
-                max_per_second,
-                max_per_second.ceil() as u32,
+                limits.max_per_second,
+                limits.max_per_second.ceil() as u32,
                 Instant::now(),
             )),
+            breaker: Mutex::new(Breaker::new(limits.breaker)),
         }
     }
 
-    /// Waits until a call to this account is within both caps.
-    pub async fn call_permit(&self) -> CallPermit {
+    /// Places an order, within the account's caps.
+    pub async fn place(&self, placement: &Placement) -> PlaceOutcome {
+        let permit = self.call_permit().await;
+        let outcome = self.provider.place(placement).await;
+        permit.finish(matches!(
+            outcome,
+            PlaceOutcome::Accepted { .. } | PlaceOutcome::Rejected { .. }
+        ));
+        outcome
+    }
+
+    /// Checks an order, within the account's caps.
+    pub async fn check(&self, reference: &str) -> CheckOutcome {
+        let permit = self.call_permit().await;
+        let outcome = self.provider.check(reference).await;
+        permit.finish(!matches!(
+            outcome,
+            CheckOutcome::AccountProblem { .. } | CheckOutcome::Transient { .. }
+        ));
+        outcome
+    }
+
+    /// Waits until the breaker lets a call through and the call is within both caps.
+    async fn call_permit(&self) -> CallPermit<'_> {
         let slot = Arc::clone(&self.concurrency)
             .acquire_owned()
             .await
             .expect("the account semaphore is never closed");
+        loop {
+            let breaker = self
+                .breaker
+                .lock()
+                .expect("breaker lock")
+                .try_call(Instant::now());
+            match breaker {
+                Ok(()) => break,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
         loop {
             let wait = self
                 .bucket
@@ -145,9 +222,27 @@ impl Account {
                 .expect("rate bucket lock")
                 .try_take(Instant::now());
             match wait {
-                Ok(()) => return CallPermit { _slot: slot },
+                Ok(()) => {
+                    return CallPermit {
+                        account: self,
+                        _slot: slot,
+                        recorded: false,
+                    }
+                }
                 Err(wait) => tokio::time::sleep(wait).await,
             }
+        }
+    }
+
+    fn record(&self, healthy: bool) {
+        let mut breaker = self.breaker.lock().expect("breaker lock");
+        let was_open = !matches!(breaker.state(), BreakerState::Closed { .. });
+        breaker.record(Instant::now(), healthy);
+        let is_open = !matches!(breaker.state(), BreakerState::Closed { .. });
+        if is_open && !was_open {
+            tracing::warn!(account = %self.id, "provider failing: circuit breaker open, calls paused");
+        } else if was_open && !is_open {
+            tracing::info!(account = %self.id, "provider answering again: circuit breaker closed");
         }
     }
 }
@@ -243,13 +338,15 @@ impl Accounts {
                         .map_err(|e| format!("account {}: {}", c.id, e.without_url()))?,
                 ),
             };
-            accounts.push(Account::new(
-                c.id,
-                provider,
-                timeout,
-                c.max_concurrent,
-                c.max_per_second,
-            ));
+            let limits = Limits {
+                max_concurrent: c.max_concurrent,
+                max_per_second: c.max_per_second,
+                breaker: BreakerConfig {
+                    failures_to_open: c.breaker_failures,
+                    open_for: Duration::from_millis(c.breaker_open_ms),
+                },
+            };
+            accounts.push(Account::new(c.id, provider, timeout, limits));
         }
         Ok(Self::from_accounts(accounts))
     }
@@ -306,13 +403,77 @@ mod tests {
         let a = accounts.get("znet-main").unwrap();
         let start = Instant::now();
         for _ in 0..7 {
-            drop(a.call_permit().await);
+            a.call_permit().await.finish(true);
         }
         // A burst of 5, then 2 more at 5 per second.
         assert!(
             start.elapsed() >= Duration::from_millis(350),
             "{:?}",
             start.elapsed()
+        );
+    }
+
+    /// A provider that never answers usefully, counting the calls it gets.
+    struct Down(Arc<std::sync::atomic::AtomicU32>);
+
+    impl Provider for Down {
+        fn validate_product(
+            &self,
+            _: &std::collections::BTreeMap<String, String>,
+        ) -> Result<(), String> {
+            Ok(())
+        }
+        fn place<'a>(&'a self, _: &'a Placement) -> futures::future::BoxFuture<'a, PlaceOutcome> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async {
+                PlaceOutcome::Unknown {
+                    detail: "HTTP 503".into(),
+                }
+            })
+        }
+        fn check<'a>(&'a self, _: &'a str) -> futures::future::BoxFuture<'a, CheckOutcome> {
+            Box::pin(async {
+                CheckOutcome::Transient {
+                    detail: "HTTP 503".into(),
+                }
+            })
+        }
+        fn balance(&self) -> futures::future::BoxFuture<'_, crate::provider::BalanceOutcome> {
+            unimplemented!("not called")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_provider_is_left_alone_while_the_breaker_is_open() {
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let down = Box::new(Down(Arc::clone(&calls)));
+        let limits = Limits {
+            max_concurrent: 4,
+            max_per_second: 1000.0,
+            breaker: BreakerConfig {
+                failures_to_open: 3,
+                open_for: Duration::from_millis(400),
+            },
+        };
+        let account = Account::new("a".into(), down, Duration::from_secs(1), limits);
+        let placement = Placement {
+            reference: "1".into(),
+            product: Default::default(),
+            user_identifier: String::new(),
+            user_extra: String::new(),
+        };
+        let start = Instant::now();
+        let mut attempts = 0;
+        while start.elapsed() < Duration::from_millis(1_000) {
+            account.place(&placement).await;
+            attempts += 1;
+        }
+        let calls = calls.load(std::sync::atomic::Ordering::SeqCst);
+        // 3 calls open it; then one probe per 400 ms: at most 3 more within a second.
+        assert!((4..=6).contains(&calls), "{calls} calls");
+        assert_eq!(
+            attempts, calls,
+            "every attempt waited for the breaker, none was refused"
         );
     }
 }
