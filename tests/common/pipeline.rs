@@ -22,6 +22,7 @@ use uuid::Uuid;
 pub const KOD: &str = "KOD-7f3a9e";
 pub const SIFRE: &str = "SIFRE-b2c4d8";
 pub const ACCOUNT: &str = "znet-test";
+pub const OTHER_ACCOUNT: &str = "znet-other";
 
 pub struct Harness {
     pub kafka: KafkaConfig,
@@ -53,15 +54,16 @@ impl Harness {
         let sim_url = format!("http://{}", handle.addr);
         let accounts_file =
             std::env::temp_dir().join(format!("{}.toml", unique("orderflow-accounts-")));
-        std::fs::write(
-            &accounts_file,
+        // Two accounts at one simulator: orders name the first; the second exists to be named
+        // by mistake.
+        let account = |id: &str| {
             format!(
-                "[[account]]\nid = \"{ACCOUNT}\"\nprovider = \"znet\"\nbase_url = \"{sim_url}\"\n\
+                "[[account]]\nid = \"{id}\"\nprovider = \"znet\"\nbase_url = \"{sim_url}\"\n\
                  kod = \"{KOD}\"\nsifre = \"{SIFRE}\"\nmax_concurrent = 8\nmax_per_second = 200\n\
                  request_timeout_ms = {request_timeout_ms}\n"
-            ),
-        )
-        .unwrap();
+            )
+        };
+        std::fs::write(&accounts_file, account(ACCOUNT) + &account(OTHER_ACCOUNT)).unwrap();
         Harness {
             kafka,
             db,

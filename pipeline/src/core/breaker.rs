@@ -63,6 +63,14 @@ impl Breaker {
         }
     }
 
+    /// A call that [`Breaker::try_call`] let through was not made, or its outcome is not
+    /// known (it was cancelled): if it was the probe, the next caller probes instead.
+    pub fn abandon(&mut self, now: Instant) {
+        if self.state == BreakerState::HalfOpen {
+            self.state = BreakerState::Open { until: now };
+        }
+    }
+
     /// Records the outcome of a call that [`Breaker::try_call`] let through.
     pub fn record(&mut self, now: Instant, healthy: bool) {
         self.state = match (self.state, healthy) {

@@ -57,6 +57,8 @@ pub enum InvalidKind {
     UnsupportedVersion,
     UnknownProviderAccount,
     InvalidProduct,
+    /// The order id was first placed with another provider account.
+    AccountConflict,
 }
 
 impl InvalidKind {
@@ -68,6 +70,7 @@ impl InvalidKind {
             InvalidKind::UnsupportedVersion => "unsupported_version",
             InvalidKind::UnknownProviderAccount => "unknown_provider_account",
             InvalidKind::InvalidProduct => "invalid_product",
+            InvalidKind::AccountConflict => "account_conflict",
         }
     }
 }

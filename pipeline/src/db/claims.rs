@@ -4,9 +4,9 @@
 //! worker at a time works on it, mark `placing` *before* each call to the provider, and
 //! record the settled outcome after it. A worker that finds `placing` does not know whether
 //! the last call bought something and must check the reference first. Every write after the
-//! claim is conditional on still holding the lease, so a worker whose lease lapsed (it was
-//! too slow, or another consumer took over after a rebalance) cannot overwrite the new
-//! holder's progress.
+//! claim is conditional on still being the lease owner, so a worker whose lease passed to
+//! another (it was too slow, or another consumer took over after a rebalance) cannot
+//! overwrite the new owner's progress, nor place the order alongside it.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -65,42 +65,41 @@ pub enum Claimed {
     Busy { until: DateTime<Utc> },
 }
 
-type ClaimRow = (
-    Uuid,
-    String,
-    String,
-    String,
-    i32,
-    DateTime<Utc>,
-    Option<String>,
-    Option<String>,
-);
+/// A row as read; `lease_until` only matters to a worker that does not hold the claim.
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    order_id: Uuid,
+    provider_account: String,
+    provider_reference: String,
+    phase: String,
+    place_calls: i32,
+    deadline: DateTime<Utc>,
+    outcome_code: Option<String>,
+    outcome_message: Option<String>,
+    lease_until: Option<DateTime<Utc>>,
+}
 
-fn claim_from(row: ClaimRow) -> Result<Claim, sqlx::Error> {
-    let (
-        order_id,
-        provider_account,
-        provider_reference,
-        phase,
-        place_calls,
-        deadline,
-        outcome_code,
-        outcome_message,
-    ) = row;
-    Ok(Claim {
-        order_id,
-        provider_account,
-        provider_reference,
-        phase: Phase::parse(&phase)?,
-        place_calls,
-        deadline,
-        outcome_code,
-        outcome_message,
-    })
+const COLUMNS: &str = "order_id, provider_account, provider_reference, phase, place_calls, \
+                       deadline, outcome_code, outcome_message, lease_until";
+
+impl ClaimRow {
+    fn into_claim(self) -> Result<Claim, sqlx::Error> {
+        Ok(Claim {
+            order_id: self.order_id,
+            provider_account: self.provider_account,
+            provider_reference: self.provider_reference,
+            phase: Phase::parse(&self.phase)?,
+            place_calls: self.place_calls,
+            deadline: self.deadline,
+            outcome_code: self.outcome_code,
+            outcome_message: self.outcome_message,
+        })
+    }
 }
 
 /// Claims an order for `owner` for `lease`, creating its row (and so fixing its reference)
-/// if this is the first time the order is seen. `deadline` is only used for a new row.
+/// if this is the first time the order is seen. `deadline` is only used for a new row. A
+/// settled claim is returned without taking a lease: there is nothing left to do under it.
 pub async fn claim(
     pool: &PgPool,
     order_id: Uuid,
@@ -118,54 +117,82 @@ pub async fn claim(
     .bind(deadline)
     .execute(pool)
     .await?;
-    let held: Option<ClaimRow> = sqlx::query_as(
+    let held: Option<ClaimRow> = sqlx::query_as(&format!(
         "UPDATE dispatch_claims
             SET lease_owner = $2, lease_until = now() + $3 * interval '1 millisecond'
-          WHERE order_id = $1 AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $2)
-          RETURNING order_id, provider_account, provider_reference, phase, place_calls, deadline,
-                    outcome_code, outcome_message",
+          WHERE order_id = $1 AND phase IN ('new', 'placing')
+            AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $2)
+          RETURNING {COLUMNS}"
+    ))
+    .bind(order_id)
+    .bind(owner)
+    .bind(lease.as_millis() as f64)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(row) = held {
+        return Ok(Claimed::Held(row.into_claim()?));
+    }
+    let row: ClaimRow = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM dispatch_claims WHERE order_id = $1"
+    ))
+    .bind(order_id)
+    .fetch_one(pool)
+    .await?;
+    let until = row.lease_until.unwrap_or_else(Utc::now);
+    let claim = row.into_claim()?;
+    Ok(if claim.phase.is_settled() {
+        Claimed::Held(claim)
+    } else {
+        Claimed::Busy { until }
+    })
+}
+
+/// Records that a placement call is about to be made and renews the lease for it. Returns
+/// the phase before (`new`: nothing was ever sent; `placing`: an earlier call may have
+/// landed), or `None` if the lease passed to another owner, in which case the call must not
+/// be made. A lease that ran out but that nobody took over is still this owner's.
+pub async fn begin_placing(
+    pool: &PgPool,
+    order_id: Uuid,
+    owner: Uuid,
+    lease: Duration,
+) -> Result<Option<Phase>, sqlx::Error> {
+    let before: Option<String> = sqlx::query_scalar(
+        "WITH before AS (
+             SELECT order_id, phase FROM dispatch_claims WHERE order_id = $1 FOR UPDATE
+         )
+         UPDATE dispatch_claims c
+            SET phase = 'placing', place_calls = c.place_calls + 1, updated_at = now(),
+                lease_until = now() + $3 * interval '1 millisecond'
+           FROM before
+          WHERE c.order_id = before.order_id AND c.lease_owner = $2
+            AND c.phase IN ('new', 'placing')
+          RETURNING before.phase",
     )
     .bind(order_id)
     .bind(owner)
     .bind(lease.as_millis() as f64)
     .fetch_optional(pool)
     .await?;
-    match held {
-        Some(row) => Ok(Claimed::Held(claim_from(row)?)),
-        None => {
-            let until: Option<DateTime<Utc>> =
-                sqlx::query_scalar("SELECT lease_until FROM dispatch_claims WHERE order_id = $1")
-                    .bind(order_id)
-                    .fetch_one(pool)
-                    .await?;
-            Ok(Claimed::Busy {
-                until: until.unwrap_or_else(Utc::now),
-            })
-        }
-    }
+    before.as_deref().map(Phase::parse).transpose()
 }
 
-/// Records that a placement call is about to be made. Returns false if the lease was lost,
-/// in which case the call must not be made.
-pub async fn begin_placing(
-    pool: &PgPool,
-    order_id: Uuid,
-    owner: Uuid,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE dispatch_claims
-            SET phase = 'placing', place_calls = place_calls + 1, updated_at = now()
-          WHERE order_id = $1 AND lease_owner = $2 AND lease_until > now()
-            AND phase IN ('new', 'placing')",
+/// Undoes [`begin_placing`] when the call certainly never reached the provider and nothing
+/// had been sent before it, so that the order's deadline can still end it cleanly.
+pub async fn unmark_placing(pool: &PgPool, order_id: Uuid, owner: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE dispatch_claims SET phase = 'new', updated_at = now()
+          WHERE order_id = $1 AND lease_owner = $2 AND phase = 'placing'",
     )
     .bind(order_id)
     .bind(owner)
     .execute(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(())
 }
 
-/// Records a settled outcome and releases the lease. Returns false if the lease was lost.
+/// Records a settled outcome and releases the lease. Returns false if the lease passed to
+/// another owner.
 pub async fn settle(
     pool: &PgPool,
     order_id: Uuid,
@@ -174,7 +201,6 @@ pub async fn settle(
     code: Option<&str>,
     message: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    debug_assert!(phase.is_settled());
     let phase = match phase {
         Phase::Placed => "placed",
         Phase::Rejected => "rejected",
@@ -212,13 +238,11 @@ pub async fn release(pool: &PgPool, order_id: Uuid, owner: Uuid) -> Result<(), s
 
 /// The claim of one order, whoever holds it.
 pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<Claim>, sqlx::Error> {
-    let row: Option<ClaimRow> = sqlx::query_as(
-        "SELECT order_id, provider_account, provider_reference, phase, place_calls, deadline,
-                outcome_code, outcome_message
-           FROM dispatch_claims WHERE order_id = $1",
-    )
+    let row: Option<ClaimRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM dispatch_claims WHERE order_id = $1"
+    ))
     .bind(order_id)
     .fetch_optional(pool)
     .await?;
-    row.map(claim_from).transpose()
+    row.map(ClaimRow::into_claim).transpose()
 }

@@ -158,17 +158,7 @@ impl DispatchHandler {
     ) -> Result<(), Interrupted> {
         let order = match self.validate(message) {
             Ok(order) => order,
-            Err(why) => {
-                tracing::warn!(
-                    topic = message.topic(), partition = message.partition(), offset = message.offset(),
-                    reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
-                );
-                return self
-                    .retry_until_sent("dead-lettering an event", shutdown, || {
-                        self.dead_letters.send(message, &why)
-                    })
-                    .await;
-            }
+            Err(why) => return self.dead_letter(message, why, shutdown).await,
         };
         let account = self
             .accounts
@@ -191,8 +181,34 @@ impl DispatchHandler {
                 },
                 shutdown,
             )
-            .await?;
+                        .await?;
+        if let Settled::AccountConflict(claim) = &settled {
+            let why = InvalidEvent::new(
+                InvalidKind::AccountConflict,
+                format!(
+                    "order {} was placed with provider_account {:?}, this event names {:?}",
+                    order.order_id, claim.provider_account, order.provider_account
+                ),
+            );
+            return self.dead_letter(message, why, shutdown).await;
+        }
         self.publish(&order, &settled, shutdown).await
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        why: InvalidEvent,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        tracing::warn!(
+            topic = message.topic(), partition = message.partition(), offset = message.offset(),
+            reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
+        );
+        self.retry_until_sent("dead-lettering an event", shutdown, || {
+            self.dead_letters.send(message, &why)
+        })
+        .await
     }
 
     fn validate(&self, message: &OwnedMessage) -> Result<OrderCreated, InvalidEvent> {
@@ -281,6 +297,7 @@ impl DispatchHandler {
                 })
                 .await
             }
+            Settled::AccountConflict(_) => unreachable!("dead-lettered before publishing"),
             Settled::Expired(claim) => {
                 tracing::info!(order_id = %order.order_id, reference = %claim.provider_reference, "order expired before placement");
                 let failure = Failure {

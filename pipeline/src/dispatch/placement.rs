@@ -3,15 +3,17 @@
 //!
 //! The loop works from the order's claim in `dispatch_claims` (see [`crate::db::claims`]):
 //!
-//! | phase     | what the lease holder does                                               |
+//! | phase     | what the lease owner does                                                |
 //! |-----------|--------------------------------------------------------------------------|
-//! | `new`     | mark `placing`, place under the order's fixed reference                   |
-//! | `placing` | an earlier call may have bought it: check the reference; place again (same |
-//! |           | reference) only if the provider has no order under it                    |
+//! | `new`     | place under the order's fixed reference (or expire it past its deadline) |
+//! | `placing` | an earlier call may have bought it: check the reference; place again,     |
+//! |           | under the same reference, only if the provider has no order under it     |
 //! | settled   | nothing: report the recorded outcome (a redelivery, a duplicate event)    |
 //!
-//! Transient failures and account problems wait with backoff while other orders go on; a
-//! placement whose answer was lost is settled by a check, never by a new reference.
+//! Every placement call is preceded, after its permit is granted and right before it
+//! leaves, by `begin_placing`, which renews the lease and fails if another worker took the
+//! order over. Transient failures and account problems wait with backoff while other
+//! orders go on; an answer that was lost is settled by a check, never by a new reference.
 
 use crate::core::backoff::{random_fraction, Backoff};
 use crate::core::event::OrderCreated;
@@ -37,6 +39,9 @@ pub enum Settled {
         message: String,
     },
     Expired(Claim),
+    /// The order was first claimed for another provider account than this event names;
+    /// nothing was done for this event.
+    AccountConflict(Claim),
 }
 
 /// The next move after one step.
@@ -53,14 +58,37 @@ enum Step {
     },
 }
 
+impl Step {
+    fn placed() -> Step {
+        Step::Settle {
+            phase: Phase::Placed,
+            code: None,
+            message: None,
+        }
+    }
+
+    fn backoff(why: String) -> Step {
+        Step::Retry { after: None, why }
+    }
+}
+
+/// One settling: an order, its account, and the lease owner working on it.
+struct Work<'a> {
+    order: &'a OrderCreated,
+    account: &'a Account,
+    /// Each settling is its own lease owner, so two copies of one order in this process
+    /// take turns just as copies in two processes do.
+    owner: Uuid,
+}
+
 pub struct Placer {
     pub pool: PgPool,
     pub backoff: Backoff,
 }
 
 impl Placer {
-    /// How long a lease lasts: longer than any provider call, so a live holder never loses
-    /// it mid-call; short enough that a crashed holder's orders resume soon.
+    /// How long a lease lasts: longer than any provider call (it is renewed right before
+    /// each placement call), short enough that a crashed owner's orders resume soon.
     fn lease(account: &Account) -> Duration {
         account.request_timeout * 2 + Duration::from_secs(5)
     }
@@ -72,6 +100,32 @@ impl Placer {
         order: &OrderCreated,
         account: &Account,
         default_deadline: chrono::Duration,
+        announce: F,
+        shutdown: &mut Shutdown,
+    ) -> Result<Settled, Interrupted>
+    where
+        F: FnMut(&Claim) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let work = Work {
+            order,
+            account,
+            owner: Uuid::new_v4(),
+        };
+        let settled = self
+            .settle_loop(&work, default_deadline, announce, shutdown)
+            .await;
+        if settled.is_err() {
+            // Let the next owner start at once instead of waiting the lease out.
+            let _ = claims::release(&self.pool, order.order_id, work.owner).await;
+        }
+        settled
+    }
+
+    async fn settle_loop<F, Fut>(
+        &self,
+        work: &Work<'_>,
+        default_deadline: chrono::Duration,
         mut announce: F,
         shutdown: &mut Shutdown,
     ) -> Result<Settled, Interrupted>
@@ -79,26 +133,23 @@ impl Placer {
         F: FnMut(&Claim) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        let order = work.order;
         let deadline = order
             .deadline
             .unwrap_or_else(|| Utc::now() + default_deadline);
-        // Each settling is its own lease owner, so two copies of one order in this process
-        // take turns just as copies in two processes do.
-        let owner = Uuid::new_v4();
         let mut failures = 0u32;
         let mut announced = false;
         loop {
             if shutdown.is_set() {
-                let _ = claims::release(&self.pool, order.order_id, owner).await;
                 return Err(Interrupted);
             }
             let claimed = claims::claim(
                 &self.pool,
                 order.order_id,
-                &account.id,
+                &work.account.id,
                 deadline,
-                owner,
-                Self::lease(account),
+                work.owner,
+                Self::lease(work.account),
             )
             .await;
             let claim = match claimed {
@@ -119,6 +170,10 @@ impl Placer {
                     continue;
                 }
             };
+            if claim.provider_account != work.account.id {
+                let _ = claims::release(&self.pool, order.order_id, work.owner).await;
+                return Ok(Settled::AccountConflict(claim));
+            }
             let step = match claim.phase {
                 Phase::Placed => return Ok(Settled::Placed(claim)),
                 Phase::Expired => return Ok(Settled::Expired(claim)),
@@ -136,9 +191,9 @@ impl Placer {
                         announce(&claim).await;
                         announced = true;
                     }
-                    self.place(order, account, &claim, owner).await
+                    self.place(work, &claim).await
                 }
-                Phase::Placing => self.resolve(order, account, &claim, owner).await,
+                Phase::Placing => self.resolve(work, &claim).await,
             };
             match step {
                 Step::Settle {
@@ -146,25 +201,23 @@ impl Placer {
                     code,
                     message,
                 } => {
-                    match claims::settle(
+                    let recorded = claims::settle(
                         &self.pool,
                         order.order_id,
-                        owner,
+                        work.owner,
                         phase,
                         code.as_deref(),
                         message.as_deref(),
                     )
-                    .await
-                    {
-                        // Either way, the next claim reads the recorded outcome.
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(order_id = %order.order_id, error = %e, "recording the outcome failed; retrying");
-                            shutdown
-                                .sleep(self.backoff.delay(failures, random_fraction()))
-                                .await?;
-                            failures += 1;
-                        }
+                    .await;
+                    // Recorded or not (another owner took over), the next claim reads what
+                    // is recorded.
+                    if let Err(e) = recorded {
+                        tracing::warn!(order_id = %order.order_id, error = %e, "recording the outcome failed; retrying");
+                        shutdown
+                            .sleep(self.backoff.delay(failures, random_fraction()))
+                            .await?;
+                        failures += 1;
                     }
                 }
                 Step::Retry { after, why } => {
@@ -179,19 +232,9 @@ impl Placer {
         }
     }
 
-    fn retry(why: String) -> Step {
-        Step::Retry { after: None, why }
-    }
-
     /// Places the order under its reference. Only called when nothing under that reference
-    /// can exist at the provider (`new`, or a check just said so).
-    async fn place(
-        &self,
-        order: &OrderCreated,
-        account: &Account,
-        claim: &Claim,
-        owner: Uuid,
-    ) -> Step {
+    /// is known to the provider (`new`, or a check just said so).
+    async fn place(&self, work: &Work<'_>, claim: &Claim) -> Step {
         if Utc::now() > claim.deadline {
             return Step::Settle {
                 phase: Phase::Expired,
@@ -199,40 +242,47 @@ impl Placer {
                 message: Some("the deadline passed before the provider took the order".into()),
             };
         }
-        match claims::begin_placing(&self.pool, order.order_id, owner).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return Step::Retry {
-                    after: Some(Duration::ZERO),
-                    why: "lease lost before placing; claiming again".into(),
+        let order = work.order;
+        let permit = work.account.permit().await;
+        let lease = Self::lease(work.account);
+        let before =
+            match claims::begin_placing(&self.pool, order.order_id, work.owner, lease).await {
+                Ok(Some(before)) => before,
+                Ok(None) => {
+                    return Step::Retry {
+                        after: Some(Duration::ZERO),
+                        why: "another worker took the order over; claiming again".into(),
+                    }
                 }
-            }
-            Err(e) => return Self::retry(format!("marking the placement failed: {e}")),
-        }
+                Err(e) => return Step::backoff(format!("marking the placement failed: {e}")),
+            };
         let placement = Placement {
             reference: claim.provider_reference.clone(),
             product: order.product.clone(),
             user_identifier: order.user_identifier.clone(),
             user_extra: order.user_extra.clone(),
         };
-        let outcome = account.place(&placement).await;
+        let outcome = permit.place(&placement).await;
+        let account = &work.account.id;
         match outcome {
-            PlaceOutcome::Accepted { .. } => Step::Settle {
-                phase: Phase::Placed,
-                code: None,
-                message: None,
-            },
+            PlaceOutcome::Accepted { .. } => Step::placed(),
             PlaceOutcome::Rejected { code, message } => Step::Settle {
                 phase: Phase::Rejected,
                 code: Some(code),
                 message: Some(message),
             },
+            PlaceOutcome::Duplicate { code, .. } => Step::Retry {
+                after: Some(UNKNOWN_OUTCOME_PAUSE),
+                why: format!("the provider already has this reference ({code}); checking it next"),
+            },
             PlaceOutcome::AccountProblem { detail } => {
-                Self::retry(format!("account {} has a problem: {detail}", account.id))
+                self.not_sent(work, before).await;
+                Step::backoff(format!("account {account} has a problem: {detail}"))
             }
-            PlaceOutcome::Transient { detail } => Self::retry(format!(
-                "placement failed before reaching the provider: {detail}"
-            )),
+            PlaceOutcome::Transient { detail } => {
+                self.not_sent(work, before).await;
+                Step::backoff(format!("placement did not reach the provider: {detail}"))
+            }
             PlaceOutcome::Unknown { detail } => Step::Retry {
                 after: Some(UNKNOWN_OUTCOME_PAUSE),
                 why: format!("placement outcome unknown ({detail}); checking the reference next"),
@@ -240,33 +290,33 @@ impl Placer {
         }
     }
 
+    /// The call certainly bought nothing. If nothing had been sent before it either, the
+    /// order is `new` again, so that its deadline can end it without a check.
+    async fn not_sent(&self, work: &Work<'_>, before: Phase) {
+        if before == Phase::New {
+            if let Err(e) =
+                claims::unmark_placing(&self.pool, work.order.order_id, work.owner).await
+            {
+                // Harmless: `placing` only costs a check before the next attempt.
+                tracing::debug!(order_id = %work.order.order_id, error = %e, "could not reset the placement mark");
+            }
+        }
+    }
+
     /// Settles a `placing` order: whatever the provider knows under the reference decides.
-    async fn resolve(
-        &self,
-        order: &OrderCreated,
-        account: &Account,
-        claim: &Claim,
-        owner: Uuid,
-    ) -> Step {
-        match self.check(account, claim).await {
-            Ok(true) => Step::Settle {
-                phase: Phase::Placed,
-                code: None,
-                message: None,
-            },
-            Ok(false) => match self.place(order, account, claim, owner).await {
+    async fn resolve(&self, work: &Work<'_>, claim: &Claim) -> Step {
+        match self.check(work, claim).await {
+            Ok(true) => Step::placed(),
+            Ok(false) => match self.place(work, claim).await {
                 // Between the check and this placement an earlier call may still have landed,
-                // and a provider refuses a reused reference: look once more before failing.
+                // and a provider refuses a reused reference (under a code we may not know):
+                // look once more before failing the order.
                 Step::Settle {
                     phase: Phase::Rejected,
                     code,
                     message,
-                } => match self.check(account, claim).await {
-                    Ok(true) => Step::Settle {
-                        phase: Phase::Placed,
-                        code: None,
-                        message: None,
-                    },
+                } => match self.check(work, claim).await {
+                    Ok(true) => Step::placed(),
                     Ok(false) => Step::Settle {
                         phase: Phase::Rejected,
                         code,
@@ -282,18 +332,18 @@ impl Placer {
 
     /// Whether the provider has an order under the claim's reference; `Err` when it could not
     /// say.
-    async fn check(&self, account: &Account, claim: &Claim) -> Result<bool, Step> {
-        let outcome = account.check(&claim.provider_reference).await;
-        match outcome {
+    async fn check(&self, work: &Work<'_>, claim: &Claim) -> Result<bool, Step> {
+        match work.account.check(&claim.provider_reference).await {
             CheckOutcome::Pending
             | CheckOutcome::Completed { .. }
-            | CheckOutcome::Cancelled { .. } => Ok(true),
+            | CheckOutcome::Cancelled { .. }
+            | CheckOutcome::Unclear { .. } => Ok(true),
             CheckOutcome::NotFound { .. } => Ok(false),
-            CheckOutcome::AccountProblem { detail } => Err(Self::retry(format!(
+            CheckOutcome::AccountProblem { detail } => Err(Step::backoff(format!(
                 "account {} has a problem: {detail}",
-                account.id
+                work.account.id
             ))),
-            CheckOutcome::Transient { detail } => Err(Self::retry(format!(
+            CheckOutcome::Transient { detail } => Err(Step::backoff(format!(
                 "checking the reference failed: {detail}"
             ))),
         }

@@ -201,7 +201,9 @@ pub async fn run<H: Handler>(
                     };
                     let _ = done_tx.send(Done { outcome, ..done });
                 });
-                if !paused && in_flight >= options.max_in_flight {
+                                // Pausing again while over the bound also pauses partitions assigned since
+                // the last pause (a rebalance hands them over unpaused).
+                if in_flight >= options.max_in_flight {
                     set_paused(&consumer, true);
                     paused = true;
                 }

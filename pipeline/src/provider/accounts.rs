@@ -1,9 +1,10 @@
 //! Provider accounts: which provider, where, with which credentials and how politely.
 //!
 //! Read from a TOML file (`ORDERFLOW_PROVIDER_ACCOUNTS`), one `[[account]]` table each.
-//! Every provider call goes through [`Account::place`] or [`Account::check`], which hold the
-//! account's concurrency cap and calls-per-second cap and stop calling while its circuit
-//! breaker is open (G6). Credentials are [`Secret`]s: printing an
+//! Every provider call goes through a [`CallPermit`], which holds the account's concurrency
+//! cap and calls-per-second cap and waits while its circuit breaker is open (G6). The caps
+//! are per process: with several dispatch processes, divide the provider's limits by their
+//! number. Credentials are [`Secret`]s: printing an
 //! account never shows them.
 //!
 //! ```toml
@@ -113,8 +114,8 @@ pub struct Limits {
     pub breaker: BreakerConfig,
 }
 
-/// A configured account, ready to call. Calls go through [`Account::place`] and
-/// [`Account::check`], which hold the account's caps and feed its circuit breaker.
+/// A configured account, ready to call. Calls go through a [`CallPermit`] from
+/// [`Account::permit`], which holds the account's caps and feeds its circuit breaker.
 pub struct Account {
     pub id: String,
     pub provider: Box<dyn Provider>,
@@ -132,16 +133,37 @@ impl std::fmt::Debug for Account {
     }
 }
 
-/// Held for the length of one provider call; its outcome feeds the breaker. A call that
-/// ends without an outcome (its task was cancelled) counts as failed.
-struct CallPermit<'a> {
+/// Permission for one provider call, within the account's caps; held for the length of the
+/// call, whose outcome feeds the breaker. A permit dropped without a call (or whose call was
+/// cancelled) tells the breaker nothing, except that its probe, if it was one, is free.
+pub struct CallPermit<'a> {
     account: &'a Account,
     _slot: OwnedSemaphorePermit,
     recorded: bool,
 }
 
 impl CallPermit<'_> {
-    fn finish(mut self, healthy: bool) {
+    pub async fn place(mut self, placement: &Placement) -> PlaceOutcome {
+        let outcome = self.account.provider.place(placement).await;
+        self.record(matches!(
+            outcome,
+            PlaceOutcome::Accepted { .. }
+                | PlaceOutcome::Rejected { .. }
+                | PlaceOutcome::Duplicate { .. }
+        ));
+        outcome
+    }
+
+    pub async fn check(mut self, reference: &str) -> CheckOutcome {
+        let outcome = self.account.provider.check(reference).await;
+        self.record(!matches!(
+            outcome,
+            CheckOutcome::AccountProblem { .. } | CheckOutcome::Transient { .. }
+        ));
+        outcome
+    }
+
+    fn record(&mut self, healthy: bool) {
         self.recorded = true;
         self.account.record(healthy);
     }
@@ -150,7 +172,11 @@ impl CallPermit<'_> {
 impl Drop for CallPermit<'_> {
     fn drop(&mut self) {
         if !self.recorded {
-            self.account.record(false);
+            self.account
+                .breaker
+                .lock()
+                .expect("breaker lock")
+                .abandon(Instant::now());
         }
     }
 }
@@ -176,30 +202,13 @@ impl Account {
         }
     }
 
-    /// Places an order, within the account's caps.
-    pub async fn place(&self, placement: &Placement) -> PlaceOutcome {
-        let permit = self.call_permit().await;
-        let outcome = self.provider.place(placement).await;
-        permit.finish(matches!(
-            outcome,
-            PlaceOutcome::Accepted { .. } | PlaceOutcome::Rejected { .. }
-        ));
-        outcome
-    }
-
-    /// Checks an order, within the account's caps.
+    /// Checks an order under `reference`, within the account's caps.
     pub async fn check(&self, reference: &str) -> CheckOutcome {
-        let permit = self.call_permit().await;
-        let outcome = self.provider.check(reference).await;
-        permit.finish(!matches!(
-            outcome,
-            CheckOutcome::AccountProblem { .. } | CheckOutcome::Transient { .. }
-        ));
-        outcome
+        self.permit().await.check(reference).await
     }
 
     /// Waits until the breaker lets a call through and the call is within both caps.
-    async fn call_permit(&self) -> CallPermit<'_> {
+    pub async fn permit(&self) -> CallPermit<'_> {
         let slot = Arc::clone(&self.concurrency)
             .acquire_owned()
             .await
@@ -215,6 +224,13 @@ impl Account {
                 Err(wait) => tokio::time::sleep(wait).await,
             }
         }
+        // Build the permit now, so that a cancellation while waiting for the rate cap frees
+        // a probe.
+        let permit = CallPermit {
+            account: self,
+            _slot: slot,
+            recorded: false,
+        };
         loop {
             let wait = self
                 .bucket
@@ -222,13 +238,7 @@ impl Account {
                 .expect("rate bucket lock")
                 .try_take(Instant::now());
             match wait {
-                Ok(()) => {
-                    return CallPermit {
-                        account: self,
-                        _slot: slot,
-                        recorded: false,
-                    }
-                }
+                Ok(()) => return permit,
                 Err(wait) => tokio::time::sleep(wait).await,
             }
         }
@@ -403,7 +413,7 @@ mod tests {
         let a = accounts.get("znet-main").unwrap();
         let start = Instant::now();
         for _ in 0..7 {
-            a.call_permit().await.finish(true);
+            a.permit().await.record(true);
         }
         // A burst of 5, then 2 more at 5 per second.
         assert!(
@@ -465,7 +475,7 @@ mod tests {
         let start = Instant::now();
         let mut attempts = 0;
         while start.elapsed() < Duration::from_millis(1_000) {
-            account.place(&placement).await;
+            account.permit().await.place(&placement).await;
             attempts += 1;
         }
         let calls = calls.load(std::sync::atomic::Ordering::SeqCst);

@@ -1,7 +1,7 @@
 //! What the pipeline asks of a provider, and the answers it can get.
 //!
 //! Every answer is classified into what to do next. For a placement that is the heart of
-//! G1: `Accepted` and `Rejected` are settled; `Transient` and `AccountProblem` mean the
+//! G1: `Accepted` and `Rejected` are settled (`Duplicate` says an earlier call landed); `Transient` and `AccountProblem` mean the
 //! order was certainly not placed and may be tried again; `Unknown` means it may have been
 //! placed and must be settled by checking the same reference, never by a placement under a
 //! new one. Details never carry a PIN or a credential (G5).
@@ -31,6 +31,9 @@ pub enum PlaceOutcome {
     },
     /// The provider refused the order; final for the order.
     Rejected { code: String, message: String },
+    /// The provider already has an order under this reference: an earlier call landed.
+    /// Settle by checking; never a rejection.
+    Duplicate { code: String, message: String },
     /// Credentials, IP whitelist, API permission or base URL are wrong: not the order's
     /// fault, and the order was not placed.
     AccountProblem { detail: String },
@@ -52,6 +55,11 @@ pub enum CheckOutcome {
     /// Final: the provider cancelled the order.
     Cancelled {
         message: String,
+    },
+    /// The provider knows the order, but this answer cannot be used (a completed order
+    /// without a PIN, an unknown status): ask again later.
+    Unclear {
+        detail: String,
     },
     /// The provider answered with an error for this reference, typically because it has no
     /// order under it.

@@ -38,6 +38,8 @@ impl ZnetClient {
         timeout: Duration,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
+            // A redirect would carry kod and sifre to another URL (and into debug logs).
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .build()?;

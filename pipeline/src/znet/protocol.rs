@@ -12,6 +12,12 @@ use crate::secret::Secret;
 /// at fault rather than the order: `8|Bağlantı Hatası,Kullanıcı Api Yetki, ...`.
 pub const ACCOUNT_PROBLEM_CODES: &[&str] = &["8"];
 
+/// Error codes of a placement that mean "this referans already has an order". The protocol
+/// notes do not document znet's code for it; `5` is the simulator's. Whatever the code, a
+/// refusal that follows an unclear attempt is confirmed by a check before it fails an order
+/// (see `dispatch::placement`), so an unlisted duplicate code cannot fail a bought order.
+pub const DUPLICATE_REFERENCE_CODES: &[&str] = &["5"];
+
 /// The shape of a body, after trimming.
 #[derive(Debug, PartialEq, Eq)]
 enum Body<'a> {
@@ -99,6 +105,12 @@ pub fn classify_place(http_status: u16, body: &str) -> PlaceOutcome {
         Body::Error { code, message } if is_account_problem(code) => PlaceOutcome::AccountProblem {
             detail: format!("{code}|{message}"),
         },
+        Body::Error { code, message } if DUPLICATE_REFERENCE_CODES.contains(&code) => {
+            PlaceOutcome::Duplicate {
+                code: code.to_owned(),
+                message: message.to_owned(),
+            }
+        }
         Body::Error { code, message } => PlaceOutcome::Rejected {
             code: code.to_owned(),
             message: message.to_owned(),
@@ -129,7 +141,7 @@ pub fn classify_check(http_status: u16, body: &str) -> CheckOutcome {
             let description = fields.get(2..).map(|d| d.join("|")).unwrap_or_default();
             match durum {
                 "1" => CheckOutcome::Pending,
-                "2" if is_blank_pin(pin) => CheckOutcome::Transient {
+                "2" if is_blank_pin(pin) => CheckOutcome::Unclear {
                     detail: "completed without a PIN".to_owned(),
                 },
                 "2" => CheckOutcome::Completed {
@@ -138,7 +150,7 @@ pub fn classify_check(http_status: u16, body: &str) -> CheckOutcome {
                 "3" => CheckOutcome::Cancelled {
                     message: description.trim().to_owned(),
                 },
-                _ => CheckOutcome::Transient {
+                _ => CheckOutcome::Unclear {
                     detail: format!("unknown durum of {} characters", durum.chars().count()),
                 },
             }
@@ -332,10 +344,18 @@ mod tests {
         for pin in ["", " ", "-", " - ", "--"] {
             let body = format!("OK|2|{pin}|Tamamlandı");
             assert!(
-                matches!(classify_check(200, &body), CheckOutcome::Transient { .. }),
+                matches!(classify_check(200, &body), CheckOutcome::Unclear { .. }),
                 "{pin:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_reused_reference_is_a_duplicate_not_a_rejection() {
+        assert!(matches!(
+            classify_place(200, "5|Bu referans ile daha önce sipariş verilmiş"),
+            PlaceOutcome::Duplicate { .. }
+        ));
     }
 
     #[test]
@@ -347,7 +367,7 @@ mod tests {
             (503, "SECRETPIN"),
         ] {
             match classify_check(status, body) {
-                CheckOutcome::Transient { detail } => {
+                CheckOutcome::Transient { detail } | CheckOutcome::Unclear { detail } => {
                     assert!(!detail.contains("SECRETPIN"), "{detail}")
                 }
                 other => panic!("{body:?} gave {other:?}"),
@@ -406,7 +426,8 @@ mod tests {
                 PlaceOutcome::Rejected { code, .. } => {
                     prop_assert!((200..300).contains(&status));
                     prop_assert!(code.bytes().all(|b| b.is_ascii_digit()));
-                    prop_assert!(!ACCOUNT_PROBLEM_CODES.contains(&code.as_str()));
+                                        prop_assert!(!ACCOUNT_PROBLEM_CODES.contains(&code.as_str()));
+                    prop_assert!(!DUPLICATE_REFERENCE_CODES.contains(&code.as_str()));
                 }
                 _ => {}
             }

@@ -131,6 +131,9 @@ pub struct SimStats {
     /// How many placement calls each referans received that reached the order logic
     /// (duplicates included, faults with "no effect" excluded).
     pub placements: BTreeMap<String, u32>,
+    /// Every placement request per referans, faulted ones included: which references a
+    /// client used, and how often.
+    pub place_requests: BTreeMap<String, u32>,
     /// How many purchases each referans produced (never more than 1).
     pub purchases: BTreeMap<String, u32>,
     /// Authenticated check calls that reached the order logic (lost answers included).
@@ -542,6 +545,11 @@ impl Sim {
     async fn protocol_call(self, call: SimCall, q: Params, logic: Logic) -> Response {
         let config = &self.inner.config;
         self.pause(config.latency).await;
+        if let (SimCall::Place, Some(referans)) = (call, q.get("referans")) {
+            self.with_state(|st| {
+                *st.stats.place_requests.entry(referans.clone()).or_default() += 1
+            });
+        }
         let fault = self.with_state(|st| st.next_fault(call, config.fault_rate));
         let Some(fault) = fault else {
             return text(StatusCode::OK, self.with_state(|st| logic(config, st, &q)));
@@ -709,7 +717,7 @@ mod tests {
             PlaceOutcome::Accepted { .. }
         ));
         assert!(
-            matches!(place_ok(&run.base, "2002").await, PlaceOutcome::Rejected { code, .. } if code == "5")
+            matches!(place_ok(&run.base, "2002").await, PlaceOutcome::Duplicate { code, .. } if code == "5")
         );
         let stats = run.sim.stats();
         assert_eq!(stats.placements["2002"], 2);
