@@ -369,6 +369,69 @@ async fn the_same_order_under_another_account_is_dead_lettered_not_bought_again(
     h.finish().await;
 }
 
+/// A second consumer joins the group mid-batch and the first leaves: partitions move
+/// twice while placements are in flight, and still every order is placed exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn rebalances_mid_batch_place_every_order_exactly_once() {
+    const ORDERS: usize = 90;
+    let sim = SimConfig {
+        latency: Duration::from_millis(60),
+        ..SimConfig::default()
+    };
+    let h = Harness::new("rebalance", sim, 2_000).await;
+    common::logs::capture();
+    let config = h.dispatch_config();
+    let start = |config: orderflow::dispatch::DispatchConfig| {
+        let (trigger, signal) = shutdown::channel();
+        let (accounts, kafka, pool) = (h.accounts(), h.kafka.clone(), h.db.pool.clone());
+        let task = tokio::spawn(async move {
+            orderflow::dispatch::run(config, accounts, kafka, pool, signal)
+                .await
+                .expect("the dispatch stage");
+        });
+        (trigger, task)
+    };
+    let orders: Vec<_> = (0..ORDERS)
+        .map(|i| order(["25", "50", "100"][i % 3]))
+        .collect();
+    for o in &orders {
+        h.publish(o).await;
+    }
+    let (first_trigger, first) = start(config.clone());
+    let wait_for = |n: usize| {
+        let sim = h.sim.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(90);
+            while sim.stats().purchases.len() < n {
+                assert!(std::time::Instant::now() < deadline, "no progress");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(ORDERS / 5).await;
+    let (second_trigger, second) = start(config.clone()); // joins: partitions move
+    wait_for(ORDERS / 2).await;
+    stop(first_trigger, first).await; // leaves: partitions move again
+
+    let ids: Vec<_> = orders.iter().map(|o| o.order_id).collect();
+    let states = h.settled_states(&ids, Duration::from_secs(120)).await;
+    stop(second_trigger, second).await;
+    let stats = h.stats();
+    for o in &orders {
+        let end = last(states.get(&o.order_id).expect("a state"));
+        assert_eq!(end.state, OrderState::Dispatched);
+        let reference = end.provider_reference.as_ref().unwrap();
+        assert_eq!(
+            stats.placements.get(reference),
+            Some(&1),
+            "order {}",
+            o.order_id
+        );
+    }
+    assert_eq!(stats.purchases.len(), ORDERS);
+    h.finish().await;
+}
+
 /// Kills `orderflow dispatch` with SIGKILL while orders are in flight, restarts it, and
 /// proves with the simulator's counts that every order was placed exactly once.
 #[tokio::test(flavor = "multi_thread")]
