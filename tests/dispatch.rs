@@ -15,22 +15,84 @@ use orderflow::znet::sim::{Fault, SimCall, SimConfig};
 use rdkafka::message::Message;
 use std::time::Duration;
 
-/// Runs the dispatch stage in this process until the returned trigger fires.
+/// Runs the dispatch stage in this process, with its own consumer group, until the returned
+/// trigger fires.
 fn start_dispatch(h: &Harness) -> (shutdown::Trigger, tokio::task::JoinHandle<()>) {
+    start_dispatch_with(h, h.dispatch_config())
+}
+
+fn start_dispatch_with(
+    h: &Harness,
+    config: orderflow::dispatch::DispatchConfig,
+) -> (shutdown::Trigger, tokio::task::JoinHandle<()>) {
     common::logs::capture();
     let (trigger, signal) = shutdown::channel();
-    let (config, accounts, kafka, pool) = (
-        h.dispatch_config(),
-        h.accounts(),
-        h.kafka.clone(),
-        h.db.pool.clone(),
-    );
+    let (accounts, kafka, pool) = (h.accounts(), h.kafka.clone(), h.db.pool.clone());
     let task = tokio::spawn(async move {
         orderflow::dispatch::run(config, accounts, kafka, pool, signal)
             .await
             .expect("the dispatch stage");
     });
     (trigger, task)
+}
+
+/// A batch of valid orders across the catalog's denominations, published.
+async fn publish_batch(h: &Harness, n: usize) -> Vec<orderflow::core::event::OrderCreated> {
+    let orders: Vec<_> = (0..n).map(|i| order(["25", "50", "100"][i % 3])).collect();
+    for o in &orders {
+        h.publish(o).await;
+    }
+    orders
+}
+
+/// Waits until the simulator has sold `n` orders, checking `alive` on the way.
+async fn wait_for_purchases(h: &Harness, n: usize, mut alive: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while h.stats().purchases.len() < n {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        assert!(alive(), "the stage stopped early");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every order of the batch is dispatched under a reference of its own, and each reference
+/// reached the provider's order logic exactly once: interrupted calls were settled by a
+/// check, never by a second placement.
+async fn assert_each_placed_exactly_once(
+    h: &Harness,
+    orders: &[orderflow::core::event::OrderCreated],
+) {
+    let ids: Vec<_> = orders.iter().map(|o| o.order_id).collect();
+    let states = h.settled_states(&ids, Duration::from_secs(180)).await;
+    let stats = h.stats();
+    let mut references = std::collections::BTreeSet::new();
+    for o in orders {
+        let s = states
+            .get(&o.order_id)
+            .unwrap_or_else(|| panic!("order {} has no state", o.order_id));
+        let end = last(s);
+        assert_eq!(end.state, OrderState::Dispatched, "order {}", o.order_id);
+        let reference = end.provider_reference.clone().unwrap();
+        assert_eq!(
+            stats.placements.get(&reference),
+            Some(&1),
+            "order {}",
+            o.order_id
+        );
+        assert_eq!(
+            stats.purchases.get(&reference),
+            Some(&1),
+            "order {}",
+            o.order_id
+        );
+        references.insert(reference);
+    }
+    assert_eq!(references.len(), orders.len(), "one reference per order");
+    assert_eq!(
+        stats.purchases.len(),
+        orders.len(),
+        "nothing else was bought"
+    );
 }
 
 async fn stop(trigger: shutdown::Trigger, task: tokio::task::JoinHandle<()>) {
@@ -373,62 +435,21 @@ async fn the_same_order_under_another_account_is_dead_lettered_not_bought_again(
 /// twice while placements are in flight, and still every order is placed exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn rebalances_mid_batch_place_every_order_exactly_once() {
-    const ORDERS: usize = 90;
     let sim = SimConfig {
         latency: Duration::from_millis(60),
         ..SimConfig::default()
     };
     let h = Harness::new("rebalance", sim, 2_000).await;
-    common::logs::capture();
+    let orders = publish_batch(&h, 90).await;
     let config = h.dispatch_config();
-    let start = |config: orderflow::dispatch::DispatchConfig| {
-        let (trigger, signal) = shutdown::channel();
-        let (accounts, kafka, pool) = (h.accounts(), h.kafka.clone(), h.db.pool.clone());
-        let task = tokio::spawn(async move {
-            orderflow::dispatch::run(config, accounts, kafka, pool, signal)
-                .await
-                .expect("the dispatch stage");
-        });
-        (trigger, task)
-    };
-    let orders: Vec<_> = (0..ORDERS)
-        .map(|i| order(["25", "50", "100"][i % 3]))
-        .collect();
-    for o in &orders {
-        h.publish(o).await;
-    }
-    let (first_trigger, first) = start(config.clone());
-    let wait_for = |n: usize| {
-        let sim = h.sim.clone();
-        async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(90);
-            while sim.stats().purchases.len() < n {
-                assert!(std::time::Instant::now() < deadline, "no progress");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    wait_for(ORDERS / 5).await;
-    let (second_trigger, second) = start(config.clone()); // joins: partitions move
-    wait_for(ORDERS / 2).await;
+    let (first_trigger, first) = start_dispatch_with(&h, config.clone());
+    wait_for_purchases(&h, orders.len() / 5, || !first.is_finished()).await;
+    let (second_trigger, second) = start_dispatch_with(&h, config); // joins: partitions move
+    wait_for_purchases(&h, orders.len() / 2, || !second.is_finished()).await;
     stop(first_trigger, first).await; // leaves: partitions move again
 
-    let ids: Vec<_> = orders.iter().map(|o| o.order_id).collect();
-    let states = h.settled_states(&ids, Duration::from_secs(120)).await;
+    assert_each_placed_exactly_once(&h, &orders).await;
     stop(second_trigger, second).await;
-    let stats = h.stats();
-    for o in &orders {
-        let end = last(states.get(&o.order_id).expect("a state"));
-        assert_eq!(end.state, OrderState::Dispatched);
-        let reference = end.provider_reference.as_ref().unwrap();
-        assert_eq!(
-            stats.placements.get(reference),
-            Some(&1),
-            "order {}",
-            o.order_id
-        );
-    }
-    assert_eq!(stats.purchases.len(), ORDERS);
     h.finish().await;
 }
 
@@ -457,38 +478,31 @@ async fn sigkill_mid_batch_then_restart_places_every_order_exactly_once() {
             .expect("starting orderflow dispatch")
     };
 
-    let orders: Vec<_> = (0..ORDERS)
-        .map(|i| order(["25", "50", "100"][i % 3]))
-        .collect();
-    for o in &orders {
-        h.publish(o).await;
-    }
+    let orders = publish_batch(&h, ORDERS).await;
     let mut first = spawn(1);
-    // Kill once a part of the batch is bought and more is in flight.
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while h.stats().purchases.len() < ORDERS / 4 {
+    // Kill once a part of the batch is bought and a placement call is out.
+    wait_for_purchases(&h, ORDERS / 6, || first.try_wait().unwrap().is_none()).await;
+    let placing = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dispatch_claims WHERE phase = 'placing'")
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while placing().await == 0 {
         assert!(
             std::time::Instant::now() < deadline,
-            "the first process made no progress"
+            "no placement call ever seen in flight"
         );
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "the first process exited early"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     // Orders whose placement call was out when the process died: the restart must settle
     // them by checking, not by placing again.
-    let placing: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM dispatch_claims WHERE phase = 'placing'")
-            .fetch_one(&h.db.pool)
-            .await
-            .unwrap();
     assert!(
-        placing > 0,
-        "the kill came between calls; nothing to recover"
+        placing().await > 0,
+        "the calls in flight settled before the kill"
     );
     let bought_before_restart = h.stats().purchases.len();
     assert!(
@@ -497,42 +511,9 @@ async fn sigkill_mid_batch_then_restart_places_every_order_exactly_once() {
     );
 
     let mut second = spawn(2);
-    let ids: Vec<_> = orders.iter().map(|o| o.order_id).collect();
-    let states = h.settled_states(&ids, Duration::from_secs(180)).await;
+    assert_each_placed_exactly_once(&h, &orders).await;
     second.kill().unwrap();
     second.wait().unwrap();
-
-    let stats = h.stats();
-    let mut references = std::collections::BTreeSet::new();
-    for o in &orders {
-        let s = states
-            .get(&o.order_id)
-            .unwrap_or_else(|| panic!("order {} has no state", o.order_id));
-        let end = last(s);
-        assert_eq!(end.state, OrderState::Dispatched, "order {}", o.order_id);
-        let reference = end.provider_reference.clone().unwrap();
-        assert_eq!(
-            stats.purchases.get(&reference),
-            Some(&1),
-            "order {} bought once",
-            o.order_id
-        );
-        references.insert(reference);
-    }
-    assert_eq!(references.len(), ORDERS, "one reference per order");
-    assert_eq!(stats.purchases.len(), ORDERS);
-    assert!(stats.purchases.values().all(|&n| n == 1));
-    // No reference was ever sent twice that reached the order logic: interrupted calls were
-    // settled by a check.
-    assert!(
-        stats.placements.values().all(|&n| n == 1),
-        "{:?}",
-        stats
-            .placements
-            .iter()
-            .filter(|(_, &n)| n > 1)
-            .collect::<Vec<_>>()
-    );
 
     // G5: neither process logged a credential or a PIN-shaped value.
     for n in [1, 2] {
@@ -541,6 +522,10 @@ async fn sigkill_mid_batch_then_restart_places_every_order_exactly_once() {
         assert!(
             !text.contains(KOD) && !text.contains(SIFRE),
             "process {n} logged a credential"
+        );
+        assert!(
+            !common::logs::has_pin_shape(&text),
+            "process {n} logged a PIN"
         );
         assert!(!text.contains("panicked"), "process {n} panicked");
     }

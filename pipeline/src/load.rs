@@ -9,6 +9,7 @@
 
 use crate::core::event::{OrderCreated, OrderStateEvent, SCHEMA_VERSION};
 use crate::core::lifecycle::OrderState;
+use crate::core::seeded::Seeded;
 use crate::kafka::topics::name;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
 use crate::shutdown::Shutdown;
@@ -100,23 +101,10 @@ impl LoadReport {
     }
 }
 
-/// A small deterministic generator, so a run is reproducible.
-struct Mix(u64);
-
-impl Mix {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// One event to publish: its key and bytes.
-fn make_event(mix: &mut Mix, config: &LoadConfig, i: usize) -> (Uuid, Vec<u8>) {
+fn make_event(mix: &mut Seeded, config: &LoadConfig, i: usize) -> (Uuid, Vec<u8>) {
     let order_id = Uuid::new_v4();
-    let roll = mix.next();
+    let roll = mix.fraction();
     if roll < config.invalid_share {
         let broken = match i % 3 {
             0 => b"{\"schema_version\":1,\"order_id\":".to_vec(),
@@ -177,7 +165,7 @@ pub async fn run(
     let mut published: HashMap<Uuid, Instant> = HashMap::new();
     let mut answers: HashMap<Uuid, (Answer, Duration)> = HashMap::new();
     let mut sends = FuturesUnordered::new();
-    let mut mix = Mix(0x5EED);
+    let mut mix = Seeded::new(0x5EED);
     let mut next_publish = 0usize;
     let interval = Duration::from_secs_f64(1.0 / config.rate);
     let mut publish_tick = tokio::time::interval(interval);
@@ -354,7 +342,7 @@ mod tests {
     #[test]
     fn the_mix_follows_the_shares() {
         let c = config(0.1, 0.2);
-        let mut mix = Mix(7);
+        let mut mix = Seeded::new(7);
         let (mut invalid, mut rejected) = (0, 0);
         for i in 0..1000 {
             let (_, bytes) = make_event(&mut mix, &c, i);

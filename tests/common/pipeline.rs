@@ -111,7 +111,7 @@ impl Harness {
                 self.accounts_file.display().to_string(),
             ),
             ("ORDERFLOW_DISPATCH_GROUP".into(), group.into()),
-            ("ORDERFLOW_DISPATCH_MAX_IN_FLIGHT".into(), "16".into()),
+            ("ORDERFLOW_DISPATCH_MAX_IN_FLIGHT".into(), "32".into()),
             ("ORDERFLOW_DISPATCH_RETRY_MIN_MS".into(), "200".into()),
             ("ORDERFLOW_DISPATCH_RETRY_MAX_MS".into(), "2000".into()),
             (

@@ -7,4 +7,5 @@ pub mod breaker;
 pub mod event;
 pub mod lifecycle;
 pub mod rate;
+pub mod seeded;
 pub mod watermark;

@@ -163,7 +163,9 @@ pub async fn run<H: Handler>(
                 }
                 forget_revoked(&consumer, &mut partitions, &mut next_generation);
                 complete(&consumer, &mut partitions, done);
-                if paused && in_flight < options.max_in_flight {
+                                // Resume at half the bound, not just under it: a resume refetches what the
+                // pause dropped, and the work still in flight covers that round trip.
+                if paused && in_flight <= options.max_in_flight / 2 {
                     set_paused(&consumer, false);
                     paused = false;
                 }

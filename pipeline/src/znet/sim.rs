@@ -25,6 +25,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::core::seeded::Seeded;
+
 // ----- public types -------------------------------------------------------------------
 
 #[derive(Clone)]
@@ -166,7 +168,7 @@ struct Inner {
 }
 
 struct State {
-    rng: SplitMix64,
+    rng: Seeded,
     orders: HashMap<String, Order>,
     scripts: HashMap<SimCall, VecDeque<Fault>>,
     stats: SimStats,
@@ -176,26 +178,6 @@ struct Order {
     checks_seen: u32,
     cancelled: bool,
     pin: String,
-}
-
-/// SplitMix64: tiny, seeded, good enough for a simulator.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// True with probability `p`; draws nothing when `p <= 0`.
-    fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
 }
 
 impl State {
@@ -214,7 +196,7 @@ impl State {
 
     fn pin(&mut self) -> String {
         const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-        let group = |rng: &mut SplitMix64| -> String {
+        let group = |rng: &mut Seeded| -> String {
             (0..4)
                 .map(|_| ALPHABET[rng.below(ALPHABET.len())] as char)
                 .collect()
@@ -426,7 +408,7 @@ fn json(body: String) -> Response {
 impl Sim {
     pub fn new(config: SimConfig) -> Sim {
         let state = State {
-            rng: SplitMix64(config.seed),
+            rng: Seeded::new(config.seed),
             orders: HashMap::new(),
             scripts: HashMap::new(),
             stats: SimStats {
