@@ -264,6 +264,28 @@ fn watch_from_now(kafka: &KafkaConfig) -> Result<StreamConsumer<Context>, LoadEr
         .set("enable.auto.commit", "false")
         .create_with_context(Context)
         .map_err(KafkaSetupError::Client)?;
+    // Right after `topics apply` a partition may not have a leader yet: ask again a while.
+    let mut attempts = 0;
+    let tpl = loop {
+        match end_offsets(kafka, &consumer) {
+            Ok(tpl) => break tpl,
+            Err(e) if attempts < 20 => {
+                tracing::debug!(error = %e, "end offsets not available yet");
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// The current end of every partition of orders.state and orders.dlq.
+fn end_offsets(
+    kafka: &KafkaConfig,
+    consumer: &StreamConsumer<Context>,
+) -> Result<TopicPartitionList, KafkaError> {
     let mut tpl = TopicPartitionList::new();
     for topic in [
         kafka.topic(name::ORDERS_STATE),
@@ -278,8 +300,7 @@ fn watch_from_now(kafka: &KafkaConfig) -> Result<StreamConsumer<Context>, LoadEr
             }
         }
     }
-    consumer.assign(&tpl)?;
-    Ok(consumer)
+    Ok(tpl)
 }
 
 /// The live progress line: rewritten in place on a terminal, a line every 5 s otherwise.

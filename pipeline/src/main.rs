@@ -221,9 +221,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 report.elapsed.as_secs_f64()
             );
             for (answer, n) in &report.answered {
-                println!("  {answer:<13}{n}");
+                println!("  {answer:<15}{n}");
             }
-            println!("  missing      {}", report.missing);
+            println!("  missing        {}", report.missing);
             println!(
                 "throughput     {:.1} answered events/s",
                 answered as f64 / report.elapsed.as_secs_f64().max(1e-9)
