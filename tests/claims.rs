@@ -4,7 +4,7 @@
 mod common;
 
 use chrono::Utc;
-use orderflow::db::claims::{self, Claimed, Phase};
+use orderflow::db::claims::{self, Begin, Claimed, Phase};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -56,7 +56,7 @@ async fn an_owner_whose_lease_passed_to_another_can_neither_place_nor_settle() {
         claims::begin_placing(&db.pool, order, slow, short)
             .await
             .unwrap(),
-        Some(Phase::New)
+        Begin::Ready(Phase::New)
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
 
@@ -68,7 +68,7 @@ async fn an_owner_whose_lease_passed_to_another_can_neither_place_nor_settle() {
         claims::begin_placing(&db.pool, order, slow, LEASE)
             .await
             .unwrap(),
-        None
+        Begin::LeaseLost
     );
     assert!(
         !claims::settle(&db.pool, order, slow, Phase::Rejected, Some("3"), Some("x"))
@@ -111,7 +111,7 @@ async fn a_lapsed_lease_nobody_took_is_still_its_owners() {
         claims::begin_placing(&db.pool, order, owner, LEASE)
             .await
             .unwrap(),
-        Some(Phase::New)
+        Begin::Ready(Phase::New)
     );
     // A call that certainly never left resets the mark, so the order is new again.
     claims::unmark_placing(&db.pool, order, owner)
@@ -132,5 +132,21 @@ async fn the_first_claim_keeps_its_account() {
     held(claims::claim(&db.pool, order, "first", deadline, owner, LEASE).await).await;
     let later = held(claims::claim(&db.pool, order, "second", deadline, owner, LEASE).await).await;
     assert_eq!(later.provider_account, "first");
+    db.drop_now().await;
+}
+
+#[tokio::test]
+async fn no_call_is_begun_past_the_deadline() {
+    let db = common::TestDb::new_migrated().await;
+    let (order, owner) = (Uuid::new_v4(), Uuid::new_v4());
+    let deadline = Utc::now() + chrono::Duration::milliseconds(100);
+    held(claims::claim(&db.pool, order, "acct", deadline, owner, LEASE).await).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        claims::begin_placing(&db.pool, order, owner, LEASE)
+            .await
+            .unwrap(),
+        Begin::PastDeadline
+    );
     db.drop_now().await;
 }

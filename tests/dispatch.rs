@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::pipeline::{decode_state, order, Harness, ACCOUNT, KOD, OTHER_ACCOUNT, SIFRE};
+use common::pipeline::{
+    decode_state, order, Harness, ACCOUNT, DOWN_ACCOUNT, KOD, OTHER_ACCOUNT, SIFRE,
+};
 use orderflow::core::event::OrderStateEvent;
 use orderflow::core::lifecycle::{FailureReason, OrderState};
 use orderflow::db::claims::{self, Phase};
@@ -427,6 +429,65 @@ async fn the_same_order_under_another_account_is_dead_lettered_not_bought_again(
         Some("account_conflict")
     );
     assert_eq!(h.stats().place_requests.values().sum::<u32>(), 1);
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reference_already_used_elsewhere_fails_the_order_without_buying() {
+    let h = Harness::new("conflict-ref", SimConfig::default(), 5_000).await;
+    // Another system on the same dealer account already used the first reference this
+    // fresh database will hand out.
+    let url = format!(
+        "{}/servis/pin_ekle.php?kod={KOD}&sifre={SIFRE}&oyun=412&kupur=50&referans=100000001\
+         &musteri_tel=1&oyuncu_bilgi=x",
+        h.sim_url
+    );
+    let body = reqwest::get(url).await.unwrap().text().await.unwrap();
+    assert!(body.starts_with("OK|"), "{body}");
+
+    let (trigger, task) = start_dispatch(&h);
+    let o = order("50");
+    h.publish(&o).await;
+    let states = h
+        .settled_states(&[o.order_id], Duration::from_secs(60))
+        .await;
+    let end = last(&states[&o.order_id]);
+    assert_eq!(end.provider_reference.as_deref(), Some("100000001"));
+    assert_eq!(end.state, OrderState::Failed, "never taken for ours");
+    assert_eq!(end.failure.as_ref().unwrap().code.as_deref(), Some("5"));
+    let stats = h.stats();
+    assert_eq!(
+        stats.purchases.get("100000001"),
+        Some(&1),
+        "only the other system's"
+    );
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_provider_fails_the_order_at_its_deadline() {
+    let h = Harness::new("down", SimConfig::default(), 2_000).await;
+    let (trigger, task) = start_dispatch(&h);
+    let mut o = order("50");
+    o.provider_account = DOWN_ACCOUNT.into();
+    o.deadline = Some(chrono::Utc::now() + chrono::Duration::seconds(4));
+    h.publish(&o).await;
+
+    let states = h
+        .settled_states(&[o.order_id], Duration::from_secs(60))
+        .await;
+    let end = last(&states[&o.order_id]);
+    assert_eq!(end.state, OrderState::Failed);
+    assert_eq!(
+        end.failure.as_ref().unwrap().reason,
+        FailureReason::Deadline
+    );
+    // Connection refused proves nothing left, so no check was needed to expire it.
+    let claim = claims::get(&h.db.pool, o.order_id).await.unwrap().unwrap();
+    assert_eq!(claim.phase, Phase::Expired);
+    assert!(claim.place_calls >= 1);
     stop(trigger, task).await;
     h.finish().await;
 }

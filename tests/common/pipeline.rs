@@ -23,6 +23,7 @@ pub const KOD: &str = "KOD-7f3a9e";
 pub const SIFRE: &str = "SIFRE-b2c4d8";
 pub const ACCOUNT: &str = "znet-test";
 pub const OTHER_ACCOUNT: &str = "znet-other";
+pub const DOWN_ACCOUNT: &str = "znet-down";
 
 pub struct Harness {
     pub kafka: KafkaConfig,
@@ -63,7 +64,13 @@ impl Harness {
                  request_timeout_ms = {request_timeout_ms}\n"
             )
         };
-        std::fs::write(&accounts_file, account(ACCOUNT) + &account(OTHER_ACCOUNT)).unwrap();
+        // A third account whose provider cannot be reached: nothing listens on port 1.
+        let down = account(DOWN_ACCOUNT).replace(&sim_url, "http://127.0.0.1:1");
+        std::fs::write(
+            &accounts_file,
+            account(ACCOUNT) + &account(OTHER_ACCOUNT) + &down,
+        )
+        .unwrap();
         Harness {
             kafka,
             db,

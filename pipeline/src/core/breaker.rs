@@ -50,47 +50,59 @@ impl Breaker {
         self.state
     }
 
-    /// May a call start now? `Err` says how long to wait before asking again.
-    pub fn try_call(&mut self, now: Instant) -> Result<(), Duration> {
+    /// May a call start now? `Err` says how long to wait before asking again. The ticket
+    /// says whether the call is the probe, whose outcome alone decides a half-open breaker.
+    pub fn try_call(&mut self, now: Instant) -> Result<Ticket, Duration> {
         match self.state {
-            BreakerState::Closed { .. } => Ok(()),
+            BreakerState::Closed { .. } => Ok(Ticket { probe: false }),
             BreakerState::Open { until } if now >= until => {
                 self.state = BreakerState::HalfOpen;
-                Ok(())
+                Ok(Ticket { probe: true })
             }
             BreakerState::Open { until } => Err(until - now),
             BreakerState::HalfOpen => Err(PROBE_WAIT),
         }
     }
 
-    /// A call that [`Breaker::try_call`] let through was not made, or its outcome is not
-    /// known (it was cancelled): if it was the probe, the next caller probes instead.
-    pub fn abandon(&mut self, now: Instant) {
-        if self.state == BreakerState::HalfOpen {
+    /// A call let through was not made, or its outcome is not known (it was cancelled): if
+    /// it was the probe, the next caller probes instead.
+    pub fn abandon(&mut self, now: Instant, ticket: Ticket) {
+        if ticket.probe && self.state == BreakerState::HalfOpen {
             self.state = BreakerState::Open { until: now };
         }
     }
 
-    /// Records the outcome of a call that [`Breaker::try_call`] let through.
-    pub fn record(&mut self, now: Instant, healthy: bool) {
-        self.state = match (self.state, healthy) {
-            (BreakerState::Closed { .. } | BreakerState::HalfOpen, true) => {
+    /// Records the outcome of a call let through with `ticket`. Outcomes of calls that
+    /// started before the breaker opened do not decide anything once it has.
+    pub fn record(&mut self, now: Instant, ticket: Ticket, healthy: bool) {
+        self.state = match (self.state, ticket.probe, healthy) {
+            (BreakerState::HalfOpen, true, true) | (BreakerState::Closed { .. }, _, true) => {
                 BreakerState::Closed { failures: 0 }
             }
-            (BreakerState::Closed { failures }, false)
-                if failures + 1 < self.config.failures_to_open =>
-            {
-                BreakerState::Closed {
-                    failures: failures + 1,
-                }
-            }
-            (BreakerState::Closed { .. } | BreakerState::HalfOpen, false) => BreakerState::Open {
+            (BreakerState::HalfOpen, true, false) => BreakerState::Open {
                 until: now + self.config.open_for,
             },
-            // A call that started before the breaker opened: the open period stands.
-            (open @ BreakerState::Open { .. }, _) => open,
+            (BreakerState::Closed { failures }, _, false) => {
+                if failures + 1 < self.config.failures_to_open {
+                    BreakerState::Closed {
+                        failures: failures + 1,
+                    }
+                } else {
+                    BreakerState::Open {
+                        until: now + self.config.open_for,
+                    }
+                }
+            }
+            (state @ (BreakerState::Open { .. } | BreakerState::HalfOpen), _, _) => state,
         };
     }
+}
+
+/// What [`Breaker::try_call`] hands out: whether the call is the probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Ticket {
+    pub probe: bool,
 }
 
 #[cfg(test)]
@@ -108,58 +120,68 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Breaker::new(CONFIG);
         for _ in 0..2 {
-            b.try_call(t0).unwrap();
-            b.record(t0, false);
+            let ticket = b.try_call(t0).unwrap();
+            b.record(t0, ticket, false);
         }
-        b.record(t0, true); // a success resets the run
+        let ticket = b.try_call(t0).unwrap();
+        b.record(t0, ticket, true); // a success resets the run
         for _ in 0..3 {
-            b.try_call(t0).unwrap();
-            b.record(t0, false);
+            let ticket = b.try_call(t0).unwrap();
+            b.record(t0, ticket, false);
         }
         assert_eq!(
             b.try_call(t0 + Duration::from_secs(4)),
             Err(Duration::from_secs(6))
         );
         let later = t0 + Duration::from_secs(10);
-        assert_eq!(b.try_call(later), Ok(()), "the probe");
+        let probe = b.try_call(later).unwrap();
+        assert!(probe.probe, "the probe");
         assert_eq!(b.try_call(later), Err(PROBE_WAIT), "only one probe");
-        b.record(later, false);
+        // A late outcome of a call from before the opening decides nothing.
+        b.record(later, Ticket { probe: false }, true);
+        b.abandon(later, Ticket { probe: false });
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        b.record(later, probe, false);
         assert!(matches!(b.state(), BreakerState::Open { .. }));
         let again = later + Duration::from_secs(10);
-        b.try_call(again).unwrap();
-        b.record(again, true);
+        let probe = b.try_call(again).unwrap();
+        b.abandon(again, probe);
+        let probe = b.try_call(again).unwrap();
+        assert!(
+            probe.probe,
+            "an abandoned probe is handed to the next caller"
+        );
+        b.record(again, probe, true);
         assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
     }
 
     proptest! {
-        /// Whatever happens, at most one call is let through while the breaker is not
-        /// closed, and nothing is let through before the open period ends.
+        /// Whatever happens (late outcomes, abandoned calls), at most one probe is out at a
+        /// time, and nothing is let through while the breaker is open.
         #[test]
         fn at_most_one_probe_and_no_call_while_open(
-            events in proptest::collection::vec((0u64..3_000, any::<bool>(), any::<bool>()), 1..200)
+            events in proptest::collection::vec((0u64..3_000, 0u8..4, any::<bool>()), 1..200)
         ) {
             let t0 = Instant::now();
             let mut now = t0;
             let mut b = Breaker::new(BreakerConfig { failures_to_open: 2, open_for: Duration::from_secs(1) });
-            let mut outstanding_probe = false;
-            for (ms, ask, healthy) in events {
+            let mut out: Vec<Ticket> = Vec::new();
+            for (ms, action, healthy) in events {
                 now += Duration::from_millis(ms);
-                if ask {
-                    let before = b.state();
-                    if b.try_call(now).is_ok() {
-                        match before {
-                            BreakerState::Closed { .. } => b.record(now, healthy),
-                            BreakerState::Open { until } => {
+                match action {
+                    0 | 1 => {
+                        let before = b.state();
+                        if let Ok(ticket) = b.try_call(now) {
+                            if let BreakerState::Open { until } = before {
                                 prop_assert!(now >= until);
-                                prop_assert!(!outstanding_probe);
-                                outstanding_probe = true;
                             }
-                            BreakerState::HalfOpen => prop_assert!(false, "a second probe"),
+                            prop_assert!(!(before == BreakerState::HalfOpen));
+                            out.push(ticket);
                         }
+                        prop_assert!(out.iter().filter(|t| t.probe).count() <= 1);
                     }
-                } else if outstanding_probe {
-                    b.record(now, healthy);
-                    outstanding_probe = false;
+                    2 => if let Some(ticket) = out.pop() { b.record(now, ticket, healthy) },
+                    _ => if let Some(ticket) = out.pop() { b.abandon(now, ticket) },
                 }
             }
         }

@@ -147,16 +147,26 @@ pub async fn claim(
     })
 }
 
-/// Records that a placement call is about to be made and renews the lease for it. Returns
-/// the phase before (`new`: nothing was ever sent; `placing`: an earlier call may have
-/// landed), or `None` if the lease passed to another owner, in which case the call must not
-/// be made. A lease that ran out but that nobody took over is still this owner's.
+/// What [`begin_placing`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Begin {
+    /// Go ahead. The phase before: `new` (nothing was ever sent) or `placing` (an earlier
+    /// call may have landed).
+    Ready(Phase),
+    /// Another owner took the order over: do not call.
+    LeaseLost,
+    /// The order's deadline has passed: do not call.
+    PastDeadline,
+}
+
+/// Records that a placement call is about to be made and renews the lease for it. A lease
+/// that ran out but that nobody took over is still this owner's.
 pub async fn begin_placing(
     pool: &PgPool,
     order_id: Uuid,
     owner: Uuid,
     lease: Duration,
-) -> Result<Option<Phase>, sqlx::Error> {
+) -> Result<Begin, sqlx::Error> {
     let before: Option<String> = sqlx::query_scalar(
         "WITH before AS (
              SELECT order_id, phase FROM dispatch_claims WHERE order_id = $1 FOR UPDATE
@@ -166,7 +176,7 @@ pub async fn begin_placing(
                 lease_until = now() + $3 * interval '1 millisecond'
            FROM before
           WHERE c.order_id = before.order_id AND c.lease_owner = $2
-            AND c.phase IN ('new', 'placing')
+            AND c.phase IN ('new', 'placing') AND c.deadline > now()
           RETURNING before.phase",
     )
     .bind(order_id)
@@ -174,7 +184,23 @@ pub async fn begin_placing(
     .bind(lease.as_millis() as f64)
     .fetch_optional(pool)
     .await?;
-    before.as_deref().map(Phase::parse).transpose()
+    if let Some(before) = before {
+        return Ok(Begin::Ready(Phase::parse(&before)?));
+    }
+    let (owned, past): (bool, bool) = sqlx::query_as(
+        "SELECT lease_owner IS NOT DISTINCT FROM $2 AND phase IN ('new', 'placing'),
+                deadline <= now()
+           FROM dispatch_claims WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .bind(owner)
+    .fetch_one(pool)
+    .await?;
+    Ok(if owned && past {
+        Begin::PastDeadline
+    } else {
+        Begin::LeaseLost
+    })
 }
 
 /// Undoes [`begin_placing`] when the call certainly never reached the provider and nothing

@@ -17,7 +17,7 @@
 
 use crate::core::backoff::{random_fraction, Backoff};
 use crate::core::event::OrderCreated;
-use crate::db::claims::{self, Claim, Claimed, Phase};
+use crate::db::claims::{self, Begin, Claim, Claimed, Phase};
 use crate::provider::accounts::Account;
 use crate::provider::{CheckOutcome, PlaceOutcome, Placement};
 use crate::shutdown::{Interrupted, Shutdown};
@@ -25,9 +25,6 @@ use chrono::Utc;
 use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
-
-/// How long to wait before checking a placement whose answer was lost.
-const UNKNOWN_OUTCOME_PAUSE: Duration = Duration::from_secs(1);
 
 /// What became of an order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,24 +233,22 @@ impl Placer {
     /// is known to the provider (`new`, or a check just said so).
     async fn place(&self, work: &Work<'_>, claim: &Claim) -> Step {
         if Utc::now() > claim.deadline {
-            return Step::Settle {
-                phase: Phase::Expired,
-                code: None,
-                message: Some("the deadline passed before the provider took the order".into()),
-            };
+            return Self::expired();
         }
         let order = work.order;
         let permit = work.account.permit().await;
         let lease = Self::lease(work.account);
         let before =
             match claims::begin_placing(&self.pool, order.order_id, work.owner, lease).await {
-                Ok(Some(before)) => before,
-                Ok(None) => {
+                Ok(Begin::Ready(before)) => before,
+                Ok(Begin::LeaseLost) => {
                     return Step::Retry {
                         after: Some(Duration::ZERO),
                         why: "another worker took the order over; claiming again".into(),
                     }
                 }
+                // The wait for the permit outlasted the deadline.
+                Ok(Begin::PastDeadline) => return Self::expired(),
                 Err(e) => return Step::backoff(format!("marking the placement failed: {e}")),
             };
         let placement = Placement {
@@ -271,22 +266,44 @@ impl Placer {
                 code: Some(code),
                 message: Some(message),
             },
-            PlaceOutcome::Duplicate { code, .. } => Step::Retry {
-                after: Some(UNKNOWN_OUTCOME_PAUSE),
-                why: format!("the provider already has this reference ({code}); checking it next"),
-            },
-            PlaceOutcome::AccountProblem { detail } => {
-                self.not_sent(work, before).await;
+            // The very first call under this reference: the order it names is not ours.
+            PlaceOutcome::Duplicate { code, message } if before == Phase::New => {
+                tracing::error!(
+                    order_id = %order.order_id, reference = %claim.provider_reference,
+                    "the provider already had an order under this new reference: references \
+                     overlap with another system on account {account} (see README); \
+                     failing the order, nothing was bought for it"
+                );
+                Step::Settle {
+                    phase: Phase::Rejected,
+                    code: Some(code),
+                    message: Some(message),
+                }
+            }
+            PlaceOutcome::Duplicate { code, .. } => Step::backoff(format!(
+                "the provider already has this reference ({code}); checking it next"
+            )),
+            PlaceOutcome::AccountProblem { detail, not_placed } => {
+                if not_placed {
+                    self.not_sent(work, before).await;
+                }
                 Step::backoff(format!("account {account} has a problem: {detail}"))
             }
             PlaceOutcome::Transient { detail } => {
                 self.not_sent(work, before).await;
                 Step::backoff(format!("placement did not reach the provider: {detail}"))
             }
-            PlaceOutcome::Unknown { detail } => Step::Retry {
-                after: Some(UNKNOWN_OUTCOME_PAUSE),
-                why: format!("placement outcome unknown ({detail}); checking the reference next"),
-            },
+            PlaceOutcome::Unknown { detail } => Step::backoff(format!(
+                "placement outcome unknown ({detail}); checking the reference next"
+            )),
+        }
+    }
+
+    fn expired() -> Step {
+        Step::Settle {
+            phase: Phase::Expired,
+            code: None,
+            message: Some("the deadline passed before the provider took the order".into()),
         }
     }
 

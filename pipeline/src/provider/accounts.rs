@@ -21,7 +21,7 @@
 //! breaker_open_ms = 30000     # ... for this long, then one probe decides
 //! ```
 
-use crate::core::breaker::{Breaker, BreakerConfig, BreakerState};
+use crate::core::breaker::{Breaker, BreakerConfig, BreakerState, Ticket};
 use crate::core::rate::TokenBucket;
 use crate::provider::{CheckOutcome, PlaceOutcome, Placement, Provider};
 use crate::secret::Secret;
@@ -139,6 +139,7 @@ impl std::fmt::Debug for Account {
 pub struct CallPermit<'a> {
     account: &'a Account,
     _slot: OwnedSemaphorePermit,
+    ticket: Ticket,
     recorded: bool,
 }
 
@@ -165,7 +166,7 @@ impl CallPermit<'_> {
 
     fn record(&mut self, healthy: bool) {
         self.recorded = true;
-        self.account.record(healthy);
+        self.account.record(self.ticket, healthy);
     }
 }
 
@@ -176,7 +177,7 @@ impl Drop for CallPermit<'_> {
                 .breaker
                 .lock()
                 .expect("breaker lock")
-                .abandon(Instant::now());
+                .abandon(Instant::now(), self.ticket);
         }
     }
 }
@@ -213,22 +214,23 @@ impl Account {
             .acquire_owned()
             .await
             .expect("the account semaphore is never closed");
-        loop {
+        let ticket = loop {
             let breaker = self
                 .breaker
                 .lock()
                 .expect("breaker lock")
                 .try_call(Instant::now());
             match breaker {
-                Ok(()) => break,
+                Ok(ticket) => break ticket,
                 Err(wait) => tokio::time::sleep(wait).await,
             }
-        }
+        };
         // Build the permit now, so that a cancellation while waiting for the rate cap frees
         // a probe.
         let permit = CallPermit {
             account: self,
             _slot: slot,
+            ticket,
             recorded: false,
         };
         loop {
@@ -244,10 +246,10 @@ impl Account {
         }
     }
 
-    fn record(&self, healthy: bool) {
+    fn record(&self, ticket: Ticket, healthy: bool) {
         let mut breaker = self.breaker.lock().expect("breaker lock");
         let was_open = !matches!(breaker.state(), BreakerState::Closed { .. });
-        breaker.record(Instant::now(), healthy);
+        breaker.record(Instant::now(), ticket, healthy);
         let is_open = !matches!(breaker.state(), BreakerState::Closed { .. });
         if is_open && !was_open {
             tracing::warn!(account = %self.id, "provider failing: circuit breaker open, calls paused");

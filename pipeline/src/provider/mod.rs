@@ -1,10 +1,11 @@
 //! What the pipeline asks of a provider, and the answers it can get.
 //!
 //! Every answer is classified into what to do next. For a placement that is the heart of
-//! G1: `Accepted` and `Rejected` are settled (`Duplicate` says an earlier call landed); `Transient` and `AccountProblem` mean the
-//! order was certainly not placed and may be tried again; `Unknown` means it may have been
-//! placed and must be settled by checking the same reference, never by a placement under a
-//! new one. Details never carry a PIN or a credential (G5).
+//! G1: `Accepted` and `Rejected` are settled; `Transient`, and an `AccountProblem` marked
+//! `not_placed`, prove nothing was bought; `Duplicate` says the reference already has an
+//! order; everything else (`Unknown`, other account problems) may have bought it and must
+//! be settled by checking the same reference, never by a placement under a new one.
+//! Details never carry a PIN or a credential (G5).
 
 pub mod accounts;
 
@@ -35,10 +36,9 @@ pub enum PlaceOutcome {
     /// Settle by checking; never a rejection.
     Duplicate { code: String, message: String },
     /// Credentials, IP whitelist, API permission or base URL are wrong: not the order's
-    /// fault, and the order was not placed.
-    AccountProblem { detail: String },
-    /// The order was not placed (the request never reached the provider, or the provider
-    /// said to come back later).
+    /// fault. `not_placed` says whether the answer also proves that nothing was bought.
+    AccountProblem { detail: String, not_placed: bool },
+    /// The request never reached the provider: nothing was bought.
     Transient { detail: String },
     /// The order may or may not have been placed.
     Unknown { detail: String },

@@ -80,14 +80,17 @@ const HTML_DETAIL: &str = "HTML answer: wrong base URL or the server's IP is not
 pub fn classify_place(http_status: u16, body: &str) -> PlaceOutcome {
     match http_status {
         200..=299 => {}
-        408 | 429 => {
-            return PlaceOutcome::Transient {
-                detail: format!("HTTP {http_status}"),
+        // No such page: the base URL is wrong and `pin_ekle.php` never ran.
+        404 => {
+            return PlaceOutcome::AccountProblem {
+                detail: "HTTP 404: check the account's base URL".to_owned(),
+                not_placed: true,
             }
         }
+        // Other 4xx (408, 429, 403 ...) may come from a proxy, after forwarding or not.
         400..=499 => {
-            return PlaceOutcome::AccountProblem {
-                detail: format!("HTTP {http_status}: check the account's base URL"),
+            return PlaceOutcome::Unknown {
+                detail: format!("HTTP {http_status}"),
             }
         }
         // A 5xx may come from a proxy after the provider processed the order.
@@ -104,6 +107,7 @@ pub fn classify_place(http_status: u16, body: &str) -> PlaceOutcome {
         },
         Body::Error { code, message } if is_account_problem(code) => PlaceOutcome::AccountProblem {
             detail: format!("{code}|{message}"),
+            not_placed: true,
         },
         Body::Error { code, message } if DUPLICATE_REFERENCE_CODES.contains(&code) => {
             PlaceOutcome::Duplicate {
@@ -115,8 +119,11 @@ pub fn classify_place(http_status: u16, body: &str) -> PlaceOutcome {
             code: code.to_owned(),
             message: message.to_owned(),
         },
+        // Usually a wrong base URL or a blocked IP, but a PHP warning page printed after the
+        // order was stored looks the same.
         Body::Html => PlaceOutcome::AccountProblem {
             detail: HTML_DETAIL.to_owned(),
+            not_placed: false,
         },
         Body::Empty => PlaceOutcome::Unknown {
             detail: "empty answer".to_owned(),
@@ -300,15 +307,34 @@ mod tests {
     }
 
     #[test]
-    fn a_placement_that_never_reached_the_provider_is_transient() {
-        assert!(matches!(
-            classify_place(429, ""),
-            PlaceOutcome::Transient { .. }
-        ));
+    fn only_a_missing_page_or_code_8_proves_nothing_was_placed() {
         assert!(matches!(
             classify_place(404, "not found"),
-            PlaceOutcome::AccountProblem { .. }
+            PlaceOutcome::AccountProblem {
+                not_placed: true,
+                ..
+            }
         ));
+        assert!(matches!(
+            classify_place(200, "8|Bağlantı Hatası"),
+            PlaceOutcome::AccountProblem {
+                not_placed: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify_place(200, "<html>Warning: mysql</html>"),
+            PlaceOutcome::AccountProblem {
+                not_placed: false,
+                ..
+            }
+        ));
+        for status in [403, 408, 429] {
+            assert!(
+                matches!(classify_place(status, ""), PlaceOutcome::Unknown { .. }),
+                "{status}"
+            );
+        }
     }
 
     #[test]
