@@ -40,17 +40,23 @@ pub fn text() -> String {
     String::from_utf8_lossy(&LOGS.get().expect("capture() first").lock().unwrap()).into_owned()
 }
 
-/// Whether `text` holds something shaped like the simulator's PINs (`XXXX-XXXX-XXXX-XXXX`).
+/// Whether `text` holds something shaped like the simulator's PINs (`XXXX-XXXX-XXXX-XXXX`,
+/// uppercase letters and digits) standing on its own: a run of four-character groups
+/// inside a longer token (a UUID whose groups happen to be all digits) is not one.
 pub fn has_pin_shape(text: &str) -> bool {
     let b = text.as_bytes();
     let pin_char = |c: u8| c.is_ascii_uppercase() || c.is_ascii_digit();
+    let joins = |c: u8| c.is_ascii_alphanumeric() || c == b'-';
     (0..b.len().saturating_sub(18)).any(|i| {
-        (0..19).all(|k| {
+        let shaped = (0..19).all(|k| {
             if k % 5 == 4 {
                 b[i + k] == b'-'
             } else {
                 pin_char(b[i + k])
             }
-        })
+        });
+        let alone_before = i == 0 || !joins(b[i - 1]);
+        let alone_after = i + 19 == b.len() || !joins(b[i + 19]);
+        shaped && alone_before && alone_after
     })
 }
