@@ -406,11 +406,10 @@ async fn the_same_order_under_another_account_is_dead_lettered_not_bought_again(
     let h = Harness::new("conflict", SimConfig::default(), 5_000).await;
     let (trigger, task) = start_dispatch(&h);
     let o = order("50");
-    h.publish(&o).await;
-    let states = h
-        .settled_states(&[o.order_id], Duration::from_secs(60))
-        .await;
-    assert_eq!(last(&states[&o.order_id]).state, OrderState::Dispatched);
+    assert_eq!(
+        publish_and_settle(&h, &o).await.state,
+        OrderState::Dispatched
+    );
 
     let mut elsewhere = o.clone();
     elsewhere.provider_account = OTHER_ACCOUNT.into();

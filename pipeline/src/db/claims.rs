@@ -79,8 +79,13 @@ struct ClaimRow {
     lease_until: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str = "order_id, provider_account, provider_reference, phase, place_calls, \
-                       deadline, outcome_code, outcome_message, lease_until";
+/// The columns of a [`ClaimRow`], spliced into queries at compile time.
+macro_rules! columns {
+    () => {
+        "order_id, provider_account, provider_reference, phase, place_calls, deadline, \
+         outcome_code, outcome_message, lease_until"
+    };
+}
 
 impl ClaimRow {
     fn into_claim(self) -> Result<Claim, sqlx::Error> {
@@ -117,12 +122,13 @@ pub async fn claim(
     .bind(deadline)
     .execute(pool)
     .await?;
-    let held: Option<ClaimRow> = sqlx::query_as(&format!(
+    let held: Option<ClaimRow> = sqlx::query_as(concat!(
         "UPDATE dispatch_claims
             SET lease_owner = $2, lease_until = now() + $3 * interval '1 millisecond'
           WHERE order_id = $1 AND phase IN ('new', 'placing')
             AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $2)
-          RETURNING {COLUMNS}"
+          RETURNING ",
+        columns!()
     ))
     .bind(order_id)
     .bind(owner)
@@ -132,8 +138,10 @@ pub async fn claim(
     if let Some(row) = held {
         return Ok(Claimed::Held(row.into_claim()?));
     }
-    let row: ClaimRow = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM dispatch_claims WHERE order_id = $1"
+    let row: ClaimRow = sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM dispatch_claims WHERE order_id = $1"
     ))
     .bind(order_id)
     .fetch_one(pool)
@@ -264,8 +272,10 @@ pub async fn release(pool: &PgPool, order_id: Uuid, owner: Uuid) -> Result<(), s
 
 /// The claim of one order, whoever holds it.
 pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<Claim>, sqlx::Error> {
-    let row: Option<ClaimRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM dispatch_claims WHERE order_id = $1"
+    let row: Option<ClaimRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM dispatch_claims WHERE order_id = $1"
     ))
     .bind(order_id)
     .fetch_optional(pool)
