@@ -31,6 +31,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long the `dispatching` state may hold a placement up.
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(5);
+
 /// Settings of the dispatch stage (flags or environment variables).
 #[derive(Clone, Debug, clap::Args)]
 pub struct DispatchConfig {
@@ -173,9 +176,14 @@ impl DispatchHandler {
                 self.default_deadline,
                 |claim: &Claim| {
                     let event = state_event(&order, claim, OrderState::Dispatching, None, version::DISPATCHING);
+                    // Informational: wait for it briefly, never hold the placement up for
+                    // long. A record already handed to the producer still goes out, ahead
+                    // of this order's later events.
                     async move {
-                        if let Err(e) = emitter.state(&event).await {
-                            tracing::warn!(order_id = %event.order_id, error = %e, "publishing the dispatching state failed");
+                        match tokio::time::timeout(ANNOUNCE_WAIT, emitter.state(&event)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::warn!(order_id = %event.order_id, error = %e, "publishing the dispatching state failed"),
+                            Err(_) => tracing::warn!(order_id = %event.order_id, "the dispatching state is not acknowledged yet; placing anyway"),
                         }
                     }
                 },
