@@ -156,7 +156,7 @@ pub async fn run(
         return Err(LoadError::Rate);
     }
     kafka.check_reachable()?;
-    let watcher = watch_from_now(kafka)?;
+    let watcher = watch_from_now(kafka).await?;
     let producer = kafka.producer()?;
     let created = kafka.topic(name::ORDERS_CREATED);
     let state_topic = kafka.topic(name::ORDERS_STATE);
@@ -257,7 +257,7 @@ pub async fn run(
 
 /// A consumer positioned at the current end of orders.state and orders.dlq, so it sees
 /// only what this run causes.
-fn watch_from_now(kafka: &KafkaConfig) -> Result<StreamConsumer<Context>, LoadError> {
+async fn watch_from_now(kafka: &KafkaConfig) -> Result<StreamConsumer<Context>, LoadError> {
     let consumer: StreamConsumer<Context> = kafka
         .client_config()
         .set("group.id", format!("orderflow.load.{}", Uuid::new_v4()))
@@ -272,7 +272,7 @@ fn watch_from_now(kafka: &KafkaConfig) -> Result<StreamConsumer<Context>, LoadEr
             Err(e) if attempts < 20 => {
                 tracing::debug!(error = %e, "end offsets not available yet");
                 attempts += 1;
-                std::thread::sleep(Duration::from_millis(500));
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => return Err(e.into()),
         }

@@ -122,7 +122,6 @@ pub struct DispatchHandler {
     dead_letters: DeadLetters,
     max_event_bytes: usize,
     default_deadline: chrono::Duration,
-    backoff: Backoff,
 }
 
 impl DispatchHandler {
@@ -150,7 +149,6 @@ impl DispatchHandler {
             default_deadline: chrono::Duration::seconds(
                 config.deadline_secs.min(i64::MAX as u64) as i64
             ),
-            backoff: config.backoff(),
         })
     }
 
@@ -349,7 +347,7 @@ impl DispatchHandler {
                 Err(e) => {
                     tracing::warn!(error = %e, "{what} failed; retrying");
                     shutdown
-                        .sleep(self.backoff.delay(attempt, random_fraction()))
+                        .sleep(self.placer.backoff.delay(attempt, random_fraction()))
                         .await?;
                     attempt += 1;
                 }

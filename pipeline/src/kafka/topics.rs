@@ -225,7 +225,7 @@ pub async fn apply(kafka: &KafkaConfig, specs: &TopicSpecs) -> Result<ApplyRepor
                         .find(|(full, _)| *full == topic)
                         .map(|(_, spec)| *spec)
                         .expect("only missing topics are created");
-                    let partitions = partitions_of(&admin, &topic, timeout)?;
+                    let partitions = partitions_of(&admin, &topic, timeout).await?;
                     compare(&admin, &opts, &topic, partitions, spec, &mut report).await?;
                 }
                 Err((topic, code)) => return Err(TopicsError::Create { topic, code }),
@@ -263,7 +263,7 @@ async fn compare(
 }
 
 /// The partition count of one existing topic, waiting briefly for metadata to catch up.
-fn partitions_of(
+async fn partitions_of(
     admin: &AdminClient<Context>,
     topic: &str,
     timeout: std::time::Duration,
@@ -280,7 +280,7 @@ fn partitions_of(
         if let Some(t) = found {
             return Ok(t.partitions().len() as i32);
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Err(TopicsError::Describe {
         topic: topic.to_owned(),

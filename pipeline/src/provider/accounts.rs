@@ -214,17 +214,13 @@ impl Account {
             .acquire_owned()
             .await
             .expect("the account semaphore is never closed");
-        let ticket = loop {
-            let breaker = self
-                .breaker
+        let ticket = wait_until(|| {
+            self.breaker
                 .lock()
                 .expect("breaker lock")
-                .try_call(Instant::now());
-            match breaker {
-                Ok(ticket) => break ticket,
-                Err(wait) => tokio::time::sleep(wait).await,
-            }
-        };
+                .try_call(Instant::now())
+        })
+        .await;
         // Build the permit now, so that a cancellation while waiting for the rate cap frees
         // a probe.
         let permit = CallPermit {
@@ -233,17 +229,14 @@ impl Account {
             ticket,
             recorded: false,
         };
-        loop {
-            let wait = self
-                .bucket
+        wait_until(|| {
+            self.bucket
                 .lock()
                 .expect("rate bucket lock")
-                .try_take(Instant::now());
-            match wait {
-                Ok(()) => return permit,
-                Err(wait) => tokio::time::sleep(wait).await,
-            }
-        }
+                .try_take(Instant::now())
+        })
+        .await;
+        permit
     }
 
     fn record(&self, ticket: Ticket, healthy: bool) {
@@ -255,6 +248,16 @@ impl Account {
             tracing::warn!(account = %self.id, "provider failing: circuit breaker open, calls paused");
         } else if was_open && !is_open {
             tracing::info!(account = %self.id, "provider answering again: circuit breaker closed");
+        }
+    }
+}
+
+/// Asks `try_now` until it says yes, sleeping as long as each "no" says to.
+async fn wait_until<T>(mut try_now: impl FnMut() -> Result<T, Duration>) -> T {
+    loop {
+        match try_now() {
+            Ok(granted) => return granted,
+            Err(wait) => tokio::time::sleep(wait).await,
         }
     }
 }
