@@ -23,23 +23,36 @@ async fn the_reference_is_fixed_once_and_one_owner_works_at_a_time() {
     let (order, a, b) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let deadline = Utc::now() + chrono::Duration::hours(1);
 
-    let first = held(claims::claim(&db.pool, order, "acct", deadline, a, LEASE).await).await;
+    let first =
+        held(claims::claim(&db.pool, order, "shop-1", "acct", deadline, a, LEASE).await).await;
     assert_eq!((first.phase, first.place_calls), (Phase::New, 0));
     assert!(first.provider_reference.bytes().all(|c| c.is_ascii_digit()));
 
     // Another owner waits; the reference never changes.
     assert!(matches!(
-        claims::claim(&db.pool, order, "acct", deadline, b, LEASE)
+        claims::claim(&db.pool, order, "shop-1", "acct", deadline, b, LEASE)
             .await
             .unwrap(),
         Claimed::Busy { .. }
     ));
-    let again = held(claims::claim(&db.pool, order, "acct", deadline, a, LEASE).await).await;
+    let again =
+        held(claims::claim(&db.pool, order, "shop-1", "acct", deadline, a, LEASE).await).await;
     assert_eq!(again.provider_reference, first.provider_reference);
 
     // Two orders never share a reference.
-    let other =
-        held(claims::claim(&db.pool, Uuid::new_v4(), "acct", deadline, a, LEASE).await).await;
+    let other = held(
+        claims::claim(
+            &db.pool,
+            Uuid::new_v4(),
+            "shop-1",
+            "acct",
+            deadline,
+            a,
+            LEASE,
+        )
+        .await,
+    )
+    .await;
     assert_ne!(other.provider_reference, first.provider_reference);
     db.drop_now().await;
 }
@@ -51,7 +64,7 @@ async fn an_owner_whose_lease_passed_to_another_can_neither_place_nor_settle() {
     let deadline = Utc::now() + chrono::Duration::hours(1);
     let short = Duration::from_millis(200);
 
-    held(claims::claim(&db.pool, order, "acct", deadline, slow, short).await).await;
+    held(claims::claim(&db.pool, order, "shop-1", "acct", deadline, slow, short).await).await;
     assert_eq!(
         claims::begin_placing(&db.pool, order, slow, short)
             .await
@@ -61,7 +74,8 @@ async fn an_owner_whose_lease_passed_to_another_can_neither_place_nor_settle() {
     tokio::time::sleep(Duration::from_millis(400)).await;
 
     // The lease ran out: another owner takes the order over and sees a call may be out.
-    let taken = held(claims::claim(&db.pool, order, "acct", deadline, next, LEASE).await).await;
+    let taken =
+        held(claims::claim(&db.pool, order, "shop-1", "acct", deadline, next, LEASE).await).await;
     assert_eq!((taken.phase, taken.place_calls), (Phase::Placing, 1));
 
     assert_eq!(
@@ -82,9 +96,11 @@ async fn an_owner_whose_lease_passed_to_another_can_neither_place_nor_settle() {
     );
 
     // Settled: anyone reads the outcome without taking a lease.
-    let done = held(claims::claim(&db.pool, order, "acct", deadline, slow, LEASE).await).await;
+    let done =
+        held(claims::claim(&db.pool, order, "shop-1", "acct", deadline, slow, LEASE).await).await;
     assert_eq!(done.phase, Phase::Placed);
-    let done = held(claims::claim(&db.pool, order, "acct", deadline, next, LEASE).await).await;
+    let done =
+        held(claims::claim(&db.pool, order, "shop-1", "acct", deadline, next, LEASE).await).await;
     assert_eq!(done.phase, Phase::Placed);
     db.drop_now().await;
 }
@@ -98,6 +114,7 @@ async fn a_lapsed_lease_nobody_took_is_still_its_owners() {
         claims::claim(
             &db.pool,
             order,
+            "shop-1",
             "acct",
             deadline,
             owner,
@@ -140,7 +157,7 @@ async fn no_call_is_begun_past_the_deadline() {
     let db = common::TestDb::new_migrated().await;
     let (order, owner) = (Uuid::new_v4(), Uuid::new_v4());
     let deadline = Utc::now() + chrono::Duration::milliseconds(100);
-    held(claims::claim(&db.pool, order, "acct", deadline, owner, LEASE).await).await;
+    held(claims::claim(&db.pool, order, "shop-1", "acct", deadline, owner, LEASE).await).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         claims::begin_placing(&db.pool, order, owner, LEASE)

@@ -22,6 +22,8 @@ pub mod db;
 pub mod dispatch;
 pub mod kafka;
 pub mod load;
+pub mod pin;
+pub mod poll;
 pub mod provider;
 pub mod secret;
 pub mod shutdown;

@@ -90,39 +90,50 @@ impl InvalidEvent {
     }
 }
 
+/// Checks size, JSON, shape and `schema_version` of a payload, before its fields.
+fn decode_object(bytes: &[u8], max_bytes: usize) -> Result<serde_json::Value, InvalidEvent> {
+    if bytes.len() > max_bytes {
+        return Err(InvalidEvent::new(
+            InvalidKind::Oversized,
+            format!("event is {} bytes, the limit is {max_bytes}", bytes.len()),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| InvalidEvent::new(InvalidKind::UnreadableJson, format!("not JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(InvalidEvent::new(
+            InvalidKind::InvalidField,
+            "the event is not a JSON object",
+        ));
+    }
+    match value.get("schema_version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(SCHEMA_VERSION) => Ok(value),
+        Some(v) => Err(InvalidEvent::new(
+            InvalidKind::UnsupportedVersion,
+            format!("schema_version {v} is not supported (expected {SCHEMA_VERSION})"),
+        )),
+        None => Err(InvalidEvent::new(
+            InvalidKind::InvalidField,
+            "schema_version is missing or not an integer",
+        )),
+    }
+}
+
+/// Decodes one of the pipeline's own events (`orders.dispatched`, `orders.status-check.*`,
+/// `orders.state`): written by this code, so no more than the types are checked.
+pub fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    max_bytes: usize,
+) -> Result<T, InvalidEvent> {
+    let value = decode_object(bytes, max_bytes)?;
+    serde_json::from_value(value)
+        .map_err(|e| InvalidEvent::new(InvalidKind::InvalidField, e.to_string()))
+}
+
 impl OrderCreated {
     /// Decodes and validates an `orders.created` payload.
     pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<OrderCreated, InvalidEvent> {
-        if bytes.len() > max_bytes {
-            return Err(InvalidEvent::new(
-                InvalidKind::Oversized,
-                format!("event is {} bytes, the limit is {max_bytes}", bytes.len()),
-            ));
-        }
-        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-            InvalidEvent::new(InvalidKind::UnreadableJson, format!("not JSON: {e}"))
-        })?;
-        if !value.is_object() {
-            return Err(InvalidEvent::new(
-                InvalidKind::InvalidField,
-                "the event is not a JSON object",
-            ));
-        }
-        match value.get("schema_version").and_then(|v| v.as_u64()) {
-            Some(v) if v == u64::from(SCHEMA_VERSION) => {}
-            Some(v) => {
-                return Err(InvalidEvent::new(
-                    InvalidKind::UnsupportedVersion,
-                    format!("schema_version {v} is not supported (expected {SCHEMA_VERSION})"),
-                ))
-            }
-            None => {
-                return Err(InvalidEvent::new(
-                    InvalidKind::InvalidField,
-                    "schema_version is missing or not an integer",
-                ))
-            }
-        }
+        let value = decode_object(bytes, max_bytes)?;
         let event: OrderCreated = serde_json::from_value(value)
             .map_err(|e| InvalidEvent::new(InvalidKind::InvalidField, e.to_string()))?;
         event.validate()?;
@@ -179,6 +190,53 @@ pub struct OrderDispatched {
     pub version: i64,
 }
 
+/// `orders.status-check.<tier>` v1: an order's next status check, due at `due_at`. The
+/// poll stage writes one per pending answer; the reconciler writes one for an order whose
+/// check is overdue. `seq` numbers the messages of one order's check chain, so that two
+/// copies of one step (a redelivery, a re-enqueue) continue the chain once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusCheck {
+    pub schema_version: u32,
+    pub order_id: Uuid,
+    pub tenant_id: String,
+    pub provider_account: String,
+    pub provider_reference: String,
+    pub dispatched_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    /// This step's number in the chain; the first check (from `orders.dispatched`) is 1.
+    pub seq: i64,
+    /// Status checks the provider has answered so far.
+    pub attempts: i32,
+    /// Not to be checked before this time.
+    pub due_at: DateTime<Utc>,
+    /// The version of the order's latest state event.
+    pub version: i64,
+}
+
+impl StatusCheck {
+    /// The first check of a dispatched order, `first_check` after its dispatch.
+    pub fn first(dispatched: &OrderDispatched, first_check: std::time::Duration) -> StatusCheck {
+        let due_at = chrono::Duration::from_std(first_check)
+            .ok()
+            .and_then(|d| dispatched.dispatched_at.checked_add_signed(d))
+            .unwrap_or(dispatched.deadline)
+            .min(dispatched.deadline);
+        StatusCheck {
+            schema_version: SCHEMA_VERSION,
+            order_id: dispatched.order_id,
+            tenant_id: dispatched.tenant_id.clone(),
+            provider_account: dispatched.provider_account.clone(),
+            provider_reference: dispatched.provider_reference.clone(),
+            dispatched_at: dispatched.dispatched_at,
+            deadline: dispatched.deadline,
+            seq: 1,
+            attempts: 0,
+            due_at,
+            version: dispatched.version,
+        }
+    }
+}
+
 /// Details of a failure, as much as is known.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
@@ -203,6 +261,9 @@ pub struct OrderStateEvent {
     pub state: OrderState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// A completed order's PIN, sealed under the shop's key (G5); never in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<crate::pin::SealedPin>,
     /// Status checks made so far.
     pub attempts: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]

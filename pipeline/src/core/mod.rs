@@ -1,11 +1,12 @@
-//! The pure core: event contracts, the order lifecycle, the offset watermark, backoff, the
-//! rate limiter and the circuit breaker. Nothing here does IO, so all of it is covered by
-//! unit and property tests.
+//! The pure core: event contracts, the order lifecycle, the check schedule, the offset
+//! watermark, backoff, the rate limiter and the circuit breaker. Nothing here does IO, so
+//! all of it is covered by unit and property tests.
 
 pub mod backoff;
 pub mod breaker;
 pub mod event;
 pub mod lifecycle;
 pub mod rate;
+pub mod schedule;
 pub mod seeded;
 pub mod watermark;

@@ -108,16 +108,19 @@ impl ClaimRow {
 pub async fn claim(
     pool: &PgPool,
     order_id: Uuid,
+    tenant_id: &str,
     provider_account: &str,
     deadline: DateTime<Utc>,
     owner: Uuid,
     lease: Duration,
 ) -> Result<Claimed, sqlx::Error> {
     sqlx::query(
-        "INSERT INTO dispatch_claims (order_id, provider_account, deadline) VALUES ($1, $2, $3)
+        "INSERT INTO dispatch_claims (order_id, tenant_id, provider_account, deadline)
+         VALUES ($1, $2, $3, $4)
          ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order_id)
+    .bind(tenant_id)
     .bind(provider_account)
     .bind(deadline)
     .execute(pool)

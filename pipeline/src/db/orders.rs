@@ -50,7 +50,9 @@ impl OrderRow {
 }
 
 /// Inserts or updates an order's row. Returns false when the row was left as it was because
-/// it is final or already at this or a later version.
+/// it is final or already at this or a later version. At an equal version a final state
+/// wins: a status check redone after a crash may end an order where its first try, whose
+/// event is already out, found it pending.
 pub async fn upsert(pool: &PgPool, row: &OrderRow) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         r#"
@@ -70,7 +72,9 @@ pub async fn upsert(pool: &PgPool, row: &OrderRow) -> Result<bool, sqlx::Error> 
             version = EXCLUDED.version,
             updated_at = now()
         WHERE orders.state NOT IN ('completed', 'failed')
-          AND orders.version < EXCLUDED.version
+          AND (orders.version < EXCLUDED.version
+               OR (orders.version = EXCLUDED.version
+                   AND EXCLUDED.state IN ('completed', 'failed')))
         "#,
     )
     .bind(row.order_id)

@@ -8,7 +8,7 @@
 
 pub mod placement;
 
-use crate::core::backoff::{random_fraction, Backoff};
+use crate::core::backoff::Backoff;
 use crate::core::event::{
     Failure, InvalidEvent, InvalidKind, OrderCreated, OrderDispatched, OrderStateEvent,
     SCHEMA_VERSION,
@@ -16,7 +16,7 @@ use crate::core::event::{
 use crate::core::lifecycle::{version, FailureReason, OrderState};
 use crate::db::claims::Claim;
 use crate::kafka::dlq::DeadLetters;
-use crate::kafka::emit::Emitter;
+use crate::kafka::emit::{until_sent, Emitter};
 use crate::kafka::stage::{self, Handler, StageOptions};
 use crate::kafka::topics::name;
 use crate::kafka::KafkaConfig;
@@ -211,9 +211,12 @@ impl DispatchHandler {
             topic = message.topic(), partition = message.partition(), offset = message.offset(),
             reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
         );
-        self.retry_until_sent("dead-lettering an event", shutdown, || {
-            self.dead_letters.send(message, &why)
-        })
+        until_sent(
+            "dead-lettering an event",
+            &self.placer.backoff,
+            shutdown,
+            || self.dead_letters.send(message, &why),
+        )
         .await
     }
 
@@ -271,13 +274,18 @@ impl DispatchHandler {
                     deadline: claim.deadline,
                     version: version::DISPATCHED,
                 };
-                self.retry_until_sent("publishing a dispatched order", shutdown, || async {
-                    let (a, b) = futures::join!(
-                        self.emitter.state(&state),
-                        self.emitter.dispatched(&dispatched)
-                    );
-                    a.and(b)
-                })
+                until_sent(
+                    "publishing a dispatched order",
+                    &self.placer.backoff,
+                    shutdown,
+                    || async {
+                        let (a, b) = futures::join!(
+                            self.emitter.state(&state),
+                            self.emitter.dispatched(&dispatched)
+                        );
+                        a.and(b)
+                    },
+                )
                 .await
             }
             Settled::Rejected {
@@ -298,9 +306,12 @@ impl DispatchHandler {
                     Some(failure),
                     version::DISPATCHED,
                 );
-                self.retry_until_sent("publishing a rejected order", shutdown, || {
-                    self.emitter.state(&state)
-                })
+                until_sent(
+                    "publishing a rejected order",
+                    &self.placer.backoff,
+                    shutdown,
+                    || self.emitter.state(&state),
+                )
                 .await
             }
             Settled::AccountConflict(_) => unreachable!("dead-lettered before publishing"),
@@ -321,36 +332,13 @@ impl DispatchHandler {
                     Some(failure),
                     version::DISPATCHED,
                 );
-                self.retry_until_sent("publishing an expired order", shutdown, || {
-                    self.emitter.state(&state)
-                })
+                until_sent(
+                    "publishing an expired order",
+                    &self.placer.backoff,
+                    shutdown,
+                    || self.emitter.state(&state),
+                )
                 .await
-            }
-        }
-    }
-
-    /// Retries a Kafka write until the broker has it: the offset must not move before.
-    async fn retry_until_sent<F, Fut>(
-        &self,
-        what: &str,
-        shutdown: &mut Shutdown,
-        mut send: F,
-    ) -> Result<(), Interrupted>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), rdkafka::error::KafkaError>>,
-    {
-        let mut attempt = 0;
-        loop {
-            match send().await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "{what} failed; retrying");
-                    shutdown
-                        .sleep(self.placer.backoff.delay(attempt, random_fraction()))
-                        .await?;
-                    attempt += 1;
-                }
             }
         }
     }
@@ -371,6 +359,7 @@ fn state_event(
         provider_reference: Some(claim.provider_reference.clone()),
         state,
         failure,
+        pin: None,
         attempts: 0,
         next_check_at: None,
         deadline: Some(claim.deadline),

@@ -143,6 +143,7 @@ impl Placer {
             let claimed = claims::claim(
                 &self.pool,
                 order.order_id,
+                &order.tenant_id,
                 &work.account.id,
                 deadline,
                 work.owner,

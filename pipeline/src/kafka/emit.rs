@@ -1,13 +1,16 @@
-//! Writing the pipeline's own events: `orders.state` and `orders.dispatched`.
+//! Writing the pipeline's own events: `orders.state`, `orders.dispatched` and the
+//! status-check tiers `orders.status-check.*`.
 //!
 //! Keyed by order id, JSON, with `orderflow.event` and `orderflow.schema_version` headers.
 //! `send` returns once the broker has the record, so a caller can make an offset commit
 //! wait for it (G2).
 
-use crate::core::event::{OrderDispatched, OrderStateEvent, SCHEMA_VERSION};
+use crate::core::backoff::{random_fraction, Backoff};
+use crate::core::event::{OrderDispatched, OrderStateEvent, StatusCheck, SCHEMA_VERSION};
 use crate::kafka::headers;
 use crate::kafka::topics::name;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
+use crate::shutdown::{Interrupted, Shutdown};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -53,6 +56,21 @@ impl Emitter {
         .await
     }
 
+    /// Writes a status check to a tier topic (already prefixed), keyed by order id.
+    pub async fn status_check(
+        &self,
+        tier_topic: &str,
+        check: &StatusCheck,
+    ) -> Result<(), KafkaError> {
+        self.send(
+            tier_topic,
+            name::STATUS_CHECK_EVENT,
+            &check.order_id.to_string(),
+            check,
+        )
+        .await
+    }
+
     async fn send<T: Serialize>(
         &self,
         topic: &str,
@@ -74,5 +92,32 @@ impl Emitter {
             .await
             .map(|_| ())
             .map_err(|(e, _)| e)
+    }
+}
+
+/// Retries a Kafka write until the broker has it, waiting `backoff` between tries: a
+/// message's offset must not move before its effects are out (G2).
+pub async fn until_sent<F, Fut>(
+    what: &str,
+    backoff: &Backoff,
+    shutdown: &mut Shutdown,
+    mut send: F,
+) -> Result<(), Interrupted>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), KafkaError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match send().await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                shutdown
+                    .sleep(backoff.delay(attempt, random_fraction()))
+                    .await?;
+                attempt += 1;
+            }
+        }
     }
 }

@@ -8,10 +8,19 @@
 //! partitions: work still running for them finishes but moves no offset, and the new owner
 //! redoes it (handlers are idempotent). On shutdown it stops taking messages, waits a grace
 //! period for work in flight, commits, and leaves the group.
+//!
+//! Delay topics (G4): a handler may say a message is not due yet ([`Handler::due_at`]).
+//! The loop then holds that message and pauses only its partition until the due time, so
+//! other partitions flow on and the consumer keeps being polled. Pausing drops what was
+//! prefetched for the partition; resuming fetches again from the message after the held
+//! one. A held message is dropped on a revoke (the new owner reads it again from the
+//! committed offset), and newly assigned partitions are resumed, because a pause survives
+//! a rebalance.
 
 use crate::core::watermark::PartitionWatermark;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
 use crate::shutdown::{Interrupted, Shutdown};
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
@@ -20,7 +29,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -33,6 +42,15 @@ pub trait Handler: Send + Sync + 'static {
         message: OwnedMessage,
         shutdown: Shutdown,
     ) -> BoxFuture<'static, Result<(), Interrupted>>;
+
+    /// When `message` may be handled; `None` (the default) means now. A message is never
+    /// handed to [`Handler::handle`] before this time.
+    fn due_at(&self, _message: &OwnedMessage) -> Option<DateTime<Utc>> {
+        None
+    }
+
+    /// Told how late a delayed message was handed over, after its due time.
+    fn lateness(&self, _message: &OwnedMessage, _late: Duration) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +78,7 @@ pub struct StageOptions {
 #[derive(Default)]
 pub struct StageContext {
     revoked: Mutex<Vec<(String, i32)>>,
+    assigned: Mutex<Vec<(String, i32)>>,
 }
 
 impl ClientContext for StageContext {
@@ -84,6 +103,10 @@ impl ConsumerContext for StageContext {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            let mut assigned = self.assigned.lock().expect("assigned lock");
+            for e in tpl.elements() {
+                assigned.push((e.topic().to_owned(), e.partition()));
+            }
             tracing::info!(partitions = tpl.count(), "partitions assigned");
         }
     }
@@ -136,6 +159,9 @@ struct Tracked {
     watermark: PartitionWatermark,
 }
 
+/// Messages held until their due time, per partition, oldest first.
+type Held = HashMap<(String, i32), VecDeque<(OwnedMessage, DateTime<Utc>)>>;
+
 /// Runs `handler` over the consumer's messages until `shutdown`.
 pub async fn run<H: Handler>(
     consumer: StreamConsumer<StageContext>,
@@ -145,12 +171,49 @@ pub async fn run<H: Handler>(
 ) -> Result<(), StageError> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let mut partitions: HashMap<(String, i32), Tracked> = HashMap::new();
+    let mut held: Held = HashMap::new();
     let mut next_generation = 0u64;
     let mut in_flight = 0usize;
     let mut paused = false;
     let mut panicked = None;
 
+    let tasks_shutdown = shutdown.clone();
+    let start = |message: OwnedMessage, partitions: &HashMap<(String, i32), Tracked>| {
+        let Some(tracked) = partitions.get(&(message.topic().to_owned(), message.partition()))
+        else {
+            return false;
+        };
+        let done = Done {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            generation: tracked.generation,
+            offset: message.offset(),
+            outcome: Outcome::Durable,
+        };
+        let (handler, task_shutdown, done_tx) = (
+            Arc::clone(&handler),
+            tasks_shutdown.clone(),
+            done_tx.clone(),
+        );
+        tokio::spawn(async move {
+            let handled = std::panic::AssertUnwindSafe(handler.handle(message, task_shutdown));
+            let outcome = match futures::FutureExt::catch_unwind(handled).await {
+                Ok(Ok(())) => Outcome::Durable,
+                Ok(Err(Interrupted)) => Outcome::Interrupted,
+                Err(_) => Outcome::Panicked,
+            };
+            let _ = done_tx.send(Done { outcome, ..done });
+        });
+        true
+    };
+
     loop {
+        let next_due = held
+            .values()
+            .filter_map(|queue| queue.front().map(|(_, due)| *due))
+            .min();
+        let wake = tokio::time::Instant::now()
+            + next_due.map_or(Duration::from_secs(3600), |due| until(due));
         tokio::select! {
             biased;
             _ = shutdown.wait() => break,
@@ -161,17 +224,36 @@ pub async fn run<H: Handler>(
                     panicked = Some(StageError::HandlerPanicked { topic: done.topic, partition: done.partition, offset: done.offset });
                     break;
                 }
-                forget_revoked(&consumer, &mut partitions, &mut next_generation);
+                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, paused);
                 complete(&consumer, &mut partitions, done);
-                                // Resume at half the bound, not just under it: a resume refetches what the
+                // Resume at half the bound, not just under it: a resume refetches what the
                 // pause dropped, and the work still in flight covers that round trip.
                 if paused && in_flight <= options.max_in_flight / 2 {
-                    set_paused(&consumer, false);
+                    set_paused(&consumer, false, &held);
                     paused = false;
                 }
             }
+            _ = tokio::time::sleep_until(wake), if next_due.is_some() => {
+                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, paused);
+                let now = Utc::now();
+                for (key, queue) in held.iter_mut() {
+                    while queue.front().is_some_and(|(_, due)| *due <= now) {
+                        let (message, due) = queue.pop_front().expect("front checked");
+                        handler.lateness(&message, (now - due).to_std().unwrap_or_default());
+                        in_flight += usize::from(start(message, &partitions));
+                    }
+                    if queue.is_empty() && !paused {
+                        pause_one(&consumer, key, false);
+                    }
+                }
+                held.retain(|_, queue| !queue.is_empty());
+                if in_flight >= options.max_in_flight && !paused {
+                    set_paused(&consumer, true, &held);
+                    paused = true;
+                }
+            }
             received = consumer.recv() => {
-                forget_revoked(&consumer, &mut partitions, &mut next_generation);
+                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, paused);
                 let message = match received {
                     Ok(m) => m.detach(),
                     Err(e) => {
@@ -180,33 +262,26 @@ pub async fn run<H: Handler>(
                     }
                 };
                 let key = (message.topic().to_owned(), message.partition());
-                let tracked = partitions.entry(key).or_insert_with(|| {
+                let tracked = partitions.entry(key.clone()).or_insert_with(|| {
                     next_generation += 1;
                     Tracked { generation: next_generation, ..Default::default() }
                 });
                 tracked.watermark.begin(message.offset());
-                let done = Done {
-                    topic: message.topic().to_owned(),
-                    partition: message.partition(),
-                    generation: tracked.generation,
-                    offset: message.offset(),
-                    outcome: Outcome::Durable,
-                };
-                in_flight += 1;
-                let (handler, task_shutdown, done_tx) = (Arc::clone(&handler), shutdown.clone(), done_tx.clone());
-                tokio::spawn(async move {
-                    let handled = std::panic::AssertUnwindSafe(handler.handle(message, task_shutdown));
-                    let outcome = match futures::FutureExt::catch_unwind(handled).await {
-                        Ok(Ok(())) => Outcome::Durable,
-                        Ok(Err(Interrupted)) => Outcome::Interrupted,
-                        Err(_) => Outcome::Panicked,
-                    };
-                    let _ = done_tx.send(Done { outcome, ..done });
-                });
-                                // Pausing again while over the bound also pauses partitions assigned since
+                let due = handler.due_at(&message).filter(|due| *due > Utc::now());
+                if let Some(due) = due.or_else(|| held.contains_key(&key).then(Utc::now)) {
+                    // Not due yet (or behind a held message of its partition): hold it and
+                    // pause its partition only.
+                    if !held.contains_key(&key) {
+                        pause_one(&consumer, &key, true);
+                    }
+                    held.entry(key).or_default().push_back((message, due));
+                    continue;
+                }
+                in_flight += usize::from(start(message, &partitions));
+                // Pausing again while over the bound also pauses partitions assigned since
                 // the last pause (a rebalance hands them over unpaused).
                 if in_flight >= options.max_in_flight {
-                    set_paused(&consumer, true);
+                    set_paused(&consumer, true, &held);
                     paused = true;
                 }
             }
@@ -214,6 +289,7 @@ pub async fn run<H: Handler>(
     }
 
     // Shutdown: let work in flight finish (handlers step aside at safe points), then commit.
+    // Held messages were never started; the next owner reads them again.
     let deadline = tokio::time::Instant::now() + options.shutdown_grace;
     while in_flight > 0 {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
@@ -238,6 +314,11 @@ pub async fn run<H: Handler>(
     }
     consumer.unsubscribe();
     panicked.map_or(Ok(()), Err)
+}
+
+/// The time from now until `due` (zero if it has passed).
+fn until(due: DateTime<Utc>) -> Duration {
+    (due - Utc::now()).to_std().unwrap_or_default()
 }
 
 fn complete(
@@ -267,25 +348,62 @@ fn complete(
     }
 }
 
-fn forget_revoked(
+/// Acts on rebalances since the last look: forgets revoked partitions (their work in
+/// flight moves no offset, their held messages are dropped) and sets the pause state of
+/// newly assigned ones, which may still carry a pause from before.
+fn rebalanced(
     consumer: &StreamConsumer<StageContext>,
     partitions: &mut HashMap<(String, i32), Tracked>,
+    held: &mut Held,
     next_generation: &mut u64,
+    paused: bool,
 ) {
     let revoked = std::mem::take(&mut *consumer.context().revoked.lock().expect("revoked lock"));
     for key in revoked {
         if partitions.remove(&key).is_some() {
             *next_generation += 1;
         }
+        held.remove(&key);
+    }
+    let assigned = std::mem::take(&mut *consumer.context().assigned.lock().expect("assigned lock"));
+    for key in assigned {
+        if !held.contains_key(&key) {
+            pause_one(consumer, &key, paused);
+        }
     }
 }
 
-fn set_paused(consumer: &StreamConsumer<StageContext>, pause: bool) {
+fn pause_one(
+    consumer: &StreamConsumer<StageContext>,
+    (topic, partition): &(String, i32),
+    pause: bool,
+) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, *partition);
+    let result = if pause {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, topic, partition, pause, "changing a partition's pause state failed");
+    }
+}
+
+/// Pauses every assigned partition, or resumes every one that holds no message.
+fn set_paused(consumer: &StreamConsumer<StageContext>, pause: bool, held: &Held) {
     let result = consumer.assignment().and_then(|assigned| {
         if pause {
             consumer.pause(&assigned)
         } else {
-            consumer.resume(&assigned)
+            let holding: HashSet<&(String, i32)> = held.keys().collect();
+            let mut free = TopicPartitionList::new();
+            for e in assigned.elements() {
+                if !holding.contains(&(e.topic().to_owned(), e.partition())) {
+                    free.add_partition(e.topic(), e.partition());
+                }
+            }
+            consumer.resume(&free)
         }
     });
     if let Err(e) = result {

@@ -22,6 +22,13 @@ pub mod name {
     pub const ORDERS_DISPATCHED: &str = "orders.dispatched";
     pub const ORDERS_STATE: &str = "orders.state";
     pub const ORDERS_DLQ: &str = "orders.dlq";
+    /// The `orderflow.event` header of status-check messages, whatever their tier.
+    pub const STATUS_CHECK_EVENT: &str = "orders.status-check";
+
+    /// The tier topic whose messages wait `label` (see `core::schedule::label`).
+    pub fn status_check(label: &str) -> String {
+        format!("{STATUS_CHECK_EVENT}.{label}")
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -15,6 +15,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -171,6 +172,10 @@ struct State {
     rng: Seeded,
     orders: HashMap<String, Order>,
     scripts: HashMap<SimCall, VecDeque<Fault>>,
+    /// While set, every place and check call answers 503 and has no effect.
+    outage: bool,
+    /// When each referans was checked (calls that reached the order logic).
+    check_times: HashMap<String, Vec<DateTime<Utc>>>,
     stats: SimStats,
 }
 
@@ -352,6 +357,10 @@ fn check(config: &SimConfig, st: &mut State, q: &Params) -> String {
         return ORDER_NOT_FOUND.into();
     };
     order.checks_seen += 1;
+    st.check_times
+        .entry(referans.to_owned())
+        .or_default()
+        .push(Utc::now());
     let (answer, outcome) = if order.checks_seen <= config.checks_until_complete {
         (PENDING.to_owned(), "pending")
     } else if order.cancelled {
@@ -411,6 +420,8 @@ impl Sim {
             rng: Seeded::new(config.seed),
             orders: HashMap::new(),
             scripts: HashMap::new(),
+            outage: false,
+            check_times: HashMap::new(),
             stats: SimStats {
                 balance_kurus: config.initial_balance_kurus,
                 ..SimStats::default()
@@ -462,6 +473,27 @@ impl Sim {
         self.with_state(|st| st.stats.clone())
     }
 
+    /// Starts or ends an outage: while it lasts every place and check call gets a 503 and
+    /// changes nothing (`GET /sim/outage?on=true|false` does the same over HTTP).
+    pub fn set_outage(&self, on: bool) {
+        self.with_state(|st| st.outage = on);
+    }
+
+    /// When `referans` was checked, oldest first.
+    pub fn check_times(&self, referans: &str) -> Vec<DateTime<Utc>> {
+        self.with_state(|st| st.check_times.get(referans).cloned().unwrap_or_default())
+    }
+
+    /// The PIN the simulator issued for `referans`, for tests to compare with what was
+    /// delivered.
+    pub fn pin_of(&self, referans: &str) -> Option<crate::secret::Secret> {
+        self.with_state(|st| {
+            st.orders
+                .get(referans)
+                .map(|o| crate::secret::Secret::new(o.pin.clone()))
+        })
+    }
+
     fn router(&self) -> Router {
         Router::new()
             .route(
@@ -490,6 +522,17 @@ impl Sim {
                 }),
             )
             .route("/sim/script", get(script_handler))
+            .route(
+                "/sim/outage",
+                get(|s: Shared<Sim>, q: Query<Params>| async move {
+                    match param(&q.0, "on") {
+                        "true" => s.0.set_outage(true),
+                        "false" => s.0.set_outage(false),
+                        _ => return text(StatusCode::BAD_REQUEST, "on=true or on=false"),
+                    }
+                    text(StatusCode::OK, "ok")
+                }),
+            )
             .fallback(|| async { html(StatusCode::NOT_FOUND, NOT_FOUND_HTML) })
             .with_state(self.clone())
     }
@@ -532,7 +575,13 @@ impl Sim {
                 *st.stats.place_requests.entry(referans.clone()).or_default() += 1
             });
         }
-        let fault = self.with_state(|st| st.next_fault(call, config.fault_rate));
+        let fault = self.with_state(|st| {
+            if st.outage && call != SimCall::Balance {
+                st.stats.faults_injected += 1;
+                return Some(Fault::ServerError);
+            }
+            st.next_fault(call, config.fault_rate)
+        });
         let Some(fault) = fault else {
             return text(StatusCode::OK, self.with_state(|st| logic(config, st, &q)));
         };

@@ -1,0 +1,314 @@
+//! The `poll_chains` table: one status-check chain per order (G2, G4).
+//!
+//! Every `orders.status-check.*` message is one step of its order's chain, numbered by
+//! `seq`. A poll worker works on a step only after [`begin_step`] gave it the step: the
+//! chain must be just before it (or a worker that crashed left it unfinished and its lease
+//! ran out). So a duplicate message, a redelivery after a crash or a re-enqueue by the
+//! reconciler continues the chain once; the copy that comes second finds the step taken
+//! and is dropped as stale. [`finish_step`] records the step's outcome after its events
+//! are on the broker. The reconciler asks [`overdue`] which chains stopped moving.
+
+use crate::core::event::{StatusCheck, SCHEMA_VERSION};
+use crate::core::lifecycle::{version, OrderState};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What [`begin_step`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Begun {
+    /// The step is this worker's, under a lease.
+    Mine,
+    /// The chain is past this step, or has ended: the message is a leftover copy.
+    Stale,
+    /// Another worker holds this step (or an earlier one) until `until`; ask again then.
+    Busy { until: DateTime<Utc> },
+}
+
+/// How a step ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepEnd {
+    pub attempts: i32,
+    pub version: i64,
+    /// When the next step is due; `None` when the chain ended.
+    pub next_check_at: Option<DateTime<Utc>>,
+    /// `Completed` or `Failed` when the chain ended.
+    pub final_state: Option<OrderState>,
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_millis() as f64
+}
+
+/// Gives step `check.seq` of its order's chain to `owner` for `lease`, creating the chain
+/// on its first step.
+pub async fn begin_step(
+    pool: &PgPool,
+    check: &StatusCheck,
+    owner: Uuid,
+    lease: Duration,
+) -> Result<Begun, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO poll_chains (order_id, tenant_id, provider_account, provider_reference,
+                                  dispatched_at, deadline, seq, step_done, attempts, version,
+                                  next_check_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7 - 1, true, $8, $9, $10)
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(check.order_id)
+    .bind(&check.tenant_id)
+    .bind(&check.provider_account)
+    .bind(&check.provider_reference)
+    .bind(check.dispatched_at)
+    .bind(check.deadline)
+    .bind(check.seq)
+    .bind(check.attempts)
+    .bind(check.version)
+    .bind(check.due_at)
+    .execute(pool)
+    .await?;
+    let taken = sqlx::query(
+        "UPDATE poll_chains
+            SET seq = $2, step_done = false, lease_owner = $3,
+                lease_until = now() + $4 * interval '1 millisecond', updated_at = now()
+          WHERE order_id = $1 AND final_state IS NULL
+            AND ((seq < $2 AND (step_done OR lease_until IS NULL OR lease_until < now()))
+              OR (seq = $2 AND NOT step_done
+                  AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $3)))",
+    )
+    .bind(check.order_id)
+    .bind(check.seq)
+    .bind(owner)
+    .bind(millis(lease))
+    .execute(pool)
+    .await?;
+    if taken.rows_affected() == 1 {
+        return Ok(Begun::Mine);
+    }
+    let (seq, step_done, final_state, lease_until): (
+        i64,
+        bool,
+        Option<String>,
+        Option<DateTime<Utc>>,
+    ) = sqlx::query_as(
+        "SELECT seq, step_done, final_state, lease_until FROM poll_chains WHERE order_id = $1",
+    )
+    .bind(check.order_id)
+    .fetch_one(pool)
+    .await?;
+    Ok(
+        if final_state.is_some() || seq > check.seq || (seq == check.seq && step_done) {
+            Begun::Stale
+        } else {
+            Begun::Busy {
+                until: lease_until.unwrap_or_else(Utc::now),
+            }
+        },
+    )
+}
+
+/// Records how step `seq` ended, once its events are on the broker. Returns false if the
+/// step was no longer `owner`'s (its lease ran out and another worker took it over; the
+/// next step then has two copies, and the second is dropped as stale).
+pub async fn finish_step(
+    pool: &PgPool,
+    order_id: Uuid,
+    seq: i64,
+    owner: Uuid,
+    end: &StepEnd,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE poll_chains
+            SET step_done = true, attempts = $4, version = $5, next_check_at = $6,
+                final_state = $7, lease_owner = NULL, lease_until = NULL, updated_at = now()
+          WHERE order_id = $1 AND seq = $2 AND lease_owner = $3 AND NOT step_done",
+    )
+    .bind(order_id)
+    .bind(seq)
+    .bind(owner)
+    .bind(end.attempts)
+    .bind(end.version)
+    .bind(end.next_check_at)
+    .bind(end.final_state.map(OrderState::as_str))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Lets another worker take step `seq` at once (this one stopped before finishing it).
+pub async fn release(pool: &PgPool, order_id: Uuid, seq: i64, owner: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE poll_chains SET lease_until = now()
+          WHERE order_id = $1 AND seq = $2 AND lease_owner = $3 AND NOT step_done",
+    )
+    .bind(order_id)
+    .bind(seq)
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// One chain as stored.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct ChainRow {
+    pub order_id: Uuid,
+    pub seq: i64,
+    pub step_done: bool,
+    pub attempts: i32,
+    pub version: i64,
+    pub next_check_at: Option<DateTime<Utc>>,
+    pub final_state: Option<String>,
+    pub requeued: i32,
+}
+
+pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<ChainRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT order_id, seq, step_done, attempts, version, next_check_at, final_state, requeued
+           FROM poll_chains WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// What the reconciler should do for one order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Requeue {
+    /// The step to enqueue again, due now.
+    pub check: StatusCheck,
+    /// The chain did not exist yet: the order's first check never started.
+    pub first: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct OverdueRow {
+    order_id: Uuid,
+    tenant_id: String,
+    provider_account: String,
+    provider_reference: String,
+    dispatched_at: DateTime<Utc>,
+    deadline: DateTime<Utc>,
+    seq: i64,
+    attempts: i32,
+    version: i64,
+}
+
+/// Up to `limit` orders whose chain stopped: a finished step whose successor is overdue by
+/// more than `grace`, or a step whose worker's lease ran out more than `grace` ago; and
+/// placed orders with no chain `first_check + grace` after their placement (their
+/// `orders.dispatched` message was lost). Orders placed more than `lookback` ago are not
+/// looked for. Each comes back as the step to enqueue again.
+pub async fn overdue(
+    pool: &PgPool,
+    grace: Duration,
+    first_check: Duration,
+    lookback: Duration,
+    limit: i64,
+) -> Result<Vec<Requeue>, sqlx::Error> {
+    let now = Utc::now();
+    let stalled: Vec<OverdueRow> = sqlx::query_as(
+        "SELECT order_id, tenant_id, provider_account, provider_reference, dispatched_at,
+                deadline, CASE WHEN step_done THEN seq + 1 ELSE seq END AS seq, attempts, version
+           FROM poll_chains
+          WHERE final_state IS NULL
+            AND ((step_done AND next_check_at < now() - $1 * interval '1 millisecond')
+              OR (NOT step_done AND lease_until < now() - $1 * interval '1 millisecond'))
+          ORDER BY next_check_at
+          LIMIT $2",
+    )
+    .bind(millis(grace))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let mut found: Vec<Requeue> = stalled
+        .into_iter()
+        .map(|r| Requeue {
+            check: r.into_check(now),
+            first: false,
+        })
+        .collect();
+    let room = limit - found.len() as i64;
+    if room > 0 {
+        let unstarted: Vec<OverdueRow> = sqlx::query_as(
+            "SELECT c.order_id, COALESCE(c.tenant_id, '') AS tenant_id, c.provider_account,
+                    c.provider_reference, c.updated_at AS dispatched_at, c.deadline,
+                    1::bigint AS seq, 0 AS attempts, $4::bigint AS version
+               FROM dispatch_claims c
+               LEFT JOIN poll_chains p ON p.order_id = c.order_id
+              WHERE c.phase = 'placed' AND p.order_id IS NULL
+                AND c.updated_at < now() - $1 * interval '1 millisecond'
+                AND c.updated_at > now() - $2 * interval '1 millisecond'
+              ORDER BY c.updated_at
+              LIMIT $3",
+        )
+        .bind(millis(first_check + grace))
+        .bind(millis(lookback))
+        .bind(room)
+        .bind(version::DISPATCHED)
+        .fetch_all(pool)
+        .await?;
+        found.extend(unstarted.into_iter().map(|r| Requeue {
+            check: r.into_check(now),
+            first: true,
+        }));
+    }
+    Ok(found)
+}
+
+impl OverdueRow {
+    fn into_check(self, now: DateTime<Utc>) -> StatusCheck {
+        StatusCheck {
+            schema_version: SCHEMA_VERSION,
+            order_id: self.order_id,
+            tenant_id: self.tenant_id,
+            provider_account: self.provider_account,
+            provider_reference: self.provider_reference,
+            dispatched_at: self.dispatched_at,
+            deadline: self.deadline,
+            seq: self.seq,
+            attempts: self.attempts,
+            due_at: now,
+            version: self.version,
+        }
+    }
+}
+
+/// Records that `requeue` was enqueued again, so that the next pass waits another grace
+/// period before looking at the order. A chain that moved on meanwhile is left alone.
+pub async fn mark_requeued(pool: &PgPool, requeue: &Requeue) -> Result<(), sqlx::Error> {
+    let c = &requeue.check;
+    if requeue.first {
+        sqlx::query(
+            "INSERT INTO poll_chains (order_id, tenant_id, provider_account, provider_reference,
+                                      dispatched_at, deadline, seq, step_done, attempts,
+                                      version, next_check_at, requeued)
+             VALUES ($1, $2, $3, $4, $5, $6, 0, true, 0, $7, now(), 1)
+             ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(c.order_id)
+        .bind(&c.tenant_id)
+        .bind(&c.provider_account)
+        .bind(&c.provider_reference)
+        .bind(c.dispatched_at)
+        .bind(c.deadline)
+        .bind(c.version)
+        .execute(pool)
+        .await?;
+    } else {
+        sqlx::query(
+            "UPDATE poll_chains
+                SET next_check_at = CASE WHEN step_done THEN now() ELSE next_check_at END,
+                    lease_until = CASE WHEN step_done THEN lease_until ELSE now() END,
+                    requeued = requeued + 1, updated_at = now()
+              WHERE order_id = $1 AND final_state IS NULL
+                AND ((step_done AND seq + 1 = $2) OR (NOT step_done AND seq = $2))",
+        )
+        .bind(c.order_id)
+        .bind(c.seq)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
+}
