@@ -4,7 +4,7 @@
 //! A map for newcomers (`../shared/design/lifecycle.md` has the flow and guarantees G1–G8):
 //!
 //! - [`core`]: the pure core, no IO. Event contracts, order lifecycle, offset watermark,
-//!   backoff and rate limiting; unit- and property-tested.
+//!   check schedule, backoff, rate limiting and the breaker; unit- and property-tested.
 //! - [`provider`]: what a provider is asked and how its answers are classified; provider
 //!   accounts with their concurrency and rate caps.
 //! - [`znet`]: the first provider: answer parsing (pure), HTTP client, and a simulator.
@@ -12,6 +12,8 @@
 //!   event publishing and the dead-letter queue.
 //! - [`db`]: PostgreSQL: migrations, the `orders` table and the dispatch claims.
 //! - [`dispatch`]: the dispatch stage.
+//! - [`poll`]: the poll stage (status checks on delay-topic tiers) and its reconciler.
+//! - [`pin`]: sealing PIN codes under the shop's rotating keys (AES-256-GCM).
 //! - [`load`]: the load generator behind the demo and the benchmarks.
 //! - [`secret`], [`shutdown`]: values that never print; the shutdown signal.
 //!

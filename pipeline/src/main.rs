@@ -9,6 +9,9 @@ use orderflow::dispatch::{self, DispatchConfig};
 use orderflow::kafka::topics::{self, TopicSpecs};
 use orderflow::kafka::KafkaConfig;
 use orderflow::load::{self, LoadConfig};
+use orderflow::pin::PinKeys;
+use orderflow::poll::reconcile::{self, ReconcileConfig};
+use orderflow::poll::PollConfig;
 use orderflow::provider::accounts::Accounts;
 use orderflow::shutdown;
 use orderflow::znet::sim::{Sim, SimConfig};
@@ -62,6 +65,29 @@ enum Command {
         #[command(flatten)]
         dispatch: DispatchConfig,
     },
+    /// Run the poll stage: check each dispatched order with its provider until it is final.
+    Poll {
+        #[command(flatten)]
+        kafka: KafkaConfig,
+        #[command(flatten)]
+        db: DbConfig,
+        #[command(flatten)]
+        poll: PollConfig,
+    },
+    /// Run the reconciler: re-enqueue orders whose status check is overdue.
+    Reconcile {
+        #[command(flatten)]
+        kafka: KafkaConfig,
+        #[command(flatten)]
+        db: DbConfig,
+        #[command(flatten)]
+        reconcile: ReconcileConfig,
+    },
+    /// Manage the keys that seal PIN codes.
+    PinKey {
+        #[command(subcommand)]
+        command: PinKeyCommand,
+    },
     /// Publish a realistic load of orders and follow each until the pipeline answers it.
     Load {
         #[command(flatten)]
@@ -82,6 +108,17 @@ enum TopicsCommand {
         /// A topic spec file to use instead of the one built in (topics/topics.toml).
         #[arg(long)]
         spec: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PinKeyCommand {
+    /// Print a new random key as `key_id:base64`; put it first in ORDERFLOW_PIN_KEYS (or the
+    /// keys file) to seal new PINs with it, and keep the older keys after it to open old ones.
+    New {
+        /// The key's id: letters, digits, `_` or `-`, up to 32.
+        #[arg(long, default_value = "k1")]
+        id: String,
     },
 }
 
@@ -203,6 +240,36 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let (trigger, shutdown) = shutdown::channel();
             tokio::spawn(shutdown::on_signals(trigger));
             dispatch::run(dispatch, accounts, kafka, pool, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Poll { kafka, db, poll } => {
+            let accounts = Accounts::load(&poll.accounts_file)?;
+            poll.schedule.schedule()?;
+            poll.pin_keys()?;
+            let pool = db.connect().await?;
+            let (trigger, shutdown) = shutdown::channel();
+            tokio::spawn(shutdown::on_signals(trigger));
+            orderflow::poll::run(poll, accounts, kafka, pool, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reconcile {
+            kafka,
+            db,
+            reconcile,
+        } => {
+            reconcile.pass(&kafka)?;
+            let pool = db.connect().await?;
+            let (trigger, shutdown) = shutdown::channel();
+            tokio::spawn(shutdown::on_signals(trigger));
+            reconcile::run(reconcile, kafka, pool, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PinKey {
+            command: PinKeyCommand::New { id },
+        } => {
+            let line = PinKeys::generate_key_line(&id);
+            PinKeys::parse(&line)?;
+            println!("{line}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Load { kafka, load } => {

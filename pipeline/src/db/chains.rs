@@ -137,7 +137,12 @@ pub async fn finish_step(
 }
 
 /// Lets another worker take step `seq` at once (this one stopped before finishing it).
-pub async fn release(pool: &PgPool, order_id: Uuid, seq: i64, owner: Uuid) -> Result<(), sqlx::Error> {
+pub async fn release(
+    pool: &PgPool,
+    order_id: Uuid,
+    seq: i64,
+    owner: Uuid,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE poll_chains SET lease_until = now()
           WHERE order_id = $1 AND seq = $2 AND lease_owner = $3 AND NOT step_done",

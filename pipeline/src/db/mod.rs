@@ -2,8 +2,10 @@
 //!
 //! `orders` holds each order's latest state for the shop (written from `orders.state`);
 //! `dispatch_claims` is the dispatch stage's durable memory of each order's provider
-//! reference and placement progress (G1).
+//! reference and placement progress (G1); `poll_chains` is the poll stage's record of each
+//! order's status-check chain, which the reconciler reads.
 
+pub mod chains;
 pub mod claims;
 pub mod orders;
 

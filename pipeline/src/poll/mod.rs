@@ -1,1 +1,700 @@
-//! (being written)
+//! The poll stage: checks each accepted order with its provider until it is final or out
+//! of time (G2, G4, G6).
+//!
+//! It consumes `orders.dispatched` (the first check, `first_check` after dispatch) and the
+//! tier topics `orders.status-check.<tier>`. The shared consumer loop holds each message
+//! until it is due, pausing only its partition ([`crate::kafka::stage`]). A due message is
+//! one step of its order's check chain: the step is taken in `poll_chains`
+//! ([`crate::db::chains`]) so that a copy of it is dropped, the provider is asked within the
+//! account's caps and breaker, and the outcome is published before the offset moves:
+//!
+//! | answer                        | state event            | next message                |
+//! |-------------------------------|------------------------|-----------------------------|
+//! | completed                     | `completed`, sealed PIN | none                        |
+//! | cancelled                     | `failed` (cancelled)   | none                        |
+//! | pending, unclear, not found   | `processing`, attempt+1 | next tier, or `failed` (deadline) |
+//! | no answer (provider down)     | none: no attempt used  | shortest tier, or `failed` (deadline) |
+//!
+//! [`reconcile`] is the safety net that brings back chains that stopped.
+
+pub mod reconcile;
+
+use crate::core::backoff::Backoff;
+use crate::core::event::{
+    self, Failure, InvalidEvent, InvalidKind, OrderDispatched, OrderStateEvent, StatusCheck,
+    SCHEMA_VERSION,
+};
+use crate::core::lifecycle::{version, FailureReason, OrderState};
+use crate::core::schedule::{self, GiveUp, Next, Schedule, ScheduleError};
+use crate::db::chains::{self, Begun, StepEnd};
+use crate::kafka::dlq::DeadLetters;
+use crate::kafka::emit::{until_sent, Emitter};
+use crate::kafka::stage::{self, Handler, StageOptions};
+use crate::kafka::topics::name;
+use crate::kafka::KafkaConfig;
+use crate::pin::{PinKeyError, PinKeys};
+use crate::provider::accounts::{Account, Accounts};
+use crate::provider::CheckOutcome;
+use crate::secret::Secret;
+use crate::shutdown::{Interrupted, Shutdown};
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use rdkafka::message::{Message, OwnedMessage};
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Largest accepted dispatched or status-check event, in bytes.
+const MAX_EVENT_BYTES: usize = 16 * 1024;
+
+/// The check schedule (flags or environment variables), shared by the poll stage and the
+/// reconciler.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ScheduleArgs {
+    /// Delay from the provider's acceptance to an order's first status check.
+    #[arg(long, env = "ORDERFLOW_FIRST_CHECK", default_value = "60s")]
+    pub first_check: String,
+
+    /// Delays between later checks, the last one repeating; each names its tier topic
+    /// orders.status-check.<delay>, which must exist.
+    #[arg(
+        long,
+        env = "ORDERFLOW_CHECK_TIERS",
+        default_value = "30s,1m,2m,4m,8m,10m"
+    )]
+    pub check_tiers: String,
+
+    /// Answered checks after which a still-pending order fails (default: only the deadline
+    /// ends it).
+    #[arg(long, env = "ORDERFLOW_MAX_CHECK_ATTEMPTS")]
+    pub max_check_attempts: Option<u32>,
+}
+
+impl ScheduleArgs {
+    pub fn schedule(&self) -> Result<Schedule, ScheduleError> {
+        let first = schedule::parse_duration(&self.first_check)?;
+        let tiers = schedule::parse_tiers(&self.check_tiers)?;
+        Schedule::new(first, tiers, self.max_check_attempts)
+    }
+}
+
+/// The tier topics of `schedule`, with the environment's prefix, in tier order.
+pub fn tier_topics(kafka: &KafkaConfig, schedule: &Schedule) -> Vec<String> {
+    schedule
+        .tier_labels()
+        .iter()
+        .map(|label| kafka.topic(&name::status_check(label)))
+        .collect()
+}
+
+/// Settings of the poll stage (flags or environment variables).
+#[derive(Clone, Debug, clap::Args)]
+pub struct PollConfig {
+    /// The provider accounts file (TOML, one [[account]] per account; see README).
+    #[arg(long = "provider-accounts", env = "ORDERFLOW_PROVIDER_ACCOUNTS")]
+    pub accounts_file: PathBuf,
+
+    /// Consumer group of the poll stage.
+    #[arg(
+        long = "poll-group",
+        env = "ORDERFLOW_POLL_GROUP",
+        default_value = "orderflow.poll"
+    )]
+    pub group: String,
+
+    /// Status checks worked on at once by this process (waiting messages do not count).
+    #[arg(
+        long = "poll-max-in-flight",
+        env = "ORDERFLOW_POLL_MAX_IN_FLIGHT",
+        default_value_t = 64
+    )]
+    pub max_in_flight: usize,
+
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+
+    /// A file with the PIN keys (`key_id:base64`, newest first); or set ORDERFLOW_PIN_KEYS.
+    #[arg(long = "pin-keys-file", env = "ORDERFLOW_PIN_KEYS_FILE")]
+    pub pin_keys_file: Option<PathBuf>,
+
+    /// How long checks in flight may take to finish when the stage is asked to stop.
+    #[arg(
+        long = "shutdown-grace-ms",
+        env = "ORDERFLOW_SHUTDOWN_GRACE_MS",
+        default_value_t = 15_000
+    )]
+    pub shutdown_grace_ms: u64,
+}
+
+impl PollConfig {
+    /// The PIN keys from ORDERFLOW_PIN_KEYS or the keys file; the poll stage cannot start
+    /// without one, because it must never publish a PIN in clear.
+    pub fn pin_keys(&self) -> Result<PinKeys, PollError> {
+        let env = std::env::var("ORDERFLOW_PIN_KEYS").ok();
+        PinKeys::from_env_or_file(env.as_deref(), self.pin_keys_file.as_deref())?
+            .ok_or(PollError::NoPinKeys)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Accounts(#[from] crate::provider::accounts::AccountsError),
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaSetupError),
+    #[error(transparent)]
+    Stage(#[from] crate::kafka::stage::StageError),
+    #[error("the check schedule is invalid: {0}")]
+    Schedule(#[from] ScheduleError),
+    #[error(transparent)]
+    PinKeys(#[from] PinKeyError),
+    #[error("no PIN key is configured: set ORDERFLOW_PIN_KEYS or ORDERFLOW_PIN_KEYS_FILE (`orderflow pin-key new` makes one)")]
+    NoPinKeys,
+}
+
+/// What one answered (or unanswered) check leads to. Pure, so that the policy of the table
+/// in this module's header is tested without a provider.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    Complete {
+        pin: Secret,
+        attempts: i32,
+    },
+    Fail {
+        failure: Failure,
+        attempts: i32,
+    },
+    /// Still pending: a `processing` event, and the next check.
+    Pending {
+        attempts: i32,
+        due: DateTime<Utc>,
+        tier: usize,
+    },
+    /// No usable answer: check again without using an attempt.
+    Retry {
+        due: DateTime<Utc>,
+        tier: usize,
+    },
+}
+
+/// Decides what follows `outcome`, the answer to `check` received at `now`.
+pub fn decide(
+    check: &StatusCheck,
+    outcome: CheckOutcome,
+    now: DateTime<Utc>,
+    schedule: &Schedule,
+) -> Decision {
+    let answered = check.attempts.saturating_add(1);
+    let give_up = |give_up: GiveUp, attempts: i32, detail: String| Decision::Fail {
+        failure: Failure {
+            reason: FailureReason::Deadline,
+            code: None,
+            message: match give_up {
+                GiveUp::Deadline => format!("not final by the deadline ({detail})"),
+                GiveUp::MaxAttempts => format!("still pending after {attempts} checks ({detail})"),
+            },
+        },
+        attempts,
+    };
+    let pending = |detail: String| match schedule.next(answered as u32, now, check.deadline) {
+        Next::Check { due, tier } => Decision::Pending {
+            attempts: answered,
+            due,
+            tier,
+        },
+        Next::GiveUp(why) => give_up(why, answered, detail),
+    };
+    match outcome {
+        CheckOutcome::Completed { pin } => Decision::Complete {
+            pin,
+            attempts: answered,
+        },
+        CheckOutcome::Cancelled { message } => Decision::Fail {
+            failure: Failure {
+                reason: FailureReason::Cancelled,
+                code: None,
+                message,
+            },
+            attempts: answered,
+        },
+        CheckOutcome::Pending => pending("the provider still processes it".into()),
+        CheckOutcome::Unclear { detail } => pending(detail),
+        CheckOutcome::NotFound { code, message } => {
+            pending(format!("the provider did not find it: {code}|{message}"))
+        }
+        CheckOutcome::Transient { detail } | CheckOutcome::AccountProblem { detail } => {
+            match schedule.retry(now, check.deadline) {
+                Next::Check { due, tier } => Decision::Retry { due, tier },
+                Next::GiveUp(why) => give_up(why, check.attempts, detail),
+            }
+        }
+    }
+}
+
+/// Handles one dispatched or status-check message.
+pub struct PollHandler {
+    accounts: Accounts,
+    pool: PgPool,
+    schedule: Schedule,
+    keys: PinKeys,
+    emitter: Emitter,
+    dead_letters: DeadLetters,
+    dispatched_topic: String,
+    tier_topics: Vec<String>,
+    backoff: Backoff,
+}
+
+impl PollHandler {
+    pub fn new(
+        kafka: &KafkaConfig,
+        pool: PgPool,
+        accounts: Accounts,
+        schedule: Schedule,
+        keys: PinKeys,
+    ) -> Result<Self, PollError> {
+        let emitter = Emitter::new(kafka)?;
+        let dead_letters = DeadLetters::new(
+            emitter.producer().clone(),
+            kafka.topic(name::ORDERS_DLQ),
+            "poll",
+        );
+        Ok(PollHandler {
+            accounts,
+            pool,
+            tier_topics: tier_topics(kafka, &schedule),
+            schedule,
+            keys,
+            emitter,
+            dead_letters,
+            dispatched_topic: kafka.topic(name::ORDERS_DISPATCHED),
+            backoff: Backoff {
+                min: Duration::from_millis(200),
+                max: Duration::from_secs(10),
+            },
+        })
+    }
+
+    /// The check a message asks for: the first one for a dispatched order.
+    fn decode(&self, message: &OwnedMessage) -> Result<StatusCheck, InvalidEvent> {
+        let payload = message.payload().unwrap_or_default();
+        let check = if message.topic() == self.dispatched_topic {
+            let dispatched: OrderDispatched = event::decode(payload, MAX_EVENT_BYTES)?;
+            StatusCheck::first(&dispatched, self.schedule.first_check)
+        } else {
+            event::decode(payload, MAX_EVENT_BYTES)?
+        };
+        if message.key() != Some(check.order_id.to_string().as_bytes()) {
+            return Err(InvalidEvent::new(
+                InvalidKind::InvalidField,
+                "the message key is not the event's order_id",
+            ));
+        }
+        if self.accounts.get(&check.provider_account).is_none() {
+            return Err(InvalidEvent::new(
+                InvalidKind::UnknownProviderAccount,
+                format!(
+                    "provider_account {:?} is not configured",
+                    check.provider_account
+                ),
+            ));
+        }
+        Ok(check)
+    }
+
+    async fn process(
+        &self,
+        message: &OwnedMessage,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        let check = match self.decode(message) {
+            Ok(check) => check,
+            Err(why) => {
+                tracing::warn!(
+                    topic = message.topic(), partition = message.partition(), offset = message.offset(),
+                    reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
+                );
+                return until_sent("dead-lettering an event", &self.backoff, shutdown, || {
+                    self.dead_letters.send(message, &why)
+                })
+                .await;
+            }
+        };
+        let account = self
+            .accounts
+            .get(&check.provider_account)
+            .expect("checked when decoding");
+        let owner = Uuid::new_v4();
+        let lease = account.request_timeout * 2 + Duration::from_secs(5);
+        loop {
+            let begun = self
+                .db("taking a check step", shutdown, || {
+                    chains::begin_step(&self.pool, &check, owner, lease)
+                })
+                .await?;
+            match begun {
+                Begun::Mine => break,
+                Begun::Stale => {
+                    tracing::debug!(order_id = %check.order_id, seq = check.seq, "a copy of a check step that is already taken; dropped");
+                    return Ok(());
+                }
+                Begun::Busy { until } => {
+                    let wait = (until - Utc::now()).to_std().unwrap_or_default();
+                    shutdown
+                        .sleep(wait.clamp(Duration::from_millis(100), lease))
+                        .await?;
+                }
+            }
+        }
+        let stepped = self.step(&check, account, owner, shutdown).await;
+        if stepped.is_err() {
+            // Let the next owner take the step at once instead of waiting the lease out.
+            let _ = chains::release(&self.pool, check.order_id, check.seq, owner).await;
+        }
+        stepped
+    }
+
+    /// Checks the order and publishes what follows, then records the step as done.
+    async fn step(
+        &self,
+        check: &StatusCheck,
+        account: &Account,
+        owner: Uuid,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        let outcome = tokio::select! {
+            outcome = account.check(&check.provider_reference) => outcome,
+            _ = shutdown.wait() => return Err(Interrupted),
+        };
+        let decision = decide(check, outcome, Utc::now(), &self.schedule);
+        let (state, next, end) = self.effects(check, decision);
+        until_sent(
+            "publishing a check's outcome",
+            &self.backoff,
+            shutdown,
+            || async {
+                let state_sent = async {
+                    match &state {
+                        Some(state) => self.emitter.state(state).await,
+                        None => Ok(()),
+                    }
+                };
+                let next_sent = async {
+                    match &next {
+                        Some((topic, next)) => self.emitter.status_check(topic, next).await,
+                        None => Ok(()),
+                    }
+                };
+                let (a, b) = futures::join!(state_sent, next_sent);
+                a.and(b)
+            },
+        )
+        .await?;
+        let finished = self
+            .db("recording a check step", shutdown, || {
+                chains::finish_step(&self.pool, check.order_id, check.seq, owner, &end)
+            })
+            .await?;
+        if !finished {
+            tracing::warn!(order_id = %check.order_id, seq = check.seq, "the check step was taken over by another worker; its next step will run once");
+        }
+        Ok(())
+    }
+
+    /// The state event, the next message and the chain's record that `decision` makes.
+    fn effects(
+        &self,
+        check: &StatusCheck,
+        decision: Decision,
+    ) -> (
+        Option<OrderStateEvent>,
+        Option<(String, StatusCheck)>,
+        StepEnd,
+    ) {
+        let now = Utc::now();
+        let version = version::after(check.version);
+        let state = |state: OrderState, attempts: i32| OrderStateEvent {
+            schema_version: SCHEMA_VERSION,
+            order_id: check.order_id,
+            tenant_id: check.tenant_id.clone(),
+            provider_account: check.provider_account.clone(),
+            provider_reference: Some(check.provider_reference.clone()),
+            state,
+            failure: None,
+            pin: None,
+            attempts,
+            next_check_at: None,
+            deadline: Some(check.deadline),
+            version,
+            changed_at: now,
+        };
+        let next = |attempts: i32, version: i64, due: DateTime<Utc>, tier: usize| {
+            let next = StatusCheck {
+                seq: check.seq + 1,
+                attempts,
+                due_at: due,
+                version,
+                ..check.clone()
+            };
+            (self.tier_topics[tier].clone(), next)
+        };
+        let id = check.order_id;
+        match decision {
+            Decision::Complete { pin, attempts } => {
+                tracing::info!(order_id = %id, reference = %check.provider_reference, attempts, "order completed");
+                let event = OrderStateEvent {
+                    pin: Some(self.keys.seal(id, &pin)),
+                    ..state(OrderState::Completed, attempts)
+                };
+                (
+                    Some(event),
+                    None,
+                    ended(attempts, version, OrderState::Completed),
+                )
+            }
+            Decision::Fail { failure, attempts } => {
+                tracing::info!(order_id = %id, reference = %check.provider_reference, attempts, reason = failure.reason.as_str(), detail = %failure.message, "order failed");
+                let event = OrderStateEvent {
+                    failure: Some(failure),
+                    ..state(OrderState::Failed, attempts)
+                };
+                (
+                    Some(event),
+                    None,
+                    ended(attempts, version, OrderState::Failed),
+                )
+            }
+            Decision::Pending {
+                attempts,
+                due,
+                tier,
+            } => {
+                tracing::debug!(order_id = %id, attempts, due = %due, "order pending");
+                let event = OrderStateEvent {
+                    next_check_at: Some(due),
+                    ..state(OrderState::Processing, attempts)
+                };
+                let end = StepEnd {
+                    attempts,
+                    version,
+                    next_check_at: Some(due),
+                    final_state: None,
+                };
+                (Some(event), Some(next(attempts, version, due, tier)), end)
+            }
+            Decision::Retry { due, tier } => {
+                tracing::debug!(order_id = %id, due = %due, "no answer from the provider; checking again without using an attempt");
+                let end = StepEnd {
+                    attempts: check.attempts,
+                    version: check.version,
+                    next_check_at: Some(due),
+                    final_state: None,
+                };
+                (
+                    None,
+                    Some(next(check.attempts, check.version, due, tier)),
+                    end,
+                )
+            }
+        }
+    }
+
+    /// Retries a database call until it succeeds (an outage waits, with backoff).
+    async fn db<T, F, Fut>(
+        &self,
+        what: &str,
+        shutdown: &mut Shutdown,
+        mut call: F,
+    ) -> Result<T, Interrupted>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match call().await {
+                Ok(value) => return Ok(value),
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what} failed; retrying");
+                    shutdown
+                        .sleep(
+                            self.backoff
+                                .delay(attempt, crate::core::backoff::random_fraction()),
+                        )
+                        .await?;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+fn ended(attempts: i32, version: i64, state: OrderState) -> StepEnd {
+    StepEnd {
+        attempts,
+        version,
+        next_check_at: None,
+        final_state: Some(state),
+    }
+}
+
+impl Handler for PollHandler {
+    fn handle(
+        self: Arc<Self>,
+        message: OwnedMessage,
+        mut shutdown: Shutdown,
+    ) -> BoxFuture<'static, Result<(), Interrupted>> {
+        Box::pin(async move { self.process(&message, &mut shutdown).await })
+    }
+
+    fn due_at(&self, message: &OwnedMessage) -> Option<DateTime<Utc>> {
+        self.decode(message).ok().map(|check| check.due_at)
+    }
+
+    fn lateness(&self, message: &OwnedMessage, late: Duration) {
+        if late > Duration::from_secs(1) {
+            tracing::warn!(
+                topic = message.topic(),
+                partition = message.partition(),
+                late_ms = late.as_millis() as u64,
+                "a status check started late"
+            );
+        }
+    }
+}
+
+/// Runs the poll stage until `shutdown`.
+pub async fn run(
+    config: PollConfig,
+    accounts: Accounts,
+    kafka: KafkaConfig,
+    pool: PgPool,
+    shutdown: Shutdown,
+) -> Result<(), PollError> {
+    let schedule = config.schedule.schedule()?;
+    let keys = config.pin_keys()?;
+    kafka.check_reachable()?;
+    let mut topics = vec![kafka.topic(name::ORDERS_DISPATCHED)];
+    topics.extend(tier_topics(&kafka, &schedule));
+    let handler = Arc::new(PollHandler::new(&kafka, pool, accounts, schedule, keys)?);
+    let options = StageOptions {
+        group: config.group.clone(),
+        topics,
+        max_in_flight: config.max_in_flight.max(1),
+        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+    };
+    let consumer = stage::consumer(&kafka, &options)?;
+    tracing::info!(group = %options.group, topics = ?options.topics, "poll stage running");
+    stage::run(consumer, handler, options, shutdown).await?;
+    tracing::info!("poll stage stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(attempts: i32, deadline_in: i64) -> (StatusCheck, DateTime<Utc>) {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let check = StatusCheck {
+            schema_version: SCHEMA_VERSION,
+            order_id: Uuid::new_v4(),
+            tenant_id: "shop-1".into(),
+            provider_account: "znet-main".into(),
+            provider_reference: "100000042".into(),
+            dispatched_at: now,
+            deadline: now + chrono::Duration::seconds(deadline_in),
+            seq: 3,
+            attempts,
+            due_at: now,
+            version: 4,
+        };
+        (check, now)
+    }
+
+    #[test]
+    fn a_pending_answer_uses_an_attempt_and_moves_up_a_tier() {
+        let (c, now) = check(2, 3600);
+        let s = Schedule::default();
+        assert_eq!(
+            decide(&c, CheckOutcome::Pending, now, &s),
+            Decision::Pending {
+                attempts: 3,
+                due: now + chrono::Duration::seconds(120),
+                tier: 2
+            }
+        );
+    }
+
+    #[test]
+    fn no_answer_uses_no_attempt() {
+        let (c, now) = check(2, 3600);
+        let d = decide(
+            &c,
+            CheckOutcome::Transient {
+                detail: "503".into(),
+            },
+            now,
+            &Schedule::default(),
+        );
+        assert_eq!(
+            d,
+            Decision::Retry {
+                due: now + chrono::Duration::seconds(30),
+                tier: 0
+            }
+        );
+    }
+
+    #[test]
+    fn final_answers_end_the_chain() {
+        let (c, now) = check(0, 3600);
+        let s = Schedule::default();
+        let pin = Secret::new("ABCD-1234");
+        assert_eq!(
+            decide(&c, CheckOutcome::Completed { pin: pin.clone() }, now, &s),
+            Decision::Complete { pin, attempts: 1 }
+        );
+        let Decision::Fail { failure, .. } = decide(
+            &c,
+            CheckOutcome::Cancelled {
+                message: "stok yok".into(),
+            },
+            now,
+            &s,
+        ) else {
+            panic!("not failed")
+        };
+        assert_eq!(failure.reason, FailureReason::Cancelled);
+    }
+
+    #[test]
+    fn at_the_deadline_pending_and_no_answer_both_fail() {
+        let (c, now) = check(5, 0);
+        let s = Schedule::default();
+        for outcome in [
+            CheckOutcome::Pending,
+            CheckOutcome::Transient {
+                detail: "timeout".into(),
+            },
+        ] {
+            let Decision::Fail { failure, .. } = decide(&c, outcome, now, &s) else {
+                panic!("not failed")
+            };
+            assert_eq!(failure.reason, FailureReason::Deadline);
+        }
+        // A completed answer still wins at the deadline.
+        assert!(matches!(
+            decide(
+                &c,
+                CheckOutcome::Completed {
+                    pin: Secret::new("X")
+                },
+                now,
+                &s
+            ),
+            Decision::Complete { .. }
+        ));
+    }
+}
