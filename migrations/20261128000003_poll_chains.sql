@@ -23,8 +23,9 @@ CREATE TABLE poll_chains (
     final_state         text        CHECK (final_state IN ('completed', 'failed')),
     lease_owner         uuid,
     lease_until         timestamptz,
-    -- How often the reconciler brought this chain back.
+    -- How often, and when last, the reconciler brought this chain back.
     requeued            integer     NOT NULL DEFAULT 0,
+    requeued_at         timestamptz,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now()
 );

@@ -146,8 +146,10 @@ async fn the_first_claim_keeps_its_account() {
     let db = common::TestDb::new_migrated().await;
     let (order, owner) = (Uuid::new_v4(), Uuid::new_v4());
     let deadline = Utc::now() + chrono::Duration::hours(1);
-    held(claims::claim(&db.pool, order, "first", deadline, owner, LEASE).await).await;
-    let later = held(claims::claim(&db.pool, order, "second", deadline, owner, LEASE).await).await;
+    held(claims::claim(&db.pool, order, "shop-1", "first", deadline, owner, LEASE).await).await;
+    let later =
+        held(claims::claim(&db.pool, order, "shop-1", "second", deadline, owner, LEASE).await)
+            .await;
     assert_eq!(later.provider_account, "first");
     db.drop_now().await;
 }

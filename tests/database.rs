@@ -16,6 +16,7 @@ fn event(state: OrderState, version: i64) -> OrderStateEvent {
         provider_reference: Some("100000042".into()),
         state,
         failure: None,
+        pin: None,
         attempts: 0,
         next_check_at: None,
         deadline: Some(Utc::now() + chrono::Duration::hours(24)),

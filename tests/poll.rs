@@ -1,1 +1,746 @@
+//! The poll stage and the reconciler against the real broker, database and the simulator,
+//! with the check schedule scaled down to seconds (issue 4: G2, G4, G6).
 
+mod common;
+
+use chrono::{DateTime, Utc};
+use common::pipeline::{decode_state, order, Harness, ACCOUNT, KOD, SIFRE};
+use orderflow::core::event::{OrderCreated, OrderStateEvent, StatusCheck, SCHEMA_VERSION};
+use orderflow::core::lifecycle::{FailureReason, OrderState};
+use orderflow::db::chains;
+use orderflow::kafka::emit::Emitter;
+use orderflow::kafka::topics::{self, name, TopicSpec, TopicSpecs};
+use orderflow::pin::PinKeys;
+use orderflow::poll::reconcile::{self, ReconcileConfig};
+use orderflow::poll::{PollConfig, ScheduleArgs};
+use orderflow::shutdown;
+use orderflow::znet::sim::SimConfig;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A pipeline under test: dispatch and poll in this process (or poll as a child), with
+/// tier topics for `tiers`.
+struct Poll {
+    h: Harness,
+    keys: PinKeys,
+    keys_file: PathBuf,
+    first_check: &'static str,
+    tiers: &'static str,
+    max_attempts: Option<u32>,
+}
+
+type Running = (shutdown::Trigger, tokio::task::JoinHandle<()>);
+
+impl Poll {
+    async fn new(
+        test: &str,
+        sim: SimConfig,
+        first_check: &'static str,
+        tiers: &'static str,
+    ) -> Poll {
+        let h = Harness::new(test, sim, 1_000).await;
+        // The tier topics of a scaled-down schedule, next to the spec's own.
+        let template = TopicSpecs::load(None)
+            .unwrap()
+            .topics
+            .into_iter()
+            .find(|t| t.name.starts_with("orders.status-check."))
+            .unwrap();
+        let specs = TopicSpecs {
+            topics: tiers
+                .split(',')
+                .map(|label| TopicSpec {
+                    name: name::status_check(label),
+                    ..template.clone()
+                })
+                .collect::<Vec<TopicSpec>>(),
+        };
+        topics::apply(&h.kafka, &specs).await.unwrap();
+        let line = PinKeys::generate_key_line("test1");
+        let keys = PinKeys::parse(&line).unwrap();
+        let keys_file = std::env::temp_dir().join(common::unique("orderflow-pin-keys-"));
+        std::fs::write(&keys_file, line).unwrap();
+        Poll {
+            h,
+            keys,
+            keys_file,
+            first_check,
+            tiers,
+            max_attempts: None,
+        }
+    }
+
+    fn schedule(&self) -> ScheduleArgs {
+        ScheduleArgs {
+            first_check: self.first_check.into(),
+            check_tiers: self.tiers.into(),
+            max_check_attempts: self.max_attempts,
+        }
+    }
+
+    fn config(&self, group: &str) -> PollConfig {
+        PollConfig {
+            accounts_file: self.h.accounts_file.clone(),
+            group: group.into(),
+            max_in_flight: 32,
+            schedule: self.schedule(),
+            pin_keys_file: Some(self.keys_file.clone()),
+            shutdown_grace_ms: 5_000,
+        }
+    }
+
+    fn start_dispatch(&self) -> Running {
+        common::logs::capture();
+        let (trigger, signal) = shutdown::channel();
+        let config = self.h.dispatch_config();
+        let (accounts, kafka, pool) = (
+            self.h.accounts(),
+            self.h.kafka.clone(),
+            self.h.db.pool.clone(),
+        );
+        let task = tokio::spawn(async move {
+            orderflow::dispatch::run(config, accounts, kafka, pool, signal)
+                .await
+                .expect("the dispatch stage");
+        });
+        (trigger, task)
+    }
+
+    fn start_poll(&self, group: &str) -> Running {
+        common::logs::capture();
+        let (trigger, signal) = shutdown::channel();
+        let config = self.config(group);
+        let (accounts, kafka, pool) = (
+            self.h.accounts(),
+            self.h.kafka.clone(),
+            self.h.db.pool.clone(),
+        );
+        let task = tokio::spawn(async move {
+            orderflow::poll::run(config, accounts, kafka, pool, signal)
+                .await
+                .expect("the poll stage");
+        });
+        (trigger, task)
+    }
+
+    fn start_reconciler(&self, grace: &str) -> Running {
+        let (trigger, signal) = shutdown::channel();
+        let config = ReconcileConfig {
+            every: "500ms".into(),
+            grace: grace.into(),
+            batch: 100,
+            lookback: "1h".into(),
+            once: false,
+            schedule: self.schedule(),
+        };
+        let (kafka, pool) = (self.h.kafka.clone(), self.h.db.pool.clone());
+        let task = tokio::spawn(async move {
+            reconcile::run(config, kafka, pool, signal)
+                .await
+                .expect("the reconciler");
+        });
+        (trigger, task)
+    }
+
+    /// Reads orders.state until every order has a final state; the events per order.
+    async fn finals(
+        &self,
+        orders: &[Uuid],
+        within: Duration,
+    ) -> BTreeMap<Uuid, Vec<OrderStateEvent>> {
+        let messages = self
+            .h
+            .read_until(name::ORDERS_STATE, within, |seen| {
+                let done: std::collections::HashSet<Uuid> = seen
+                    .iter()
+                    .map(decode_state)
+                    .filter(|s| s.state.is_final())
+                    .map(|s| s.order_id)
+                    .collect();
+                orders.iter().all(|o| done.contains(o))
+            })
+            .await;
+        let mut by_order: BTreeMap<Uuid, Vec<OrderStateEvent>> = BTreeMap::new();
+        for m in &messages {
+            let s = decode_state(m);
+            by_order.entry(s.order_id).or_default().push(s);
+        }
+        for o in orders {
+            let events = by_order.get(o).map(Vec::as_slice).unwrap_or_default();
+            if !events.iter().any(|s| s.state.is_final()) {
+                // What the stages said, for the failure report.
+                for line in common::logs::text()
+                    .lines()
+                    .filter(|l| l.contains("orderflow::"))
+                {
+                    eprintln!("{line}");
+                }
+            }
+            assert!(
+                events.iter().any(|s| s.state.is_final()),
+                "order {o} has no final state within {within:?}: {events:?}"
+            );
+        }
+        by_order
+    }
+
+    async fn finish(self) {
+        std::fs::remove_file(&self.keys_file).ok();
+        self.h.finish().await;
+    }
+}
+
+async fn stop((trigger, task): Running) {
+    trigger.fire();
+    task.await.unwrap();
+}
+
+fn final_of(events: &[OrderStateEvent]) -> &OrderStateEvent {
+    events
+        .iter()
+        .filter(|s| s.state.is_final())
+        .max_by_key(|s| s.version)
+        .expect("a final state")
+}
+
+fn reference(events: &[OrderStateEvent]) -> String {
+    events[0].provider_reference.clone().expect("a reference")
+}
+
+async fn publish_all(p: &Poll, n: usize) -> Vec<OrderCreated> {
+    let orders: Vec<_> = (0..n).map(|i| order(["25", "50", "100"][i % 3])).collect();
+    for o in &orders {
+        p.h.publish(o).await;
+    }
+    orders
+}
+
+/// Orders that complete after k checks arrive final with the simulator's PIN, and the
+/// simulator saw no check before its due time.
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_complete_after_k_checks_with_the_right_pin_never_checked_early() {
+    const K: u32 = 2; // pending answers before the final one
+    let sim = SimConfig {
+        checks_until_complete: K,
+        ..SimConfig::default()
+    };
+    let p = Poll::new("poll-k", sim, "2s", "1s,2s").await;
+    let dispatch = p.start_dispatch();
+    let poll = p.start_poll(&common::unique("g-poll-"));
+    let orders = publish_all(&p, 6).await;
+    let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
+    let events = p.finals(&ids, Duration::from_secs(90)).await;
+
+    for id in &ids {
+        let events = &events[id];
+        let last = final_of(events);
+        assert_eq!(last.state, OrderState::Completed, "{events:?}");
+        assert_eq!(last.attempts, K as i32 + 1);
+        let reference = reference(events);
+        let pin = p
+            .keys
+            .open(*id, last.pin.as_ref().expect("a sealed PIN"))
+            .unwrap();
+        assert_eq!(Some(pin), p.h.sim.pin_of(&reference), "the delivered PIN");
+        // One processing event per pending answer, in order.
+        let attempts: Vec<i32> = events
+            .iter()
+            .filter(|s| s.state == OrderState::Processing)
+            .map(|s| s.attempts)
+            .collect();
+        assert_eq!(attempts, [1, 2]);
+
+        // Due times: first check 2 s after dispatch, then 1 s, then 2 s after each answer.
+        let checks = p.h.sim.check_times(&reference);
+        assert_eq!(
+            checks.len(),
+            K as usize + 1,
+            "one chain, one check per step"
+        );
+        let dispatched_at = events
+            .iter()
+            .find(|s| s.state == OrderState::Dispatched)
+            .unwrap()
+            .changed_at;
+        assert!(
+            checks[0] >= dispatched_at + chrono::Duration::seconds(2),
+            "first check early"
+        );
+        assert!(
+            checks[1] >= checks[0] + chrono::Duration::seconds(1),
+            "second check early"
+        );
+        assert!(
+            checks[2] >= checks[1] + chrono::Duration::seconds(2),
+            "third check early"
+        );
+        // ...and not much later than due (G4: lateness stays small).
+        assert!(
+            checks[2] - checks[1] < chrono::Duration::seconds(5),
+            "{checks:?}"
+        );
+    }
+    stop(poll).await;
+    stop(dispatch).await;
+    p.finish().await;
+}
+
+/// An order that never completes fails with reason `deadline` at its deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_that_never_completes_fails_at_its_deadline() {
+    let sim = SimConfig {
+        checks_until_complete: u32::MAX,
+        ..SimConfig::default()
+    };
+    let p = Poll::new("poll-deadline", sim, "1s", "1s,2s").await;
+    let dispatch = p.start_dispatch();
+    let poll = p.start_poll(&common::unique("g-poll-"));
+    let mut o = order("25");
+    let deadline = Utc::now() + chrono::Duration::seconds(8);
+    o.deadline = Some(deadline);
+    p.h.publish(&o).await;
+    let events = p.finals(&[o.order_id], Duration::from_secs(60)).await;
+    let events = &events[&o.order_id];
+    let last = final_of(events);
+    assert_eq!(last.state, OrderState::Failed);
+    assert_eq!(
+        last.failure.as_ref().unwrap().reason,
+        FailureReason::Deadline
+    );
+    assert!(last.changed_at >= deadline, "failed before its deadline");
+    assert!(
+        last.changed_at < deadline + chrono::Duration::seconds(3),
+        "failed late: {}",
+        last.changed_at
+    );
+    // Checked until the deadline, with a last check at it.
+    let checks = p.h.sim.check_times(&reference(events));
+    assert!(checks.len() >= 4, "{checks:?}");
+    assert!(*checks.last().unwrap() >= deadline);
+    stop(poll).await;
+    stop(dispatch).await;
+    p.finish().await;
+}
+
+/// Writes a status check straight to a tier topic and partition.
+async fn enqueue(p: &Poll, tier: &str, partition: i32, check: &StatusCheck) {
+    let producer = p.h.kafka.producer().unwrap();
+    let payload = serde_json::to_vec(check).unwrap();
+    let key = check.order_id.to_string();
+    let topic = p.h.kafka.topic(&name::status_check(tier));
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&payload)
+                .partition(partition),
+            Timeout::After(Duration::from_secs(10)),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
+/// Places an order at the simulator directly, and returns the check that follows it.
+async fn placed(p: &Poll, reference: &str, due_at: DateTime<Utc>) -> StatusCheck {
+    let accounts = p.h.accounts();
+    let account = accounts.get(ACCOUNT).unwrap();
+    let placement = orderflow::provider::Placement {
+        reference: reference.into(),
+        product: BTreeMap::from([("oyun".into(), "412".into()), ("kupur".into(), "25".into())]),
+        user_identifier: "5551234567".into(),
+        user_extra: String::new(),
+    };
+    let outcome = account.permit().await.place(&placement).await;
+    assert!(
+        matches!(outcome, orderflow::provider::PlaceOutcome::Accepted { .. }),
+        "{outcome:?}"
+    );
+    StatusCheck {
+        schema_version: SCHEMA_VERSION,
+        order_id: Uuid::new_v4(),
+        tenant_id: "shop-1".into(),
+        provider_account: ACCOUNT.into(),
+        provider_reference: reference.into(),
+        dispatched_at: Utc::now(),
+        deadline: Utc::now() + chrono::Duration::hours(1),
+        seq: 1,
+        attempts: 0,
+        due_at,
+        version: 2,
+    }
+}
+
+/// A message waiting 20 s in one partition does not hold a due message in another.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_delay_in_one_partition_does_not_hold_another() {
+    let sim = SimConfig {
+        checks_until_complete: 0,
+        ..SimConfig::default()
+    };
+    let p = Poll::new("poll-partitions", sim, "1s", "1s,2s").await;
+    let waiting = placed(&p, "900000001", Utc::now() + chrono::Duration::seconds(20)).await;
+    let due = placed(&p, "900000002", Utc::now()).await;
+    let poll = p.start_poll(&common::unique("g-poll-"));
+    enqueue(&p, "1s", 0, &waiting).await;
+    enqueue(&p, "1s", 1, &due).await;
+    let events = p.finals(&[due.order_id], Duration::from_secs(30)).await;
+    assert_eq!(
+        final_of(&events[&due.order_id]).state,
+        OrderState::Completed
+    );
+    assert!(
+        p.h.sim.check_times("900000001").is_empty(),
+        "the waiting order was checked before its due time"
+    );
+    // The waiting one is checked once due.
+    let events = p.finals(&[waiting.order_id], Duration::from_secs(40)).await;
+    assert_eq!(
+        final_of(&events[&waiting.order_id]).state,
+        OrderState::Completed
+    );
+    let checks = p.h.sim.check_times("900000001");
+    assert!(checks[0] >= waiting.due_at, "checked early: {checks:?}");
+    stop(poll).await;
+    p.finish().await;
+}
+
+/// The poll stage killed with SIGKILL while messages wait, then restarted: every order
+/// ends completed, none is stuck or lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_while_checks_wait_then_restart_loses_nothing() {
+    const ORDERS: usize = 30;
+    let sim = SimConfig {
+        checks_until_complete: 2,
+        ..SimConfig::default()
+    };
+    let p = Poll::new("poll-kill", sim, "2s", "2s,3s").await;
+    let group = common::unique("g-poll-kill-");
+    let logs = std::env::temp_dir().join(common::unique("orderflow-poll-logs-"));
+    std::fs::create_dir_all(&logs).unwrap();
+    let spawn = |n: u32| {
+        let log = std::fs::File::create(logs.join(format!("poll-{n}.log"))).unwrap();
+        let mut env = p.h.dispatch_env("unused");
+        env.push(("ORDERFLOW_POLL_GROUP".into(), group.clone()));
+        env.push(("ORDERFLOW_FIRST_CHECK".into(), p.first_check.into()));
+        env.push(("ORDERFLOW_CHECK_TIERS".into(), p.tiers.into()));
+        env.push((
+            "ORDERFLOW_PIN_KEYS_FILE".into(),
+            p.keys_file.display().to_string(),
+        ));
+        std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+            .arg("poll")
+            .envs(env)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting orderflow poll")
+    };
+    let dispatch = p.start_dispatch();
+    let orders = publish_all(&p, ORDERS).await;
+    let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
+    let mut first = spawn(1);
+    // Kill once checks have started and later ones are waiting on the tiers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stepped: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM poll_chains WHERE attempts >= 1")
+                .fetch_one(&p.h.db.pool)
+                .await
+                .unwrap();
+        if stepped >= (ORDERS / 3) as i64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checks within 60 s"
+        );
+        assert!(first.try_wait().unwrap().is_none(), "poll exited early");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let finals_before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM poll_chains WHERE final_state IS NOT NULL")
+            .fetch_one(&p.h.db.pool)
+            .await
+            .unwrap();
+    assert!(
+        finals_before < ORDERS as i64,
+        "the kill came too late to prove anything"
+    );
+
+    let mut second = spawn(2);
+    let events = p.finals(&ids, Duration::from_secs(120)).await;
+    for id in &ids {
+        let events = &events[id];
+        assert_eq!(final_of(events).state, OrderState::Completed, "{events:?}");
+        // Redone steps may check again, but one chain: never more than the answers needed
+        // plus the steps the kill interrupted.
+        let checks = p.h.sim.check_times(&reference(events)).len();
+        assert!((3..=5).contains(&checks), "order {id}: {checks} checks");
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    for n in [1, 2] {
+        let text = std::fs::read_to_string(logs.join(format!("poll-{n}.log"))).unwrap();
+        assert!(!text.is_empty(), "process {n} logged nothing");
+        assert!(
+            !text.contains(KOD) && !text.contains(SIFRE),
+            "process {n} logged a credential"
+        );
+        assert!(
+            !common::logs::has_pin_shape(&text),
+            "process {n} logged a PIN"
+        );
+        assert!(!text.contains("panicked"), "process {n} panicked");
+    }
+    std::fs::remove_dir_all(&logs).ok();
+    stop(dispatch).await;
+    p.finish().await;
+}
+
+/// A provider outage opens the breaker (few calls reach the provider while it is down),
+/// uses no attempts, and the orders complete once it recovers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_outage_opens_the_breaker_and_uses_no_attempts() {
+    const ORDERS: usize = 8;
+    let sim = SimConfig {
+        checks_until_complete: 1,
+        ..SimConfig::default()
+    };
+    let mut p = Poll::new("poll-outage", sim, "1s", "1s").await;
+    // Three failures open the breaker for a second; at most 3 answered checks per order,
+    // so an outage that used attempts would fail the orders.
+    let text = std::fs::read_to_string(&p.h.accounts_file).unwrap();
+    std::fs::write(
+        &p.h.accounts_file,
+        text.replace(
+            "request_timeout_ms = 1000\n",
+            "request_timeout_ms = 1000\nbreaker_failures = 3\nbreaker_open_ms = 1000\n",
+        ),
+    )
+    .unwrap();
+    p.max_attempts = Some(3);
+    let dispatch = p.start_dispatch();
+    let orders = publish_all(&p, ORDERS).await;
+    let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
+    p.h.dispatched(ORDERS, Duration::from_secs(60)).await;
+    p.h.sim.set_outage(true);
+    let poll = p.start_poll(&common::unique("g-poll-"));
+    let faults_before = p.h.stats().faults_injected;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let during = p.h.stats().faults_injected - faults_before;
+    p.h.sim.set_outage(false);
+    // Without a breaker, 8 orders retried every second for 8 s make about 64 calls; the
+    // open breaker lets a probe through about once a second.
+    assert!(during > 0, "the outage was never noticed");
+    assert!(
+        during <= 30,
+        "{during} calls reached a provider that was down"
+    );
+    let events = p.finals(&ids, Duration::from_secs(60)).await;
+    for id in &ids {
+        let last = final_of(&events[id]);
+        assert_eq!(last.state, OrderState::Completed, "{:?}", events[id]);
+        assert_eq!(last.attempts, 2, "the outage used attempts");
+    }
+    stop(poll).await;
+    stop(dispatch).await;
+    p.finish().await;
+}
+
+/// A tier message deleted from the broker: the reconciler brings its order back, and the
+/// chain resumes exactly once (also for orders whose messages were only late).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_tier_message_is_brought_back_once_by_the_reconciler() {
+    const ORDERS: usize = 4;
+    let sim = SimConfig {
+        checks_until_complete: 1,
+        ..SimConfig::default()
+    };
+    let p = Poll::new("poll-reconcile", sim, "1s", "6s").await;
+    let dispatch = p.start_dispatch();
+    let group = common::unique("g-poll-");
+    let poll = p.start_poll(&group);
+    let orders = publish_all(&p, ORDERS).await;
+    let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
+    // Wait until every order's first check is answered and its next one waits on the tier.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut waiting = 0;
+        for id in &ids {
+            let chain = chains::get(&p.h.db.pool, *id).await.unwrap();
+            waiting += usize::from(chain.is_some_and(|c| c.step_done && c.attempts == 1));
+        }
+        if waiting == ORDERS {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first checks not done"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop(poll).await;
+    // The operator's mistake: the tier topic's records are deleted.
+    let tier_topic = p.h.kafka.topic(&name::status_check("6s"));
+    let admin: AdminClient<_> = p.h.kafka.client_config().create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for partition in 0..6 {
+        tpl.add_partition_offset(&tier_topic, partition, Offset::End)
+            .unwrap();
+    }
+    admin
+        .delete_records(&tpl, &AdminOptions::new())
+        .await
+        .unwrap();
+    let poll = p.start_poll(&group);
+    let reconciler = p.start_reconciler("1s");
+    let events = p.finals(&ids, Duration::from_secs(60)).await;
+    // Let more reconciler passes run: a completed order must not come back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in &ids {
+        assert_eq!(final_of(&events[id]).state, OrderState::Completed);
+        let reference = reference(&events[id]);
+        assert_eq!(
+            p.h.sim.check_times(&reference).len(),
+            2,
+            "order {id}: one chain"
+        );
+        let chain = chains::get(&p.h.db.pool, *id).await.unwrap().unwrap();
+        assert!(
+            chain.requeued >= 1,
+            "order {id} was not brought back: {chain:?}"
+        );
+        assert_eq!(chain.final_state.as_deref(), Some("completed"));
+    }
+    stop(reconciler).await;
+    stop(poll).await;
+    stop(dispatch).await;
+    p.finish().await;
+}
+
+/// The reconciler leaves an order that is on schedule alone, and re-enqueues a late one
+/// whose original message still arrives: one chain continues.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reconciler_starts_no_second_chain() {
+    let sim = SimConfig {
+        checks_until_complete: 1,
+        ..SimConfig::default()
+    };
+    let p = Poll::new("poll-onechain", sim, "1s", "1s").await;
+    // Both orders were placed, and their first checks are on the tier; the late one's is
+    // overdue (the poll stage was down), the other's is due in 4 s.
+    let late = placed(&p, "900000011", Utc::now() - chrono::Duration::seconds(10)).await;
+    let on_time = placed(&p, "900000012", Utc::now() + chrono::Duration::seconds(4)).await;
+    for check in [&late, &on_time] {
+        // The chain as the dispatched order's step 0 leaves it: step 1 due at due_at.
+        sqlx::query(
+            "INSERT INTO poll_chains (order_id, tenant_id, provider_account, provider_reference,
+                                      dispatched_at, deadline, seq, step_done, attempts,
+                                      version, next_check_at)
+             VALUES ($1, 'shop-1', $2, $3, now(), $4, 0, true, 0, 2, $5)",
+        )
+        .bind(check.order_id)
+        .bind(&check.provider_account)
+        .bind(&check.provider_reference)
+        .bind(check.deadline)
+        .bind(check.due_at)
+        .execute(&p.h.db.pool)
+        .await
+        .unwrap();
+    }
+    // One pass: the late order comes back, the on-time one does not.
+    let config = ReconcileConfig {
+        every: "1s".into(),
+        grace: "2s".into(),
+        batch: 100,
+        lookback: "1h".into(),
+        once: true,
+        schedule: p.schedule(),
+    };
+    let pass = config.pass(&p.h.kafka).unwrap();
+    let emitter = Emitter::new(&p.h.kafka).unwrap();
+    assert_eq!(pass.run(&p.h.db.pool, &emitter).await.unwrap(), 1);
+    assert_eq!(
+        pass.run(&p.h.db.pool, &emitter).await.unwrap(),
+        0,
+        "a second pass right away re-enqueues nothing"
+    );
+    // The original messages arrive too.
+    enqueue(&p, "1s", 0, &late).await;
+    enqueue(&p, "1s", 0, &on_time).await;
+    let poll = p.start_poll(&common::unique("g-poll-"));
+    let events = p
+        .finals(&[late.order_id, on_time.order_id], Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (check, requeued) in [(&late, 1), (&on_time, 0)] {
+        assert_eq!(
+            final_of(&events[&check.order_id]).state,
+            OrderState::Completed
+        );
+        assert_eq!(
+            p.h.sim.check_times(&check.provider_reference).len(),
+            2,
+            "{}: one chain",
+            check.provider_reference
+        );
+        let chain = chains::get(&p.h.db.pool, check.order_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(chain.requeued, requeued, "{chain:?}");
+    }
+    stop(poll).await;
+    p.finish().await;
+}
+
+/// Unreadable messages on the poll stage's topics go to the DLQ and the stage carries on.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreadable_check_messages_are_dead_lettered() {
+    let sim = SimConfig {
+        checks_until_complete: 0,
+        ..SimConfig::default()
+    };
+    let p = Poll::new("poll-dlq", sim, "1s", "1s").await;
+    let good = placed(&p, "900000021", Utc::now()).await;
+    let producer = p.h.kafka.producer().unwrap();
+    let topic = p.h.kafka.topic(&name::status_check("1s"));
+    let key = good.order_id.to_string();
+    producer
+        .send(
+            FutureRecord::to(&topic)
+                .key(&key)
+                .payload("{not json")
+                .partition(0),
+            Timeout::After(Duration::from_secs(10)),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    enqueue(&p, "1s", 0, &good).await;
+    let poll = p.start_poll(&common::unique("g-poll-"));
+    let events = p.finals(&[good.order_id], Duration::from_secs(30)).await;
+    assert_eq!(
+        final_of(&events[&good.order_id]).state,
+        OrderState::Completed
+    );
+    let dlq =
+        p.h.read_until(name::ORDERS_DLQ, Duration::from_secs(20), |seen| {
+            !seen.is_empty()
+        })
+        .await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].payload(), Some(&b"{not json"[..]));
+    stop(poll).await;
+    p.finish().await;
+}

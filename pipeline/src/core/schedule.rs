@@ -347,16 +347,11 @@ mod tests {
             let shortest = s.tiers.iter().min().unwrap().as_secs() as i64;
             let bound = left / shortest + 2;
             let mut attempts = 1u32;
-            loop {
-                match s.next(attempts, now, deadline) {
-                    Next::Check { due, .. } => {
-                        prop_assert!(due > now && due <= deadline);
-                        now = due;
-                        attempts += 1;
-                        prop_assert!(i64::from(attempts) <= bound);
-                    }
-                    Next::GiveUp(_) => break,
-                }
+            while let Next::Check { due, .. } = s.next(attempts, now, deadline) {
+                prop_assert!(due > now && due <= deadline);
+                now = due;
+                attempts += 1;
+                prop_assert!(i64::from(attempts) <= bound);
             }
             prop_assert!(now <= deadline);
         }

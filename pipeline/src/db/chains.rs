@@ -220,7 +220,8 @@ pub async fn overdue(
           WHERE final_state IS NULL
             AND ((step_done AND next_check_at < now() - $1 * interval '1 millisecond')
               OR (NOT step_done AND lease_until < now() - $1 * interval '1 millisecond'))
-          ORDER BY next_check_at
+            AND (requeued_at IS NULL OR requeued_at < now() - $1 * interval '1 millisecond')
+          ORDER BY requeued, next_check_at
           LIMIT $2",
     )
     .bind(millis(grace))
@@ -281,15 +282,16 @@ impl OverdueRow {
 }
 
 /// Records that `requeue` was enqueued again, so that the next pass waits another grace
-/// period before looking at the order. A chain that moved on meanwhile is left alone.
+/// period before looking at the order. Only the reconciler's own columns change: a worker
+/// may already be on the re-enqueued step, and its lease stays as it is.
 pub async fn mark_requeued(pool: &PgPool, requeue: &Requeue) -> Result<(), sqlx::Error> {
     let c = &requeue.check;
     if requeue.first {
         sqlx::query(
             "INSERT INTO poll_chains (order_id, tenant_id, provider_account, provider_reference,
                                       dispatched_at, deadline, seq, step_done, attempts,
-                                      version, next_check_at, requeued)
-             VALUES ($1, $2, $3, $4, $5, $6, 0, true, 0, $7, now(), 1)
+                                      version, next_check_at, requeued, requeued_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 0, true, 0, $7, now(), 1, now())
              ON CONFLICT (order_id) DO NOTHING",
         )
         .bind(c.order_id)
@@ -304,14 +306,10 @@ pub async fn mark_requeued(pool: &PgPool, requeue: &Requeue) -> Result<(), sqlx:
     } else {
         sqlx::query(
             "UPDATE poll_chains
-                SET next_check_at = CASE WHEN step_done THEN now() ELSE next_check_at END,
-                    lease_until = CASE WHEN step_done THEN lease_until ELSE now() END,
-                    requeued = requeued + 1, updated_at = now()
-              WHERE order_id = $1 AND final_state IS NULL
-                AND ((step_done AND seq + 1 = $2) OR (NOT step_done AND seq = $2))",
+                SET requeued = requeued + 1, requeued_at = now(), updated_at = now()
+              WHERE order_id = $1",
         )
         .bind(c.order_id)
-        .bind(c.seq)
         .execute(pool)
         .await?;
     }

@@ -386,7 +386,18 @@ pub async fn run(
     pool: PgPool,
     shutdown: Shutdown,
 ) -> Result<(), DispatchError> {
-    kafka.check_reachable()?;
+    kafka
+        .check_topics_off_runtime(
+            [
+                name::ORDERS_CREATED,
+                name::ORDERS_DISPATCHED,
+                name::ORDERS_STATE,
+                name::ORDERS_DLQ,
+            ]
+            .map(|topic| kafka.topic(topic))
+            .to_vec(),
+        )
+        .await?;
     let handler = Arc::new(DispatchHandler::new(&config, &kafka, pool, accounts)?);
     let options = StageOptions {
         group: config.group.clone(),

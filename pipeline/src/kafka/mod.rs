@@ -58,6 +58,8 @@ pub enum KafkaSetupError {
     },
     #[error("invalid Kafka client setting ({0})")]
     Client(KafkaError),
+    #[error("the Kafka cluster at {brokers} has no topic {missing}; create the topics with `orderflow topics apply` (a tier topic is needed for every delay in ORDERFLOW_CHECK_TIERS)")]
+    MissingTopics { brokers: String, missing: String },
 }
 
 impl KafkaConfig {
@@ -98,6 +100,56 @@ impl KafkaConfig {
             .set("compression.type", "lz4")
             .create_with_context(Context)
             .map_err(KafkaSetupError::Client)
+    }
+
+    /// Fails with one sentence if the cluster does not answer in time or lacks one of
+    /// `topics` (full names). A consumer subscribed to a topic that does not exist yet would
+    /// only notice it at its next metadata refresh, minutes later; a topic created a moment
+    /// ago is waited for, up to the connect timeout.
+    pub fn check_topics(&self, topics: &[String]) -> Result<(), KafkaSetupError> {
+        self.check_reachable()?;
+        let probe: BaseConsumer<Context> = self
+            .client_config()
+            .create_with_context(Context)
+            .map_err(KafkaSetupError::Client)?;
+        let give_up = std::time::Instant::now() + self.connect_timeout();
+        loop {
+            let mut missing = Vec::new();
+            for topic in topics {
+                let known = probe
+                    .fetch_metadata(Some(topic), self.connect_timeout())
+                    .ok()
+                    .is_some_and(|m| {
+                        m.topics().iter().any(|t| {
+                            t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                        })
+                    });
+                if !known {
+                    missing.push(topic.as_str());
+                }
+            }
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= give_up {
+                return Err(KafkaSetupError::MissingTopics {
+                    brokers: self.brokers.clone(),
+                    missing: missing.join(", "),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// [`KafkaConfig::check_topics`] on a blocking thread, for async callers.
+    pub async fn check_topics_off_runtime(
+        &self,
+        topics: Vec<String>,
+    ) -> Result<(), KafkaSetupError> {
+        let kafka = self.clone();
+        tokio::task::spawn_blocking(move || kafka.check_topics(&topics))
+            .await
+            .expect("the topic check does not panic")
     }
 
     /// Fails with one sentence if the cluster does not answer a metadata request in time.

@@ -14,8 +14,8 @@
 //! other partitions flow on and the consumer keeps being polled. Pausing drops what was
 //! prefetched for the partition; resuming fetches again from the message after the held
 //! one. A held message is dropped on a revoke (the new owner reads it again from the
-//! committed offset), and newly assigned partitions are resumed, because a pause survives
-//! a rebalance.
+//! committed offset). A pause would survive a rebalance, so revoked partitions are resumed
+//! in the rebalance callback, and newly assigned ones get the loop's pause state.
 
 use crate::core::watermark::PartitionWatermark;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
@@ -91,8 +91,14 @@ impl ClientContext for StageContext {
 }
 
 impl ConsumerContext for StageContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
+            // Our pause ends with our ownership: librdkafka keeps an application pause
+            // across a revoke, and a partition assigned back to us must not come back
+            // paused with nothing left to resume it.
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::warn!(error = %e, "resuming revoked partitions failed");
+            }
             let mut revoked = self.revoked.lock().expect("revoked lock");
             for e in tpl.elements() {
                 revoked.push((e.topic().to_owned(), e.partition()));
@@ -212,8 +218,7 @@ pub async fn run<H: Handler>(
             .values()
             .filter_map(|queue| queue.front().map(|(_, due)| *due))
             .min();
-        let wake = tokio::time::Instant::now()
-            + next_due.map_or(Duration::from_secs(3600), |due| until(due));
+        let wake = tokio::time::Instant::now() + next_due.map_or(Duration::from_secs(3600), until);
         tokio::select! {
             biased;
             _ = shutdown.wait() => break,

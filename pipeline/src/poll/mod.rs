@@ -285,6 +285,12 @@ impl PollHandler {
         } else {
             event::decode(payload, MAX_EVENT_BYTES)?
         };
+        if check.seq < 1 || check.attempts < 0 {
+            return Err(InvalidEvent::new(
+                InvalidKind::InvalidField,
+                "seq must be at least 1 and attempts at least 0",
+            ));
+        }
         if message.key() != Some(check.order_id.to_string().as_bytes()) {
             return Err(InvalidEvent::new(
                 InvalidKind::InvalidField,
@@ -326,7 +332,7 @@ impl PollHandler {
             .get(&check.provider_account)
             .expect("checked when decoding");
         let owner = Uuid::new_v4();
-        let lease = account.request_timeout * 2 + Duration::from_secs(5);
+        let lease = lease(account);
         loop {
             let begun = self
                 .db("taking a check step", shutdown, || {
@@ -363,8 +369,23 @@ impl PollHandler {
         owner: Uuid,
         shutdown: &mut Shutdown,
     ) -> Result<(), Interrupted> {
+        let permit = tokio::select! {
+            permit = account.permit() => permit,
+            _ = shutdown.wait() => return Err(Interrupted),
+        };
+        // The wait for the caps or an open breaker may have outlasted the lease: renew it,
+        // and step aside if another worker took the step over meanwhile.
+        let renewed = self
+            .db("renewing a check step", shutdown, || {
+                chains::begin_step(&self.pool, check, owner, lease(account))
+            })
+            .await?;
+        if renewed != Begun::Mine {
+            tracing::debug!(order_id = %check.order_id, seq = check.seq, "the check step was taken over while waiting for the provider");
+            return Ok(());
+        }
         let outcome = tokio::select! {
-            outcome = account.check(&check.provider_reference) => outcome,
+            outcome = permit.check(&check.provider_reference) => outcome,
             _ = shutdown.wait() => return Err(Interrupted),
         };
         let decision = decide(check, outcome, Utc::now(), &self.schedule);
@@ -530,6 +551,12 @@ impl PollHandler {
     }
 }
 
+/// How long a worker holds a check step: longer than a provider call, short enough that a
+/// crashed worker's steps resume soon. Renewed right before the call.
+fn lease(account: &Account) -> Duration {
+    account.request_timeout * 2 + Duration::from_secs(5)
+}
+
 fn ended(attempts: i32, version: i64, state: OrderState) -> StepEnd {
     StepEnd {
         attempts,
@@ -574,9 +601,14 @@ pub async fn run(
 ) -> Result<(), PollError> {
     let schedule = config.schedule.schedule()?;
     let keys = config.pin_keys()?;
-    kafka.check_reachable()?;
     let mut topics = vec![kafka.topic(name::ORDERS_DISPATCHED)];
     topics.extend(tier_topics(&kafka, &schedule));
+    let mut needed = topics.clone();
+    needed.extend([
+        kafka.topic(name::ORDERS_STATE),
+        kafka.topic(name::ORDERS_DLQ),
+    ]);
+    kafka.check_topics_off_runtime(needed).await?;
     let handler = Arc::new(PollHandler::new(&kafka, pool, accounts, schedule, keys)?);
     let options = StageOptions {
         group: config.group.clone(),

@@ -131,7 +131,9 @@ pub async fn run(
 ) -> Result<(), ReconcileError> {
     let every = schedule::parse_duration(&config.every)?;
     let pass = config.pass(&kafka)?;
-    kafka.check_reachable()?;
+    kafka
+        .check_topics_off_runtime(vec![pass.topic.clone()])
+        .await?;
     let emitter = Emitter::new(&kafka)?;
     tracing::info!(every = %config.every, grace = %config.grace, batch = pass.batch, "reconciler running");
     loop {
