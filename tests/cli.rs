@@ -90,7 +90,16 @@ fn a_bad_argument_is_answered_by_clap_not_a_panic() {
 fn help_lists_only_working_subcommands() {
     let (code, stdout, _, _) = orderflow(&["--help"], &[]);
     assert_eq!(code, 0);
-    for sub in ["topics", "migrate", "dispatch", "sim-znet"] {
+    for sub in [
+        "topics",
+        "migrate",
+        "dispatch",
+        "poll",
+        "reconcile",
+        "pin-key",
+        "load",
+        "sim-znet",
+    ] {
         assert!(stdout.contains(sub), "{sub} missing from:\n{stdout}");
     }
 }
@@ -113,4 +122,80 @@ fn a_missing_accounts_file_is_one_clear_line() {
         line.contains("provider accounts file /nonexistent/accounts.toml"),
         "{line}"
     );
+}
+
+/// A valid accounts file for commands that load one before anything else.
+fn accounts_file() -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("orderflow-cli-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[[account]]\nid = \"znet-main\"\nprovider = \"znet\"\n\
+         base_url = \"http://127.0.0.1:1\"\nkod = \"k\"\nsifre = \"s\"\n",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn poll_without_a_pin_key_or_with_bad_tiers_is_one_clear_line() {
+    let accounts = accounts_file();
+    let accounts = accounts.to_str().unwrap();
+    let db = "postgres://orderflow:orderflow@127.0.0.1:1/x";
+    let (code, _, stderr, _) = orderflow(
+        &[
+            "poll",
+            "--provider-accounts",
+            accounts,
+            "--database-url",
+            db,
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        one_error_line(&stderr).contains("no PIN key is configured"),
+        "{stderr}"
+    );
+    let (code, _, stderr, _) = orderflow(
+        &[
+            "poll",
+            "--provider-accounts",
+            accounts,
+            "--database-url",
+            db,
+            "--check-tiers",
+            "30s,5x",
+        ],
+        &[(
+            "ORDERFLOW_PIN_KEYS",
+            "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        )],
+    );
+    assert_ne!(code, 0);
+    let line = one_error_line(&stderr);
+    assert!(line.contains("\"5x\" is not a duration"), "{line}");
+    let (code, _, stderr, _) = orderflow(
+        &[
+            "poll",
+            "--provider-accounts",
+            accounts,
+            "--database-url",
+            db,
+        ],
+        &[("ORDERFLOW_PIN_KEYS", "k1:c2hvcnQ=")],
+    );
+    assert_ne!(code, 0);
+    let line = one_error_line(&stderr);
+    assert!(line.contains("k1") && !line.contains("c2hvcnQ"), "{line}");
+}
+
+#[test]
+fn pin_key_new_prints_a_usable_key() {
+    let (code, stdout, _, _) = orderflow(&["pin-key", "new", "--id", "shop-2027"], &[]);
+    assert_eq!(code, 0);
+    let line = stdout.trim();
+    assert!(line.starts_with("shop-2027:"), "{line}");
+    assert!(orderflow::pin::PinKeys::parse(line).is_ok());
+    let (_, again, _, _) = orderflow(&["pin-key", "new", "--id", "shop-2027"], &[]);
+    assert_ne!(again.trim(), line, "keys are random");
 }

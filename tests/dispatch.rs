@@ -31,7 +31,7 @@ fn start_dispatch_with(
     let (trigger, signal) = shutdown::channel();
     let (accounts, kafka, pool) = (h.accounts(), h.kafka.clone(), h.db.pool.clone());
     let task = tokio::spawn(async move {
-        orderflow::dispatch::run(config, accounts, kafka, pool, signal)
+        orderflow::dispatch::run(config, accounts, kafka, pool, Default::default(), signal)
             .await
             .expect("the dispatch stage");
     });

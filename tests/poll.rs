@@ -10,6 +10,7 @@ use orderflow::core::lifecycle::{FailureReason, OrderState};
 use orderflow::db::chains;
 use orderflow::kafka::emit::Emitter;
 use orderflow::kafka::topics::{self, name, TopicSpec, TopicSpecs};
+use orderflow::metrics::Metrics;
 use orderflow::pin::PinKeys;
 use orderflow::poll::reconcile::{self, ReconcileConfig};
 use orderflow::poll::{PollConfig, ScheduleArgs};
@@ -22,6 +23,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -34,6 +36,8 @@ struct Poll {
     first_check: &'static str,
     tiers: &'static str,
     max_attempts: Option<u32>,
+    /// Shared by every poll stage the test starts.
+    metrics: Arc<Metrics>,
 }
 
 type Running = (shutdown::Trigger, tokio::task::JoinHandle<()>);
@@ -74,6 +78,7 @@ impl Poll {
             first_check,
             tiers,
             max_attempts: None,
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
@@ -106,7 +111,7 @@ impl Poll {
             self.h.db.pool.clone(),
         );
         let task = tokio::spawn(async move {
-            orderflow::dispatch::run(config, accounts, kafka, pool, signal)
+            orderflow::dispatch::run(config, accounts, kafka, pool, Default::default(), signal)
                 .await
                 .expect("the dispatch stage");
         });
@@ -117,13 +122,14 @@ impl Poll {
         common::logs::capture();
         let (trigger, signal) = shutdown::channel();
         let config = self.config(group);
+        let metrics = Arc::clone(&self.metrics);
         let (accounts, kafka, pool) = (
             self.h.accounts(),
             self.h.kafka.clone(),
             self.h.db.pool.clone(),
         );
         let task = tokio::spawn(async move {
-            orderflow::poll::run(config, accounts, kafka, pool, signal)
+            orderflow::poll::run(config, accounts, kafka, pool, metrics, signal)
                 .await
                 .expect("the poll stage");
         });
@@ -142,7 +148,7 @@ impl Poll {
         };
         let (kafka, pool) = (self.h.kafka.clone(), self.h.db.pool.clone());
         let task = tokio::spawn(async move {
-            reconcile::run(config, kafka, pool, signal)
+            reconcile::run(config, kafka, pool, Default::default(), signal)
                 .await
                 .expect("the reconciler");
         });
@@ -287,6 +293,28 @@ async fn orders_complete_after_k_checks_with_the_right_pin_never_checked_early()
             "{checks:?}"
         );
     }
+    // Lateness is exported: every delayed check was measured, on average well under 1 s.
+    let text = p.metrics.render();
+    let tier = p.h.kafka.topic(&name::status_check("1s"));
+    let sample = |suffix: &str| -> f64 {
+        let prefix = format!("orderflow_check_lateness_seconds_{suffix}{{topic=\"{tier}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} missing in\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (count, sum) = (sample("count"), sample("sum"));
+    assert!(
+        count >= 6.0,
+        "{count} delayed checks measured on the 1s tier"
+    );
+    assert!(sum / count < 1.0, "mean lateness {} s", sum / count);
+    assert!(
+        text.contains("orderflow_check_outcomes_total{outcome=\"completed\"} 6"),
+        "{text}"
+    );
     stop(poll).await;
     stop(dispatch).await;
     p.finish().await;
@@ -435,6 +463,7 @@ async fn sigkill_while_checks_wait_then_restart_loses_nothing() {
             "ORDERFLOW_PIN_KEYS_FILE".into(),
             p.keys_file.display().to_string(),
         ));
+        env.push(("ORDERFLOW_METRICS_LISTEN".into(), "127.0.0.1:0".into()));
         std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
             .arg("poll")
             .envs(env)
@@ -487,6 +516,30 @@ async fn sigkill_while_checks_wait_then_restart_loses_nothing() {
         let checks = p.h.sim.check_times(&reference(events)).len();
         assert!((3..=5).contains(&checks), "order {id}: {checks} checks");
     }
+    // The restarted process serves its metrics and says it is ready.
+    let log = std::fs::read_to_string(logs.join("poll-2.log")).unwrap();
+    let addr = log
+        .lines()
+        .find(|l| l.contains("serving /metrics"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap().to_owned())
+        .expect("the metrics address in the log");
+    let get = |path: &str| {
+        let url = format!("http://{addr}{path}");
+        async move {
+            let response = reqwest::get(&url).await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/readyz").await, (200, "ready".into()));
+    assert_eq!(get("/healthz").await.0, 200);
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("orderflow_check_outcomes_total{outcome=\"completed\"}"),
+        "{text}"
+    );
+    assert!(text.contains("orderflow_messages_waiting{"), "{text}");
     second.kill().unwrap();
     second.wait().unwrap();
     for n in [1, 2] {

@@ -15,6 +15,7 @@
 //! - [`poll`]: the poll stage (status checks on delay-topic tiers) and its reconciler.
 //! - [`pin`]: sealing PIN codes under the shop's rotating keys (AES-256-GCM).
 //! - [`load`]: the load generator behind the demo and the benchmarks.
+//! - [`metrics`]: Prometheus metrics and the /metrics, /healthz, /readyz server.
 //! - [`secret`], [`shutdown`]: values that never print; the shutdown signal.
 //!
 //! The `orderflow` binary (`src/main.rs`) wires these into subcommands.
@@ -24,6 +25,7 @@ pub mod db;
 pub mod dispatch;
 pub mod kafka;
 pub mod load;
+pub mod metrics;
 pub mod pin;
 pub mod poll;
 pub mod provider;

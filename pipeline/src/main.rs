@@ -9,6 +9,7 @@ use orderflow::dispatch::{self, DispatchConfig};
 use orderflow::kafka::topics::{self, TopicSpecs};
 use orderflow::kafka::KafkaConfig;
 use orderflow::load::{self, LoadConfig};
+use orderflow::metrics::{self, Metrics, MetricsConfig};
 use orderflow::pin::PinKeys;
 use orderflow::poll::reconcile::{self, ReconcileConfig};
 use orderflow::poll::PollConfig;
@@ -18,6 +19,7 @@ use orderflow::znet::sim::{Sim, SimConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -64,6 +66,8 @@ enum Command {
         db: DbConfig,
         #[command(flatten)]
         dispatch: DispatchConfig,
+        #[command(flatten)]
+        metrics: MetricsConfig,
     },
     /// Run the poll stage: check each dispatched order with its provider until it is final.
     Poll {
@@ -73,6 +77,8 @@ enum Command {
         db: DbConfig,
         #[command(flatten)]
         poll: PollConfig,
+        #[command(flatten)]
+        metrics: MetricsConfig,
     },
     /// Run the reconciler: re-enqueue orders whose status check is overdue.
     Reconcile {
@@ -82,6 +88,8 @@ enum Command {
         db: DbConfig,
         #[command(flatten)]
         reconcile: ReconcileConfig,
+        #[command(flatten)]
+        metrics: MetricsConfig,
     },
     /// Manage the keys that seal PIN codes.
     PinKey {
@@ -234,34 +242,44 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             kafka,
             db,
             dispatch,
+            metrics,
         } => {
             let accounts = Accounts::load(&dispatch.accounts_file)?;
             let pool = db.connect().await?;
             let (trigger, shutdown) = shutdown::channel();
             tokio::spawn(shutdown::on_signals(trigger));
-            dispatch::run(dispatch, accounts, kafka, pool, shutdown).await?;
+            let metrics = serve_metrics(&metrics).await?;
+            dispatch::run(dispatch, accounts, kafka, pool, metrics, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Poll { kafka, db, poll } => {
+        Command::Poll {
+            kafka,
+            db,
+            poll,
+            metrics,
+        } => {
             let accounts = Accounts::load(&poll.accounts_file)?;
             poll.schedule.schedule()?;
             poll.pin_keys()?;
             let pool = db.connect().await?;
             let (trigger, shutdown) = shutdown::channel();
             tokio::spawn(shutdown::on_signals(trigger));
-            orderflow::poll::run(poll, accounts, kafka, pool, shutdown).await?;
+            let metrics = serve_metrics(&metrics).await?;
+            orderflow::poll::run(poll, accounts, kafka, pool, metrics, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Reconcile {
             kafka,
             db,
             reconcile,
+            metrics,
         } => {
             reconcile.pass(&kafka)?;
             let pool = db.connect().await?;
             let (trigger, shutdown) = shutdown::channel();
             tokio::spawn(shutdown::on_signals(trigger));
-            reconcile::run(reconcile, kafka, pool, shutdown).await?;
+            let metrics = serve_metrics(&metrics).await?;
+            reconcile::run(reconcile, kafka, pool, metrics, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::PinKey {
@@ -335,6 +353,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The process's metrics, served if an address is configured.
+async fn serve_metrics(config: &MetricsConfig) -> anyhow::Result<Arc<Metrics>> {
+    let metrics = Arc::new(Metrics::new());
+    metrics::serve(config, Arc::clone(&metrics)).await?;
+    Ok(metrics)
 }
 
 /// The error and its causes on one line, leaving out causes that an outer message already

@@ -20,6 +20,7 @@ use crate::kafka::emit::{until_sent, Emitter};
 use crate::kafka::stage::{self, Handler, StageOptions};
 use crate::kafka::topics::name;
 use crate::kafka::KafkaConfig;
+use crate::metrics::Metrics;
 use crate::provider::accounts::Accounts;
 use crate::shutdown::{Interrupted, Shutdown};
 use chrono::Utc;
@@ -384,6 +385,7 @@ pub async fn run(
     accounts: Accounts,
     kafka: KafkaConfig,
     pool: PgPool,
+    metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> Result<(), DispatchError> {
     kafka
@@ -404,6 +406,7 @@ pub async fn run(
         topics: vec![kafka.topic(name::ORDERS_CREATED)],
         max_in_flight: config.max_in_flight.max(1),
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+        metrics,
     };
     let consumer = stage::consumer(&kafka, &options)?;
     tracing::info!(group = %options.group, topic = %options.topics[0], "dispatch stage running");

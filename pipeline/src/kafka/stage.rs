@@ -19,6 +19,7 @@
 
 use crate::core::watermark::PartitionWatermark;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
+use crate::metrics::Metrics;
 use crate::shutdown::{Interrupted, Shutdown};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -48,9 +49,6 @@ pub trait Handler: Send + Sync + 'static {
     fn due_at(&self, _message: &OwnedMessage) -> Option<DateTime<Utc>> {
         None
     }
-
-    /// Told how late a delayed message was handed over, after its due time.
-    fn lateness(&self, _message: &OwnedMessage, _late: Duration) {}
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +69,7 @@ pub struct StageOptions {
     pub max_in_flight: usize,
     /// How long work in flight may take to finish after shutdown is requested.
     pub shutdown_grace: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Records revoked partitions from inside librdkafka's rebalance callback, for the loop to
@@ -213,7 +212,10 @@ pub async fn run<H: Handler>(
         true
     };
 
+    let metrics = Arc::clone(&options.metrics);
+    metrics.set_ready(true);
     loop {
+        report(&metrics, &options.topics, &held, in_flight);
         let next_due = held
             .values()
             .filter_map(|queue| queue.front().map(|(_, due)| *due))
@@ -230,6 +232,9 @@ pub async fn run<H: Handler>(
                     break;
                 }
                 rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, paused);
+                if done.outcome == Outcome::Durable {
+                    metrics.handled.get_or_create(&Metrics::topic(&done.topic)).inc();
+                }
                 complete(&consumer, &mut partitions, done);
                 // Resume at half the bound, not just under it: a resume refetches what the
                 // pause dropped, and the work still in flight covers that round trip.
@@ -244,7 +249,11 @@ pub async fn run<H: Handler>(
                 for (key, queue) in held.iter_mut() {
                     while queue.front().is_some_and(|(_, due)| *due <= now) {
                         let (message, due) = queue.pop_front().expect("front checked");
-                        handler.lateness(&message, (now - due).to_std().unwrap_or_default());
+                        let late = (now - due).to_std().unwrap_or_default();
+                        metrics.lateness.get_or_create(&Metrics::topic(message.topic())).observe(late.as_secs_f64());
+                        if late > Duration::from_secs(1) {
+                            tracing::warn!(topic = message.topic(), partition = message.partition(), late_ms = late.as_millis() as u64, "a delayed message was handed over late");
+                        }
                         in_flight += usize::from(start(message, &partitions));
                     }
                     if queue.is_empty() && !paused {
@@ -293,6 +302,7 @@ pub async fn run<H: Handler>(
         }
     }
 
+    metrics.set_ready(false);
     // Shutdown: let work in flight finish (handlers step aside at safe points), then commit.
     // Held messages were never started; the next owner reads them again.
     let deadline = tokio::time::Instant::now() + options.shutdown_grace;
@@ -319,6 +329,24 @@ pub async fn run<H: Handler>(
     }
     consumer.unsubscribe();
     panicked.map_or(Ok(()), Err)
+}
+
+/// Sets the stage's gauges: work in flight, and per topic the messages held and when the
+/// oldest of them is due.
+fn report(metrics: &Metrics, topics: &[String], held: &Held, in_flight: usize) {
+    metrics.in_flight.set(in_flight as i64);
+    for topic in topics {
+        let queues = held.iter().filter(|((t, _), _)| t == topic);
+        let (count, oldest) =
+            queues.fold((0usize, None::<DateTime<Utc>>), |(n, oldest), (_, q)| {
+                let front = q.front().map(|(_, due)| *due);
+                (n + q.len(), oldest.into_iter().chain(front).min())
+            });
+        let label = Metrics::topic(topic);
+        metrics.waiting.get_or_create(&label).set(count as i64);
+        let due = oldest.map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
+        metrics.oldest_due.get_or_create(&label).set(due);
+    }
 }
 
 /// The time from now until `due` (zero if it has passed).

@@ -32,6 +32,7 @@ use crate::kafka::emit::{until_sent, Emitter};
 use crate::kafka::stage::{self, Handler, StageOptions};
 use crate::kafka::topics::name;
 use crate::kafka::KafkaConfig;
+use crate::metrics::{Metrics, OutcomeLabel};
 use crate::pin::{PinKeyError, PinKeys};
 use crate::provider::accounts::{Account, Accounts};
 use crate::provider::CheckOutcome;
@@ -179,6 +180,18 @@ pub enum Decision {
     },
 }
 
+impl Decision {
+    /// One word for metrics: completed, cancelled, deadline, pending or no_answer.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Decision::Complete { .. } => "completed",
+            Decision::Fail { failure, .. } => failure.reason.as_str(),
+            Decision::Pending { .. } => "pending",
+            Decision::Retry { .. } => "no_answer",
+        }
+    }
+}
+
 /// Decides what follows `outcome`, the answer to `check` received at `now`.
 pub fn decide(
     check: &StatusCheck,
@@ -244,6 +257,7 @@ pub struct PollHandler {
     dispatched_topic: String,
     tier_topics: Vec<String>,
     backoff: Backoff,
+    metrics: Arc<Metrics>,
 }
 
 impl PollHandler {
@@ -253,6 +267,7 @@ impl PollHandler {
         accounts: Accounts,
         schedule: Schedule,
         keys: PinKeys,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, PollError> {
         let emitter = Emitter::new(kafka)?;
         let dead_letters = DeadLetters::new(
@@ -273,6 +288,7 @@ impl PollHandler {
                 min: Duration::from_millis(200),
                 max: Duration::from_secs(10),
             },
+            metrics,
         })
     }
 
@@ -389,6 +405,12 @@ impl PollHandler {
             _ = shutdown.wait() => return Err(Interrupted),
         };
         let decision = decide(check, outcome, Utc::now(), &self.schedule);
+        self.metrics
+            .check_outcomes
+            .get_or_create(&OutcomeLabel {
+                outcome: decision.outcome(),
+            })
+            .inc();
         let (state, next, end) = self.effects(check, decision);
         until_sent(
             "publishing a check's outcome",
@@ -578,17 +600,6 @@ impl Handler for PollHandler {
     fn due_at(&self, message: &OwnedMessage) -> Option<DateTime<Utc>> {
         self.decode(message).ok().map(|check| check.due_at)
     }
-
-    fn lateness(&self, message: &OwnedMessage, late: Duration) {
-        if late > Duration::from_secs(1) {
-            tracing::warn!(
-                topic = message.topic(),
-                partition = message.partition(),
-                late_ms = late.as_millis() as u64,
-                "a status check started late"
-            );
-        }
-    }
 }
 
 /// Runs the poll stage until `shutdown`.
@@ -597,6 +608,7 @@ pub async fn run(
     accounts: Accounts,
     kafka: KafkaConfig,
     pool: PgPool,
+    metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> Result<(), PollError> {
     let schedule = config.schedule.schedule()?;
@@ -609,12 +621,20 @@ pub async fn run(
         kafka.topic(name::ORDERS_DLQ),
     ]);
     kafka.check_topics_off_runtime(needed).await?;
-    let handler = Arc::new(PollHandler::new(&kafka, pool, accounts, schedule, keys)?);
+    let handler = Arc::new(PollHandler::new(
+        &kafka,
+        pool,
+        accounts,
+        schedule,
+        keys,
+        Arc::clone(&metrics),
+    )?);
     let options = StageOptions {
         group: config.group.clone(),
         topics,
         max_in_flight: config.max_in_flight.max(1),
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+        metrics,
     };
     let consumer = stage::consumer(&kafka, &options)?;
     tracing::info!(group = %options.group, topics = ?options.topics, "poll stage running");

@@ -12,9 +12,11 @@ use crate::core::schedule::{self, ScheduleError};
 use crate::db::chains;
 use crate::kafka::emit::Emitter;
 use crate::kafka::KafkaConfig;
+use crate::metrics::Metrics;
 use crate::poll::{tier_topics, ScheduleArgs};
 use crate::shutdown::{Interrupted, Shutdown};
 use sqlx::PgPool;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Clone, Debug, clap::Args)]
@@ -127,6 +129,7 @@ pub async fn run(
     config: ReconcileConfig,
     kafka: KafkaConfig,
     pool: PgPool,
+    metrics: Arc<Metrics>,
     mut shutdown: Shutdown,
 ) -> Result<(), ReconcileError> {
     let every = schedule::parse_duration(&config.every)?;
@@ -138,7 +141,11 @@ pub async fn run(
     tracing::info!(every = %config.every, grace = %config.grace, batch = pass.batch, "reconciler running");
     loop {
         match pass.run(&pool, &emitter).await {
-            Ok(n) => tracing::info!(requeued = n, "reconciler pass done"),
+            Ok(n) => {
+                metrics.requeued.inc_by(n as u64);
+                metrics.set_ready(true);
+                tracing::info!(requeued = n, "reconciler pass done")
+            }
             Err(e) if config.once => return Err(e),
             Err(e) => tracing::warn!(error = %e, "reconciler pass failed; trying again next pass"),
         }

@@ -1,0 +1,239 @@
+//! Prometheus metrics (G7) and the small HTTP server every long-running command exposes:
+//! `/metrics`, `/healthz` (the process runs) and `/readyz` (its stage is consuming).
+//!
+//! Metric names start with `orderflow_`; labels never carry an order id, a PIN or a
+//! credential (G5), only bounded values such as a topic or an outcome word. One
+//! [`Metrics`] per process, shared by its stages through an `Arc`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+fn lateness_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 17,
+    ))
+}
+
+/// Every metric orderflow exports.
+pub struct Metrics {
+    registry: Registry,
+    ready: AtomicBool,
+    /// Messages a stage finished (their effects durable), by topic.
+    pub handled: Family<TopicLabel, Counter>,
+    /// Messages being handled right now.
+    pub in_flight: Gauge,
+    /// Messages held until their due time, by (tier) topic: the retry depth per tier.
+    pub waiting: Family<TopicLabel, Gauge>,
+    /// When the oldest held message of a topic is due, as a Unix time (0: none held);
+    /// `time() - this` is how overdue it is.
+    pub oldest_due: Family<TopicLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// How late a delayed message was handed over after its due time, by topic.
+    pub lateness: Family<TopicLabel, Histogram, fn() -> Histogram>,
+    /// What status checks led to: completed, cancelled, pending, no_answer, deadline.
+    pub check_outcomes: Family<OutcomeLabel, Counter>,
+    /// Orders the reconciler enqueued again.
+    pub requeued: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("orderflow");
+        let handled = Family::<TopicLabel, Counter>::default();
+        let in_flight = Gauge::default();
+        let waiting = Family::<TopicLabel, Gauge>::default();
+        let oldest_due = Family::default();
+        let lateness = Family::new_with_constructor(lateness_histogram as fn() -> Histogram);
+        let check_outcomes = Family::<OutcomeLabel, Counter>::default();
+        let requeued = Counter::default();
+        registry.register(
+            "messages_handled",
+            "Messages whose effects are durable, by topic",
+            handled.clone(),
+        );
+        registry.register(
+            "messages_in_flight",
+            "Messages being handled now",
+            in_flight.clone(),
+        );
+        registry.register(
+            "messages_waiting",
+            "Messages held until their due time, by topic (retry depth per tier)",
+            waiting.clone(),
+        );
+        registry.register(
+            "oldest_waiting_due_timestamp_seconds",
+            "When the oldest held message of a topic is due (Unix time; 0 when none is held)",
+            oldest_due.clone(),
+        );
+        registry.register(
+            "check_lateness_seconds",
+            "How long after its due time a delayed message was handed over, by topic",
+            lateness.clone(),
+        );
+        registry.register(
+            "check_outcomes",
+            "What status checks led to: completed, cancelled, pending, no_answer, deadline",
+            check_outcomes.clone(),
+        );
+        registry.register(
+            "reconciler_requeued",
+            "Orders the reconciler enqueued again because their check was overdue",
+            requeued.clone(),
+        );
+        Metrics {
+            registry,
+            ready: AtomicBool::new(false),
+            handled,
+            in_flight,
+            waiting,
+            oldest_due,
+            lateness,
+            check_outcomes,
+            requeued,
+        }
+    }
+
+    pub fn topic(topic: &str) -> TopicLabel {
+        TopicLabel {
+            topic: topic.to_owned(),
+        }
+    }
+
+    /// Marks the process ready (or not) for `/readyz`.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String does not fail");
+        out
+    }
+}
+
+/// Where to serve metrics; the flag is shared by every long-running command.
+#[derive(Clone, Debug, clap::Args)]
+pub struct MetricsConfig {
+    /// Address of the /metrics, /healthz and /readyz endpoints (for example
+    /// 127.0.0.1:9464); none when unset.
+    #[arg(long = "metrics-listen", env = "ORDERFLOW_METRICS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve metrics on {addr} ({source})")]
+pub struct MetricsError {
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+/// Serves the endpoints in the background, if an address is configured; returns the bound
+/// address.
+pub async fn serve(
+    config: &MetricsConfig,
+    metrics: Arc<Metrics>,
+) -> Result<Option<SocketAddr>, MetricsError> {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    let Some(addr) = config.listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsError { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| MetricsError { addr, source })?;
+    let (for_metrics, for_ready) = (Arc::clone(&metrics), metrics);
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    for_metrics.render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if for_ready.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "the metrics server stopped");
+        }
+    });
+    tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    Ok(Some(bound))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_documented_names() {
+        let m = Metrics::new();
+        m.waiting
+            .get_or_create(&Metrics::topic("orders.status-check.30s"))
+            .set(3);
+        m.lateness
+            .get_or_create(&Metrics::topic("orders.status-check.30s"))
+            .observe(0.004);
+        m.check_outcomes
+            .get_or_create(&OutcomeLabel { outcome: "pending" })
+            .inc();
+        let text = m.render();
+        for name in [
+            "orderflow_messages_waiting{topic=\"orders.status-check.30s\"} 3",
+            "orderflow_check_lateness_seconds_bucket",
+            "orderflow_check_outcomes_total{outcome=\"pending\"} 1",
+            "orderflow_reconciler_requeued_total 0",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+}
