@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # The main job, locally: broker, database, topics, migrations, the znet simulator (with
-# faults), two dispatch processes in one consumer group, and a realistic load followed to
-# its answers with a live progress line and a summary.
+# faults), two dispatch processes in one consumer group, two poll processes in another,
+# the reconciler, and a realistic load followed to final states with a live progress line
+# and a summary.
 #
 #   ops/demo.sh [--orders N] [--rate R]      (other `orderflow load` flags pass through)
 #
-# Stages not built yet (poll, sink, reconciler) are not started; orders end the demo as
-# "dispatched" (placed, awaiting status checks), "failed" (rejected) or "dead-lettered".
-# Everything the demo starts is stopped when it ends; the broker and database stay up.
+# The first status check comes 10 s after dispatch instead of 60 s (ORDERFLOW_FIRST_CHECK),
+# so most orders end within a minute; the retry tiers are the production ones (30 s,
+# 1 m, ...). The simulator answers "processing" once, then completes (2 % cancel). Orders
+# end "completed", "failed" (rejected or cancelled) or "dead-lettered". Not built yet: the
+# sink into PostgreSQL. Everything the demo starts is stopped when it ends; the broker and
+# database stay up. Each process serves /metrics on 127.0.0.1:9464 and up.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/orderflow/target}"
@@ -36,7 +40,8 @@ trap cleanup EXIT
 # The simulated provider: 40 ms per answer, 5 % of calls faulty (5xx, timeouts, HTML,
 # empty bodies, garbage, accepted-but-answer-lost), lost answers hang 3 s.
 "$BIN" sim-znet --listen "127.0.0.1:$SIM_PORT" --kod demo-kod --sifre demo-sifre \
-  --latency-ms 40 --fault-rate 0.05 --lost-answer-delay-ms 3000 >"$STATE/sim.log" 2>&1 &
+  --latency-ms 40 --fault-rate 0.05 --lost-answer-delay-ms 3000 \
+  --checks-until-complete 1 --cancel-rate 0.02 >"$STATE/sim.log" 2>&1 &
 pids+=($!)
 
 cat >"$STATE/accounts.toml" <<TOML
@@ -52,14 +57,30 @@ request_timeout_ms = 2000
 TOML
 chmod 600 "$STATE/accounts.toml"
 
+# The key that seals PINs (the shop holds it to read them); made once, kept private.
+if [[ ! -s "$STATE/pin-keys" ]]; then
+  (umask 077 && "$BIN" pin-key new --id demo >"$STATE/pin-keys")
+fi
+
 export ORDERFLOW_PROVIDER_ACCOUNTS="$STATE/accounts.toml"
+export ORDERFLOW_PIN_KEYS_FILE="$STATE/pin-keys"
 export ORDERFLOW_DISPATCH_RETRY_MIN_MS=250 ORDERFLOW_DISPATCH_RETRY_MAX_MS=4000
-for n in 1 2; do
-  "$BIN" dispatch >"$STATE/dispatch-$n.log" 2>&1 &
+export ORDERFLOW_FIRST_CHECK=10s
+port=9464
+stages=()
+start_stage() { # name, command
+  ORDERFLOW_METRICS_LISTEN="127.0.0.1:$port" "$BIN" "$2" >"$STATE/$1.log" 2>&1 &
   pids+=($!)
-done
-dispatchers=("${pids[@]:1}")
-say "simulator and two dispatch processes started; logs in $STATE."
+  stages+=("$1:$!:$port")
+  port=$((port + 1))
+}
+start_stage dispatch-1 dispatch
+start_stage dispatch-2 dispatch
+start_stage poll-1 poll
+start_stage poll-2 poll
+export ORDERFLOW_RECONCILE_EVERY=30s ORDERFLOW_RECONCILE_GRACE=30s
+start_stage reconcile reconcile
+say "simulator, two dispatch, two poll processes and the reconciler started; logs in $STATE."
 
 set +e
 [[ $# -gt 0 ]] || set -- --orders 600 --rate 60
@@ -67,8 +88,9 @@ set +e
 status=$?
 set -e
 
-for pid in "${dispatchers[@]}"; do
+for stage in "${stages[@]}"; do
+  IFS=: read -r name pid mport <<<"$stage"
   peak=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo "?")
-  say "dispatch pid $pid peak memory ${peak} kB."
+  say "$name (pid $pid, metrics on 127.0.0.1:$mport) peak memory ${peak} kB."
 done
 exit "$status"

@@ -3,8 +3,9 @@
 //!
 //! It plays the shop: orders of a few tenants and denominations at a steady rate, a share
 //! the provider will reject and a share of broken events. An order counts as answered once
-//! `orders.state` has its final or dispatched state, or `orders.dlq` has its event; what is
-//! never answered is reported as missing (G2) and makes the command fail. The summary's
+//! `orders.state` has its final state (or its dispatched state, with `--until dispatched`),
+//! or `orders.dlq` has its event; what is never answered is reported as missing (G2) and
+//! makes the command fail. The summary's
 //! throughput and latency (publish to answer) are measured here, not estimated.
 
 use crate::core::event::{OrderCreated, OrderStateEvent, SCHEMA_VERSION};
@@ -46,6 +47,22 @@ pub struct LoadConfig {
     /// Give up waiting for answers after this many seconds past the last publish.
     #[arg(long, default_value_t = 300)]
     pub wait_secs: u64,
+    /// What counts as an answer: a final state (completed or failed), or already the
+    /// dispatched state (when no poll stage runs).
+    #[arg(long, value_enum, default_value_t = Until::Final)]
+    pub until: Until,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Until {
+    Dispatched,
+    Final,
+}
+
+impl Until {
+    fn reached(self, answer: Answer) -> bool {
+        self == Until::Dispatched || answer != Answer::Dispatched
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +192,11 @@ pub async fn run(
     let progress = Progress::new();
 
     loop {
-        if next_publish == config.orders && sends.is_empty() && published.len() == answers.len() {
+        let done = answers
+            .values()
+            .filter(|(a, _)| config.until.reached(*a))
+            .count();
+        if next_publish == config.orders && sends.is_empty() && published.len() == done {
             break;
         }
         let waiting = async {
@@ -226,9 +247,9 @@ pub async fn run(
                 let at = published.get(&id).copied();
                 let latency = at.map(|t| t.elapsed()).unwrap_or_default();
                 let entry = answers.entry(id).or_insert((answer, latency));
-                if answer > entry.0 { entry.0 = answer; }
+                if answer > entry.0 { *entry = (answer, latency); }
             }
-            _ = progress_tick.tick() => progress.show(start, next_publish, &answers),
+            _ = progress_tick.tick() => progress.show(start, next_publish, config.until, &answers),
         }
     }
     progress.done();
@@ -239,7 +260,7 @@ pub async fn run(
         ..LoadReport::default()
     };
     for (id, (answer, latency)) in &answers {
-        if published.contains_key(id) {
+        if published.contains_key(id) && config.until.reached(*answer) {
             *report
                 .answered
                 .entry(answer.as_str().to_owned())
@@ -249,7 +270,11 @@ pub async fn run(
     }
     report.missing = published
         .keys()
-        .filter(|id| !answers.contains_key(id))
+        .filter(|id| {
+            !answers
+                .get(id)
+                .is_some_and(|(a, _)| config.until.reached(*a))
+        })
         .count();
     report.latencies.sort();
     Ok(report)
@@ -315,7 +340,13 @@ impl Progress {
         }
     }
 
-    fn show(&self, start: Instant, published: usize, answers: &HashMap<Uuid, (Answer, Duration)>) {
+    fn show(
+        &self,
+        start: Instant,
+        published: usize,
+        until: Until,
+        answers: &HashMap<Uuid, (Answer, Duration)>,
+    ) {
         let secs = start.elapsed().as_secs();
         if !self.tty && secs % 5 != 0 {
             return;
@@ -327,7 +358,7 @@ impl Progress {
             count(Answer::Completed),
             count(Answer::Failed),
             count(Answer::DeadLettered),
-            published.saturating_sub(answers.len()),
+            published.saturating_sub(answers.values().filter(|(a, _)| until.reached(*a)).count()),
         );
         let mut err = std::io::stderr().lock();
         if self.tty {
@@ -357,6 +388,7 @@ mod tests {
             reject_share: reject,
             invalid_share: invalid,
             wait_secs: 1,
+            until: Until::Final,
         }
     }
 
