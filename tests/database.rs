@@ -37,7 +37,7 @@ async fn an_empty_database_migrates_and_a_row_round_trips() {
     e.order_id = id;
     e.attempts = 2;
     e.next_check_at = Some(Utc::now());
-    let row = OrderRow::from_event(&e, None);
+    let row = OrderRow::from_event(&e);
     assert!(orders::upsert(&db.pool, &row).await.unwrap());
 
     let read = orders::get(&db.pool, id).await.unwrap().expect("the row");
@@ -78,7 +78,7 @@ async fn older_events_and_final_rows_are_never_overwritten() {
                 message: "Kupur Bilgisi Bulunamadı".into(),
             });
         }
-        OrderRow::from_event(&e, None)
+        OrderRow::from_event(&e)
     };
 
     assert!(orders::upsert(&db.pool, &at(OrderState::Processing, 5))

@@ -12,6 +12,7 @@
 //!   event publishing and the dead-letter queue.
 //! - [`db`]: PostgreSQL: migrations, the `orders` table and the dispatch claims.
 //! - [`dispatch`]: the dispatch stage.
+//! - [`sink`]: the sink, `orders.state` into the `orders` table in batches.
 //! - [`poll`]: the poll stage (status checks on delay-topic tiers) and its reconciler.
 //! - [`pin`]: sealing PIN codes under the shop's rotating keys (AES-256-GCM).
 //! - [`load`]: the load generator behind the demo and the benchmarks.
@@ -31,4 +32,5 @@ pub mod poll;
 pub mod provider;
 pub mod secret;
 pub mod shutdown;
+pub mod sink;
 pub mod znet;

@@ -4,7 +4,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use orderflow::db::{self, DbConfig};
+use orderflow::db::{self, journey, DbConfig};
 use orderflow::dispatch::{self, DispatchConfig};
 use orderflow::kafka::topics::{self, TopicSpecs};
 use orderflow::kafka::KafkaConfig;
@@ -15,6 +15,7 @@ use orderflow::poll::reconcile::{self, ReconcileConfig};
 use orderflow::poll::PollConfig;
 use orderflow::provider::accounts::Accounts;
 use orderflow::shutdown;
+use orderflow::sink::SinkConfig;
 use orderflow::znet::sim::{Sim, SimConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -91,6 +92,22 @@ enum Command {
         #[command(flatten)]
         metrics: MetricsConfig,
     },
+    /// Run the sink: write the latest state of every order from orders.state into PostgreSQL.
+    Sink {
+        #[command(flatten)]
+        kafka: KafkaConfig,
+        #[command(flatten)]
+        db: DbConfig,
+        #[command(flatten)]
+        sink: SinkConfig,
+        #[command(flatten)]
+        metrics: MetricsConfig,
+    },
+    /// Look up orders.
+    Order {
+        #[command(subcommand)]
+        command: OrderCommand,
+    },
     /// Manage the keys that seal PIN codes.
     PinKey {
         #[command(subcommand)]
@@ -116,6 +133,24 @@ enum TopicsCommand {
         /// A topic spec file to use instead of the one built in (topics/topics.toml).
         #[arg(long)]
         spec: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OrderCommand {
+    /// Print an order's journey: state, attempts, tier, next check, deadline, provider
+    /// reference, last error, and its PIN masked.
+    Show {
+        /// The order id.
+        id: uuid::Uuid,
+        /// Show the PIN in clear (needs the PIN keys).
+        #[arg(long)]
+        reveal: bool,
+        /// A file with the PIN keys; or set ORDERFLOW_PIN_KEYS.
+        #[arg(long = "pin-keys-file", env = "ORDERFLOW_PIN_KEYS_FILE")]
+        pin_keys_file: Option<PathBuf>,
+        #[command(flatten)]
+        db: DbConfig,
     },
 }
 
@@ -280,6 +315,45 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             tokio::spawn(shutdown::on_signals(trigger));
             let metrics = serve_metrics(&metrics).await?;
             reconcile::run(reconcile, kafka, pool, metrics, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sink {
+            kafka,
+            db,
+            sink,
+            metrics,
+        } => {
+            let pool = db.connect().await?;
+            let (trigger, shutdown) = shutdown::channel();
+            tokio::spawn(shutdown::on_signals(trigger));
+            let metrics = serve_metrics(&metrics).await?;
+            orderflow::sink::run(sink, kafka, pool, metrics, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Order {
+            command:
+                OrderCommand::Show {
+                    id,
+                    reveal,
+                    pin_keys_file,
+                    db,
+                },
+        } => {
+            let keys = if reveal {
+                let env = std::env::var("ORDERFLOW_PIN_KEYS").ok();
+                let keys = PinKeys::from_env_or_file(env.as_deref(), pin_keys_file.as_deref())?;
+                Some(keys.ok_or(journey::RevealError::NoKey)?)
+            } else {
+                None
+            };
+            let pool = db.connect().await?;
+            let Some(found) = journey::get(&pool, id).await? else {
+                anyhow::bail!("no order {id} is known to this database");
+            };
+            print!(
+                "{}",
+                journey::render(&found, chrono::Utc::now(), keys.as_ref())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::PinKey {

@@ -95,3 +95,4 @@ impl TestDb {
 }
 pub mod logs;
 pub mod pipeline;
+pub mod private_pg;

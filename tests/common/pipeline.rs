@@ -158,27 +158,9 @@ impl Harness {
         &self,
         topic: &str,
         within: Duration,
-        mut done: impl FnMut(&[OwnedMessage]) -> bool,
+        done: impl FnMut(&[OwnedMessage]) -> bool,
     ) -> Vec<OwnedMessage> {
-        let consumer: StreamConsumer = self
-            .kafka
-            .client_config()
-            .set("group.id", unique("g-reader-"))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[&self.kafka.topic(topic)]).unwrap();
-        let deadline = Instant::now() + within;
-        let mut seen = Vec::new();
-        while !done(&seen) && Instant::now() < deadline {
-            if let Ok(Ok(m)) =
-                tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await
-            {
-                seen.push(m.detach());
-            }
-        }
-        seen
+        read_until(&self.kafka, topic, within, done).await
     }
 
     /// The state events per order, once every order in `orders` has a final or dispatched
@@ -214,6 +196,84 @@ impl Harness {
             .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
             .collect()
     }
+}
+
+/// Reads `topic` (without prefix) from the start until `done` holds for what was read, or
+/// `within` passes.
+pub async fn read_until(
+    kafka: &KafkaConfig,
+    topic: &str,
+    within: Duration,
+    mut done: impl FnMut(&[OwnedMessage]) -> bool,
+) -> Vec<OwnedMessage> {
+    let consumer: StreamConsumer = kafka
+        .client_config()
+        .set("group.id", unique("g-reader-"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&kafka.topic(topic)]).unwrap();
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    while !done(&seen) && Instant::now() < deadline {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            seen.push(m.detach());
+        }
+    }
+    seen
+}
+
+/// Every record of `topic` (without prefix) up to its current end, what compaction left
+/// of it included. The last record of a partition is in its active segment, which is never
+/// compacted, so the end is always reached.
+pub async fn read_to_end(kafka: &KafkaConfig, topic: &str) -> Vec<OwnedMessage> {
+    let topic = kafka.topic(topic);
+    let consumer: StreamConsumer = kafka
+        .client_config()
+        .set("group.id", unique("g-reader-"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .unwrap();
+    let mut ends = std::collections::HashMap::new();
+    for p in metadata.topics()[0].partitions() {
+        let (_, high) = consumer
+            .fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
+            .unwrap();
+        if high > 0 {
+            ends.insert(p.id(), high - 1);
+        }
+    }
+    consumer.subscribe(&[&topic]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while !ends.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{topic} not read to its end within 60 s"
+        );
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            if ends.get(&m.partition()) == Some(&m.offset()) {
+                ends.remove(&m.partition());
+            }
+            seen.push(m.detach());
+        }
+    }
+    seen
+}
+
+/// At least `count` messages of `topic`, or what arrived within `within`.
+pub async fn read_all(
+    kafka: &KafkaConfig,
+    topic: &str,
+    count: usize,
+    within: Duration,
+) -> Vec<OwnedMessage> {
+    read_until(kafka, topic, within, |seen| seen.len() >= count).await
 }
 
 pub fn decode_state(m: &OwnedMessage) -> OrderStateEvent {

@@ -105,6 +105,30 @@ impl OrderState {
     }
 }
 
+/// Whether a state event at (`version`, `state`) replaces what an order's row holds at
+/// (`current_version`, `current_state`) (G3): never a final row; otherwise a higher
+/// version, or a final state at an equal version (a status check redone after a crash may
+/// end an order where its first try, whose event is already out, found it pending). The
+/// sink's SQL guard and its in-batch merge both follow this rule.
+pub fn supersedes(
+    (version, state): (i64, OrderState),
+    (current_version, current_state): (i64, OrderState),
+) -> bool {
+    !current_state.is_final()
+        && (version > current_version || (version == current_version && state.is_final()))
+}
+
+impl std::str::FromStr for OrderState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OrderState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not an order state"))
+    }
+}
+
 impl fmt::Display for OrderState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -195,9 +219,79 @@ mod tests {
         );
     }
 
+    /// One order's legal path as (version, state) events: dispatching, dispatched, n
+    /// processing events, then a final one; plus duplicates.
+    fn journey() -> impl proptest::strategy::Strategy<Value = Vec<(i64, OrderState)>> {
+        use proptest::prelude::*;
+        (
+            0i64..8,
+            any::<bool>(),
+            prop::collection::vec(0usize..12, 0..6),
+        )
+            .prop_map(|(checks, completed, duplicates)| {
+                let mut events = vec![
+                    (version::DISPATCHING, OrderState::Dispatching),
+                    (version::DISPATCHED, OrderState::Dispatched),
+                ];
+                for n in 1..=checks {
+                    events.push((version::PROCESSING_BASE + n, OrderState::Processing));
+                }
+                let last = version::PROCESSING_BASE + checks + 1;
+                let end = if completed {
+                    OrderState::Completed
+                } else {
+                    OrderState::Failed
+                };
+                events.push((last, end));
+                for d in duplicates {
+                    let copy = events[d % events.len()];
+                    events.push(copy);
+                }
+                events
+            })
+    }
+
+    fn apply(events: &[(i64, OrderState)]) -> (i64, OrderState) {
+        let mut row = events[0];
+        for e in &events[1..] {
+            if supersedes(*e, row) {
+                row = *e;
+            }
+        }
+        row
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_arrival_order_ends_in_the_final_state(
+            events in journey(),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let expected = *events.iter().max_by_key(|(v, s)| (*v, s.is_final())).unwrap();
+            let mut shuffled = events.clone();
+            // A deterministic shuffle from the seed.
+            let mut rng = crate::core::seeded::Seeded::new(seed);
+            for i in (1..shuffled.len()).rev() {
+                shuffled.swap(i, rng.below(i + 1));
+            }
+            proptest::prop_assert_eq!(apply(&shuffled), expected);
+        }
+    }
+
+    #[test]
+    fn a_final_row_is_never_replaced() {
+        use OrderState::*;
+        assert!(!supersedes((9, Processing), (3, Completed)));
+        assert!(!supersedes((9, Failed), (3, Completed)));
+        assert!(supersedes((4, Completed), (4, Processing)));
+        assert!(!supersedes((4, Processing), (4, Processing)));
+        assert!(!supersedes((3, Processing), (4, Processing)));
+    }
+
     #[test]
     fn serialized_names_are_the_documented_ones() {
         for s in OrderState::ALL {
+            assert_eq!(s.as_str().parse::<OrderState>(), Ok(s));
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
     }

@@ -27,8 +27,10 @@ pub enum Begun {
 }
 
 /// How a step ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepEnd {
+    /// The tier topic's label the next step waits on; `None` when the chain ended.
+    pub tier: Option<String>,
     pub attempts: i32,
     pub version: i64,
     /// When the next step is due; `None` when the chain ended.
@@ -121,7 +123,8 @@ pub async fn finish_step(
     let done = sqlx::query(
         "UPDATE poll_chains
             SET step_done = true, attempts = $4, version = $5, next_check_at = $6,
-                final_state = $7, lease_owner = NULL, lease_until = NULL, updated_at = now()
+                final_state = $7, tier = $8, lease_owner = NULL, lease_until = NULL,
+                updated_at = now()
           WHERE order_id = $1 AND seq = $2 AND lease_owner = $3 AND NOT step_done",
     )
     .bind(order_id)
@@ -131,6 +134,7 @@ pub async fn finish_step(
     .bind(end.version)
     .bind(end.next_check_at)
     .bind(end.final_state.map(OrderState::as_str))
+    .bind(&end.tier)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -7,6 +7,7 @@
 
 pub mod chains;
 pub mod claims;
+pub mod journey;
 pub mod orders;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -1,8 +1,10 @@
 //! The `orders` table: the latest state of each order, as the shop reads it.
 //!
-//! Writes go through [`upsert`], whose guard makes the table converge on the highest
-//! version of each order and leaves final rows alone (G3), whatever order or how many times
-//! state events arrive.
+//! Writes go through [`upsert`] or [`upsert_batch`], whose guard makes the table converge
+//! on the highest version of each order and leaves final rows alone (G3), whatever order
+//! or how many times state events arrive (the rule is
+//! [`crate::core::lifecycle::supersedes`]). The PIN is stored as it travels: sealed under
+//! the shop's key (G5), never in clear.
 
 use crate::core::event::OrderStateEvent;
 use chrono::{DateTime, Utc};
@@ -27,8 +29,8 @@ pub struct OrderRow {
 }
 
 impl OrderRow {
-    /// The row for a state event; `pin_encrypted` is already encrypted by the caller.
-    pub fn from_event(event: &OrderStateEvent, pin_encrypted: Option<Vec<u8>>) -> Self {
+    /// The row for a state event, its sealed PIN included.
+    pub fn from_event(event: &OrderStateEvent) -> Self {
         OrderRow {
             order_id: event.order_id,
             tenant_id: event.tenant_id.clone(),
@@ -36,7 +38,7 @@ impl OrderRow {
             provider_reference: event.provider_reference.clone(),
             state: event.state.as_str().to_owned(),
             failure_reason: event.failure.as_ref().map(|f| f.reason.as_str().to_owned()),
-            pin_encrypted,
+            pin_encrypted: event.pin.as_ref().map(|p| p.as_str().as_bytes().to_vec()),
             attempts: event.attempts,
             next_check_at: event.next_check_at,
             deadline: event.deadline,
@@ -49,18 +51,10 @@ impl OrderRow {
     }
 }
 
-/// Inserts or updates an order's row. Returns false when the row was left as it was because
-/// it is final or already at this or a later version. At an equal version a final state
-/// wins: a status check redone after a crash may end an order where its first try, whose
-/// event is already out, found it pending.
-pub async fn upsert(pool: &PgPool, row: &OrderRow) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        r#"
-        INSERT INTO orders (order_id, tenant_id, provider_account, provider_reference, state,
-                            failure_reason, pin_encrypted, attempts, next_check_at, deadline,
-                            last_error, version)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-        ON CONFLICT (order_id) DO UPDATE SET
+/// The guard of both upserts, in SQL: see [`crate::core::lifecycle::supersedes`].
+macro_rules! upsert_tail {
+    () => {
+        "ON CONFLICT (order_id) DO UPDATE SET
             provider_reference = COALESCE(EXCLUDED.provider_reference, orders.provider_reference),
             state = EXCLUDED.state,
             failure_reason = EXCLUDED.failure_reason,
@@ -70,13 +64,27 @@ pub async fn upsert(pool: &PgPool, row: &OrderRow) -> Result<bool, sqlx::Error> 
             deadline = COALESCE(EXCLUDED.deadline, orders.deadline),
             last_error = EXCLUDED.last_error,
             version = EXCLUDED.version,
+            state_event = COALESCE(EXCLUDED.state_event, orders.state_event),
             updated_at = now()
         WHERE orders.state NOT IN ('completed', 'failed')
           AND (orders.version < EXCLUDED.version
                OR (orders.version = EXCLUDED.version
-                   AND EXCLUDED.state IN ('completed', 'failed')))
-        "#,
-    )
+                   AND EXCLUDED.state IN ('completed', 'failed')))"
+    };
+}
+
+/// Inserts or updates an order's row. Returns false when the row was left as it was because
+/// it is final or already at this or a later version. At an equal version a final state
+/// wins: a status check redone after a crash may end an order where its first try, whose
+/// event is already out, found it pending.
+pub async fn upsert(pool: &PgPool, row: &OrderRow) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(concat!(
+        "INSERT INTO orders (order_id, tenant_id, provider_account, provider_reference, state,
+                            failure_reason, pin_encrypted, attempts, next_check_at, deadline,
+                            last_error, version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ",
+        upsert_tail!()
+    ))
     .bind(row.order_id)
     .bind(&row.tenant_id)
     .bind(&row.provider_account)
@@ -92,6 +100,60 @@ pub async fn upsert(pool: &PgPool, row: &OrderRow) -> Result<bool, sqlx::Error> 
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// Upserts many rows in one statement; at most one row per order (merge first), each with
+/// the JSON of the state event it comes from. Returns how many rows changed.
+pub async fn upsert_batch(
+    pool: &PgPool,
+    rows: &[OrderRow],
+    events: &[String],
+) -> Result<u64, sqlx::Error> {
+    macro_rules! column {
+        ($field:ident) => {
+            rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+        };
+    }
+    let done = sqlx::query(concat!(
+        "INSERT INTO orders (order_id, tenant_id, provider_account, provider_reference, state,
+                            failure_reason, pin_encrypted, attempts, next_check_at, deadline,
+                            last_error, version, state_event)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::text[], $7::bytea[], $8::int4[], $9::timestamptz[],
+                              $10::timestamptz[], $11::text[], $12::int8[],
+                              $13::text[]::jsonb[]) ",
+        upsert_tail!()
+    ))
+    .bind(column!(order_id))
+    .bind(column!(tenant_id))
+    .bind(column!(provider_account))
+    .bind(column!(provider_reference))
+    .bind(column!(state))
+    .bind(column!(failure_reason))
+    .bind(column!(pin_encrypted))
+    .bind(column!(attempts))
+    .bind(column!(next_check_at))
+    .bind(column!(deadline))
+    .bind(column!(last_error))
+    .bind(column!(version))
+    .bind(events)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Each order's current (version, state) and the JSON of the event that set it.
+pub async fn current(
+    pool: &PgPool,
+    order_ids: &[Uuid],
+) -> Result<Vec<(Uuid, i64, String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT order_id, version, state, state_event::text FROM orders
+          WHERE order_id = ANY($1)",
+    )
+    .bind(order_ids)
+    .fetch_all(pool)
+    .await
 }
 
 /// The row of one order, if any.

@@ -256,6 +256,7 @@ pub struct PollHandler {
     dead_letters: DeadLetters,
     dispatched_topic: String,
     tier_topics: Vec<String>,
+    tier_labels: Vec<String>,
     backoff: Backoff,
     metrics: Arc<Metrics>,
 }
@@ -279,6 +280,7 @@ impl PollHandler {
             accounts,
             pool,
             tier_topics: tier_topics(kafka, &schedule),
+            tier_labels: schedule.tier_labels(),
             schedule,
             keys,
             emitter,
@@ -523,6 +525,7 @@ impl PollHandler {
                     version,
                     next_check_at: Some(due),
                     final_state: None,
+                    tier: Some(self.tier_labels[tier].clone()),
                 };
                 (Some(event), Some(next(attempts, version, due, tier)), end)
             }
@@ -533,6 +536,7 @@ impl PollHandler {
                     version: check.version,
                     next_check_at: Some(due),
                     final_state: None,
+                    tier: Some(self.tier_labels[tier].clone()),
                 };
                 (
                     None,
@@ -585,6 +589,7 @@ fn ended(attempts: i32, version: i64, state: OrderState) -> StepEnd {
         version,
         next_check_at: None,
         final_state: Some(state),
+        tier: None,
     }
 }
 

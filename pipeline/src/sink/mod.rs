@@ -1,0 +1,425 @@
+//! The sink: `orders.state` into the `orders` table, in batches, never regressing (G2, G3).
+//!
+//! Each message runs through [`SinkHandler`] on the shared consumer loop: decoded and
+//! checked (an unusable event goes to `orders.dlq`), then handed to the [`Batcher`], which
+//! collects up to `batch_rows` rows or waits `batch_linger`, merges the rows of one order
+//! by the rule of [`crate::core::lifecycle::supersedes`], and upserts them in one
+//! statement whose guard applies the same rule against the table. A message's handler
+//! returns only once its batch is committed, so offsets move after the database commit. A
+//! database outage is retried with backoff while nothing is acknowledged; a row the
+//! database refuses (a constraint) is found by upserting that batch row by row, and its
+//! event is dead-lettered.
+//!
+//! Compaction keeps the last record per order, which is not always the newest state: a
+//! slow worker may publish an older state after the final one. When an order's row is
+//! final and its last event in a batch is another state, the sink publishes the row's
+//! event again (it keeps it in `orders.state_event`), so the topic ends on the final state
+//! and a replay into an empty database rebuilds the same table. Only a final row is
+//! republished: a newer non-final state may still be further on in the log, and a copy
+//! appended after it would make compaction drop it. The copy ties with the row, so it
+//! causes no further copy.
+
+use crate::core::backoff::{random_fraction, Backoff};
+use crate::core::event::{self, InvalidEvent, InvalidKind, OrderStateEvent};
+use crate::core::lifecycle::{supersedes, OrderState};
+use crate::db::orders::{self, OrderRow};
+use crate::kafka::dlq::DeadLetters;
+use crate::kafka::emit::{until_sent, Emitter};
+use crate::kafka::stage::{self, Handler, StageOptions};
+use crate::kafka::topics::name;
+use crate::kafka::KafkaConfig;
+use crate::metrics::Metrics;
+use crate::shutdown::{Interrupted, Shutdown};
+use futures::future::BoxFuture;
+use rdkafka::message::{Message, OwnedMessage};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// Largest accepted state event, in bytes.
+const MAX_EVENT_BYTES: usize = 64 * 1024;
+
+/// Settings of the sink (flags or environment variables).
+#[derive(Clone, Debug, clap::Args)]
+pub struct SinkConfig {
+    /// Consumer group of the sink.
+    #[arg(
+        long = "sink-group",
+        env = "ORDERFLOW_SINK_GROUP",
+        default_value = "orderflow.sink"
+    )]
+    pub group: String,
+
+    /// Most rows upserted in one statement.
+    #[arg(
+        long = "sink-batch-rows",
+        env = "ORDERFLOW_SINK_BATCH_ROWS",
+        default_value_t = 1000
+    )]
+    pub batch_rows: usize,
+
+    /// How long a batch waits for more rows before it is written, in milliseconds.
+    #[arg(
+        long = "sink-batch-linger-ms",
+        env = "ORDERFLOW_SINK_BATCH_LINGER_MS",
+        default_value_t = 50
+    )]
+    pub batch_linger_ms: u64,
+
+    /// How long state events in flight may take to be written when the sink is asked to
+    /// stop.
+    #[arg(
+        long = "shutdown-grace-ms",
+        env = "ORDERFLOW_SHUTDOWN_GRACE_MS",
+        default_value_t = 15_000
+    )]
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaSetupError),
+    #[error(transparent)]
+    Stage(#[from] crate::kafka::stage::StageError),
+}
+
+/// Checks what the table's constraints would refuse, so that such an event is
+/// dead-lettered with a reason instead of failing a whole batch.
+pub fn check(event: &OrderStateEvent) -> Result<(), InvalidEvent> {
+    let bad = |detail: &str| Err(InvalidEvent::new(InvalidKind::InvalidField, detail));
+    if event.order_id.is_nil() {
+        return bad("order_id must not be the nil UUID");
+    }
+    if event.attempts < 0 {
+        return bad("attempts must not be negative");
+    }
+    if (event.state == OrderState::Failed) != event.failure.is_some() {
+        return bad("a failure is given if and only if the state is failed");
+    }
+    if event.pin.is_some() && event.state != OrderState::Completed {
+        return bad("only a completed order carries a PIN");
+    }
+    Ok(())
+}
+
+/// One decoded event waiting for its batch.
+struct Pending {
+    row: OrderRow,
+    /// The event as JSON, kept with the row it sets.
+    event: String,
+    rank: (i64, OrderState),
+    /// Where the event came from, so a batch merges one order's events in their order.
+    at: (i32, i64),
+    /// `Ok` once committed, or why the database refused the row.
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Writes rows in batches; see the module header.
+pub struct Batcher {
+    pool: PgPool,
+    emitter: Emitter,
+    rows: usize,
+    linger: Duration,
+    backoff: Backoff,
+}
+
+impl Batcher {
+    /// Runs until every sender is dropped or `shutdown`; unfinished items are dropped, so
+    /// their handlers report `Interrupted`.
+    async fn run(self, mut inbox: mpsc::Receiver<Pending>, mut shutdown: Shutdown) {
+        loop {
+            let Some(first) = (tokio::select! {
+                item = inbox.recv() => item,
+                _ = shutdown.wait() => None,
+            }) else {
+                return;
+            };
+            let mut batch = vec![first];
+            let linger = tokio::time::sleep(self.linger);
+            tokio::pin!(linger);
+            while batch.len() < self.rows {
+                tokio::select! {
+                    item = inbox.recv() => match item {
+                        Some(item) => batch.push(item),
+                        None => break,
+                    },
+                    _ = &mut linger => break,
+                }
+            }
+            if self.write(batch, &mut shutdown).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn write(&self, batch: Vec<Pending>, shutdown: &mut Shutdown) -> Result<(), Interrupted> {
+        let (rows, events) = merge(&batch);
+        let mut attempt = 0;
+        loop {
+            match orders::upsert_batch(&self.pool, &rows, &events).await {
+                Ok(changed) => {
+                    tracing::debug!(
+                        events = batch.len(),
+                        rows = rows.len(),
+                        changed,
+                        "batch written"
+                    );
+                    self.repair(&batch, shutdown).await?;
+                    for item in batch {
+                        let _ = item.done.send(Ok(()));
+                    }
+                    return Ok(());
+                }
+                Err(e) if is_refusal(&e) => return self.write_one_by_one(batch, shutdown).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, rows = rows.len(), "writing a batch failed; retrying");
+                    shutdown
+                        .sleep(self.backoff.delay(attempt, random_fraction()))
+                        .await?;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Publishes again the row's event of every final order whose last event in `batch` is
+    /// another state (see the module header).
+    async fn repair(&self, batch: &[Pending], shutdown: &mut Shutdown) -> Result<(), Interrupted> {
+        let mut last: HashMap<Uuid, &Pending> = HashMap::new();
+        for p in batch {
+            last.entry(p.row.order_id)
+                .and_modify(|current| {
+                    if p.at > current.at {
+                        *current = p;
+                    }
+                })
+                .or_insert(p);
+        }
+        let ids: Vec<Uuid> = last.keys().copied().collect();
+        let mut attempt = 0;
+        let rows = loop {
+            match orders::current(&self.pool, &ids).await {
+                Ok(rows) => break rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading rows back failed; retrying");
+                    shutdown
+                        .sleep(self.backoff.delay(attempt, random_fraction()))
+                        .await?;
+                    attempt += 1;
+                }
+            }
+        };
+        for (id, version, state, event) in rows {
+            let (Ok(state), Some(event)) = (state.parse::<OrderState>(), event) else {
+                continue;
+            };
+            // A final row keeps whatever comes after it; unless that was the row's own
+            // state, the log must end on the row again.
+            if !state.is_final() || (version, state) == last[&id].rank {
+                continue;
+            }
+            let Ok(event) = serde_json::from_str::<OrderStateEvent>(&event) else {
+                continue;
+            };
+            tracing::debug!(order_id = %id, version, "an older state came last; publishing the newest again");
+            until_sent(
+                "publishing an order's newest state again",
+                &self.backoff,
+                shutdown,
+                || self.emitter.state(&event),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A batch the database refused: find the rows it refuses, one by one.
+    async fn write_one_by_one(
+        &self,
+        batch: Vec<Pending>,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        for item in batch {
+            let mut attempt = 0;
+            let outcome = loop {
+                match orders::upsert_batch(
+                    &self.pool,
+                    std::slice::from_ref(&item.row),
+                    std::slice::from_ref(&item.event),
+                )
+                .await
+                {
+                    Ok(_) => break Ok(()),
+                    Err(e) if is_refusal(&e) => break Err(e.to_string()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "writing a row failed; retrying");
+                        shutdown
+                            .sleep(self.backoff.delay(attempt, random_fraction()))
+                            .await?;
+                        attempt += 1;
+                    }
+                }
+            };
+            let _ = item.done.send(outcome);
+        }
+        Ok(())
+    }
+}
+
+/// The database refused the data (a constraint or a bad value), as opposed to being
+/// unreachable: retrying the same rows cannot help.
+fn is_refusal(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("23") || code.starts_with("22")),
+        _ => false,
+    }
+}
+
+/// One row per order, with its event: the one that wins when the batch's events are applied
+/// in their order, by the same rule as the table's guard.
+fn merge(batch: &[Pending]) -> (Vec<OrderRow>, Vec<String>) {
+    let mut order: Vec<&Pending> = batch.iter().collect();
+    order.sort_by_key(|p| p.at);
+    let mut best: HashMap<Uuid, &Pending> = HashMap::new();
+    for p in order {
+        best.entry(p.row.order_id)
+            .and_modify(|current| {
+                if supersedes(p.rank, current.rank) {
+                    *current = p;
+                }
+            })
+            .or_insert(p);
+    }
+    best.into_values()
+        .map(|p| (p.row.clone(), p.event.clone()))
+        .unzip()
+}
+
+/// Handles one `orders.state` message.
+pub struct SinkHandler {
+    batcher: mpsc::Sender<Pending>,
+    dead_letters: DeadLetters,
+    backoff: Backoff,
+}
+
+impl SinkHandler {
+    async fn process(
+        &self,
+        message: &OwnedMessage,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        let Some(payload) = message.payload() else {
+            // A tombstone: orderflow never deletes an order's state; nothing to write.
+            return Ok(());
+        };
+        let decoded = event::decode::<OrderStateEvent>(payload, MAX_EVENT_BYTES)
+            .and_then(|e| check(&e).map(|()| e));
+        let event = match decoded {
+            Ok(event) => event,
+            Err(why) => return self.dead_letter(message, why, shutdown).await,
+        };
+        let (done, committed) = oneshot::channel();
+        let pending = Pending {
+            row: OrderRow::from_event(&event),
+            event: serde_json::to_string(&event).expect("events always serialize"),
+            rank: (event.version, event.state),
+            at: (message.partition(), message.offset()),
+            done,
+        };
+        if self.batcher.send(pending).await.is_err() {
+            return Err(Interrupted);
+        }
+        // The batcher answers, or drops the item when it stops at shutdown.
+        match committed.await.map_err(|_| Interrupted)? {
+            Ok(()) => Ok(()),
+            Err(refused) => {
+                let why = InvalidEvent::new(
+                    InvalidKind::InvalidField,
+                    format!("the database refused the row: {refused}"),
+                );
+                self.dead_letter(message, why, shutdown).await
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        why: InvalidEvent,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        tracing::warn!(
+            topic = message.topic(), partition = message.partition(), offset = message.offset(),
+            reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
+        );
+        until_sent("dead-lettering an event", &self.backoff, shutdown, || {
+            self.dead_letters.send(message, &why)
+        })
+        .await
+    }
+}
+
+impl Handler for SinkHandler {
+    fn handle(
+        self: Arc<Self>,
+        message: OwnedMessage,
+        mut shutdown: Shutdown,
+    ) -> BoxFuture<'static, Result<(), Interrupted>> {
+        Box::pin(async move { self.process(&message, &mut shutdown).await })
+    }
+}
+
+/// Runs the sink until `shutdown`.
+pub async fn run(
+    config: SinkConfig,
+    kafka: KafkaConfig,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> Result<(), SinkError> {
+    let topic = kafka.topic(name::ORDERS_STATE);
+    kafka
+        .check_topics_off_runtime(vec![topic.clone(), kafka.topic(name::ORDERS_DLQ)])
+        .await?;
+    let rows = config.batch_rows.max(1);
+    let backoff = Backoff {
+        min: Duration::from_millis(200),
+        max: Duration::from_secs(10),
+    };
+    let (inbox, batches) = mpsc::channel(rows * 2);
+    let batcher = Batcher {
+        pool,
+        emitter: Emitter::new(&kafka)?,
+        rows,
+        linger: Duration::from_millis(config.batch_linger_ms),
+        backoff,
+    };
+    let writer = tokio::spawn(batcher.run(batches, shutdown.clone()));
+    let producer = kafka.producer()?;
+    let handler = Arc::new(SinkHandler {
+        batcher: inbox,
+        dead_letters: DeadLetters::new(producer, kafka.topic(name::ORDERS_DLQ), "sink"),
+        backoff,
+    });
+    let options = StageOptions {
+        group: config.group.clone(),
+        topics: vec![topic],
+        // Enough in flight to fill two batches while one is written.
+        max_in_flight: rows * 2,
+        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+        metrics,
+    };
+    let consumer = stage::consumer(&kafka, &options)?;
+    tracing::info!(group = %options.group, topic = %options.topics[0], rows, "sink running");
+    let ran = stage::run(consumer, handler, options, shutdown).await;
+    writer.abort();
+    ran?;
+    tracing::info!("sink stopped");
+    Ok(())
+}
