@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # The main job, locally: broker, database, topics, migrations, the znet simulator (with
 # faults), two dispatch processes in one consumer group, two poll processes in another,
-# the reconciler, and a realistic load followed to final states with a live progress line
-# and a summary.
+# the reconciler, the sink into PostgreSQL, and a realistic load followed to final states
+# with a live progress line and a summary (from the topics, then from the database).
 #
 #   ops/demo.sh [--orders N] [--rate R]      (other `orderflow load` flags pass through)
 #
 # The first status check comes 10 s after dispatch instead of 60 s (ORDERFLOW_FIRST_CHECK),
 # so most orders end within a minute; the retry tiers are the production ones (30 s,
 # 1 m, ...). The simulator answers "processing" once, then completes (2 % cancel). Orders
-# end "completed", "failed" (rejected or cancelled) or "dead-lettered". Not built yet: the
-# sink into PostgreSQL. Everything the demo starts is stopped when it ends; the broker and
-# database stay up. Each process serves /metrics on 127.0.0.1:9464 and up.
+# end "completed", "failed" (rejected or cancelled) or "dead-lettered". Everything the
+# demo starts is stopped when it ends; the broker and database stay up. Each process
+# serves /metrics on 127.0.0.1:9464 and up.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/orderflow/target}"
@@ -78,15 +78,38 @@ start_stage dispatch-1 dispatch
 start_stage dispatch-2 dispatch
 start_stage poll-1 poll
 start_stage poll-2 poll
+start_stage sink sink
 export ORDERFLOW_RECONCILE_EVERY=30s ORDERFLOW_RECONCILE_GRACE=30s
 start_stage reconcile reconcile
-say "simulator, two dispatch, two poll processes and the reconciler started; logs in $STATE."
+say "simulator, two dispatch, two poll processes, the reconciler and the sink started; logs in $STATE."
 
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 set +e
 [[ $# -gt 0 ]] || set -- --orders 600 --rate 60
 "$BIN" load --account znet-demo "$@"
 status=$?
 set -e
+
+# What the shop sees: the orders table the sink keeps. This run's orders are those
+# dispatched since it started (deadline = dispatch + 24 h); the sink may trail the topic
+# for a moment, so wait (up to 60 s) until none of them is left unfinished.
+this_run="deadline >= timestamptz '$started' + interval '24 hours'"
+for _ in $(seq 60); do
+  left=$(bash ops/postgres/db.sh psql -At -c \
+    "SELECT count(*) FROM orders WHERE $this_run AND state NOT IN ('completed', 'failed')")
+  [[ $left == 0 ]] && break
+  sleep 1
+done
+say "this run's orders in PostgreSQL, by the shop's columns:"
+bash ops/postgres/db.sh psql -c \
+  "SELECT status, external_status, state, failure_reason, count(*) FROM orders
+    WHERE $this_run GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC"
+one=$(bash ops/postgres/db.sh psql -At -c \
+  "SELECT order_id FROM orders WHERE $this_run AND state = 'completed' ORDER BY updated_at DESC LIMIT 1")
+if [[ -n $one ]]; then
+  say "one completed order's journey (orderflow order show $one; add --reveal for the PIN):"
+  "$BIN" order show "$one"
+fi
 
 for stage in "${stages[@]}"; do
   IFS=: read -r name pid mport <<<"$stage"

@@ -199,3 +199,47 @@ fn pin_key_new_prints_a_usable_key() {
     let (_, again, _, _) = orderflow(&["pin-key", "new", "--id", "shop-2027"], &[]);
     assert_ne!(again.trim(), line, "keys are random");
 }
+
+/// The shop guide's Python example opens what the pipeline seals (the shop's side of G5).
+#[test]
+fn the_shop_guide_example_opens_a_sealed_pin() {
+    use orderflow::pin::PinKeys;
+    use orderflow::secret::Secret;
+    use std::io::Write;
+    let has_cryptography = Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has_cryptography,
+        "python3 with the cryptography package is needed to check docs/examples/open_pin.py"
+    );
+    let (old, new) = (
+        PinKeys::generate_key_line("old"),
+        PinKeys::generate_key_line("new"),
+    );
+    let order = uuid::Uuid::new_v4();
+    let sealed = PinKeys::parse(&old)
+        .unwrap()
+        .seal(order, &Secret::new("ŞİFRE-1234-ığüö"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/open_pin.py");
+    let mut child = Command::new("python3")
+        .args([script, &order.to_string(), sealed.as_str()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Rotated keys: the newest first, the one that sealed it after.
+    write!(child.stdin.take().unwrap(), "{new}\n{old}\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ŞİFRE-1234-ığüö"
+    );
+}
