@@ -25,6 +25,40 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    pub stage: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub account: String,
+    /// `place` or `check`.
+    pub call: &'static str,
+    /// `answered` or `failed` (no usable answer: timeout, 5xx, HTML, account problem).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabel {
+    pub account: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 5 ms .. ~40 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.005, 2.0, 14,
+    ))
+}
+
 fn lateness_histogram() -> Histogram {
     // 1 ms .. ~65 s
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -51,6 +85,20 @@ pub struct Metrics {
     pub check_outcomes: Family<OutcomeLabel, Counter>,
     /// Orders the reconciler enqueued again.
     pub requeued: Counter,
+    /// Events copied to the DLQ, by stage and reason.
+    pub dead_lettered: Family<DeadLetterLabels, Counter>,
+    /// Provider calls by account, call and outcome.
+    pub provider_calls: Family<CallLabels, Counter>,
+    /// Provider call duration by account, call and outcome.
+    pub provider_call_seconds: Family<CallLabels, Histogram, fn() -> Histogram>,
+    /// 1 while an account's circuit breaker stops calls.
+    pub breaker_open: Family<AccountLabel, Gauge>,
+    /// Rows per sink statement, and how long it took.
+    pub sink_batch_rows: Histogram,
+    pub sink_batch_seconds: Histogram,
+    /// Messages behind the end of each partition (librdkafka's view: high watermark minus
+    /// committed offset); see `messages_waiting` for the partitions a delay holds.
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -75,6 +123,16 @@ impl Metrics {
         let lateness = Family::new_with_constructor(lateness_histogram as fn() -> Histogram);
         let check_outcomes = Family::<OutcomeLabel, Counter>::default();
         let requeued = Counter::default();
+        let dead_lettered = Family::<DeadLetterLabels, Counter>::default();
+        let provider_calls = Family::<CallLabels, Counter>::default();
+        let provider_call_seconds =
+            Family::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        let breaker_open = Family::<AccountLabel, Gauge>::default();
+        let sink_batch_rows = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 14),
+        );
+        let sink_batch_seconds = seconds_histogram();
+        let consumer_lag = Family::<PartitionLabels, Gauge>::default();
         registry.register(
             "messages_handled",
             "Messages whose effects are durable, by topic",
@@ -110,6 +168,41 @@ impl Metrics {
             "Orders the reconciler enqueued again because their check was overdue",
             requeued.clone(),
         );
+        registry.register(
+            "dead_lettered",
+            "Events copied to orders.dlq, by stage and reason",
+            dead_lettered.clone(),
+        );
+        registry.register(
+            "provider_calls",
+            "Provider calls by account, call (place, check) and outcome (answered, failed)",
+            provider_calls.clone(),
+        );
+        registry.register(
+            "provider_call_seconds",
+            "Provider call duration by account, call and outcome",
+            provider_call_seconds.clone(),
+        );
+        registry.register(
+            "provider_breaker_open",
+            "1 while the account's circuit breaker stops calls, else 0",
+            breaker_open.clone(),
+        );
+        registry.register(
+            "sink_batch_rows",
+            "Rows written by one sink statement",
+            sink_batch_rows.clone(),
+        );
+        registry.register(
+            "sink_batch_seconds",
+            "How long one sink statement took",
+            sink_batch_seconds.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Messages between the committed offset and the end of a partition",
+            consumer_lag.clone(),
+        );
         Metrics {
             registry,
             ready: AtomicBool::new(false),
@@ -120,6 +213,13 @@ impl Metrics {
             lateness,
             check_outcomes,
             requeued,
+            dead_lettered,
+            provider_calls,
+            provider_call_seconds,
+            breaker_open,
+            sink_batch_rows,
+            sink_batch_seconds,
+            consumer_lag,
         }
     }
 

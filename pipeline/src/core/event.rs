@@ -121,13 +121,22 @@ fn decode_object(bytes: &[u8], max_bytes: usize) -> Result<serde_json::Value, In
 
 /// Decodes one of the pipeline's own events (`orders.dispatched`, `orders.status-check.*`,
 /// `orders.state`): written by this code, so no more than the types are checked.
+/// Errors name a missing field but never quote a value, since a value may be a PIN that a
+/// broken producer put in the wrong place (G5).
 pub fn decode<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
     max_bytes: usize,
 ) -> Result<T, InvalidEvent> {
     let value = decode_object(bytes, max_bytes)?;
-    serde_json::from_value(value)
-        .map_err(|e| InvalidEvent::new(InvalidKind::InvalidField, e.to_string()))
+    serde_json::from_value(value).map_err(|e| {
+        let text = e.to_string();
+        let detail = if text.starts_with("missing field") {
+            text
+        } else {
+            "a field has a wrong type or value (not quoted: it may be secret)".to_owned()
+        };
+        InvalidEvent::new(InvalidKind::InvalidField, detail)
+    })
 }
 
 impl OrderCreated {

@@ -64,7 +64,7 @@ macro_rules! upsert_tail {
             deadline = COALESCE(EXCLUDED.deadline, orders.deadline),
             last_error = EXCLUDED.last_error,
             version = EXCLUDED.version,
-            state_event = COALESCE(EXCLUDED.state_event, orders.state_event),
+            state_event = EXCLUDED.state_event,
             updated_at = now()
         WHERE orders.state NOT IN ('completed', 'failed')
           AND (orders.version < EXCLUDED.version

@@ -131,12 +131,14 @@ impl DispatchHandler {
         kafka: &KafkaConfig,
         pool: PgPool,
         accounts: Accounts,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, DispatchError> {
         let emitter = Emitter::new(kafka)?;
         let dead_letters = DeadLetters::new(
             emitter.producer().clone(),
             kafka.topic(name::ORDERS_DLQ),
             "dispatch",
+            metrics,
         );
         Ok(DispatchHandler {
             accounts,
@@ -400,7 +402,14 @@ pub async fn run(
             .to_vec(),
         )
         .await?;
-    let handler = Arc::new(DispatchHandler::new(&config, &kafka, pool, accounts)?);
+    accounts.observe(Arc::clone(&metrics));
+    let handler = Arc::new(DispatchHandler::new(
+        &config,
+        &kafka,
+        pool,
+        accounts,
+        Arc::clone(&metrics),
+    )?);
     let options = StageOptions {
         group: config.group.clone(),
         topics: vec![kafka.topic(name::ORDERS_CREATED)],

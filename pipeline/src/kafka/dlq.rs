@@ -8,24 +8,33 @@
 use crate::core::event::InvalidEvent;
 use crate::kafka::headers;
 use crate::kafka::Context;
+use crate::metrics::{DeadLetterLabels, Metrics};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct DeadLetters {
     producer: FutureProducer<Context>,
     topic: String,
     stage: &'static str,
+    metrics: Arc<Metrics>,
 }
 
 impl DeadLetters {
-    pub fn new(producer: FutureProducer<Context>, topic: String, stage: &'static str) -> Self {
+    pub fn new(
+        producer: FutureProducer<Context>,
+        topic: String,
+        stage: &'static str,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         DeadLetters {
             producer,
             topic,
             stage,
+            metrics,
         }
     }
 
@@ -74,7 +83,14 @@ impl DeadLetters {
         self.producer
             .send(record, Timeout::Never)
             .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
+            .map_err(|(e, _)| e)?;
+        self.metrics
+            .dead_lettered
+            .get_or_create(&DeadLetterLabels {
+                stage: self.stage,
+                reason: why.kind.as_str(),
+            })
+            .inc();
+        Ok(())
     }
 }

@@ -46,6 +46,27 @@ impl Emitter {
         .await
     }
 
+    /// Publishes an order's final state again, marked as the sink's copy
+    /// ([`headers::COPY`]).
+    pub async fn state_copy(&self, event: &OrderStateEvent) -> Result<(), KafkaError> {
+        let key = event.order_id.to_string();
+        let payload = serde_json::to_vec(event).expect("events always serialize");
+        let version = SCHEMA_VERSION.to_string();
+        let record = FutureRecord::to(&self.state_topic)
+            .key(&key)
+            .payload(&payload)
+            .headers(headers::build([
+                (headers::EVENT, name::ORDERS_STATE),
+                (headers::SCHEMA_VERSION, version.as_str()),
+                (headers::COPY, "sink"),
+            ]));
+        self.producer
+            .send(record, Timeout::Never)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+
     pub async fn dispatched(&self, event: &OrderDispatched) -> Result<(), KafkaError> {
         self.send(
             &self.dispatched_topic,

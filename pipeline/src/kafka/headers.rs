@@ -6,6 +6,9 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 pub const EVENT: &str = "orderflow.event";
 /// The payload's `schema_version`, so a reader can route without parsing.
 pub const SCHEMA_VERSION: &str = "orderflow.schema_version";
+/// On an `orders.state` event the sink published again so that the compacted topic ends on
+/// an order's final state (value `sink`); such a copy is never answered with another.
+pub const COPY: &str = "orderflow.copy";
 
 /// DLQ: machine-readable reason, e.g. `invalid_field` (see `InvalidKind`).
 pub const DLQ_REASON: &str = "orderflow.dlq.reason";

@@ -19,7 +19,7 @@
 
 use crate::core::watermark::PartitionWatermark;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PartitionLabels};
 use crate::shutdown::{Interrupted, Shutdown};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -72,12 +72,24 @@ pub struct StageOptions {
     pub metrics: Arc<Metrics>,
 }
 
-/// Records revoked partitions from inside librdkafka's rebalance callback, for the loop to
-/// act on.
-#[derive(Default)]
+/// Records revoked and assigned partitions from inside librdkafka's rebalance callback, for
+/// the loop to act on, and turns librdkafka's statistics into the lag metric.
 pub struct StageContext {
+    group: String,
+    metrics: Arc<Metrics>,
     revoked: Mutex<Vec<(String, i32)>>,
     assigned: Mutex<Vec<(String, i32)>>,
+}
+
+impl StageContext {
+    fn new(group: &str, metrics: Arc<Metrics>) -> Self {
+        StageContext {
+            group: group.to_owned(),
+            metrics,
+            revoked: Mutex::default(),
+            assigned: Mutex::default(),
+        }
+    }
 }
 
 impl ClientContext for StageContext {
@@ -86,6 +98,26 @@ impl ClientContext for StageContext {
     }
     fn error(&self, error: KafkaError, reason: &str) {
         Context.error(error, reason)
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // -1 is librdkafka's internal partition; a negative lag is unknown.
+                if *partition < 0 || !p.desired || p.consumer_lag < 0 {
+                    continue;
+                }
+                let labels = PartitionLabels {
+                    group: self.group.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                };
+                self.metrics
+                    .consumer_lag
+                    .get_or_create(&labels)
+                    .set(p.consumer_lag);
+            }
+        }
     }
 }
 
@@ -132,7 +164,11 @@ pub fn consumer(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .create_with_context(StageContext::default())
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(StageContext::new(
+            &options.group,
+            Arc::clone(&options.metrics),
+        ))
         .map_err(KafkaSetupError::Client)?;
     let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
     consumer

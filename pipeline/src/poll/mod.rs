@@ -275,6 +275,7 @@ impl PollHandler {
             emitter.producer().clone(),
             kafka.topic(name::ORDERS_DLQ),
             "poll",
+            Arc::clone(&metrics),
         );
         Ok(PollHandler {
             accounts,
@@ -626,6 +627,7 @@ pub async fn run(
         kafka.topic(name::ORDERS_DLQ),
     ]);
     kafka.check_topics_off_runtime(needed).await?;
+    accounts.observe(Arc::clone(&metrics));
     let handler = Arc::new(PollHandler::new(
         &kafka,
         pool,

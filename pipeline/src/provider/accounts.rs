@@ -23,6 +23,7 @@
 
 use crate::core::breaker::{Breaker, BreakerConfig, BreakerState, Ticket};
 use crate::core::rate::TokenBucket;
+use crate::metrics::{AccountLabel, CallLabels, Metrics};
 use crate::provider::{CheckOutcome, PlaceOutcome, Placement, Provider};
 use crate::secret::Secret;
 use crate::znet::client::ZnetClient;
@@ -123,6 +124,8 @@ pub struct Account {
     concurrency: Arc<Semaphore>,
     bucket: Mutex<TokenBucket>,
     breaker: Mutex<Breaker>,
+    /// Where calls and the breaker's state are counted, once a stage says so.
+    metrics: std::sync::OnceLock<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Account {
@@ -145,28 +148,44 @@ pub struct CallPermit<'a> {
 
 impl CallPermit<'_> {
     pub async fn place(mut self, placement: &Placement) -> PlaceOutcome {
+        let started = Instant::now();
         let outcome = self.account.provider.place(placement).await;
-        self.record(matches!(
+        let healthy = matches!(
             outcome,
             PlaceOutcome::Accepted { .. }
                 | PlaceOutcome::Rejected { .. }
                 | PlaceOutcome::Duplicate { .. }
-        ));
+        );
+        self.record("place", started, healthy);
         outcome
     }
 
     pub async fn check(mut self, reference: &str) -> CheckOutcome {
+        let started = Instant::now();
         let outcome = self.account.provider.check(reference).await;
-        self.record(!matches!(
+        let healthy = !matches!(
             outcome,
             CheckOutcome::AccountProblem { .. } | CheckOutcome::Transient { .. }
-        ));
+        );
+        self.record("check", started, healthy);
         outcome
     }
 
-    fn record(&mut self, healthy: bool) {
+    fn record(&mut self, call: &'static str, started: Instant, healthy: bool) {
         self.recorded = true;
         self.account.record(self.ticket, healthy);
+        if let Some(metrics) = self.account.metrics.get() {
+            let labels = CallLabels {
+                account: self.account.id.clone(),
+                call,
+                outcome: if healthy { "answered" } else { "failed" },
+            };
+            metrics.provider_calls.get_or_create(&labels).inc();
+            metrics
+                .provider_call_seconds
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+        }
     }
 }
 
@@ -200,6 +219,7 @@ impl Account {
                 Instant::now(),
             )),
             breaker: Mutex::new(Breaker::new(limits.breaker)),
+            metrics: std::sync::OnceLock::new(),
         }
     }
 
@@ -244,6 +264,15 @@ impl Account {
         let was_open = !matches!(breaker.state(), BreakerState::Closed { .. });
         breaker.record(Instant::now(), ticket, healthy);
         let is_open = !matches!(breaker.state(), BreakerState::Closed { .. });
+        if let Some(metrics) = self.metrics.get() {
+            let label = AccountLabel {
+                account: self.id.clone(),
+            };
+            metrics
+                .breaker_open
+                .get_or_create(&label)
+                .set(i64::from(is_open));
+        }
         if is_open && !was_open {
             tracing::warn!(account = %self.id, "provider failing: circuit breaker open, calls paused");
         } else if was_open && !is_open {
@@ -366,6 +395,17 @@ impl Accounts {
         Ok(Self::from_accounts(accounts))
     }
 
+    /// Counts every account's calls and breaker state in `metrics` from now on.
+    pub fn observe(&self, metrics: Arc<Metrics>) {
+        for account in self.by_id.values() {
+            let _ = account.metrics.set(Arc::clone(&metrics));
+            let label = AccountLabel {
+                account: account.id.clone(),
+            };
+            metrics.breaker_open.get_or_create(&label).set(0);
+        }
+    }
+
     pub fn get(&self, id: &str) -> Option<&Arc<Account>> {
         self.by_id.get(id)
     }
@@ -418,7 +458,7 @@ mod tests {
         let a = accounts.get("znet-main").unwrap();
         let start = Instant::now();
         for _ in 0..7 {
-            a.permit().await.record(true);
+            a.permit().await.record("check", Instant::now(), true);
         }
         // A burst of 5, then 2 more at 5 per second.
         assert!(

@@ -1,7 +1,8 @@
 //! The sink: `orders.state` into the `orders` table, in batches, never regressing (G2, G3).
 //!
 //! Each message runs through [`SinkHandler`] on the shared consumer loop: decoded and
-//! checked (an unusable event goes to `orders.dlq`), then handed to the [`Batcher`], which
+//! checked (an unusable event goes to `orders.dlq`), then handed, in the log's order, to
+//! the [`Batcher`], which
 //! collects up to `batch_rows` rows or waits `batch_linger`, merges the rows of one order
 //! by the rule of [`crate::core::lifecycle::supersedes`], and upserts them in one
 //! statement whose guard applies the same rule against the table. A message's handler
@@ -11,13 +12,20 @@
 //! event is dead-lettered.
 //!
 //! Compaction keeps the last record per order, which is not always the newest state: a
-//! slow worker may publish an older state after the final one. When an order's row is
-//! final and its last event in a batch is another state, the sink publishes the row's
-//! event again (it keeps it in `orders.state_event`), so the topic ends on the final state
-//! and a replay into an empty database rebuilds the same table. Only a final row is
-//! republished: a newer non-final state may still be further on in the log, and a copy
-//! appended after it would make compaction drop it. The copy ties with the row, so it
-//! causes no further copy.
+//! slow worker may publish an older state after the final one, a redone check may publish
+//! the final state again with a freshly sealed PIN, a broken producer may add an unusable
+//! event. When an order's row is final and its last record in the log is anything but the
+//! row's own event, the sink publishes the row's event again (it keeps it in
+//! `orders.state_event`), marked as a copy, so the topic ends on the final state and a
+//! replay into an empty database rebuilds the same table. Only a final row is republished
+//! (a newer non-final state may still be further on in the log, and a copy after it would
+//! make compaction drop it), and never in answer to a copy, so two sinks cannot echo each
+//! other.
+//!
+//! Limit: the in-batch merge starts from the batch, not from the row, so a batch holding a
+//! final state with a lower version than a non-final row already in the table loses the
+//! batch's other events of that order. The stages number versions so that a final state
+//! is an order's highest; only a broken producer can do this.
 
 use crate::core::backoff::{random_fraction, Backoff};
 use crate::core::event::{self, InvalidEvent, InvalidKind, OrderStateEvent};
@@ -114,28 +122,128 @@ struct Pending {
     rank: (i64, OrderState),
     /// Where the event came from, so a batch merges one order's events in their order.
     at: (i32, i64),
+    /// A copy the sink itself published: never answered with another copy.
+    copy: bool,
     /// `Ok` once committed, or why the database refused the row.
     done: oneshot::Sender<Result<(), String>>,
 }
 
-/// Writes rows in batches; see the module header.
-pub struct Batcher {
+/// Ends the log of an order on its final row again (see the module header).
+#[derive(Clone)]
+struct Repairer {
     pool: PgPool,
     emitter: Emitter,
+    backoff: Backoff,
+}
+
+impl Repairer {
+    /// For each order whose row is final: unless `last(order)` is the row's own event (or
+    /// a sink's copy), publish the row's event again. `last` gives the JSON of the order's
+    /// last record, or `None` when that record could not be written at all.
+    async fn repair(
+        &self,
+        last: &HashMap<Uuid, Option<serde_json::Value>>,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        let ids: Vec<Uuid> = last.keys().copied().collect();
+        let mut attempt = 0;
+        let rows = loop {
+            match orders::current(&self.pool, &ids).await {
+                Ok(rows) => break rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading rows back failed; retrying");
+                    shutdown
+                        .sleep(self.backoff.delay(attempt, random_fraction()))
+                        .await?;
+                    attempt += 1;
+                }
+            }
+        };
+        for (id, _, state, event) in rows {
+            let (Ok(state), Some(event)) = (state.parse::<OrderState>(), event) else {
+                continue;
+            };
+            let Ok(row_event) = serde_json::from_str::<serde_json::Value>(&event) else {
+                continue;
+            };
+            if !state.is_final() || last[&id].as_ref() == Some(&row_event) {
+                continue;
+            }
+            let Ok(row_event) = serde_json::from_value::<OrderStateEvent>(row_event) else {
+                continue;
+            };
+            tracing::debug!(order_id = %id, "another record came after the final state; publishing the final state again");
+            until_sent(
+                "publishing an order's final state again",
+                &self.backoff,
+                shutdown,
+                || self.emitter.state_copy(&row_event),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// [`Repairer::repair`] for the orders of `batch`, each judged by its last event in the
+    /// log; a sink's copy as the last event is left alone.
+    async fn repair_batch(
+        &self,
+        batch: &[Pending],
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        let mut last: HashMap<Uuid, &Pending> = HashMap::new();
+        for p in batch {
+            last.entry(p.row.order_id)
+                .and_modify(|current| {
+                    if p.at > current.at {
+                        *current = p;
+                    }
+                })
+                .or_insert(p);
+        }
+        let last: HashMap<Uuid, Option<serde_json::Value>> = last
+            .into_iter()
+            .filter(|(_, p)| !p.copy)
+            .map(|(id, p)| (id, serde_json::from_str(&p.event).ok()))
+            .collect();
+        if last.is_empty() {
+            return Ok(());
+        }
+        self.repair(&last, shutdown).await
+    }
+}
+
+/// Writes rows in batches; see the module header.
+pub struct Batcher {
+    metrics: Arc<Metrics>,
+    pool: PgPool,
+    repairer: Repairer,
     rows: usize,
     linger: Duration,
     backoff: Backoff,
 }
 
 impl Batcher {
-    /// Runs until every sender is dropped or `shutdown`; unfinished items are dropped, so
-    /// their handlers report `Interrupted`.
-    async fn run(self, mut inbox: mpsc::Receiver<Pending>, mut shutdown: Shutdown) {
+    /// Runs until every sender is dropped or `shutdown`. At shutdown it writes what it was
+    /// already handed, so that handlers in flight finish within the stage's grace period.
+    async fn run(self, mut inbox: mpsc::UnboundedReceiver<Pending>, mut shutdown: Shutdown) {
         loop {
-            let Some(first) = (tokio::select! {
+            let first = tokio::select! {
                 item = inbox.recv() => item,
                 _ = shutdown.wait() => None,
-            }) else {
+            };
+            let Some(first) = first else {
+                inbox.close();
+                let mut rest = Vec::new();
+                while let Ok(item) = inbox.try_recv() {
+                    rest.push(item);
+                }
+                while !rest.is_empty() {
+                    let batch: Vec<Pending> = rest.drain(..rest.len().min(self.rows)).collect();
+                    if self.write(batch, &mut shutdown).await.is_err() {
+                        return;
+                    }
+                }
                 return;
             };
             let mut batch = vec![first];
@@ -160,15 +268,20 @@ impl Batcher {
         let (rows, events) = merge(&batch);
         let mut attempt = 0;
         loop {
+            let started = std::time::Instant::now();
             match orders::upsert_batch(&self.pool, &rows, &events).await {
                 Ok(changed) => {
+                    self.metrics.sink_batch_rows.observe(rows.len() as f64);
+                    self.metrics
+                        .sink_batch_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     tracing::debug!(
                         events = batch.len(),
                         rows = rows.len(),
                         changed,
                         "batch written"
                     );
-                    self.repair(&batch, shutdown).await?;
+                    self.repairer.repair_batch(&batch, shutdown).await?;
                     for item in batch {
                         let _ = item.done.send(Ok(()));
                     }
@@ -186,64 +299,15 @@ impl Batcher {
         }
     }
 
-    /// Publishes again the row's event of every final order whose last event in `batch` is
-    /// another state (see the module header).
-    async fn repair(&self, batch: &[Pending], shutdown: &mut Shutdown) -> Result<(), Interrupted> {
-        let mut last: HashMap<Uuid, &Pending> = HashMap::new();
-        for p in batch {
-            last.entry(p.row.order_id)
-                .and_modify(|current| {
-                    if p.at > current.at {
-                        *current = p;
-                    }
-                })
-                .or_insert(p);
-        }
-        let ids: Vec<Uuid> = last.keys().copied().collect();
-        let mut attempt = 0;
-        let rows = loop {
-            match orders::current(&self.pool, &ids).await {
-                Ok(rows) => break rows,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading rows back failed; retrying");
-                    shutdown
-                        .sleep(self.backoff.delay(attempt, random_fraction()))
-                        .await?;
-                    attempt += 1;
-                }
-            }
-        };
-        for (id, version, state, event) in rows {
-            let (Ok(state), Some(event)) = (state.parse::<OrderState>(), event) else {
-                continue;
-            };
-            // A final row keeps whatever comes after it; unless that was the row's own
-            // state, the log must end on the row again.
-            if !state.is_final() || (version, state) == last[&id].rank {
-                continue;
-            }
-            let Ok(event) = serde_json::from_str::<OrderStateEvent>(&event) else {
-                continue;
-            };
-            tracing::debug!(order_id = %id, version, "an older state came last; publishing the newest again");
-            until_sent(
-                "publishing an order's newest state again",
-                &self.backoff,
-                shutdown,
-                || self.emitter.state(&event),
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// A batch the database refused: find the rows it refuses, one by one.
+    /// A batch the database refused: find the rows it refuses, one by one, in log order.
     async fn write_one_by_one(
         &self,
-        batch: Vec<Pending>,
+        mut batch: Vec<Pending>,
         shutdown: &mut Shutdown,
     ) -> Result<(), Interrupted> {
-        for item in batch {
+        batch.sort_by_key(|p| p.at);
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for item in &batch {
             let mut attempt = 0;
             let outcome = loop {
                 match orders::upsert_batch(
@@ -264,6 +328,11 @@ impl Batcher {
                     }
                 }
             };
+            outcomes.push(outcome);
+        }
+        // A refused event that came last after a final row must not stay the last record.
+        self.repairer.repair_batch(&batch, shutdown).await?;
+        for (item, outcome) in batch.into_iter().zip(outcomes) {
             let _ = item.done.send(outcome);
         }
         Ok(())
@@ -282,11 +351,12 @@ fn is_refusal(error: &sqlx::Error) -> bool {
 }
 
 /// One row per order, with its event: the one that wins when the batch's events are applied
-/// in their order, by the same rule as the table's guard.
+/// in their order, by the same rule as the table's guard. Sorted by order id, so that two
+/// writers lock rows in the same order.
 fn merge(batch: &[Pending]) -> (Vec<OrderRow>, Vec<String>) {
     let mut order: Vec<&Pending> = batch.iter().collect();
     order.sort_by_key(|p| p.at);
-    let mut best: HashMap<Uuid, &Pending> = HashMap::new();
+    let mut best: std::collections::BTreeMap<Uuid, &Pending> = std::collections::BTreeMap::new();
     for p in order {
         best.entry(p.row.order_id)
             .and_modify(|current| {
@@ -301,59 +371,75 @@ fn merge(batch: &[Pending]) -> (Vec<OrderRow>, Vec<String>) {
         .unzip()
 }
 
+/// What became of a message when it was handed over.
+enum Queued {
+    /// Waiting for its batch.
+    Batched(oneshot::Receiver<Result<(), String>>),
+    Unusable(InvalidEvent),
+    Tombstone,
+    /// The batcher has stopped.
+    Closed,
+}
+
 /// Handles one `orders.state` message.
 pub struct SinkHandler {
-    batcher: mpsc::Sender<Pending>,
+    batcher: mpsc::UnboundedSender<Pending>,
     dead_letters: DeadLetters,
+    repairer: Repairer,
     backoff: Backoff,
 }
 
 impl SinkHandler {
-    async fn process(
-        &self,
-        message: &OwnedMessage,
-        shutdown: &mut Shutdown,
-    ) -> Result<(), Interrupted> {
+    /// Decodes `message` and hands it to the batcher. Called on the consumer loop's task,
+    /// so the batcher receives events in the log's order (`max_in_flight` bounds the queue).
+    fn enqueue(&self, message: &OwnedMessage) -> Queued {
         let Some(payload) = message.payload() else {
-            // A tombstone: orderflow never deletes an order's state; nothing to write.
-            return Ok(());
+            return Queued::Tombstone;
         };
         let decoded = event::decode::<OrderStateEvent>(payload, MAX_EVENT_BYTES)
             .and_then(|e| check(&e).map(|()| e));
         let event = match decoded {
             Ok(event) => event,
-            Err(why) => return self.dead_letter(message, why, shutdown).await,
+            Err(why) => return Queued::Unusable(why),
         };
+        let copy = message
+            .headers()
+            .is_some_and(|h| crate::kafka::headers::get(h, crate::kafka::headers::COPY).is_some());
         let (done, committed) = oneshot::channel();
         let pending = Pending {
             row: OrderRow::from_event(&event),
             event: serde_json::to_string(&event).expect("events always serialize"),
             rank: (event.version, event.state),
             at: (message.partition(), message.offset()),
+            copy,
             done,
         };
-        if self.batcher.send(pending).await.is_err() {
-            return Err(Interrupted);
-        }
-        // The batcher answers, or drops the item when it stops at shutdown.
-        match committed.await.map_err(|_| Interrupted)? {
-            Ok(()) => Ok(()),
-            Err(refused) => {
-                let why = InvalidEvent::new(
-                    InvalidKind::InvalidField,
-                    format!("the database refused the row: {refused}"),
-                );
-                self.dead_letter(message, why, shutdown).await
-            }
+        match self.batcher.send(pending) {
+            Ok(()) => Queued::Batched(committed),
+            Err(_) => Queued::Closed,
         }
     }
 
-    async fn dead_letter(
+    async fn finish(
         &self,
         message: &OwnedMessage,
-        why: InvalidEvent,
+        queued: Queued,
         shutdown: &mut Shutdown,
     ) -> Result<(), Interrupted> {
+        let why = match queued {
+            // orderflow never deletes an order's state: nothing to write.
+            Queued::Tombstone => return Ok(()),
+            Queued::Unusable(why) => why,
+            Queued::Closed => return stopped(shutdown),
+            Queued::Batched(committed) => match committed.await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(refused)) => InvalidEvent::new(
+                    InvalidKind::InvalidField,
+                    format!("the database refused the row: {refused}"),
+                ),
+                Err(_) => return stopped(shutdown),
+            },
+        };
         tracing::warn!(
             topic = message.topic(), partition = message.partition(), offset = message.offset(),
             reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
@@ -361,8 +447,25 @@ impl SinkHandler {
         until_sent("dead-lettering an event", &self.backoff, shutdown, || {
             self.dead_letters.send(message, &why)
         })
-        .await
+        .await?;
+        // The dead-lettered record may now be its order's last one in the log.
+        let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
+        if let Some(id) = key.and_then(|k| k.parse::<Uuid>().ok()) {
+            self.repairer
+                .repair(&HashMap::from([(id, None)]), shutdown)
+                .await?;
+        }
+        Ok(())
     }
+}
+
+/// The batcher dropped a message's row: expected at shutdown, a bug otherwise (the stage
+/// stops on a handler's panic instead of moving on without the row).
+fn stopped(shutdown: &Shutdown) -> Result<(), Interrupted> {
+    if shutdown.is_set() {
+        return Err(Interrupted);
+    }
+    panic!("the sink's batch writer stopped while the sink runs");
 }
 
 impl Handler for SinkHandler {
@@ -371,7 +474,8 @@ impl Handler for SinkHandler {
         message: OwnedMessage,
         mut shutdown: Shutdown,
     ) -> BoxFuture<'static, Result<(), Interrupted>> {
-        Box::pin(async move { self.process(&message, &mut shutdown).await })
+        let queued = self.enqueue(&message);
+        Box::pin(async move { self.finish(&message, queued, &mut shutdown).await })
     }
 }
 
@@ -392,10 +496,16 @@ pub async fn run(
         min: Duration::from_millis(200),
         max: Duration::from_secs(10),
     };
-    let (inbox, batches) = mpsc::channel(rows * 2);
-    let batcher = Batcher {
-        pool,
+    let (inbox, batches) = mpsc::unbounded_channel();
+    let repairer = Repairer {
+        pool: pool.clone(),
         emitter: Emitter::new(&kafka)?,
+        backoff,
+    };
+    let batcher = Batcher {
+        metrics: Arc::clone(&metrics),
+        pool,
+        repairer: repairer.clone(),
         rows,
         linger: Duration::from_millis(config.batch_linger_ms),
         backoff,
@@ -404,7 +514,13 @@ pub async fn run(
     let producer = kafka.producer()?;
     let handler = Arc::new(SinkHandler {
         batcher: inbox,
-        dead_letters: DeadLetters::new(producer, kafka.topic(name::ORDERS_DLQ), "sink"),
+        repairer,
+        dead_letters: DeadLetters::new(
+            producer,
+            kafka.topic(name::ORDERS_DLQ),
+            "sink",
+            Arc::clone(&metrics),
+        ),
         backoff,
     });
     let options = StageOptions {
