@@ -540,6 +540,13 @@ async fn sigkill_while_checks_wait_then_restart_loses_nothing() {
         "{text}"
     );
     assert!(text.contains("orderflow_messages_waiting{"), "{text}");
+    for name in [
+        "orderflow_provider_calls_total{account=\"znet-test\",call=\"check\",outcome=\"answered\"}",
+        "orderflow_provider_call_seconds_bucket{",
+        "orderflow_provider_breaker_open{account=\"znet-test\"} 0",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
     second.kill().unwrap();
     second.wait().unwrap();
     for n in [1, 2] {
