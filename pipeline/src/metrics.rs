@@ -52,6 +52,13 @@ pub struct PartitionLabels {
     pub partition: i32,
 }
 
+fn journey_histogram() -> Histogram {
+    // 1 s .. ~36 h
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 2.0, 18,
+    ))
+}
+
 fn seconds_histogram() -> Histogram {
     // 5 ms .. ~40 s
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -85,6 +92,10 @@ pub struct Metrics {
     pub check_outcomes: Family<OutcomeLabel, Counter>,
     /// Orders the reconciler enqueued again.
     pub requeued: Counter,
+    /// Status checks the provider answered for an order, counted when it ends.
+    pub check_attempts: Histogram,
+    /// From the provider's acceptance to the final state, by outcome.
+    pub dispatch_to_final_seconds: Family<OutcomeLabel, Histogram, fn() -> Histogram>,
     /// Events copied to the DLQ, by stage and reason.
     pub dead_lettered: Family<DeadLetterLabels, Counter>,
     /// Provider calls by account, call and outcome.
@@ -123,6 +134,11 @@ impl Metrics {
         let lateness = Family::new_with_constructor(lateness_histogram as fn() -> Histogram);
         let check_outcomes = Family::<OutcomeLabel, Counter>::default();
         let requeued = Counter::default();
+        let check_attempts = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 10),
+        );
+        let dispatch_to_final_seconds =
+            Family::new_with_constructor(journey_histogram as fn() -> Histogram);
         let dead_lettered = Family::<DeadLetterLabels, Counter>::default();
         let provider_calls = Family::<CallLabels, Counter>::default();
         let provider_call_seconds =
@@ -169,6 +185,16 @@ impl Metrics {
             requeued.clone(),
         );
         registry.register(
+            "check_attempts",
+            "Status checks the provider answered for an order, observed when it ends",
+            check_attempts.clone(),
+        );
+        registry.register(
+            "dispatch_to_final_seconds",
+            "From the provider's acceptance to the final state, by outcome",
+            dispatch_to_final_seconds.clone(),
+        );
+        registry.register(
             "dead_lettered",
             "Events copied to orders.dlq, by stage and reason",
             dead_lettered.clone(),
@@ -213,6 +239,8 @@ impl Metrics {
             lateness,
             check_outcomes,
             requeued,
+            check_attempts,
+            dispatch_to_final_seconds,
             dead_lettered,
             provider_calls,
             provider_call_seconds,

@@ -408,12 +408,20 @@ impl PollHandler {
             _ = shutdown.wait() => return Err(Interrupted),
         };
         let decision = decide(check, outcome, Utc::now(), &self.schedule);
-        self.metrics
-            .check_outcomes
-            .get_or_create(&OutcomeLabel {
-                outcome: decision.outcome(),
-            })
-            .inc();
+        let outcome = OutcomeLabel {
+            outcome: decision.outcome(),
+        };
+        self.metrics.check_outcomes.get_or_create(&outcome).inc();
+        if let Decision::Complete { attempts, .. } | Decision::Fail { attempts, .. } = &decision {
+            self.metrics.check_attempts.observe(f64::from(*attempts));
+            let took = (Utc::now() - check.dispatched_at)
+                .to_std()
+                .unwrap_or_default();
+            self.metrics
+                .dispatch_to_final_seconds
+                .get_or_create(&outcome)
+                .observe(took.as_secs_f64());
+        }
         let (state, next, end) = self.effects(check, decision);
         until_sent(
             "publishing a check's outcome",
