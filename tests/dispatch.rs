@@ -518,13 +518,15 @@ async fn sigkill_mid_batch_then_restart_places_every_order_exactly_once() {
     std::fs::create_dir_all(&logs).unwrap();
     let spawn = |n: u32| {
         let log = std::fs::File::create(logs.join(format!("dispatch-{n}.log"))).unwrap();
-        std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
-            .arg("dispatch")
-            .envs(h.dispatch_env(&group))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting orderflow dispatch")
+        common::ChildGuard(
+            std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+                .arg("dispatch")
+                .envs(h.dispatch_env(&group))
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("starting orderflow dispatch"),
+        )
     };
 
     let orders = publish_batch(&h, ORDERS).await;

@@ -464,13 +464,15 @@ async fn sigkill_while_checks_wait_then_restart_loses_nothing() {
             p.keys_file.display().to_string(),
         ));
         env.push(("ORDERFLOW_METRICS_LISTEN".into(), "127.0.0.1:0".into()));
-        std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
-            .arg("poll")
-            .envs(env)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting orderflow poll")
+        common::ChildGuard(
+            std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+                .arg("poll")
+                .envs(env)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("starting orderflow poll"),
+        )
     };
     let dispatch = p.start_dispatch();
     let orders = publish_all(&p, ORDERS).await;

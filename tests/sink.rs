@@ -431,18 +431,20 @@ async fn sigkill_mid_batch_then_restart_loses_nothing() {
     std::fs::create_dir_all(&logs).unwrap();
     let spawn = |n: u32| {
         let log = std::fs::File::create(logs.join(format!("sink-{n}.log"))).unwrap();
-        std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
-            .arg("sink")
-            .env("ORDERFLOW_KAFKA_BROKERS", &kafka.brokers)
-            .env("ORDERFLOW_TOPIC_PREFIX", &kafka.topic_prefix)
-            .env("ORDERFLOW_DATABASE_URL", &db.url)
-            .env("ORDERFLOW_SINK_GROUP", &group)
-            .env("ORDERFLOW_SINK_BATCH_ROWS", "200")
-            .env("ORDERFLOW_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting orderflow sink")
+        common::ChildGuard(
+            std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+                .arg("sink")
+                .env("ORDERFLOW_KAFKA_BROKERS", &kafka.brokers)
+                .env("ORDERFLOW_TOPIC_PREFIX", &kafka.topic_prefix)
+                .env("ORDERFLOW_DATABASE_URL", &db.url)
+                .env("ORDERFLOW_SINK_GROUP", &group)
+                .env("ORDERFLOW_SINK_BATCH_ROWS", "200")
+                .env("ORDERFLOW_LOG", "info")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("starting orderflow sink"),
+        )
     };
     let mut first = spawn(1);
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -26,7 +26,7 @@ prometheus --config.file=ops/prometheus/prometheus.yml --storage.tsdb.path="$STA
 prom=$!
 demo=""
 cleanup() {
-  [[ -n $demo ]] && kill -TERM "$demo" 2>/dev/null && wait "$demo" 2>/dev/null
+  if [[ -n $demo ]]; then kill -TERM "$demo" 2>/dev/null || true; wait "$demo" 2>/dev/null || true; fi
   kill -TERM "$prom" 2>/dev/null || true
   wait "$prom" 2>/dev/null || true
 }
@@ -42,6 +42,7 @@ demo=$!
 echo "check: Prometheus on 127.0.0.1:$PROM_PORT, demo running (log: $STATE/demo.log); querying in 60 s."
 sleep 60
 
+set +e
 python3 - "$PROM_PORT" <<'PY'
 import json, sys, time, urllib.parse, urllib.request, yaml
 
@@ -79,3 +80,10 @@ for name, expr in alerts:
 print(f"check: {len(panels)} dashboard queries and {len(alerts)} alert expressions, {failed} failed")
 sys.exit(1 if failed else 0)
 PY
+status=$?
+set -e
+echo "check: waiting for the demo to finish."
+wait "$demo" || true
+demo=""
+tail -n 12 "$STATE/demo.log"
+exit "$status"

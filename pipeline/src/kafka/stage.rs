@@ -249,7 +249,10 @@ pub async fn run<H: Handler>(
     };
 
     let metrics = Arc::clone(&options.metrics);
-    metrics.set_ready(true);
+    // Rebalance callbacks run inside `recv()` without making it return: look at what they
+    // recorded at least once a second, so an idle stage also resumes and reports readiness.
+    let mut look = tokio::time::interval(Duration::from_secs(1));
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         report(&metrics, &options.topics, &held, in_flight);
         let next_due = held
@@ -267,7 +270,7 @@ pub async fn run<H: Handler>(
                     panicked = Some(StageError::HandlerPanicked { topic: done.topic, partition: done.partition, offset: done.offset });
                     break;
                 }
-                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, paused);
+                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, paused, &metrics);
                 if done.outcome == Outcome::Durable {
                     metrics.handled.get_or_create(&Metrics::topic(&done.topic)).inc();
                 }
@@ -279,8 +282,11 @@ pub async fn run<H: Handler>(
                     paused = false;
                 }
             }
+            _ = look.tick() => {
+                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, paused, &metrics);
+            }
             _ = tokio::time::sleep_until(wake), if next_due.is_some() => {
-                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, paused);
+                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, paused, &metrics);
                 let now = Utc::now();
                 for (key, queue) in held.iter_mut() {
                     while queue.front().is_some_and(|(_, due)| *due <= now) {
@@ -303,7 +309,7 @@ pub async fn run<H: Handler>(
                 }
             }
             received = consumer.recv() => {
-                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, paused);
+                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, paused, &metrics);
                 let message = match received {
                     Ok(m) => m.detach(),
                     Err(e) => {
@@ -426,8 +432,10 @@ fn rebalanced(
     held: &mut Held,
     next_generation: &mut u64,
     paused: bool,
+    metrics: &Metrics,
 ) {
     let revoked = std::mem::take(&mut *consumer.context().revoked.lock().expect("revoked lock"));
+    let changed = !revoked.is_empty();
     for key in revoked {
         if partitions.remove(&key).is_some() {
             *next_generation += 1;
@@ -435,6 +443,11 @@ fn rebalanced(
         held.remove(&key);
     }
     let assigned = std::mem::take(&mut *consumer.context().assigned.lock().expect("assigned lock"));
+    if changed || !assigned.is_empty() {
+        // Ready while this consumer has partitions to work on.
+        let owns = consumer.assignment().is_ok_and(|a| a.count() > 0);
+        metrics.set_ready(owns);
+    }
     for key in assigned {
         if !held.contains_key(&key) {
             pause_one(consumer, &key, paused);
