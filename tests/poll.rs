@@ -806,3 +806,132 @@ async fn unreadable_check_messages_are_dead_lettered() {
     stop(poll).await;
     p.finish().await;
 }
+
+/// One trace per order: a `traceparent` published with the order is continued by dispatch
+/// and by every status check, on every message they write, and both processes export spans
+/// of that trace over OTLP/HTTP to the endpoint the standard variables name.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orders_trace_runs_through_dispatch_and_checks_and_is_exported() {
+    use std::sync::Mutex;
+    let sim = SimConfig {
+        checks_until_complete: 1,
+        ..SimConfig::default()
+    };
+    let p = Poll::new("poll-trace", sim, "1s", "1s").await;
+    // An OTLP/HTTP receiver that keeps what it is sent.
+    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let store = Arc::clone(&received);
+    let router = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let store = Arc::clone(&store);
+            async move {
+                store.lock().unwrap().push(body.to_vec());
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let trace_id = Uuid::new_v4().simple().to_string();
+    let spawn = |command: &str| {
+        let mut env = p.h.dispatch_env(&common::unique("g-dispatch-"));
+        env.push(("ORDERFLOW_POLL_GROUP".into(), common::unique("g-poll-")));
+        env.push(("ORDERFLOW_FIRST_CHECK".into(), p.first_check.into()));
+        env.push(("ORDERFLOW_CHECK_TIERS".into(), p.tiers.into()));
+        env.push((
+            "ORDERFLOW_PIN_KEYS_FILE".into(),
+            p.keys_file.display().to_string(),
+        ));
+        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
+        env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()));
+        common::ChildGuard(
+            std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
+                .arg(command)
+                .envs(env)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("starting orderflow"),
+        )
+    };
+    let mut dispatch = spawn("dispatch");
+    let mut poll = spawn("poll");
+    let o = order("25");
+    let key = o.order_id.to_string();
+    let payload = o.encode();
+    let traceparent = format!(
+        "00-{trace_id}-{}-01",
+        &Uuid::new_v4().simple().to_string()[..16]
+    );
+    let topic = p.h.kafka.topic(name::ORDERS_CREATED);
+    p.h.kafka
+        .producer()
+        .unwrap()
+        .send(
+            FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&payload)
+                .headers(orderflow::kafka::headers::build([(
+                    "traceparent",
+                    traceparent.as_str(),
+                )])),
+            Timeout::After(Duration::from_secs(10)),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let events = p.finals(&[o.order_id], Duration::from_secs(60)).await;
+    assert_eq!(final_of(&events[&o.order_id]).state, OrderState::Completed);
+
+    // Every message written for the order carries the order's trace.
+    let mut carried = 0;
+    for topic in [
+        name::ORDERS_STATE.to_owned(),
+        name::ORDERS_DISPATCHED.to_owned(),
+        name::status_check("1s"),
+    ] {
+        let messages = common::pipeline::read_to_end(&p.h.kafka, &topic).await;
+        for m in messages.iter().filter(|m| m.key() == Some(key.as_bytes())) {
+            let header = m
+                .headers()
+                .and_then(|h| orderflow::kafka::headers::get(h, "traceparent"))
+                .unwrap_or_else(|| panic!("a message on {topic} without traceparent"));
+            assert_eq!(
+                header.split('-').nth(1),
+                Some(trace_id.as_str()),
+                "{topic}: {header}"
+            );
+            carried += 1;
+        }
+    }
+    assert!(carried >= 5, "{carried} messages carried the trace");
+
+    // Both processes exported spans of the trace (flushed at SIGTERM at the latest).
+    for child in [&mut dispatch, &mut poll] {
+        let pid = child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    let raw_id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let (requests, with_trace) = {
+        let bodies = received.lock().unwrap();
+        let with_trace = bodies
+            .iter()
+            .filter(|b| b.windows(16).any(|w| w == raw_id.as_slice()))
+            .count();
+        (bodies.len(), with_trace)
+    };
+    assert!(
+        with_trace >= 2,
+        "{requests} OTLP requests, {with_trace} with the trace"
+    );
+    p.finish().await;
+}

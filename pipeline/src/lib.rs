@@ -17,6 +17,8 @@
 //! - [`pin`]: sealing PIN codes under the shop's rotating keys (AES-256-GCM).
 //! - [`load`]: the load generator behind the demo and the benchmarks.
 //! - [`metrics`]: Prometheus metrics and the /metrics, /healthz, /readyz server.
+//! - [`telemetry`]: OpenTelemetry traces across stages through Kafka headers (off unless
+//!   an OTLP endpoint is configured).
 //! - [`secret`], [`shutdown`]: values that never print; the shutdown signal.
 //!
 //! The `orderflow` binary (`src/main.rs`) wires these into subcommands.
@@ -33,4 +35,5 @@ pub mod provider;
 pub mod secret;
 pub mod shutdown;
 pub mod sink;
+pub mod telemetry;
 pub mod znet;

@@ -210,33 +210,66 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    if let Err(e) = init_logging(&cli.log, &cli.log_format) {
-        eprintln!("error: {e:#}");
-        return ExitCode::from(2);
-    }
+    let tracing = match init_logging(&cli.log, &cli.log_format, command_name(&cli.command)) {
+        Ok(tracing) => tracing,
+        Err(e) => {
+            eprintln!("error: {}", one_sentence(&e));
+            return ExitCode::from(2);
+        }
+    };
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
-    match runtime.block_on(run(cli.command)) {
+    let code = match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", one_sentence(&e));
             ExitCode::FAILURE
         }
+    };
+    drop(runtime);
+    // Flushes the last spans, if tracing is on.
+    drop(tracing);
+    code
+}
+
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Topics { .. } => "topics",
+        Command::Migrate { .. } => "migrate",
+        Command::Dispatch { .. } => "dispatch",
+        Command::Poll { .. } => "poll",
+        Command::Reconcile { .. } => "reconcile",
+        Command::Sink { .. } => "sink",
+        Command::Order { .. } => "order",
+        Command::PinKey { .. } => "pin-key",
+        Command::Load { .. } => "load",
+        Command::SimZnet(_) => "sim-znet",
     }
 }
 
-fn init_logging(filter: &str, format: &str) -> anyhow::Result<()> {
+/// Logs to stderr (text or JSON), and traces over OTLP when the environment asks for them.
+fn init_logging(
+    filter: &str,
+    format: &str,
+    command: &str,
+) -> anyhow::Result<Option<orderflow::telemetry::Tracing>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("the log filter {filter:?} is invalid"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (otel, tracing) = match orderflow::telemetry::layer(command)? {
+        Some((layer, tracing)) => (Some(layer), Some(tracing)),
+        None => (None, None),
+    };
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let subscriber = tracing_subscriber::registry().with(otel).with(filter);
     if format == "json" {
-        builder.json().init();
+        subscriber.with(fmt.json()).init();
     } else {
-        builder.init();
+        subscriber.with(fmt).init();
     }
-    Ok(())
+    Ok(tracing)
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

@@ -164,6 +164,7 @@ impl DispatchHandler {
             Ok(order) => order,
             Err(why) => return self.dead_letter(message, why, shutdown).await,
         };
+        tracing::Span::current().record("order_id", tracing::field::display(order.order_id));
         let account = self
             .accounts
             .get(&order.provider_account)

@@ -101,13 +101,14 @@ impl Emitter {
     ) -> Result<(), KafkaError> {
         let payload = serde_json::to_vec(value).expect("events always serialize");
         let version = SCHEMA_VERSION.to_string();
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(&payload)
-            .headers(headers::build([
-                (headers::EVENT, event),
-                (headers::SCHEMA_VERSION, version.as_str()),
-            ]));
+        let record =
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(&payload)
+                .headers(crate::telemetry::inject(headers::build([
+                    (headers::EVENT, event),
+                    (headers::SCHEMA_VERSION, version.as_str()),
+                ])));
         self.producer
             .send(record, Timeout::Never)
             .await

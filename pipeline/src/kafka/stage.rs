@@ -219,6 +219,7 @@ pub async fn run<H: Handler>(
     let mut panicked = None;
 
     let tasks_shutdown = shutdown.clone();
+    let stage_name = options.group.clone();
     let start = |message: OwnedMessage, partitions: &HashMap<(String, i32), Tracked>| {
         let Some(tracked) = partitions.get(&(message.topic().to_owned(), message.partition()))
         else {
@@ -231,13 +232,24 @@ pub async fn run<H: Handler>(
             offset: message.offset(),
             outcome: Outcome::Durable,
         };
-        let (handler, task_shutdown, done_tx) = (
-            Arc::clone(&handler),
-            tasks_shutdown.clone(),
-            done_tx.clone(),
+        // One span per message, continuing the order's trace from the message's headers.
+        let span = tracing::info_span!(
+            "message",
+            otel.name = %format!("{stage_name} {}", message.topic()),
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            order_id = tracing::field::Empty,
         );
+        crate::telemetry::continue_trace(&span, message.headers());
+        // `handle` runs here, on the loop's task and in offset order; what it returns runs
+        // in a task of its own.
+        let handling =
+            span.in_scope(|| Arc::clone(&handler).handle(message, tasks_shutdown.clone()));
+        let done_tx = done_tx.clone();
         tokio::spawn(async move {
-            let handled = std::panic::AssertUnwindSafe(handler.handle(message, task_shutdown));
+            let handled =
+                std::panic::AssertUnwindSafe(tracing::Instrument::instrument(handling, span));
             let outcome = match futures::FutureExt::catch_unwind(handled).await {
                 Ok(Ok(())) => Outcome::Durable,
                 Ok(Err(Interrupted)) => Outcome::Interrupted,

@@ -346,6 +346,7 @@ impl PollHandler {
                 .await;
             }
         };
+        tracing::Span::current().record("order_id", tracing::field::display(check.order_id));
         let account = self
             .accounts
             .get(&check.provider_account)

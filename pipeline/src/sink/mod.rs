@@ -390,8 +390,9 @@ pub struct SinkHandler {
 }
 
 impl SinkHandler {
-    /// Decodes `message` and hands it to the batcher. Called on the consumer loop's task,
-    /// so the batcher receives events in the log's order (`max_in_flight` bounds the queue).
+    /// Decodes `message` and hands it to the batcher. [`Handler::handle`] runs on the
+    /// consumer loop's task, in offset order, so the batcher receives events in the log's
+    /// order (`max_in_flight` bounds the queue).
     fn enqueue(&self, message: &OwnedMessage) -> Queued {
         let Some(payload) = message.payload() else {
             return Queued::Tombstone;
@@ -402,6 +403,7 @@ impl SinkHandler {
             Ok(event) => event,
             Err(why) => return Queued::Unusable(why),
         };
+        tracing::Span::current().record("order_id", tracing::field::display(event.order_id));
         let copy = message
             .headers()
             .is_some_and(|h| crate::kafka::headers::get(h, crate::kafka::headers::COPY).is_some());
