@@ -847,6 +847,7 @@ async fn an_orders_trace_runs_through_dispatch_and_checks_and_is_exported() {
         ));
         env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()));
         env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()));
+        env.push(("ORDERFLOW_SINK_GROUP".into(), common::unique("g-sink-")));
         common::ChildGuard(
             std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"))
                 .arg(command)
@@ -859,6 +860,7 @@ async fn an_orders_trace_runs_through_dispatch_and_checks_and_is_exported() {
     };
     let mut dispatch = spawn("dispatch");
     let mut poll = spawn("poll");
+    let mut sink = spawn("sink");
     let o = order("25");
     let key = o.order_id.to_string();
     let payload = o.encode();
@@ -909,8 +911,21 @@ async fn an_orders_trace_runs_through_dispatch_and_checks_and_is_exported() {
     }
     assert!(carried >= 5, "{carried} messages carried the trace");
 
-    // Both processes exported spans of the trace (flushed at SIGTERM at the latest).
-    for child in [&mut dispatch, &mut poll] {
+    // The sink wrote the order, under the same trace.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while orderflow::db::orders::get(&p.h.db.pool, o.order_id)
+        .await
+        .unwrap()
+        .is_none_or(|row| row.state != "completed")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink did not write the order"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every process exported spans of the trace (flushed at SIGTERM at the latest).
+    for child in [&mut dispatch, &mut poll, &mut sink] {
         let pid = child.id().to_string();
         std::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -921,17 +936,16 @@ async fn an_orders_trace_runs_through_dispatch_and_checks_and_is_exported() {
     let raw_id: Vec<u8> = (0..16)
         .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
         .collect();
-    let (requests, with_trace) = {
-        let bodies = received.lock().unwrap();
-        let with_trace = bodies
-            .iter()
-            .filter(|b| b.windows(16).any(|w| w == raw_id.as_slice()))
-            .count();
-        (bodies.len(), with_trace)
-    };
-    assert!(
-        with_trace >= 2,
-        "{requests} OTLP requests, {with_trace} with the trace"
-    );
+    let bodies = received.lock().unwrap().clone();
+    let has = |b: &[u8], needle: &[u8]| b.windows(needle.len()).any(|w| w == needle);
+    for service in ["orderflow-dispatch", "orderflow-poll", "orderflow-sink"] {
+        assert!(
+            bodies
+                .iter()
+                .any(|b| has(b, service.as_bytes()) && has(b, &raw_id)),
+            "no span of the trace from {service} among {} OTLP requests",
+            bodies.len()
+        );
+    }
     p.finish().await;
 }

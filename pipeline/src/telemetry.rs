@@ -112,6 +112,20 @@ pub fn continue_trace<H: Headers>(span: &tracing::Span, headers: Option<&H>) {
     }
 }
 
+/// The trace id of `span` (when tracing is on), else the one in the message's
+/// `traceparent`, so that log lines about an order name its trace either way.
+pub fn trace_id<H: Headers>(span: &tracing::Span, headers: Option<&H>) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let context = span.context();
+    let own = context.span().span_context().clone();
+    if own.is_valid() {
+        return Some(own.trace_id().to_string());
+    }
+    let header = HeaderReader(headers?).get("traceparent")?.to_owned();
+    let id = header.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+}
+
 /// Adds the current span's trace context (`traceparent`, `tracestate`) to `headers`, so
 /// the next stage continues the order's trace. Nothing is added when tracing is off.
 pub fn inject(headers: OwnedHeaders) -> OwnedHeaders {

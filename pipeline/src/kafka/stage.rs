@@ -240,8 +240,12 @@ pub async fn run<H: Handler>(
             partition = message.partition(),
             offset = message.offset(),
             order_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
         crate::telemetry::continue_trace(&span, message.headers());
+        if let Some(id) = crate::telemetry::trace_id(&span, message.headers()) {
+            span.record("trace_id", id);
+        }
         // `handle` runs here, on the loop's task and in offset order; what it returns runs
         // in a task of its own.
         let handling =
