@@ -317,6 +317,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let (trigger, shutdown) = shutdown::channel();
             tokio::spawn(shutdown::on_signals(trigger));
             let metrics = serve_metrics(&metrics).await?;
+            metrics::watch_database(pool.clone(), Arc::clone(&metrics));
             dispatch::run(dispatch, accounts, kafka, pool, metrics, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -333,6 +334,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let (trigger, shutdown) = shutdown::channel();
             tokio::spawn(shutdown::on_signals(trigger));
             let metrics = serve_metrics(&metrics).await?;
+            metrics::watch_database(pool.clone(), Arc::clone(&metrics));
             orderflow::poll::run(poll, accounts, kafka, pool, metrics, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -347,6 +349,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let (trigger, shutdown) = shutdown::channel();
             tokio::spawn(shutdown::on_signals(trigger));
             let metrics = serve_metrics(&metrics).await?;
+            metrics::watch_database(pool.clone(), Arc::clone(&metrics));
             reconcile::run(reconcile, kafka, pool, metrics, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -360,6 +363,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let (trigger, shutdown) = shutdown::channel();
             tokio::spawn(shutdown::on_signals(trigger));
             let metrics = serve_metrics(&metrics).await?;
+            metrics::watch_database(pool.clone(), Arc::clone(&metrics));
             orderflow::sink::run(sink, kafka, pool, metrics, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }

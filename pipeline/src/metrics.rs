@@ -77,6 +77,8 @@ fn lateness_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     ready: AtomicBool,
+    /// False while the database does not answer (set by [`watch_database`]).
+    database_ok: AtomicBool,
     /// Messages a stage finished (their effects durable), by topic.
     pub handled: Family<TopicLabel, Counter>,
     /// Messages being handled right now.
@@ -232,6 +234,7 @@ impl Metrics {
         Metrics {
             registry,
             ready: AtomicBool::new(false),
+            database_ok: AtomicBool::new(true),
             handled,
             in_flight,
             waiting,
@@ -260,6 +263,11 @@ impl Metrics {
     /// Marks the process ready (or not) for `/readyz`.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Ready: the stage works on partitions and the database answers.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.database_ok.load(Ordering::Relaxed)
     }
 
     /// The metrics in Prometheus' text format.
@@ -322,7 +330,7 @@ pub async fn serve(
         .route(
             "/readyz",
             get(move || async move {
-                if for_ready.ready.load(Ordering::Relaxed) {
+                if for_ready.is_ready() {
                     (StatusCode::OK, "ready")
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "not ready")
@@ -336,6 +344,30 @@ pub async fn serve(
     });
     tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
     Ok(Some(bound))
+}
+
+/// Asks the database `SELECT 1` every 5 s and keeps `/readyz` false while it does not
+/// answer within 2 s.
+pub fn watch_database(pool: sqlx::PgPool, metrics: Arc<Metrics>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            let answered = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                sqlx::query("SELECT 1").execute(&pool),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            let was = metrics.database_ok.swap(answered, Ordering::Relaxed);
+            if was != answered {
+                tracing::warn!(
+                    answered,
+                    "database reachability changed; /readyz follows it"
+                );
+            }
+        }
+    });
 }
 
 #[cfg(test)]
