@@ -315,6 +315,14 @@ async fn orders_complete_after_k_checks_with_the_right_pin_never_checked_early()
         text.contains("orderflow_check_outcomes_total{outcome=\"completed\"} 6"),
         "{text}"
     );
+    // Every order's times to final were measured, from dispatch and from the shop's created_at.
+    for name in [
+        "orderflow_dispatch_to_final_seconds_count{outcome=\"completed\"} 6",
+        "orderflow_created_to_final_seconds_count{outcome=\"completed\"} 6",
+        "orderflow_check_attempts_count 6",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
     stop(poll).await;
     stop(dispatch).await;
     p.finish().await;
@@ -403,6 +411,7 @@ async fn placed(p: &Poll, reference: &str, due_at: DateTime<Utc>) -> StatusCheck
         attempts: 0,
         due_at,
         version: 2,
+        created_at: None,
     }
 }
 
@@ -543,7 +552,7 @@ async fn sigkill_while_checks_wait_then_restart_loses_nothing() {
     );
     assert!(text.contains("orderflow_messages_waiting{"), "{text}");
     for name in [
-        "orderflow_provider_calls_total{account=\"znet-test\",call=\"check\",outcome=\"answered\"}",
+        "orderflow_provider_calls_total{account=\"znet-test\",call=\"check\",outcome=\"answered\",class=\"completed\"}",
         "orderflow_provider_call_seconds_bucket{",
         "orderflow_provider_breaker_open{account=\"znet-test\"} 0",
     ] {

@@ -38,6 +38,10 @@ pub struct CallLabels {
     pub call: &'static str,
     /// `answered` or `failed` (no usable answer: timeout, 5xx, HTML, account problem).
     pub outcome: &'static str,
+    /// The answer's class: for `place` accepted, rejected, duplicate, account_problem,
+    /// transient or unknown; for `check` pending, completed, cancelled, unclear, not_found,
+    /// account_problem or transient.
+    pub class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,6 +102,10 @@ pub struct Metrics {
     pub check_attempts: Histogram,
     /// From the provider's acceptance to the final state, by outcome.
     pub dispatch_to_final_seconds: Family<OutcomeLabel, Histogram, fn() -> Histogram>,
+    /// From the shop's `created_at` to the final state, by outcome.
+    pub created_to_final_seconds: Family<OutcomeLabel, Histogram, fn() -> Histogram>,
+    /// Events a stage wrote, by topic.
+    pub events_written: Family<TopicLabel, Counter>,
     /// Events copied to the DLQ, by stage and reason.
     pub dead_lettered: Family<DeadLetterLabels, Counter>,
     /// Provider calls by account, call and outcome.
@@ -141,6 +149,9 @@ impl Metrics {
         );
         let dispatch_to_final_seconds =
             Family::new_with_constructor(journey_histogram as fn() -> Histogram);
+        let created_to_final_seconds =
+            Family::new_with_constructor(journey_histogram as fn() -> Histogram);
+        let events_written = Family::<TopicLabel, Counter>::default();
         let dead_lettered = Family::<DeadLetterLabels, Counter>::default();
         let provider_calls = Family::<CallLabels, Counter>::default();
         let provider_call_seconds =
@@ -197,6 +208,16 @@ impl Metrics {
             dispatch_to_final_seconds.clone(),
         );
         registry.register(
+            "created_to_final_seconds",
+            "From the shop's created_at to the final state, by outcome",
+            created_to_final_seconds.clone(),
+        );
+        registry.register(
+            "events_written",
+            "Events a stage wrote to orders.state, orders.dispatched and the tiers, by topic",
+            events_written.clone(),
+        );
+        registry.register(
             "dead_lettered",
             "Events copied to orders.dlq, by stage and reason",
             dead_lettered.clone(),
@@ -244,6 +265,8 @@ impl Metrics {
             requeued,
             check_attempts,
             dispatch_to_final_seconds,
+            created_to_final_seconds,
+            events_written,
             dead_lettered,
             provider_calls,
             provider_call_seconds,

@@ -197,6 +197,9 @@ pub struct OrderDispatched {
     pub deadline: DateTime<Utc>,
     /// The version of the `dispatched` state event; the poll stage's events follow it.
     pub version: i64,
+    /// The shop's `created_at` of the order, for the created-to-final time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 /// `orders.status-check.<tier>` v1: an order's next status check, due at `due_at`. The
@@ -220,6 +223,9 @@ pub struct StatusCheck {
     pub due_at: DateTime<Utc>,
     /// The version of the order's latest state event.
     pub version: i64,
+    /// The shop's `created_at` of the order, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 impl StatusCheck {
@@ -242,6 +248,7 @@ impl StatusCheck {
             attempts: 0,
             due_at,
             version: dispatched.version,
+            created_at: dispatched.created_at,
         }
     }
 }

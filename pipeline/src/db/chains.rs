@@ -281,6 +281,8 @@ impl OverdueRow {
             attempts: self.attempts,
             due_at: now,
             version: self.version,
+            // Not kept in the chain: a re-enqueued order is left out of created-to-final.
+            created_at: None,
         }
     }
 }

@@ -133,7 +133,7 @@ impl DispatchHandler {
         accounts: Accounts,
         metrics: Arc<Metrics>,
     ) -> Result<Self, DispatchError> {
-        let emitter = Emitter::new(kafka)?;
+        let emitter = Emitter::new(kafka)?.counted(Arc::clone(&metrics));
         let dead_letters = DeadLetters::new(
             emitter.producer().clone(),
             kafka.topic(name::ORDERS_DLQ),
@@ -277,6 +277,7 @@ impl DispatchHandler {
                     dispatched_at: state.changed_at,
                     deadline: claim.deadline,
                     version: version::DISPATCHED,
+                    created_at: Some(order.created_at),
                 };
                 until_sent(
                     "publishing a dispatched order",

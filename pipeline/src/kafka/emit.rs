@@ -18,6 +18,8 @@ use serde::Serialize;
 
 #[derive(Clone)]
 pub struct Emitter {
+    /// Counts what is written, once a stage says where ([`Emitter::counted`]).
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     producer: FutureProducer<Context>,
     state_topic: String,
     dispatched_topic: String,
@@ -26,10 +28,26 @@ pub struct Emitter {
 impl Emitter {
     pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaSetupError> {
         Ok(Emitter {
+            metrics: None,
             producer: kafka.producer()?,
             state_topic: kafka.topic(name::ORDERS_STATE),
             dispatched_topic: kafka.topic(name::ORDERS_DISPATCHED),
         })
+    }
+
+    /// Counts every event written in `metrics` (`orderflow_events_written_total`).
+    pub fn counted(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, topic: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .events_written
+                .get_or_create(&crate::metrics::Metrics::topic(topic))
+                .inc();
+        }
     }
 
     pub fn producer(&self) -> &FutureProducer<Context> {
@@ -112,8 +130,9 @@ impl Emitter {
         self.producer
             .send(record, Timeout::Never)
             .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
+            .map_err(|(e, _)| e)?;
+        self.count(topic);
+        Ok(())
     }
 }
 

@@ -270,7 +270,7 @@ impl PollHandler {
         keys: PinKeys,
         metrics: Arc<Metrics>,
     ) -> Result<Self, PollError> {
-        let emitter = Emitter::new(kafka)?;
+        let emitter = Emitter::new(kafka)?.counted(Arc::clone(&metrics));
         let dead_letters = DeadLetters::new(
             emitter.producer().clone(),
             kafka.topic(name::ORDERS_DLQ),
@@ -422,6 +422,13 @@ impl PollHandler {
                 .dispatch_to_final_seconds
                 .get_or_create(&outcome)
                 .observe(took.as_secs_f64());
+            if let Some(created) = check.created_at {
+                let took = (Utc::now() - created).to_std().unwrap_or_default();
+                self.metrics
+                    .created_to_final_seconds
+                    .get_or_create(&outcome)
+                    .observe(took.as_secs_f64());
+            }
         }
         let (state, next, end) = self.effects(check, decision);
         until_sent(
@@ -677,6 +684,7 @@ mod tests {
             attempts,
             due_at: now,
             version: 4,
+            created_at: None,
         };
         (check, now)
     }

@@ -137,7 +137,7 @@ pub async fn run(
     kafka
         .check_topics_off_runtime(vec![pass.topic.clone()])
         .await?;
-    let emitter = Emitter::new(&kafka)?;
+    let emitter = Emitter::new(&kafka)?.counted(Arc::clone(&metrics));
     tracing::info!(every = %config.every, grace = %config.grace, batch = pass.batch, "reconciler running");
     loop {
         match pass.run(&pool, &emitter).await {

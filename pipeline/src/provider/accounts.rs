@@ -156,7 +156,15 @@ impl CallPermit<'_> {
                 | PlaceOutcome::Rejected { .. }
                 | PlaceOutcome::Duplicate { .. }
         );
-        self.record("place", started, healthy);
+        let class = match outcome {
+            PlaceOutcome::Accepted { .. } => "accepted",
+            PlaceOutcome::Rejected { .. } => "rejected",
+            PlaceOutcome::Duplicate { .. } => "duplicate",
+            PlaceOutcome::AccountProblem { .. } => "account_problem",
+            PlaceOutcome::Transient { .. } => "transient",
+            PlaceOutcome::Unknown { .. } => "unknown",
+        };
+        self.record("place", class, started, healthy);
         outcome
     }
 
@@ -167,11 +175,20 @@ impl CallPermit<'_> {
             outcome,
             CheckOutcome::AccountProblem { .. } | CheckOutcome::Transient { .. }
         );
-        self.record("check", started, healthy);
+        let class = match outcome {
+            CheckOutcome::Pending => "pending",
+            CheckOutcome::Completed { .. } => "completed",
+            CheckOutcome::Cancelled { .. } => "cancelled",
+            CheckOutcome::Unclear { .. } => "unclear",
+            CheckOutcome::NotFound { .. } => "not_found",
+            CheckOutcome::AccountProblem { .. } => "account_problem",
+            CheckOutcome::Transient { .. } => "transient",
+        };
+        self.record("check", class, started, healthy);
         outcome
     }
 
-    fn record(&mut self, call: &'static str, started: Instant, healthy: bool) {
+    fn record(&mut self, call: &'static str, class: &'static str, started: Instant, healthy: bool) {
         self.recorded = true;
         self.account.record(self.ticket, healthy);
         if let Some(metrics) = self.account.metrics.get() {
@@ -179,6 +196,7 @@ impl CallPermit<'_> {
                 account: self.account.id.clone(),
                 call,
                 outcome: if healthy { "answered" } else { "failed" },
+                class,
             };
             metrics.provider_calls.get_or_create(&labels).inc();
             metrics
@@ -458,7 +476,9 @@ mod tests {
         let a = accounts.get("znet-main").unwrap();
         let start = Instant::now();
         for _ in 0..7 {
-            a.permit().await.record("check", Instant::now(), true);
+            a.permit()
+                .await
+                .record("check", "pending", Instant::now(), true);
         }
         // A burst of 5, then 2 more at 5 per second.
         assert!(
