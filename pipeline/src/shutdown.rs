@@ -44,6 +44,35 @@ impl Shutdown {
     }
 }
 
+/// Calls `call` until it succeeds, logging each failure as `what` and waiting `backoff`
+/// between tries; only shutdown stops it. For writes that must become durable before an
+/// offset moves (a broker or database outage waits instead of losing work).
+pub async fn retry<T, E, F, Fut>(
+    what: &str,
+    backoff: &crate::core::backoff::Backoff,
+    shutdown: &mut Shutdown,
+    mut call: F,
+) -> Result<T, Interrupted>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                shutdown
+                    .sleep(backoff.delay(attempt, crate::core::backoff::random_fraction()))
+                    .await?;
+                attempt += 1;
+            }
+        }
+    }
+}
+
 /// Work stopped at a safe point because of shutdown; it is not done and its offset must not
 /// be committed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

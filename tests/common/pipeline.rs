@@ -276,6 +276,19 @@ pub async fn read_all(
     read_until(kafka, topic, within, |seen| seen.len() >= count).await
 }
 
+/// A stage process's log file: not empty, no credential, nothing PIN-shaped, no panic (G5).
+pub fn assert_clean_log(path: &std::path::Path) {
+    let name = path.display();
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(!text.is_empty(), "{name}: nothing logged");
+    assert!(
+        !text.contains(KOD) && !text.contains(SIFRE),
+        "{name}: a credential logged"
+    );
+    assert!(!super::logs::has_pin_shape(&text), "{name}: a PIN logged");
+    assert!(!text.contains("panicked"), "{name}: a panic");
+}
+
 pub fn decode_state(m: &OwnedMessage) -> OrderStateEvent {
     let s: OrderStateEvent =
         serde_json::from_slice(m.payload().expect("a payload")).expect("a state event");

@@ -84,12 +84,6 @@ pub struct Placer {
 }
 
 impl Placer {
-    /// How long a lease lasts: longer than any provider call (it is renewed right before
-    /// each placement call), short enough that a crashed owner's orders resume soon.
-    fn lease(account: &Account) -> Duration {
-        account.request_timeout * 2 + Duration::from_secs(5)
-    }
-
     /// Works on `order` until its placement is settled. `announce` is called once, before the
     /// first placement call, so the caller can publish `dispatching`.
     pub async fn settle<F, Fut>(
@@ -147,7 +141,7 @@ impl Placer {
                 &work.account.id,
                 deadline,
                 work.owner,
-                Self::lease(work.account),
+                work.account.lease(),
             )
             .await;
             let claim = match claimed {
@@ -238,7 +232,7 @@ impl Placer {
         }
         let order = work.order;
         let permit = work.account.permit().await;
-        let lease = Self::lease(work.account);
+        let lease = work.account.lease();
         let before =
             match claims::begin_placing(&self.pool, order.order_id, work.owner, lease).await {
                 Ok(Begin::Ready(before)) => before,

@@ -5,7 +5,7 @@
 //! `send` returns once the broker has the record, so a caller can make an offset commit
 //! wait for it (G2).
 
-use crate::core::backoff::{random_fraction, Backoff};
+use crate::core::backoff::Backoff;
 use crate::core::event::{OrderDispatched, OrderStateEvent, StatusCheck, SCHEMA_VERSION};
 use crate::kafka::headers;
 use crate::kafka::topics::name;
@@ -142,23 +142,11 @@ pub async fn until_sent<F, Fut>(
     what: &str,
     backoff: &Backoff,
     shutdown: &mut Shutdown,
-    mut send: F,
+    send: F,
 ) -> Result<(), Interrupted>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), KafkaError>>,
 {
-    let mut attempt = 0;
-    loop {
-        match send().await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "{what} failed; retrying");
-                shutdown
-                    .sleep(backoff.delay(attempt, random_fraction()))
-                    .await?;
-                attempt += 1;
-            }
-        }
-    }
+    crate::shutdown::retry(what, backoff, shutdown, send).await
 }

@@ -58,7 +58,7 @@ pub enum KafkaSetupError {
     },
     #[error("invalid Kafka client setting ({0})")]
     Client(KafkaError),
-    #[error("the Kafka cluster at {brokers} has no topic {missing}; create the topics with `orderflow topics apply` (a tier topic is needed for every delay in ORDERFLOW_CHECK_TIERS)")]
+    #[error("the Kafka cluster at {brokers} has no topic {missing}; every topic, one per delay in ORDERFLOW_CHECK_TIERS included, must be in topics/topics.toml and created with `orderflow topics apply`")]
     MissingTopics { brokers: String, missing: String },
 }
 

@@ -352,10 +352,10 @@ impl PollHandler {
             .get(&check.provider_account)
             .expect("checked when decoding");
         let owner = Uuid::new_v4();
-        let lease = lease(account);
+        let lease = account.lease();
         loop {
-            let begun = self
-                .db("taking a check step", shutdown, || {
+            let begun =
+                crate::shutdown::retry("taking a check step", &self.backoff, shutdown, || {
                     chains::begin_step(&self.pool, &check, owner, lease)
                 })
                 .await?;
@@ -395,9 +395,9 @@ impl PollHandler {
         };
         // The wait for the caps or an open breaker may have outlasted the lease: renew it,
         // and step aside if another worker took the step over meanwhile.
-        let renewed = self
-            .db("renewing a check step", shutdown, || {
-                chains::begin_step(&self.pool, check, owner, lease(account))
+        let renewed =
+            crate::shutdown::retry("renewing a check step", &self.backoff, shutdown, || {
+                chains::begin_step(&self.pool, check, owner, account.lease())
             })
             .await?;
         if renewed != Begun::Mine {
@@ -453,8 +453,8 @@ impl PollHandler {
             },
         )
         .await?;
-        let finished = self
-            .db("recording a check step", shutdown, || {
+        let finished =
+            crate::shutdown::retry("recording a check step", &self.backoff, shutdown, || {
                 chains::finish_step(&self.pool, check.order_id, check.seq, owner, &end)
             })
             .await?;
@@ -563,41 +563,6 @@ impl PollHandler {
             }
         }
     }
-
-    /// Retries a database call until it succeeds (an outage waits, with backoff).
-    async fn db<T, F, Fut>(
-        &self,
-        what: &str,
-        shutdown: &mut Shutdown,
-        mut call: F,
-    ) -> Result<T, Interrupted>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
-    {
-        let mut attempt = 0;
-        loop {
-            match call().await {
-                Ok(value) => return Ok(value),
-                Err(e) => {
-                    tracing::warn!(error = %e, "{what} failed; retrying");
-                    shutdown
-                        .sleep(
-                            self.backoff
-                                .delay(attempt, crate::core::backoff::random_fraction()),
-                        )
-                        .await?;
-                    attempt += 1;
-                }
-            }
-        }
-    }
-}
-
-/// How long a worker holds a check step: longer than a provider call, short enough that a
-/// crashed worker's steps resume soon. Renewed right before the call.
-fn lease(account: &Account) -> Duration {
-    account.request_timeout * 2 + Duration::from_secs(5)
 }
 
 fn ended(attempts: i32, version: i64, state: OrderState) -> StepEnd {

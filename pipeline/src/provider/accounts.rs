@@ -241,6 +241,13 @@ impl Account {
         }
     }
 
+    /// How long a worker holds an order's lease (a dispatch claim, a check step): longer
+    /// than any call to this account, short enough that a crashed worker's orders resume
+    /// soon. Renewed right before each call.
+    pub fn lease(&self) -> Duration {
+        self.request_timeout * 2 + Duration::from_secs(5)
+    }
+
     /// Checks an order under `reference`, within the account's caps.
     pub async fn check(&self, reference: &str) -> CheckOutcome {
         self.permit().await.check(reference).await

@@ -146,19 +146,10 @@ impl Repairer {
         shutdown: &mut Shutdown,
     ) -> Result<(), Interrupted> {
         let ids: Vec<Uuid> = last.keys().copied().collect();
-        let mut attempt = 0;
-        let rows = loop {
-            match orders::current(&self.pool, &ids).await {
-                Ok(rows) => break rows,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading rows back failed; retrying");
-                    shutdown
-                        .sleep(self.backoff.delay(attempt, random_fraction()))
-                        .await?;
-                    attempt += 1;
-                }
-            }
-        };
+        let rows = crate::shutdown::retry("reading rows back", &self.backoff, shutdown, || {
+            orders::current(&self.pool, &ids)
+        })
+        .await?;
         for (id, _, state, event) in rows {
             let (Ok(state), Some(event)) = (state.parse::<OrderState>(), event) else {
                 continue;
@@ -410,7 +401,8 @@ impl SinkHandler {
         let (done, committed) = oneshot::channel();
         let pending = Pending {
             row: OrderRow::from_event(&event),
-            event: serde_json::to_string(&event).expect("events always serialize"),
+            // Kept as it came (it decoded, so it is JSON).
+            event: String::from_utf8_lossy(payload).into_owned(),
             rank: (event.version, event.state),
             at: (message.partition(), message.offset()),
             copy,
