@@ -2,92 +2,61 @@
 # The main job, locally: broker, database, topics, migrations, the znet simulator (with
 # faults), two dispatch processes in one consumer group, two poll processes in another,
 # the reconciler, the sink into PostgreSQL, and a realistic load followed to final states
-# with a live progress line and a summary (from the topics, then from the database).
+# with a live progress line (created, dispatched, completed, failed, waiting per tier) and
+# a summary: from the topics, from PostgreSQL, and per process.
 #
-#   ops/demo.sh [--orders N] [--rate R]      (other `orderflow load` flags pass through)
+#   ops/demo.sh [--orders N] [--rate R|max]     (other `orderflow load` flags pass through)
 #
-# The first status check comes 10 s after dispatch instead of 60 s (ORDERFLOW_FIRST_CHECK),
-# so most orders end within a minute; the retry tiers are the production ones (30 s,
-# 1 m, ...). The simulator answers "processing" once, then completes (2 % cancel). Orders
-# end "completed", "failed" (rejected or cancelled) or "dead-lettered". Everything the
-# demo starts is stopped when it ends; the broker and database stay up. Each process
-# serves /metrics on 127.0.0.1:9464 and up.
+# Default: 10,000 orders at 250/s. The simulator answers in 40 ms; 2 % of calls fail
+# (5xx, timeouts, HTML, empty bodies, garbage, answers lost after acceptance), 3 % of
+# orders are for a denomination it does not sell (rejected), 2 % are cancelled, 5 % are
+# slow (three more "processing" answers), and 2 % of events are broken (dead-lettered).
+# The schedule is scaled down so the demo ends in minutes: first check 10 s after
+# dispatch, then tiers of 5 s, 10 s, 20 s, 40 s (production: 60 s, then 30 s to 10 m).
+#
+# Env: ORDERFLOW_DEMO_PROFILE (release; `debug` reuses the test build), and those of
+# ops/kafka/broker.sh and ops/postgres/db.sh. Everything the demo starts is stopped when
+# it ends; the broker and database stay up. Running it again starts afresh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/orderflow/target}"
 STATE="${ORDERFLOW_STATE_DIR:-/var/lib/orderflow}/demo"
-SIM_PORT="${ORDERFLOW_DEMO_SIM_PORT:-18090}"
+PROFILE="${ORDERFLOW_DEMO_PROFILE:-release}"
 mkdir -p "$STATE"
-
 say() { echo "demo: $*"; }
 
 bash ops/kafka/broker.sh start
 bash ops/postgres/db.sh start
-say "building orderflow."
-cargo build --locked --quiet
-BIN="$CARGO_TARGET_DIR/debug/orderflow"
+say "building orderflow ($PROFILE build; the first build takes a few minutes)."
+if [[ $PROFILE == release ]]; then cargo build --locked --quiet --release; else cargo build --locked --quiet; fi
+BIN="$CARGO_TARGET_DIR/$PROFILE/orderflow"
+# shellcheck source=ops/lib/pipeline.sh
+source ops/lib/pipeline.sh
 
-"$BIN" topics apply
+export ORDERFLOW_FIRST_CHECK=10s ORDERFLOW_CHECK_TIERS=5s,10s,20s,40s
+"$BIN" topics apply >/dev/null
 "$BIN" migrate
 
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-# The simulated provider: 40 ms per answer, 5 % of calls faulty (5xx, timeouts, HTML,
-# empty bodies, garbage, accepted-but-answer-lost), lost answers hang 3 s.
-"$BIN" sim-znet --listen "127.0.0.1:$SIM_PORT" --kod demo-kod --sifre demo-sifre \
-  --latency-ms 40 --fault-rate 0.05 --lost-answer-delay-ms 3000 \
-  --checks-until-complete 1 --cancel-rate 0.02 >"$STATE/sim.log" 2>&1 &
-pids+=($!)
-
-cat >"$STATE/accounts.toml" <<TOML
-[[account]]
-id = "znet-demo"
-provider = "znet"
-base_url = "http://127.0.0.1:$SIM_PORT"
-kod = "demo-kod"
-sifre = "demo-sifre"
-max_concurrent = 8
-max_per_second = 100
-request_timeout_ms = 2000
-TOML
-chmod 600 "$STATE/accounts.toml"
-
-# The key that seals PINs (the shop holds it to read them); made once, kept private.
-if [[ ! -s "$STATE/pin-keys" ]]; then
-  (umask 077 && "$BIN" pin-key new --id demo >"$STATE/pin-keys")
-fi
-
-export ORDERFLOW_PROVIDER_ACCOUNTS="$STATE/accounts.toml"
-export ORDERFLOW_PIN_KEYS_FILE="$STATE/pin-keys"
+start_sim "${ORDERFLOW_DEMO_SIM_PORT:-18090}" --latency-ms 40 --fault-rate 0.02 \
+  --lost-answer-delay-ms 3000 --checks-until-complete 1 --slow-share 0.05 --slow-checks 3 \
+  --cancel-rate 0.02 --balance-lira 100000000
+write_accounts 32 1000
+ensure_pin_key
 export ORDERFLOW_DISPATCH_RETRY_MIN_MS=250 ORDERFLOW_DISPATCH_RETRY_MAX_MS=4000
-export ORDERFLOW_FIRST_CHECK=10s
-port=9464
-stages=()
-start_stage() { # name, command
-  ORDERFLOW_METRICS_LISTEN="127.0.0.1:$port" "$BIN" "$2" >"$STATE/$1.log" 2>&1 &
-  pids+=($!)
-  stages+=("$1:$!:$port")
-  port=$((port + 1))
-}
 start_stage dispatch-1 dispatch
 start_stage dispatch-2 dispatch
 start_stage poll-1 poll
 start_stage poll-2 poll
 start_stage sink sink
-export ORDERFLOW_RECONCILE_EVERY=30s ORDERFLOW_RECONCILE_GRACE=30s
-start_stage reconcile reconcile
-say "simulator, two dispatch, two poll processes, the reconciler and the sink started; logs in $STATE."
+ORDERFLOW_RECONCILE_EVERY=30s ORDERFLOW_RECONCILE_GRACE=30s start_stage reconcile reconcile
+wait_ready
+say "simulator, two dispatch, two poll processes, the reconciler and the sink are ready; logs in $STATE."
 
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+[[ $# -gt 0 ]] || set -- --orders 10000 --rate 250
 set +e
-[[ $# -gt 0 ]] || set -- --orders 600 --rate 60
-"$BIN" load --account znet-demo "$@"
-status=$?
+"$BIN" load --account znet-demo "$@" | tee "$STATE/summary.txt"
+status=${PIPESTATUS[0]}
 set -e
 
 # What the shop sees: the orders table the sink keeps. This run's orders are those
@@ -100,20 +69,28 @@ for _ in $(seq 60); do
   [[ $left == 0 ]] && break
   sleep 1
 done
+echo
 say "this run's orders in PostgreSQL, by the shop's columns:"
 bash ops/postgres/db.sh psql -c \
   "SELECT status, external_status, state, failure_reason, count(*) FROM orders
     WHERE $this_run GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC"
 one=$(bash ops/postgres/db.sh psql -At -c \
-  "SELECT order_id FROM orders WHERE $this_run AND state = 'completed' ORDER BY updated_at DESC LIMIT 1")
+  "SELECT order_id FROM orders WHERE $this_run AND state = 'completed' AND attempts > 1
+    ORDER BY updated_at DESC LIMIT 1")
 if [[ -n $one ]]; then
-  say "one completed order's journey (orderflow order show $one; add --reveal for the PIN):"
+  say "one slow order's journey (orderflow order show $one; add --reveal for the PIN):"
   "$BIN" order show "$one"
 fi
 
+echo
+printf 'demo: %-12s %8s %12s %10s   %s\n' process pid "peak memory" "CPU time" "metrics"
 for stage in "${stages[@]}"; do
   IFS=: read -r name pid mport <<<"$stage"
-  peak=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo "?")
-  say "$name (pid $pid, metrics on 127.0.0.1:$mport) peak memory ${peak} kB."
+  peak=$(awk '/VmHWM/ { printf "%.1f MB", $2 / 1024 }' "/proc/$pid/status" 2>/dev/null || echo "?")
+  cpu=$(awk '{ printf "%.1f s", ($14 + $15) / 100 }' "/proc/$pid/stat" 2>/dev/null || echo "?")
+  printf 'demo: %-12s %8s %12s %10s   http://127.0.0.1:%s/metrics\n' "$name" "$pid" "$peak" "$cpu" "$mport"
 done
+say "Prometheus scrapes these ports with ops/prometheus/prometheus.yml (alerts: ops/prometheus/alerts.yml);"
+say "Grafana's dashboard and provisioning are in ops/grafana/. ops/observability/check.sh runs both against this demo."
+say "the summary above is also in $STATE/summary.txt."
 exit "$status"

@@ -37,7 +37,7 @@ for _ in $(seq 30); do
 done
 
 [[ $# -gt 0 ]] || set -- --orders 300 --rate 20
-bash ops/demo.sh "$@" >"$STATE/demo.log" 2>&1 &
+ORDERFLOW_DEMO_PROFILE="${ORDERFLOW_DEMO_PROFILE:-debug}" bash ops/demo.sh "$@" >"$STATE/demo.log" 2>&1 &
 demo=$!
 echo "check: Prometheus on 127.0.0.1:$PROM_PORT, demo running (log: $STATE/demo.log); querying in 60 s."
 sleep 60

@@ -16,6 +16,8 @@
 //! - [`poll`]: the poll stage (status checks on delay-topic tiers) and its reconciler.
 //! - [`pin`]: sealing PIN codes under the shop's rotating keys (AES-256-GCM).
 //! - [`load`]: the load generator behind the demo and the benchmarks.
+//! - [`bench`]: `orderflow bench`, throughput against the raw Kafka ceiling, and memory
+//!   while checks wait; CPU and memory read from `/proc`.
 //! - [`metrics`]: Prometheus metrics and the /metrics, /healthz, /readyz server.
 //! - [`telemetry`]: OpenTelemetry traces across stages through Kafka headers (off unless
 //!   an OTLP endpoint is configured).
@@ -23,6 +25,7 @@
 //!
 //! The `orderflow` binary (`src/main.rs`) wires these into subcommands.
 
+pub mod bench;
 pub mod core;
 pub mod db;
 pub mod dispatch;

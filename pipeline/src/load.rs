@@ -1,16 +1,22 @@
 //! `orderflow load`: publishes a realistic stream of orders and follows each to the point
 //! where the pipeline has answered it, with a live progress line and a summary.
 //!
-//! It plays the shop: orders of a few tenants and denominations at a steady rate, a share
-//! the provider will reject and a share of broken events. An order counts as answered once
-//! `orders.state` has its final state (or its dispatched state, with `--until dispatched`),
-//! or `orders.dlq` has its event; what is never answered is reported as missing (G2) and
-//! makes the command fail. The summary's
-//! throughput and latency (publish to answer) are measured here, not estimated.
+//! It plays the shop: orders of a few tenants and denominations at a steady rate (or as
+//! fast as the broker takes them), a share the provider will reject and a share of broken
+//! events. An order counts as answered once `orders.state` has its final state (or its
+//! dispatched state, with `--until dispatched`), or `orders.dlq` has its event; what is
+//! never answered is reported as missing (G2) and makes the command fail.
+//!
+//! Everything it reports is measured here, from the moment an event is handed to the
+//! producer: created-to-dispatched and created-to-answer latencies, throughput, and once a
+//! second a [`Snapshot`] (counts so far, and the orders waiting per tier, read from the
+//! poll group's lag) that the progress line shows and [`crate::bench`] records.
 
 use crate::core::event::{OrderCreated, OrderStateEvent, SCHEMA_VERSION};
 use crate::core::lifecycle::OrderState;
+use crate::core::schedule;
 use crate::core::seeded::Seeded;
+use crate::kafka::lag::GroupLag;
 use crate::kafka::topics::name;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
 use crate::shutdown::Shutdown;
@@ -23,6 +29,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -32,9 +39,9 @@ pub struct LoadConfig {
     /// Orders to publish.
     #[arg(long, default_value_t = 500)]
     pub orders: usize,
-    /// Orders published per second.
-    #[arg(long, default_value_t = 50.0)]
-    pub rate: f64,
+    /// Orders published per second, or `max` for as fast as the broker acknowledges them.
+    #[arg(long, default_value = "50")]
+    pub rate: Rate,
     /// Provider account the orders name.
     #[arg(long, default_value = "znet-demo")]
     pub account: String,
@@ -51,18 +58,71 @@ pub struct LoadConfig {
     /// dispatched state (when no poll stage runs).
     #[arg(long, value_enum, default_value_t = Until::Final)]
     pub until: Until,
+    #[command(flatten)]
+    pub depth: DepthArgs,
+}
+
+/// Where the orders waiting for a status check are counted: the poll group's lag on
+/// `orders.dispatched` (label `first`) and on each tier topic.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DepthArgs {
+    /// Consumer group of the poll stage.
+    #[arg(long = "poll-group", env = "ORDERFLOW_POLL_GROUP", default_value = crate::poll::DEFAULT_GROUP)]
+    pub poll_group: String,
+    /// The poll stage's tiers, to name their topics.
+    #[arg(long = "check-tiers", env = "ORDERFLOW_CHECK_TIERS", default_value = crate::poll::DEFAULT_CHECK_TIERS)]
+    pub check_tiers: String,
+}
+
+impl DepthArgs {
+    /// The poll group's lag reader, labels `first` then one per tier.
+    pub fn lag(&self, kafka: &KafkaConfig) -> Result<GroupLag, LoadError> {
+        let tiers = schedule::parse_tiers(&self.check_tiers)
+            .map_err(|e| LoadError::Tiers(e.to_string()))?;
+        let mut topics = vec![("first".to_owned(), kafka.topic(name::ORDERS_DISPATCHED))];
+        for delay in tiers {
+            let label = schedule::label(delay);
+            topics.push((label.clone(), kafka.topic(&name::status_check(&label))));
+        }
+        Ok(GroupLag::new(kafka, &self.poll_group, topics)?)
+    }
+}
+
+/// Offered load: a steady rate, or as fast as the broker acknowledges.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rate {
+    PerSecond(f64),
+    Max,
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "max" {
+            return Ok(Rate::Max);
+        }
+        match s.parse::<f64>() {
+            Ok(r) if r.is_finite() && r > 0.0 => Ok(Rate::PerSecond(r)),
+            _ => Err(format!(
+                "{s:?} is not a rate: give orders per second (a positive number) or `max`"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rate::PerSecond(r) => write!(f, "{r}"),
+            Rate::Max => f.write_str("max"),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Until {
     Dispatched,
     Final,
-}
-
-impl Until {
-    fn reached(self, answer: Answer) -> bool {
-        self == Until::Dispatched || answer != Answer::Dispatched
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,14 +133,13 @@ pub enum LoadError {
     Kafka(#[from] KafkaError),
     #[error("--{0} must be between 0 and 1")]
     Share(&'static str),
-    #[error("--rate must be positive")]
-    Rate,
+    #[error("--check-tiers is invalid: {0}")]
+    Tiers(String),
 }
 
-/// How one published event was answered.
+/// How one published event ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Answer {
-    Dispatched,
     Completed,
     Failed,
     DeadLettered,
@@ -89,7 +148,6 @@ pub enum Answer {
 impl Answer {
     pub fn as_str(self) -> &'static str {
         match self {
-            Answer::Dispatched => "dispatched",
             Answer::Completed => "completed",
             Answer::Failed => "failed",
             Answer::DeadLettered => "dead-lettered",
@@ -97,29 +155,141 @@ impl Answer {
     }
 }
 
+/// One order's path as seen from the outcome topics, times since it was created.
+#[derive(Clone, Copy, Debug)]
+struct Journey {
+    created: Instant,
+    dispatched: Option<Duration>,
+    answer: Option<(Answer, Duration)>,
+}
+
+impl Journey {
+    fn answered(&self, until: Until) -> bool {
+        self.answer.is_some() || (until == Until::Dispatched && self.dispatched.is_some())
+    }
+}
+
+/// The run's counts at one moment, taken once a second.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Snapshot {
+    /// Seconds since the first publish.
+    pub at: f64,
+    pub published: usize,
+    /// Orders the provider accepted (dispatched, whatever came after).
+    pub dispatched: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub dead_lettered: usize,
+    /// Orders waiting per tier (`first`, then each tier's delay), when the broker answered.
+    pub waiting: Vec<(String, i64)>,
+}
+
+/// Told every snapshot as it is taken (the benchmark samples processes alongside).
+pub trait Observer {
+    fn observe(&mut self, snapshot: &Snapshot);
+}
+
+impl Observer for () {
+    fn observe(&mut self, _: &Snapshot) {}
+}
+
 /// What the run measured.
 #[derive(Debug, Default)]
 pub struct LoadReport {
     pub published: usize,
+    /// Answered orders per answer (`dispatched` counts only with `--until dispatched`).
     pub answered: BTreeMap<String, usize>,
     pub missing: usize,
     pub elapsed: Duration,
-    /// Publish-to-answer latencies, sorted.
+    /// Created-to-answer latencies of answered orders, sorted.
     pub latencies: Vec<Duration>,
+    /// Created-to-dispatched latencies of accepted orders, sorted.
+    pub dispatch_latencies: Vec<Duration>,
+    /// Created-to-final latencies of orders that reached completed or failed, sorted.
+    pub final_latencies: Vec<Duration>,
+    /// From the first publish to the last answer.
+    pub last_answer: Duration,
+    /// One snapshot per second.
+    pub series: Vec<Snapshot>,
+}
+
+/// The `p`th percentile (0–100) of sorted durations, nearest rank.
+pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    Some(sorted[rank.min(sorted.len() - 1)])
+}
+
+/// A duration for people: `850 ms`, `12.3 s`.
+pub fn human(d: Option<Duration>) -> String {
+    match d {
+        None => "-".into(),
+        Some(d) if d < Duration::from_secs(10) => format!("{} ms", d.as_millis()),
+        Some(d) => format!("{:.1} s", d.as_secs_f64()),
+    }
 }
 
 impl LoadReport {
     pub fn percentile(&self, p: f64) -> Option<Duration> {
-        if self.latencies.is_empty() {
-            return None;
+        percentile(&self.latencies, p)
+    }
+
+    pub fn answered_total(&self) -> usize {
+        self.answered.values().sum()
+    }
+
+    /// Answered orders per second, from the first publish to the last answer.
+    pub fn throughput(&self) -> f64 {
+        self.answered_total() as f64 / self.last_answer.as_secs_f64().max(1e-9)
+    }
+
+    /// The summary table printed at the end of a run.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "published      {} orders in {:.1} s ({:.1}/s)",
+            self.published,
+            self.elapsed.as_secs_f64(),
+            self.published as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        );
+        for (answer, n) in &self.answered {
+            let _ = writeln!(out, "  {answer:<15}{n}");
         }
-        let rank = ((p / 100.0) * (self.latencies.len() - 1) as f64).round() as usize;
-        Some(self.latencies[rank])
+        let _ = writeln!(out, "  missing        {}", self.missing);
+        let _ = writeln!(
+            out,
+            "throughput     {:.1} answered orders/s (first publish to last answer, {:.1} s)",
+            self.throughput(),
+            self.last_answer.as_secs_f64()
+        );
+        let _ = writeln!(
+            out,
+            "latency        {:<22}{:>10}{:>10}{:>10}{:>10}",
+            "", "p50", "p95", "p99", "max"
+        );
+        for (what, sorted) in [
+            ("created→dispatched", &self.dispatch_latencies),
+            ("created→final", &self.final_latencies),
+            ("created→answer", &self.latencies),
+        ] {
+            let _ = writeln!(
+                out,
+                "               {what:<22}{:>10}{:>10}{:>10}{:>10}",
+                human(percentile(sorted, 50.0)),
+                human(percentile(sorted, 95.0)),
+                human(percentile(sorted, 99.0)),
+                human(percentile(sorted, 100.0)),
+            );
+        }
+        out
     }
 }
 
 /// One event to publish: its key and bytes.
-fn make_event(mix: &mut Seeded, config: &LoadConfig, i: usize) -> (Uuid, Vec<u8>) {
+pub(crate) fn make_event(mix: &mut Seeded, config: &LoadConfig, i: usize) -> (Uuid, Vec<u8>) {
     let order_id = Uuid::new_v4();
     let roll = mix.fraction();
     if roll < config.invalid_share {
@@ -155,10 +325,14 @@ fn make_event(mix: &mut Seeded, config: &LoadConfig, i: usize) -> (Uuid, Vec<u8>
     (order_id, order.encode())
 }
 
+/// Acknowledgements the producer may owe at once with `--rate max`.
+const MAX_UNACKED: usize = 10_000;
+
 /// Publishes the load and follows it until every event is answered or the wait ends.
 pub async fn run(
     kafka: &KafkaConfig,
     config: &LoadConfig,
+    observer: &mut dyn Observer,
     mut shutdown: Shutdown,
 ) -> Result<LoadReport, LoadError> {
     for (flag, share) in [
@@ -169,22 +343,40 @@ pub async fn run(
             return Err(LoadError::Share(flag));
         }
     }
-    if config.rate.is_nan() || config.rate <= 0.0 {
-        return Err(LoadError::Rate);
-    }
     kafka.check_reachable()?;
+    let lag = config.depth.lag(kafka)?;
     let watcher = watch_from_now(kafka).await?;
     let producer = kafka.producer()?;
     let created = kafka.topic(name::ORDERS_CREATED);
     let state_topic = kafka.topic(name::ORDERS_STATE);
 
+    // The depth per tier is read off the loop: a few dozen broker round trips a second.
+    let (depth_tx, depth_rx) = tokio::sync::watch::channel(Vec::new());
+    let depth_task = tokio::spawn(async move {
+        loop {
+            if let Some(depth) = lag.sample_async().await {
+                if depth_tx.send(depth).is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(900)).await;
+        }
+    });
+
     let start = Instant::now();
-    let mut published: HashMap<Uuid, Instant> = HashMap::new();
-    let mut answers: HashMap<Uuid, (Answer, Duration)> = HashMap::new();
+    let mut journeys: HashMap<Uuid, Journey> = HashMap::new();
+    let mut acked = 0usize;
+    let mut counts = Snapshot::default();
+    let mut answered = 0usize;
+    let mut last_answer = Duration::ZERO;
+    let mut series = Vec::new();
     let mut sends = FuturesUnordered::new();
     let mut mix = Seeded::new(0x5EED);
     let mut next_publish = 0usize;
-    let interval = Duration::from_secs_f64(1.0 / config.rate);
+    let interval = match config.rate {
+        Rate::PerSecond(r) => Duration::from_secs_f64(1.0 / r),
+        Rate::Max => Duration::from_millis(1),
+    };
     let mut publish_tick = tokio::time::interval(interval);
     publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut progress_tick = tokio::time::interval(Duration::from_secs(1));
@@ -192,11 +384,7 @@ pub async fn run(
     let progress = Progress::new();
 
     loop {
-        let done = answers
-            .values()
-            .filter(|(a, _)| config.until.reached(*a))
-            .count();
-        if next_publish == config.orders && sends.is_empty() && published.len() == done {
+        if next_publish == config.orders && sends.is_empty() && answered == journeys.len() {
             break;
         }
         let waiting = async {
@@ -205,24 +393,33 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        let may_publish = next_publish < config.orders && sends.len() < MAX_UNACKED;
         tokio::select! {
             _ = shutdown.wait() => break,
             _ = waiting => break,
-            _ = publish_tick.tick(), if next_publish < config.orders => {
-                let (id, bytes) = make_event(&mut mix, config, next_publish);
-                next_publish += 1;
-                let producer = producer.clone();
-                let topic = created.clone();
-                sends.push(async move {
-                    let key = id.to_string();
-                    let record = FutureRecord::to(&topic).key(&key).payload(&bytes);
-                    let sent = producer.send(record, Timeout::After(Duration::from_secs(30))).await;
-                    (id, Instant::now(), sent.map(|_| ()).map_err(|(e, _)| e))
-                });
+            _ = publish_tick.tick(), if may_publish => {
+                // At `max`, a tick publishes a batch (up to the acknowledgements owed).
+                let batch = match config.rate {
+                    Rate::PerSecond(_) => 1,
+                    Rate::Max => (MAX_UNACKED - sends.len()).min(500),
+                };
+                for _ in 0..batch.min(config.orders - next_publish) {
+                    let (id, bytes) = make_event(&mut mix, config, next_publish);
+                    next_publish += 1;
+                    journeys.insert(id, Journey { created: Instant::now(), dispatched: None, answer: None });
+                    let producer = producer.clone();
+                    let topic = created.clone();
+                    sends.push(async move {
+                        let key = id.to_string();
+                        let record = FutureRecord::to(&topic).key(&key).payload(&bytes);
+                        producer.send(record, Timeout::After(Duration::from_secs(30))).await.map(|_| ()).map_err(|(e, _)| e)
+                    });
+                }
+                counts.published = next_publish;
             }
-            Some((id, at, sent)) = sends.next() => {
+            Some(sent) = sends.next() => {
                 sent?;
-                published.insert(id, at);
+                acked += 1;
                 if next_publish == config.orders && sends.is_empty() {
                     wait_until = Some(tokio::time::Instant::now() + Duration::from_secs(config.wait_secs));
                 }
@@ -233,50 +430,78 @@ pub async fn run(
                     Err(e) => { tracing::warn!(error = %e, "watching the outcome topics failed"); continue; }
                 };
                 let Some(id) = message.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| k.parse::<Uuid>().ok()) else { continue };
-                let answer = if message.topic() == state_topic {
+                // Events of orders this run did not publish are someone else's.
+                let Some(journey) = journeys.get_mut(&id) else { continue };
+                let was_answered = journey.answered(config.until);
+                let since = journey.created.elapsed();
+                if message.topic() == state_topic {
                     match message.payload().and_then(|p| serde_json::from_slice::<OrderStateEvent>(p).ok()).map(|s| s.state) {
-                        Some(OrderState::Completed) => Answer::Completed,
-                        Some(OrderState::Failed) => Answer::Failed,
-                        Some(OrderState::Dispatched) => Answer::Dispatched,
-                        _ => continue,
+                        Some(OrderState::Dispatched) if journey.dispatched.is_none() => {
+                            journey.dispatched = Some(since);
+                            counts.dispatched += 1;
+                        }
+                        Some(state @ (OrderState::Completed | OrderState::Failed)) if journey.answer.is_none() => {
+                            let answer = if state == OrderState::Completed { Answer::Completed } else { Answer::Failed };
+                            journey.answer = Some((answer, since));
+                            match answer {
+                                Answer::Completed => counts.completed += 1,
+                                _ => counts.failed += 1,
+                            }
+                        }
+                        _ => {}
                     }
-                } else {
-                    Answer::DeadLettered
-                };
-                // The answer may overtake the publish acknowledgement.
-                let at = published.get(&id).copied();
-                let latency = at.map(|t| t.elapsed()).unwrap_or_default();
-                let entry = answers.entry(id).or_insert((answer, latency));
-                if answer > entry.0 { *entry = (answer, latency); }
+                } else if journey.answer.is_none() {
+                    journey.answer = Some((Answer::DeadLettered, since));
+                    counts.dead_lettered += 1;
+                }
+                if !was_answered && journey.answered(config.until) {
+                    answered += 1;
+                    last_answer = start.elapsed();
+                }
             }
-            _ = progress_tick.tick() => progress.show(start, next_publish, config.until, &answers),
+            _ = progress_tick.tick() => {
+                counts.at = start.elapsed().as_secs_f64();
+                counts.waiting = depth_rx.borrow().clone();
+                progress.show(&counts, next_publish - answered);
+                observer.observe(&counts);
+                series.push(counts.clone());
+            }
         }
     }
     progress.done();
+    depth_task.abort();
 
     let mut report = LoadReport {
-        published: published.len(),
+        published: acked,
         elapsed: start.elapsed(),
+        last_answer,
+        series,
         ..LoadReport::default()
     };
-    for (id, (answer, latency)) in &answers {
-        if published.contains_key(id) && config.until.reached(*answer) {
-            *report
-                .answered
-                .entry(answer.as_str().to_owned())
-                .or_default() += 1;
-            report.latencies.push(*latency);
+    for journey in journeys.values() {
+        if let Some(d) = journey.dispatched {
+            report.dispatch_latencies.push(d);
+        }
+        if let Some((answer, d)) = journey.answer {
+            if answer != Answer::DeadLettered {
+                report.final_latencies.push(d);
+            }
+        }
+        match (journey.answer, journey.dispatched) {
+            (Some((answer, d)), _) => {
+                *report.answered.entry(answer.as_str().to_owned()).or_default() += 1;
+                report.latencies.push(d);
+            }
+            (None, Some(d)) if config.until == Until::Dispatched => {
+                *report.answered.entry("dispatched".to_owned()).or_default() += 1;
+                report.latencies.push(d);
+            }
+            _ => report.missing += 1,
         }
     }
-    report.missing = published
-        .keys()
-        .filter(|id| {
-            !answers
-                .get(id)
-                .is_some_and(|(a, _)| config.until.reached(*a))
-        })
-        .count();
     report.latencies.sort();
+    report.dispatch_latencies.sort();
+    report.final_latencies.sort();
     Ok(report)
 }
 
@@ -340,26 +565,21 @@ impl Progress {
         }
     }
 
-    fn show(
-        &self,
-        start: Instant,
-        published: usize,
-        until: Until,
-        answers: &HashMap<Uuid, (Answer, Duration)>,
-    ) {
-        let secs = start.elapsed().as_secs();
+    fn show(&self, now: &Snapshot, open: usize) {
+        let secs = now.at.round() as u64;
         if !self.tty && secs % 5 != 0 {
             return;
         }
-        let count = |a: Answer| answers.values().filter(|(x, _)| *x == a).count();
-        let line = format!(
-            "[{secs:>4}s] published {published} | dispatched {} | completed {} | failed {} | dead-lettered {} | waiting {}",
-            count(Answer::Dispatched),
-            count(Answer::Completed),
-            count(Answer::Failed),
-            count(Answer::DeadLettered),
-            published.saturating_sub(answers.values().filter(|(a, _)| until.reached(*a)).count()),
+        let mut line = format!(
+            "[{secs:>4}s] created {} | dispatched {} | completed {} | failed {} | dead-lettered {} | open {open}",
+            now.published, now.dispatched, now.completed, now.failed, now.dead_lettered,
         );
+        if !now.waiting.is_empty() {
+            line.push_str(" | waiting");
+            for (tier, n) in &now.waiting {
+                let _ = write!(line, " {tier}:{n}");
+            }
+        }
         let mut err = std::io::stderr().lock();
         if self.tty {
             let _ = write!(err, "\r{line}\x1b[K");
@@ -383,12 +603,16 @@ mod tests {
     fn config(invalid: f64, reject: f64) -> LoadConfig {
         LoadConfig {
             orders: 1000,
-            rate: 1.0,
+            rate: Rate::PerSecond(1.0),
             account: "a".into(),
             reject_share: reject,
             invalid_share: invalid,
             wait_secs: 1,
             until: Until::Final,
+            depth: DepthArgs {
+                poll_group: crate::poll::DEFAULT_GROUP.into(),
+                check_tiers: crate::poll::DEFAULT_CHECK_TIERS.into(),
+            },
         }
     }
 
@@ -418,5 +642,15 @@ mod tests {
         assert_eq!(report.percentile(50.0), Some(Duration::from_millis(51)));
         assert_eq!(report.percentile(100.0), Some(Duration::from_millis(100)));
         assert_eq!(LoadReport::default().percentile(50.0), None);
+    }
+
+    #[test]
+    fn a_rate_is_positive_or_max() {
+        assert_eq!("max".parse::<Rate>(), Ok(Rate::Max));
+        assert_eq!("250".parse::<Rate>(), Ok(Rate::PerSecond(250.0)));
+        for bad in ["0", "-3", "NaN", "inf", "fast"] {
+            let e = bad.parse::<Rate>().unwrap_err();
+            assert!(e.contains("positive number") && e.contains("max"), "{e}");
+        }
     }
 }

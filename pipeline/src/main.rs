@@ -4,6 +4,8 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use orderflow::bench::{self, BenchCommand};
+use orderflow::core::schedule;
 use orderflow::db::{self, journey, DbConfig};
 use orderflow::dispatch::{self, DispatchConfig};
 use orderflow::kafka::topics::{self, TopicSpecs};
@@ -16,7 +18,7 @@ use orderflow::poll::PollConfig;
 use orderflow::provider::accounts::Accounts;
 use orderflow::shutdown;
 use orderflow::sink::SinkConfig;
-use orderflow::znet::sim::{Sim, SimConfig};
+use orderflow::znet::sim::{Sim, SimConfig, DEFAULT_BALANCE_KURUS};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -120,6 +122,12 @@ enum Command {
         #[command(flatten)]
         load: LoadConfig,
     },
+    /// Measure the running pipeline: throughput and latency against the raw Kafka ceiling,
+    /// or memory while checks wait in the tiers (ops/bench.sh starts what it measures).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Serve a znet-compatible provider simulator with fault injection (for tests and the demo).
     SimZnet(SimArgs),
 }
@@ -133,6 +141,10 @@ enum TopicsCommand {
         /// A topic spec file to use instead of the one built in (topics/topics.toml).
         #[arg(long)]
         spec: Option<PathBuf>,
+        /// The poll stage's tiers: a topic is created for each delay the spec lacks, with
+        /// the settings of its tier topics.
+        #[arg(long = "check-tiers", env = "ORDERFLOW_CHECK_TIERS")]
+        check_tiers: Option<String>,
     },
 }
 
@@ -187,6 +199,15 @@ struct SimArgs {
     /// Status checks answered "processing" before an order completes.
     #[arg(long, default_value_t = 1)]
     checks_until_complete: u32,
+    /// Share of accepted orders that are slow: they need --slow-checks more checks (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    slow_share: f64,
+    /// Extra "processing" answers a slow order gets.
+    #[arg(long, default_value_t = 3)]
+    slow_checks: u32,
+    /// The dealer account's opening balance, in lira.
+    #[arg(long, default_value_t = DEFAULT_BALANCE_KURUS / 100)]
+    balance_lira: i64,
     /// Share of placements rejected with `3|Kupur Bilgisi Bulunamadı` (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     rejection_rate: f64,
@@ -242,6 +263,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Order { .. } => "order",
         Command::PinKey { .. } => "pin-key",
         Command::Load { .. } => "load",
+        Command::Bench { .. } => "bench",
         Command::SimZnet(_) => "sim-znet",
     }
 }
@@ -275,9 +297,15 @@ fn init_logging(
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Topics {
-            command: TopicsCommand::Apply { kafka, spec },
+            command: TopicsCommand::Apply { kafka, spec, check_tiers },
         } => {
-            let specs = TopicSpecs::load(spec.as_deref())?;
+            let mut specs = TopicSpecs::load(spec.as_deref())?;
+            if let Some(tiers) = check_tiers {
+                let delays = schedule::parse_tiers(&tiers)
+                    .map_err(|e| anyhow::anyhow!("ORDERFLOW_CHECK_TIERS is invalid: {e}"))?;
+                let labels: Vec<String> = delays.into_iter().map(schedule::label).collect();
+                specs = specs.with_tiers(&labels);
+            }
             let report = topics::apply(&kafka, &specs).await?;
             for name in &report.created {
                 println!("created   {name}");
@@ -404,38 +432,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Load { kafka, load } => {
             let (trigger, shutdown) = shutdown::channel();
             tokio::spawn(shutdown::on_signals(trigger));
-            let report = load::run(&kafka, &load, shutdown).await?;
-            let ms = |p| {
-                report
-                    .percentile(p)
-                    .map_or("-".into(), |d: Duration| format!("{} ms", d.as_millis()))
-            };
-            let answered: usize = report.answered.values().sum();
-            println!(
-                "published      {} events in {:.1} s",
-                report.published,
-                report.elapsed.as_secs_f64()
-            );
-            for (answer, n) in &report.answered {
-                println!("  {answer:<15}{n}");
-            }
-            println!("  missing        {}", report.missing);
-            println!(
-                "throughput     {:.1} answered events/s",
-                answered as f64 / report.elapsed.as_secs_f64().max(1e-9)
-            );
-            println!(
-                "latency        p50 {}  p90 {}  p99 {}  max {}  (publish to answer)",
-                ms(50.0),
-                ms(90.0),
-                ms(99.0),
-                ms(100.0)
-            );
+            let report = load::run(&kafka, &load, &mut (), shutdown).await?;
+            print!("{}", report.render());
             Ok(if report.missing == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(4)
             })
+        }
+        Command::Bench { command } => {
+            let (trigger, shutdown) = shutdown::channel();
+            tokio::spawn(shutdown::on_signals(trigger));
+            print!("{}", bench::run(command, shutdown).await?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::SimZnet(args) => {
             let config = SimConfig {
@@ -443,12 +452,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 sifre: args.sifre,
                 latency: Duration::from_millis(args.latency_ms),
                 checks_until_complete: args.checks_until_complete,
+                slow_share: unit_share("slow-share", args.slow_share)?,
+                slow_checks: args.slow_checks,
+                initial_balance_kurus: args.balance_lira.saturating_mul(100),
                 rejection_rate: unit_share("rejection-rate", args.rejection_rate)?,
                 cancel_rate: unit_share("cancel-rate", args.cancel_rate)?,
                 fault_rate: unit_share("fault-rate", args.fault_rate)?,
                 lost_answer_delay: Duration::from_millis(args.lost_answer_delay_ms),
                 seed: args.seed,
-                ..SimConfig::default()
             };
             let (trigger, mut shutdown) = shutdown::channel();
             tokio::spawn(shutdown::on_signals(trigger));

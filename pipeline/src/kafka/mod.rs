@@ -1,5 +1,6 @@
 //! Kafka at the edge: client settings, the connection check every command starts with,
-//! topic specs and their application, headers, and the dead-letter queue.
+//! topic specs and their application, headers, and the dead-letter queue. Any further
+//! librdkafka property (SASL, SSL, timeouts) comes from configuration ([`properties`]).
 //!
 //! librdkafka reconnects by itself and never reports "wrong address" as an error, so every
 //! command first asks the cluster for its metadata with a deadline and turns a failure into
@@ -8,6 +9,8 @@
 pub mod dlq;
 pub mod emit;
 pub mod headers;
+pub mod lag;
+pub mod properties;
 pub mod stage;
 pub mod topics;
 
@@ -16,7 +19,12 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use crate::secret::Secret;
+use properties::{PropertiesError, Property};
 
 /// How to reach the cluster and which names the topics have there.
 #[derive(Clone, Debug, clap::Args)]
@@ -46,6 +54,38 @@ pub struct KafkaConfig {
         default_value_t = 10_000
     )]
     pub connect_timeout_ms: u64,
+
+    /// A librdkafka property for every client, `key=value` (e.g. `socket.timeout.ms=30000`);
+    /// repeat the flag, or separate entries by commas or newlines. Values never appear in
+    /// logs; put secrets and values containing commas in --kafka-properties-file.
+    /// See docs/managed-kafka.md.
+    #[arg(
+        id = "kafka_property",
+        long = "kafka-property",
+        env = "ORDERFLOW_KAFKA_PROPERTIES",
+        value_name = "KEY=VALUE",
+        hide_env_values = true,
+        value_parser = secret_arg
+    )]
+    pub properties: Vec<Secret>,
+
+    /// A file of librdkafka properties, one `key=value` per line, `#` comments (the place
+    /// for sasl.password and similar secrets); entries of --kafka-property override it.
+    #[arg(
+        id = "kafka_properties_file",
+        long = "kafka-properties-file",
+        env = "ORDERFLOW_KAFKA_PROPERTIES_FILE",
+        value_name = "PATH"
+    )]
+    pub properties_file: Option<PathBuf>,
+
+    /// The properties above, read, checked and kept once per process (clones share them).
+    #[arg(skip)]
+    loaded: Arc<OnceLock<properties::Resolved>>,
+}
+
+fn secret_arg(value: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(value))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +96,10 @@ pub enum KafkaSetupError {
         waited: Duration,
         reason: String,
     },
-    #[error("invalid Kafka client setting ({0})")]
+    #[error("invalid Kafka client setting ({})", properties::redacted(.0))]
     Client(KafkaError),
+    #[error(transparent)]
+    Properties(#[from] PropertiesError),
     #[error("the Kafka cluster at {brokers} has no topic {missing}; every topic, one per delay in ORDERFLOW_CHECK_TIERS included, must be in topics/topics.toml and created with `orderflow topics apply`")]
     MissingTopics { brokers: String, missing: String },
 }
@@ -68,7 +110,41 @@ impl KafkaConfig {
             brokers: brokers.to_owned(),
             topic_prefix: topic_prefix.to_owned(),
             connect_timeout_ms: 10_000,
+            properties: Vec::new(),
+            properties_file: None,
+            loaded: Arc::default(),
         }
+    }
+
+    /// The configured librdkafka properties (file first, then flag or environment entries),
+    /// each with where it came from; read and checked by librdkafka on first use.
+    pub fn properties(&self) -> Result<&[(Property, String)], PropertiesError> {
+        self.loaded
+            .get_or_init(|| {
+                let mut all = match &self.properties_file {
+                    Some(path) => {
+                        let text =
+                            std::fs::read_to_string(path).map_err(|e| PropertiesError::File {
+                                path: path.display().to_string(),
+                                reason: e.to_string(),
+                            })?;
+                        properties::parse_file(&text, path)?
+                    }
+                    None => Vec::new(),
+                };
+                all.extend(properties::parse_list(&self.properties)?);
+                properties::validate(&all)?;
+                Ok(all)
+            })
+            .as_deref()
+            .map_err(Clone::clone)
+    }
+
+    /// Sets the configured properties on `config`, last, so they override orderflow's
+    /// defaults (the settings its guarantees depend on are refused when read).
+    pub fn apply_properties(&self, config: &mut ClientConfig) -> Result<(), KafkaSetupError> {
+        properties::apply(config, self.properties()?);
+        Ok(())
     }
 
     /// The full name of a topic from `topics/`.
@@ -80,24 +156,37 @@ impl KafkaConfig {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
-    /// Settings shared by every client.
+    /// Settings shared by every client, the configured properties last. Every command
+    /// checks the properties first ([`KafkaConfig::check_reachable`]); should a client be
+    /// built without that check and the properties be unusable, a setting librdkafka
+    /// refuses is left in place so that no client starts without them (say, without SASL).
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.brokers)
             .set("client.id", "orderflow")
             .set_log_level(RDKafkaLogLevel::Warning);
+        if self.apply_properties(&mut config).is_err() {
+            config.set(
+                "orderflow.kafka.properties.are.invalid",
+                "see the startup error",
+            );
+        }
         config
     }
 
     /// A producer that never reorders or duplicates within a partition and only reports
     /// success once every in-sync replica has the record.
     pub fn producer(&self) -> Result<FutureProducer<Context>, KafkaSetupError> {
-        self.client_config()
+        let mut config = self.client_config();
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set("compression.type", "lz4")
+            .set("compression.type", "lz4");
+        // Again, so a configured linger.ms or compression.type wins over the defaults.
+        self.apply_properties(&mut config)?;
+        config
             .create_with_context(Context)
             .map_err(KafkaSetupError::Client)
     }
@@ -154,6 +243,7 @@ impl KafkaConfig {
 
     /// Fails with one sentence if the cluster does not answer a metadata request in time.
     pub fn check_reachable(&self) -> Result<(), KafkaSetupError> {
+        self.properties()?;
         let probe: BaseConsumer<Context> = self
             .client_config()
             .create_with_context(Context)

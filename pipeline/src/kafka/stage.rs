@@ -155,8 +155,8 @@ pub fn consumer(
     kafka: &KafkaConfig,
     options: &StageOptions,
 ) -> Result<StreamConsumer<StageContext>, KafkaSetupError> {
-    let consumer: StreamConsumer<StageContext> = kafka
-        .client_config()
+    let mut config = kafka.client_config();
+    config
         .set("group.id", &options.group)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
@@ -164,7 +164,11 @@ pub fn consumer(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("statistics.interval.ms", "5000")
+        .set("statistics.interval.ms", "5000");
+    // Again, so configured timeouts (session.timeout.ms on a managed cluster) win over
+    // these defaults; the settings above that G2 depends on cannot be configured.
+    kafka.apply_properties(&mut config)?;
+    let consumer: StreamConsumer<StageContext> = config
         .create_with_context(StageContext::new(
             &options.group,
             Arc::clone(&options.metrics),

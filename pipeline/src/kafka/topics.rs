@@ -137,6 +137,31 @@ impl TopicSpecs {
     pub fn get(&self, name: &str) -> Option<&TopicSpec> {
         self.topics.iter().find(|t| t.name == name)
     }
+
+    /// These specs plus a tier topic for each of `labels` (`5s`, `30s`, …) not specified
+    /// yet, with the settings of the first tier topic in the file: a schedule with other
+    /// delays (ORDERFLOW_CHECK_TIERS) gets its topics without editing the file.
+    pub fn with_tiers(mut self, labels: &[String]) -> TopicSpecs {
+        let Some(template) = self
+            .topics
+            .iter()
+            .find(|t| t.name.starts_with(name::STATUS_CHECK_EVENT))
+            .cloned()
+        else {
+            return self;
+        };
+        for label in labels {
+            let wanted = name::status_check(label);
+            if self.get(&wanted).is_none() {
+                self.topics.push(TopicSpec {
+                    name: wanted,
+                    description: format!("Status checks on the {label} tier."),
+                    ..template.clone()
+                });
+            }
+        }
+        self
+    }
 }
 
 /// One way an existing topic differs from its spec.
@@ -342,6 +367,18 @@ async fn config_drift(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tiers_not_in_the_file_get_topics_like_the_first_tier() {
+        let specs = TopicSpecs::load(None).unwrap();
+        let before = specs.topics.len();
+        let template = specs.get(&name::status_check("30s")).unwrap().clone();
+        let specs = specs.with_tiers(&["2s".into(), "30s".into(), "5s".into()]);
+        assert_eq!(specs.topics.len(), before + 2, "30s is in the file already");
+        let added = specs.get(&name::status_check("2s")).unwrap();
+        assert_eq!((added.partitions, &added.config), (template.partitions, &template.config));
+        assert!(specs.get(&name::status_check("5s")).is_some());
+    }
 
     #[test]
     fn the_builtin_spec_has_every_topic_of_the_lifecycle() {

@@ -63,7 +63,7 @@ pub struct ScheduleArgs {
     #[arg(
         long,
         env = "ORDERFLOW_CHECK_TIERS",
-        default_value = "30s,1m,2m,4m,8m,10m"
+        default_value = DEFAULT_CHECK_TIERS
     )]
     pub check_tiers: String,
 
@@ -80,6 +80,11 @@ impl ScheduleArgs {
         Schedule::new(first, tiers, self.max_check_attempts)
     }
 }
+
+/// The poll stage's consumer group unless configured otherwise.
+pub const DEFAULT_GROUP: &str = "orderflow.poll";
+/// The delays between checks unless configured otherwise (the last one repeats).
+pub const DEFAULT_CHECK_TIERS: &str = "30s,1m,2m,4m,8m,10m";
 
 /// The tier topics of `schedule`, with the environment's prefix, in tier order.
 pub fn tier_topics(kafka: &KafkaConfig, schedule: &Schedule) -> Vec<String> {
@@ -101,7 +106,7 @@ pub struct PollConfig {
     #[arg(
         long = "poll-group",
         env = "ORDERFLOW_POLL_GROUP",
-        default_value = "orderflow.poll"
+        default_value = DEFAULT_GROUP
     )]
     pub group: String,
 

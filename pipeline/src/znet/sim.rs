@@ -39,6 +39,9 @@ pub struct SimConfig {
     pub latency: Duration,
     /// `pin_kontrol` answers durum 1 this many times per order, then its final state.
     pub checks_until_complete: u32,
+    /// Share of purchased orders that are slow: they answer durum 1 `slow_checks` more times.
+    pub slow_share: f64,
+    pub slow_checks: u32,
     /// Share of valid placements answered `3|Kupur Bilgisi Bulunamadı`.
     pub rejection_rate: f64,
     /// Share of purchased orders that end cancelled (durum 3) instead of completed.
@@ -62,6 +65,8 @@ impl Default for SimConfig {
             sifre: "sim-sifre".into(),
             latency: Duration::ZERO,
             checks_until_complete: 1,
+            slow_share: 0.0,
+            slow_checks: 0,
             rejection_rate: 0.0,
             cancel_rate: 0.0,
             fault_rate: 0.0,
@@ -80,6 +85,8 @@ impl fmt::Debug for SimConfig {
             .field("sifre", &"***")
             .field("latency", &self.latency)
             .field("checks_until_complete", &self.checks_until_complete)
+            .field("slow_share", &self.slow_share)
+            .field("slow_checks", &self.slow_checks)
             .field("rejection_rate", &self.rejection_rate)
             .field("cancel_rate", &self.cancel_rate)
             .field("fault_rate", &self.fault_rate)
@@ -181,6 +188,8 @@ struct State {
 
 struct Order {
     checks_seen: u32,
+    /// Checks answered "processing" before the final state.
+    pending_checks: u32,
     cancelled: bool,
     pin: String,
 }
@@ -322,11 +331,14 @@ fn place(config: &SimConfig, st: &mut State, q: &Params) -> String {
     }
     st.stats.balance_kurus -= product.price_kurus;
     let cancelled = st.rng.chance(config.cancel_rate);
+    let slow = config.slow_share > 0.0 && st.rng.chance(config.slow_share);
+    let pending_checks = config.checks_until_complete + if slow { config.slow_checks } else { 0 };
     let pin = st.pin();
     st.orders.insert(
         referans.to_owned(),
         Order {
             checks_seen: 0,
+            pending_checks,
             cancelled,
             pin,
         },
@@ -361,7 +373,7 @@ fn check(config: &SimConfig, st: &mut State, q: &Params) -> String {
         .entry(referans.to_owned())
         .or_default()
         .push(Utc::now());
-    let (answer, outcome) = if order.checks_seen <= config.checks_until_complete {
+    let (answer, outcome) = if order.checks_seen <= order.pending_checks {
         (PENDING.to_owned(), "pending")
     } else if order.cancelled {
         (CANCELLED.to_owned(), "cancelled")

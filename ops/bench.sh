@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Benchmarks the pipeline on this machine, everything co-located (broker, database,
+# simulator, stages), release build, fresh topics and database for each run.
+#
+#   ops/bench.sh throughput [--orders N] [--rate R|max] [--latency-ms MS]
+#                           [--dispatch N] [--poll N] [--in-flight N]
+#   ops/bench.sh memory [--waiting N]
+#
+# throughput (default: 20,000 orders at `max`, provider latency 20 ms, one process per
+#   stage): the raw Kafka ceiling (the same number of messages produced and consumed with
+#   the stages' settings), then the orders through dispatch, two status checks each
+#   (first after 1 s, the next on a 1 s tier; the simulator completes an order at its
+#   second check) and the sink. Prints sustained orders/s, created-to-dispatched and
+#   created-to-final percentiles, CPU and peak RSS per process (stages, simulator,
+#   broker, PostgreSQL with its backends).
+# memory (default: 1,000,000 checks): the stages run while the tier topics fill with
+#   status checks due in two hours; prints each stage's RSS before, at peak, and after.
+#
+# Results (a table, JSON, an SVG chart over time): $ORDERFLOW_STATE_DIR/bench/<mode>.*
+# The topics (prefix bench-<time>.) and the database orderflow_bench of a run are removed
+# at its end. Env: those of ops/kafka/broker.sh and ops/postgres/db.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/orderflow/target}"
+STATE="${ORDERFLOW_STATE_DIR:-/var/lib/orderflow}/bench"
+die() { echo "bench: $*" >&2; exit 2; }
+say() { echo "bench: $*" >&2; }
+
+mode=${1:-throughput}
+[[ $# -gt 0 ]] && shift
+orders=20000 rate=max latency=20 dispatchers=1 pollers=1 in_flight=256 waiting=1000000
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --orders) orders=$2 ;;
+    --rate) rate=$2 ;;
+    --latency-ms) latency=$2 ;;
+    --dispatch) dispatchers=$2 ;;
+    --poll) pollers=$2 ;;
+    --in-flight) in_flight=$2 ;;
+    --waiting) waiting=$2 ;;
+    *) die "unknown option $1 (see the top of ops/bench.sh)" ;;
+  esac
+  shift 2 || die "option $1 needs a value"
+done
+[[ $mode == throughput || $mode == memory ]] || die "the mode is throughput or memory, not $mode"
+
+bash ops/kafka/broker.sh start >&2
+bash ops/postgres/db.sh start >&2
+say "building orderflow (release)."
+cargo build --locked --quiet --release
+BIN="$CARGO_TARGET_DIR/release/orderflow"
+mkdir -p "$STATE"
+# shellcheck source=ops/lib/pipeline.sh
+source ops/lib/pipeline.sh
+
+# A fresh world: topics under a new prefix (earlier runs' are deleted), an empty database.
+"$BIN" bench clean --topic-prefix bench- >&2
+run="bench-$(date +%s)"
+export ORDERFLOW_TOPIC_PREFIX="$run."
+export ORDERFLOW_DISPATCH_GROUP="$run.dispatch" ORDERFLOW_POLL_GROUP="$run.poll" ORDERFLOW_SINK_GROUP="$run.sink"
+export ORDERFLOW_FIRST_CHECK=1s ORDERFLOW_CHECK_TIERS=1s,2s
+export ORDERFLOW_DISPATCH_MAX_IN_FLIGHT=$in_flight ORDERFLOW_POLL_MAX_IN_FLIGHT=$in_flight
+bash ops/postgres/db.sh psql -qc "DROP DATABASE IF EXISTS orderflow_bench WITH (FORCE)" >/dev/null
+bash ops/postgres/db.sh psql -qc "CREATE DATABASE orderflow_bench OWNER orderflow" >/dev/null
+export ORDERFLOW_DATABASE_URL="postgres://orderflow:orderflow@127.0.0.1:${PGPORT:-5432}/orderflow_bench"
+finish() {
+  stop_all
+  "$BIN" bench clean --topic-prefix "$run." >&2 || true
+  bash ops/postgres/db.sh psql -qc "DROP DATABASE IF EXISTS orderflow_bench WITH (FORCE)" >/dev/null || true
+}
+trap finish EXIT
+"$BIN" topics apply >/dev/null
+"$BIN" migrate >/dev/null
+
+start_sim "${ORDERFLOW_BENCH_SIM_PORT:-18091}" --latency-ms "$latency" --checks-until-complete 1 \
+  --balance-lira 1000000000
+write_accounts "$in_flight" 1000000
+ensure_pin_key
+for i in $(seq "$dispatchers"); do start_stage "dispatch-$i" dispatch; done
+for i in $(seq "$pollers"); do start_stage "poll-$i" poll; done
+start_stage sink sink
+wait_ready
+say "ready: $dispatchers dispatch, $pollers poll, 1 sink; provider latency $latency ms."
+
+# shellcheck disable=SC2046 # one flag per word
+case $mode in
+  throughput)
+    "$BIN" bench throughput --orders "$orders" --rate "$rate" --account znet-demo \
+      --reject-share 0 --invalid-share 0 --wait-secs 120 $(process_flags) --out "$STATE" \
+      --label "provider latency $latency ms, $dispatchers dispatch, $pollers poll, in flight $in_flight, release build" ;;
+  memory)
+    "$BIN" bench memory --waiting "$waiting" --account znet-demo $(process_flags) --out "$STATE" \
+      --label "$dispatchers dispatch, $pollers poll, release build" ;;
+esac

@@ -1,0 +1,93 @@
+# Sourced by ops/demo.sh and ops/bench.sh: starts the znet simulator and the stages in the
+# background on 127.0.0.1, each with its log in $STATE and its /metrics on a port of its
+# own (9464 and up), remembers them for the summary, and stops them when the script exits.
+#
+# The caller sets BIN (the orderflow binary) and STATE (a directory), then calls
+# start_sim, write_accounts, ensure_pin_key, start_stage ..., wait_ready.
+
+pids=()
+stages=()           # "name:pid:metrics port"
+metrics_port=${ORDERFLOW_FIRST_METRICS_PORT:-9464}
+
+stop_all() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap stop_all EXIT
+
+# start_sim PORT [sim-znet flags...]: the simulated provider, dealer kod/sifre "demo-kod".
+start_sim() {
+  local port=$1
+  shift
+  "$BIN" sim-znet --listen "127.0.0.1:$port" --kod demo-kod --sifre demo-sifre "$@" \
+    >"$STATE/sim.log" 2>&1 &
+  pids+=($!)
+  SIM_PID=$!
+  SIM_PORT=$port
+}
+
+# write_accounts MAX_CONCURRENT MAX_PER_SECOND: the accounts file naming the simulator as
+# account "znet-demo", readable by this user only (it holds the dealer password).
+write_accounts() {
+  cat >"$STATE/accounts.toml" <<TOML
+[[account]]
+id = "znet-demo"
+provider = "znet"
+base_url = "http://127.0.0.1:$SIM_PORT"
+kod = "demo-kod"
+sifre = "demo-sifre"
+max_concurrent = $1
+max_per_second = $2
+request_timeout_ms = 2000
+TOML
+  chmod 600 "$STATE/accounts.toml"
+  export ORDERFLOW_PROVIDER_ACCOUNTS="$STATE/accounts.toml"
+}
+
+# The key that seals PINs (the shop holds it to read them): made once, kept private.
+ensure_pin_key() {
+  if [[ ! -s "$STATE/pin-keys" ]]; then
+    (umask 077 && "$BIN" pin-key new --id demo >"$STATE/pin-keys")
+  fi
+  export ORDERFLOW_PIN_KEYS_FILE="$STATE/pin-keys"
+}
+
+# start_stage NAME SUBCOMMAND: one stage process with its own metrics port.
+start_stage() {
+  ORDERFLOW_METRICS_LISTEN="127.0.0.1:$metrics_port" "$BIN" "$2" >"$STATE/$1.log" 2>&1 &
+  pids+=($!)
+  stages+=("$1:$!:$metrics_port")
+  metrics_port=$((metrics_port + 1))
+}
+
+# Waits (up to 60 s) until every stage answers /readyz: it owns partitions and reached
+# the database. A stage that exits instead is reported with the end of its log.
+wait_ready() {
+  local stage name pid port
+  for stage in "${stages[@]}"; do
+    IFS=: read -r name pid port <<<"$stage"
+    for _ in $(seq 120); do
+      kill -0 "$pid" 2>/dev/null || { echo "$name exited; its log ($STATE/$name.log) ends:" >&2; tail -5 "$STATE/$name.log" >&2; return 1; }
+      [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz") == 200 ]] && continue 2
+      sleep 0.5
+    done
+    echo "$name did not become ready within 60 s (log: $STATE/$name.log)" >&2
+    return 1
+  done
+}
+
+# The --process flags of `orderflow bench` for every stage started, the simulator, and
+# the broker and database when their pids are known.
+process_flags() {
+  local stage name pid port pg
+  for stage in "${stages[@]}"; do
+    IFS=: read -r name pid port <<<"$stage"
+    echo "--process $name=$pid"
+  done
+  echo "--process sim-znet=$SIM_PID"
+  if [[ -s "${ORDERFLOW_STATE_DIR:-/var/lib/orderflow}/kafka/broker.pid" ]]; then
+    echo "--process kafka=$(cat "${ORDERFLOW_STATE_DIR:-/var/lib/orderflow}/kafka/broker.pid")"
+  fi
+  pg=$(pgrep -o -x postgres 2>/dev/null || true)
+  [[ -n $pg ]] && echo "--process postgres=$pg+"
+}
