@@ -98,6 +98,7 @@ fn help_lists_only_working_subcommands() {
         "reconcile",
         "pin-key",
         "load",
+        "bench",
         "sim-znet",
     ] {
         assert!(stdout.contains(sub), "{sub} missing from:\n{stdout}");
@@ -242,4 +243,20 @@ fn the_shop_guide_example_opens_a_sealed_pin() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "ŞİFRE-1234-ığüö"
     );
+}
+
+#[test]
+fn bench_refuses_to_clean_without_a_prefix_and_names_a_bad_rate() {
+    let (code, _, stderr, _) = orderflow(&["bench", "clean"], &[("ORDERFLOW_TOPIC_PREFIX", "")]);
+    assert_ne!(code, 0);
+    assert!(one_error_line(&stderr).contains("non-empty --topic-prefix"), "{stderr}");
+
+    let (code, _, stderr, _) = orderflow(&["bench", "throughput", "--rate", "fast"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("positive number") && stderr.contains("max"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let (code, _, stderr, _) = orderflow(&["bench", "throughput", "--process", "poll"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("name=pid"), "{stderr}");
 }

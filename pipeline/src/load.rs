@@ -462,12 +462,18 @@ pub async fn run(
             _ = progress_tick.tick() => {
                 counts.at = start.elapsed().as_secs_f64();
                 counts.waiting = depth_rx.borrow().clone();
-                progress.show(&counts, next_publish - answered);
+                progress.show(&counts, next_publish - answered, false);
                 observer.observe(&counts);
                 series.push(counts.clone());
             }
         }
     }
+    // The last answers may come after the last tick: one more snapshot closes the series.
+    counts.at = start.elapsed().as_secs_f64();
+    counts.waiting = depth_rx.borrow().clone();
+    observer.observe(&counts);
+    series.push(counts.clone());
+    progress.show(&counts, next_publish - answered, true);
     progress.done();
     depth_task.abort();
 
@@ -565,9 +571,10 @@ impl Progress {
         }
     }
 
-    fn show(&self, now: &Snapshot, open: usize) {
+    /// `last` shows the line whatever the time (the closing one).
+    fn show(&self, now: &Snapshot, open: usize, last: bool) {
         let secs = now.at.round() as u64;
-        if !self.tty && secs % 5 != 0 {
+        if !self.tty && !last && secs % 5 != 0 {
             return;
         }
         let mut line = format!(

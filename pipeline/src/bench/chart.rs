@@ -44,7 +44,7 @@ pub fn svg(title: &str, panels: &[Panel]) -> String {
     let _ = writeln!(
         out,
         r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{}</text>"#,
-        escape(title)
+        escape(&clip(title, 110))
     );
     for (i, panel) in panels.iter().enumerate() {
         let top = TOP + i as f64 * (PANEL_HEIGHT + BOTTOM);
@@ -143,6 +143,16 @@ fn short(v: f64) -> String {
     } else {
         format!("{v:.1}")
     }
+}
+
+/// At most `max` characters, an ellipsis marking a cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max - 1).collect();
+    cut.push('…');
+    cut
 }
 
 fn escape(text: &str) -> String {

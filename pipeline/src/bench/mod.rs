@@ -312,6 +312,9 @@ fn render_processes(out: &mut String, processes: &[Usage], busy: Option<f64>) {
             mb(p.rss_last_kb)
         );
     }
+    if processes.iter().any(|p| p.tree) {
+        let _ = writeln!(out, "             (a process with its children, as PostgreSQL's backends: summed PSS, so shared memory counts once)");
+    }
 }
 
 fn throughput_panel(series: &[Snapshot]) -> Panel {
@@ -523,6 +526,9 @@ async fn memory(
         let before = result.rss_before_fill_kb.iter().find(|(n, _)| *n == p.name).map_or(0, |(_, kb)| *kb);
         let mb = |kb: u64| format!("{:.1} MB", kb as f64 / 1024.0);
         let _ = writeln!(table, "             {:<16}{:>14}{:>14}{:>14}", p.name, mb(before), mb(p.rss_peak_kb), mb(p.rss_last_kb));
+    }
+    if result.processes.iter().any(|p| p.tree) {
+        let _ = writeln!(table, "             (a process with its children, as PostgreSQL's backends: summed PSS, so shared memory counts once)");
     }
     let chart = chart::svg(
         &format!("orderflow bench memory: {} checks waiting", result.waiting_published),

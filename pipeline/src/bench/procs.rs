@@ -1,7 +1,9 @@
 //! The processes a benchmark watches, read from `/proc`: CPU time and resident memory.
 //!
 //! A watched process may count its descendants too (PostgreSQL works in one backend per
-//! connection); the stages are single processes. CPU times are in clock ticks of
+//! connection); the stages are single processes. For such a tree the memory is the sum of
+//! proportional set sizes (PSS), so that shared memory (PostgreSQL's shared buffers, mapped
+//! by every backend) counts once, not once per backend. CPU times are in clock ticks of
 //! `USER_HZ`, which Linux fixes at 100 on the architectures this runs on.
 
 use std::collections::HashMap;
@@ -53,6 +55,8 @@ pub struct Reading {
 pub struct Usage {
     pub name: String,
     pub pid: u32,
+    /// The process and its descendants (memory as summed PSS).
+    pub tree: bool,
     /// CPU used during the run, as a share of one core (1.0 = one core busy).
     pub cpu_cores: f64,
     pub rss_first_kb: u64,
@@ -81,6 +85,7 @@ impl Sampler {
             .map(|w| Usage {
                 name: w.name.clone(),
                 pid: w.pid,
+                tree: w.with_children,
                 ..Usage::default()
             })
             .collect();
@@ -129,15 +134,25 @@ impl Sampler {
 fn read(w: &Watched) -> Option<Reading> {
     let mut reading = read_one(w.pid)?;
     if w.with_children {
+        reading.rss_kb = pss_kb(w.pid).unwrap_or(reading.rss_kb);
         for child in descendants(w.pid) {
             if let Some(r) = read_one(child) {
                 reading.cpu_secs += r.cpu_secs;
-                reading.rss_kb += r.rss_kb;
+                reading.rss_kb += pss_kb(child).unwrap_or(r.rss_kb);
             }
         }
         reading.peak_kb = 0;
     }
     Some(reading)
+}
+
+/// The process's proportional set size: its private memory plus its share of shared pages.
+fn pss_kb(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 fn read_one(pid: u32) -> Option<Reading> {

@@ -100,7 +100,7 @@ pub enum KafkaSetupError {
     Client(KafkaError),
     #[error(transparent)]
     Properties(#[from] PropertiesError),
-    #[error("the Kafka cluster at {brokers} has no topic {missing}; every topic, one per delay in ORDERFLOW_CHECK_TIERS included, must be in topics/topics.toml and created with `orderflow topics apply`")]
+    #[error("the Kafka cluster at {brokers} has no topic {missing}; create the topics with `orderflow topics apply`, run with the same ORDERFLOW_CHECK_TIERS as the poll stage so that every tier gets its topic")]
     MissingTopics { brokers: String, missing: String },
 }
 
