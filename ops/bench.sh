@@ -54,7 +54,7 @@ mkdir -p "$STATE"
 source ops/lib/pipeline.sh
 
 # A fresh world: topics under a new prefix (earlier runs' are deleted), an empty database.
-"$BIN" bench clean --topic-prefix bench- >&2
+"$BIN" topics delete --topic-prefix bench- >&2
 run="bench-$(date +%s)"
 export ORDERFLOW_TOPIC_PREFIX="$run."
 export ORDERFLOW_DISPATCH_GROUP="$run.dispatch" ORDERFLOW_POLL_GROUP="$run.poll" ORDERFLOW_SINK_GROUP="$run.sink"
@@ -65,7 +65,7 @@ bash ops/postgres/db.sh psql -qc "CREATE DATABASE orderflow_bench OWNER orderflo
 export ORDERFLOW_DATABASE_URL="postgres://orderflow:orderflow@127.0.0.1:${PGPORT:-5432}/orderflow_bench"
 finish() {
   stop_all
-  "$BIN" bench clean --topic-prefix "$run." >&2 || true
+  "$BIN" topics delete --topic-prefix "$run." >&2 || true
   bash ops/postgres/db.sh psql -qc "DROP DATABASE IF EXISTS orderflow_bench WITH (FORCE)" >/dev/null || true
 }
 trap finish EXIT

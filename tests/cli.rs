@@ -246,8 +246,9 @@ fn the_shop_guide_example_opens_a_sealed_pin() {
 }
 
 #[test]
-fn bench_refuses_to_clean_without_a_prefix_and_names_a_bad_rate() {
-    let (code, _, stderr, _) = orderflow(&["bench", "clean"], &[("ORDERFLOW_TOPIC_PREFIX", "")]);
+fn topics_delete_needs_a_prefix_and_bench_names_bad_flags() {
+    let (code, _, stderr, _) =
+        orderflow(&["topics", "delete"], &[("ORDERFLOW_TOPIC_PREFIX", "")]);
     assert_ne!(code, 0);
     assert!(one_error_line(&stderr).contains("non-empty --topic-prefix"), "{stderr}");
 

@@ -146,6 +146,11 @@ enum TopicsCommand {
         #[arg(long = "check-tiers", env = "ORDERFLOW_CHECK_TIERS")]
         check_tiers: Option<String>,
     },
+    /// Delete every topic under --topic-prefix (required), e.g. a demo's or a benchmark's.
+    Delete {
+        #[command(flatten)]
+        kafka: KafkaConfig,
+    },
 }
 
 #[derive(Subcommand)]
@@ -296,6 +301,13 @@ fn init_logging(
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Topics {
+            command: TopicsCommand::Delete { kafka },
+        } => {
+            let deleted = topics::delete_prefixed(&kafka).await?;
+            println!("deleted {} topics under {:?}", deleted.len(), kafka.topic_prefix);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Topics {
             command: TopicsCommand::Apply { kafka, spec, check_tiers },
         } => {

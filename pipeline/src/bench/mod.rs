@@ -9,7 +9,6 @@
 //!   retry depth over time.
 //! - `bench memory`: fills the tier topics with status checks due much later and shows
 //!   the stages' resident memory before, during and after: the waiting lives in Kafka.
-//! - `bench clean`: deletes the topics under a benchmark's topic prefix.
 
 pub mod ceiling;
 pub mod chart;
@@ -19,14 +18,13 @@ use crate::core::event::{StatusCheck, SCHEMA_VERSION};
 use crate::core::schedule;
 use crate::core::seeded::Seeded;
 use crate::kafka::topics::name;
-use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
+use crate::kafka::{KafkaConfig, KafkaSetupError};
 use crate::load::{self, human, percentile, DepthArgs, LoadConfig, LoadError, Observer, Snapshot};
 use crate::shutdown::Shutdown;
 use chart::{Line, Panel};
 use chrono::Utc;
 use futures::stream::{FuturesUnordered, StreamExt};
 use procs::{Sampler, Usage, Watched};
-use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -71,11 +69,6 @@ pub enum BenchCommand {
         #[arg(long, default_value = "znet-demo")]
         account: String,
     },
-    /// Delete every topic under --topic-prefix (which must not be empty).
-    Clean {
-        #[command(flatten)]
-        kafka: KafkaConfig,
-    },
 }
 
 /// Where results go and which processes are watched.
@@ -110,8 +103,6 @@ pub enum BenchError {
     },
     #[error("--due-in is invalid: {0}")]
     DueIn(String),
-    #[error("`bench clean` needs a non-empty --topic-prefix, so that it cannot delete the pipeline's own topics")]
-    NoPrefix,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -200,7 +191,6 @@ pub async fn run(command: BenchCommand, shutdown: Shutdown) -> Result<String, Be
             let fill = Fill { waiting, due_in, account };
             memory(&kafka, &depth, &output, &fill, Duration::from_secs(settle_secs), shutdown).await
         }
-        BenchCommand::Clean { kafka } => clean(&kafka).await,
     }
 }
 
@@ -562,34 +552,6 @@ fn waiting_check(account: &str, i: usize, due: chrono::DateTime<Utc>) -> StatusC
         version: 3,
         created_at: Some(now),
     }
-}
-
-async fn clean(kafka: &KafkaConfig) -> Result<String, BenchError> {
-    if kafka.topic_prefix.is_empty() {
-        return Err(BenchError::NoPrefix);
-    }
-    kafka.check_reachable()?;
-    let admin: AdminClient<Context> = kafka
-        .client_config()
-        .create_with_context(Context)
-        .map_err(KafkaSetupError::Client)?;
-    let metadata = admin.inner().fetch_metadata(None, kafka.connect_timeout())?;
-    let doomed: Vec<String> = metadata
-        .topics()
-        .iter()
-        .map(|t| t.name().to_owned())
-        .filter(|n| n.starts_with(&kafka.topic_prefix))
-        .collect();
-    if !doomed.is_empty() {
-        let names: Vec<&str> = doomed.iter().map(String::as_str).collect();
-        let options = AdminOptions::new().operation_timeout(Some(kafka.connect_timeout()));
-        for result in admin.delete_topics(&names, &options).await? {
-            if let Err((topic, code)) = result {
-                tracing::warn!(topic, ?code, "topic not deleted");
-            }
-        }
-    }
-    Ok(format!("deleted {} topics under {:?}\n", doomed.len(), kafka.topic_prefix))
 }
 
 #[cfg(test)]

@@ -71,6 +71,13 @@ pub enum TopicsError {
     Setup(#[from] KafkaSetupError),
     #[error("the Kafka admin request failed: {0}")]
     Admin(KafkaError),
+    #[error("deleting topics needs a non-empty --topic-prefix (ORDERFLOW_TOPIC_PREFIX), so that it cannot delete an environment's topics without one")]
+    NoPrefix,
+    #[error("deleting topic {topic} failed: {code}")]
+    Delete {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
     #[error("creating topic {topic} failed: {code}")]
     Create {
         topic: String,
@@ -362,6 +369,46 @@ async fn config_drift(
             })
         })
         .collect())
+}
+
+/// Deletes every topic whose name starts with the configured prefix (a benchmark's or a
+/// demo's scratch environment); refuses without a prefix. Returns the names deleted.
+pub async fn delete_prefixed(kafka: &KafkaConfig) -> Result<Vec<String>, TopicsError> {
+    if kafka.topic_prefix.is_empty() {
+        return Err(TopicsError::NoPrefix);
+    }
+    kafka.check_reachable()?;
+    let admin: AdminClient<Context> = kafka
+        .client_config()
+        .create_with_context(Context)
+        .map_err(|e| TopicsError::Setup(KafkaSetupError::Client(e)))?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, kafka.connect_timeout())
+        .map_err(TopicsError::Admin)?;
+    let doomed: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|n| n.starts_with(&kafka.topic_prefix))
+        .collect();
+    if doomed.is_empty() {
+        return Ok(doomed);
+    }
+    let names: Vec<&str> = doomed.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(kafka.connect_timeout()));
+    for result in admin
+        .delete_topics(&names, &options)
+        .await
+        .map_err(TopicsError::Admin)?
+    {
+        if let Err((topic, code)) = result {
+            if code != RDKafkaErrorCode::UnknownTopicOrPartition {
+                return Err(TopicsError::Delete { topic, code });
+            }
+        }
+    }
+    Ok(doomed)
 }
 
 #[cfg(test)]
