@@ -430,6 +430,71 @@ async fn the_same_order_under_another_account_is_dead_lettered_not_bought_again(
     h.finish().await;
 }
 
+/// The same order id with other content under the same account: the first event wins and
+/// the later one is dead-lettered as a conflicting duplicate; an exact re-send (even with a
+/// new created_at) stays a harmless copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_order_with_other_content_is_dead_lettered_and_the_first_wins() {
+    let h = Harness::new("conflict-content", SimConfig::default(), 5_000).await;
+    let (trigger, task) = start_dispatch(&h);
+    let o = order("50");
+    assert_eq!(
+        publish_and_settle(&h, &o).await.state,
+        OrderState::Dispatched
+    );
+    let mut other = o.clone();
+    other.product.insert("kupur".into(), "100".into());
+    h.publish(&other).await;
+    let mut resent = o.clone();
+    resent.created_at = chrono::Utc::now();
+    h.publish(&resent).await;
+
+    let states = h
+        .read_until(name::ORDERS_STATE, Duration::from_secs(60), |seen| {
+            seen.iter()
+                .filter(|m| decode_state(m).state == OrderState::Dispatched)
+                .count()
+                >= 2
+        })
+        .await;
+    let dispatched: Vec<_> = states
+        .iter()
+        .map(decode_state)
+        .filter(|s| s.state == OrderState::Dispatched)
+        .collect();
+    assert_eq!(dispatched.len(), 2, "the re-send is answered");
+    assert_eq!(
+        dispatched[0].provider_reference,
+        dispatched[1].provider_reference
+    );
+    let dead = h
+        .read_until(name::ORDERS_DLQ, Duration::from_secs(60), |seen| {
+            !seen.is_empty()
+        })
+        .await;
+    assert_eq!(dead.len(), 1);
+    let hs = dead[0].headers().expect("DLQ headers");
+    assert_eq!(
+        headers::get(hs, headers::DLQ_REASON),
+        Some("conflicting_duplicate")
+    );
+    assert_eq!(dead[0].payload(), Some(other.encode().as_slice()));
+    assert_eq!(
+        common::pipeline::read_to_end(&h.kafka, name::ORDERS_DLQ)
+            .await
+            .len(),
+        1,
+        "the re-send is not dead-lettered"
+    );
+    let stats = h.stats();
+    assert_eq!(stats.place_requests.values().sum::<u32>(), 1);
+    assert_eq!(stats.purchases.values().sum::<u32>(), 1);
+    let claim = claims::get(&h.db.pool, o.order_id).await.unwrap().unwrap();
+    assert_eq!(claim.content_digest, Some(o.content_digest()));
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reference_already_used_elsewhere_fails_the_order_without_buying() {
     let h = Harness::new("conflict-ref", SimConfig::default(), 5_000).await;

@@ -59,6 +59,9 @@ pub enum InvalidKind {
     InvalidProduct,
     /// The order id was first placed with another provider account.
     AccountConflict,
+    /// The order id was first claimed with other content (product, user fields, tenant):
+    /// the first event wins, this one is not placed.
+    ConflictingDuplicate,
 }
 
 impl InvalidKind {
@@ -71,6 +74,7 @@ impl InvalidKind {
             InvalidKind::UnknownProviderAccount => "unknown_provider_account",
             InvalidKind::InvalidProduct => "invalid_product",
             InvalidKind::AccountConflict => "account_conflict",
+            InvalidKind::ConflictingDuplicate => "conflicting_duplicate",
         }
     }
 }
@@ -168,6 +172,28 @@ impl OrderCreated {
         if self.provider_account.trim().is_empty() {
             return Err(blank("provider_account"));
         }
+        // PostgreSQL text cannot hold U+0000, and no shop field needs it: refused here, it
+        // cannot turn into a claim that fails forever.
+        let texts = [
+            ("tenant_id", &self.tenant_id),
+            ("provider_account", &self.provider_account),
+            ("user_identifier", &self.user_identifier),
+            ("user_extra", &self.user_extra),
+        ];
+        let product = self
+            .product
+            .iter()
+            .flat_map(|(k, v)| [("product", k), ("product", v)]);
+        if let Some((field, _)) = texts
+            .into_iter()
+            .chain(product)
+            .find(|(_, t)| t.contains('\0'))
+        {
+            return Err(InvalidEvent::new(
+                InvalidKind::InvalidField,
+                format!("{field} contains a NUL character"),
+            ));
+        }
         if let Some(deadline) = self.deadline {
             if deadline <= self.created_at {
                 return Err(InvalidEvent::new(
@@ -181,6 +207,31 @@ impl OrderCreated {
 
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an OrderCreated always serializes")
+    }
+
+    /// A digest (SHA-256, hex) of what the order buys and for whom: tenant, provider
+    /// account, product, user fields. Two events with one order id and different digests
+    /// are a conflict (the first claimed wins); equal digests are the same order sent again.
+    /// `created_at`, `deadline` and unknown fields are left out: a shop that re-sends an
+    /// order may stamp it anew.
+    pub fn content_digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        // Length-prefixed fields, so no two different contents give the same bytes.
+        let mut hash = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            hash.update((bytes.len() as u64).to_be_bytes());
+            hash.update(bytes);
+        };
+        field(self.tenant_id.as_bytes());
+        field(self.provider_account.as_bytes());
+        field(&(self.product.len() as u64).to_be_bytes());
+        for (key, value) in &self.product {
+            field(key.as_bytes());
+            field(value.as_bytes());
+        }
+        field(self.user_identifier.as_bytes());
+        field(self.user_extra.as_bytes());
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -397,6 +448,53 @@ mod tests {
             OrderCreated::decode(&e.encode(), DEFAULT_MAX_EVENT_BYTES).unwrap(),
             e
         );
+    }
+
+    #[test]
+    fn nul_characters_are_invalid_fields() {
+        for (field, path) in [
+            ("tenant_id", "/tenant_id"),
+            ("user_identifier", "/user_identifier"),
+            ("user_extra", "/user_extra"),
+            ("product", "/product/kupur"),
+        ] {
+            let mut v = valid();
+            *v.pointer_mut(path).unwrap() = serde_json::json!("a\0b");
+            let err = decode(&v).unwrap_err();
+            assert_eq!(err.kind, InvalidKind::InvalidField, "{field}");
+            assert!(err.detail.starts_with(field), "{}", err.detail);
+        }
+    }
+
+    #[test]
+    fn the_content_digest_covers_what_is_bought_and_for_whom() {
+        let e = decode(&valid()).unwrap();
+        let mut resent = e.clone();
+        resent.created_at = chrono::Utc::now();
+        resent.deadline = Some(resent.created_at + chrono::Duration::hours(1));
+        assert_eq!(resent.content_digest(), e.content_digest(), "a re-send");
+        let changes: [fn(&mut OrderCreated); 5] = [
+            |o| o.tenant_id.push('x'),
+            |o| o.provider_account.push('x'),
+            |o| {
+                o.product.insert("kupur".into(), "50".into());
+            },
+            |o| o.user_identifier.push('1'),
+            |o| o.user_extra.push('!'),
+        ];
+        for change in changes {
+            let mut other = e.clone();
+            change(&mut other);
+            assert_ne!(other.content_digest(), e.content_digest());
+        }
+        // Field boundaries count: moving a character between fields changes the digest.
+        let (mut a, mut b) = (e.clone(), e.clone());
+        a.user_identifier = "12".into();
+        a.user_extra = "3".into();
+        b.user_identifier = "1".into();
+        b.user_extra = "23".into();
+        assert_ne!(a.content_digest(), b.content_digest());
+        assert_eq!(e.content_digest().len(), 64);
     }
 
     proptest! {

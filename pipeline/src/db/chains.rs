@@ -51,12 +51,23 @@ pub async fn begin_step(
     owner: Uuid,
     lease: Duration,
 ) -> Result<Begun, sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO poll_chains (order_id, tenant_id, provider_account, provider_reference,
-                                  dispatched_at, deadline, seq, step_done, attempts, version,
-                                  next_check_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7 - 1, true, $8, $9, $10)
-         ON CONFLICT (order_id) DO NOTHING",
+    // One statement, so one commit: a first step creates the chain already taken; a later
+    // one takes it only if its predecessor is done (or its worker's lease ran out), or if it
+    // is this very step and no one else holds it.
+    let taken = sqlx::query(
+        "INSERT INTO poll_chains AS c (order_id, tenant_id, provider_account, provider_reference,
+                                       dispatched_at, deadline, seq, step_done, attempts, version,
+                                       next_check_at, lease_owner, lease_until)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, false, $8, $9, $10, $11,
+                 now() + $12 * interval '1 millisecond')
+         ON CONFLICT (order_id) DO UPDATE
+            SET seq = EXCLUDED.seq, step_done = false, lease_owner = EXCLUDED.lease_owner,
+                lease_until = EXCLUDED.lease_until, updated_at = now()
+          WHERE c.final_state IS NULL
+            AND ((c.seq < EXCLUDED.seq AND (c.step_done OR c.lease_until IS NULL OR c.lease_until < now()))
+              OR (c.seq = EXCLUDED.seq AND NOT c.step_done
+                  AND (c.lease_until IS NULL OR c.lease_until < now()
+                       OR c.lease_owner = EXCLUDED.lease_owner)))",
     )
     .bind(check.order_id)
     .bind(&check.tenant_id)
@@ -68,19 +79,6 @@ pub async fn begin_step(
     .bind(check.attempts)
     .bind(check.version)
     .bind(check.due_at)
-    .execute(pool)
-    .await?;
-    let taken = sqlx::query(
-        "UPDATE poll_chains
-            SET seq = $2, step_done = false, lease_owner = $3,
-                lease_until = now() + $4 * interval '1 millisecond', updated_at = now()
-          WHERE order_id = $1 AND final_state IS NULL
-            AND ((seq < $2 AND (step_done OR lease_until IS NULL OR lease_until < now()))
-              OR (seq = $2 AND NOT step_done
-                  AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $3)))",
-    )
-    .bind(check.order_id)
-    .bind(check.seq)
     .bind(owner)
     .bind(millis(lease))
     .execute(pool)

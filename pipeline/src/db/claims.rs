@@ -54,6 +54,10 @@ pub struct Claim {
     pub deadline: DateTime<Utc>,
     pub outcome_code: Option<String>,
     pub outcome_message: Option<String>,
+    /// The digest of the content of the event that made the claim
+    /// ([`crate::core::event::OrderCreated::content_digest`]); `None` for claims made
+    /// without one.
+    pub content_digest: Option<String>,
 }
 
 /// The answer to a claim attempt.
@@ -77,13 +81,14 @@ struct ClaimRow {
     outcome_code: Option<String>,
     outcome_message: Option<String>,
     lease_until: Option<DateTime<Utc>>,
+    content_digest: Option<String>,
 }
 
 /// The columns of a [`ClaimRow`], spliced into queries at compile time.
 macro_rules! columns {
     () => {
         "order_id, provider_account, provider_reference, phase, place_calls, deadline, \
-         outcome_code, outcome_message, lease_until"
+         outcome_code, outcome_message, lease_until, content_digest"
     };
 }
 
@@ -98,6 +103,7 @@ impl ClaimRow {
             deadline: self.deadline,
             outcome_code: self.outcome_code,
             outcome_message: self.outcome_message,
+            content_digest: self.content_digest,
         })
     }
 }
@@ -114,15 +120,42 @@ pub async fn claim(
     owner: Uuid,
     lease: Duration,
 ) -> Result<Claimed, sqlx::Error> {
+    claim_with_content(
+        pool,
+        order_id,
+        tenant_id,
+        provider_account,
+        None,
+        deadline,
+        owner,
+        lease,
+    )
+    .await
+}
+
+/// [`claim`], recording `content_digest` with a new row; an existing row keeps the digest
+/// of the event that made it, for the caller to compare.
+#[allow(clippy::too_many_arguments)]
+pub async fn claim_with_content(
+    pool: &PgPool,
+    order_id: Uuid,
+    tenant_id: &str,
+    provider_account: &str,
+    content_digest: Option<&str>,
+    deadline: DateTime<Utc>,
+    owner: Uuid,
+    lease: Duration,
+) -> Result<Claimed, sqlx::Error> {
     sqlx::query(
-        "INSERT INTO dispatch_claims (order_id, tenant_id, provider_account, deadline)
-         VALUES ($1, $2, $3, $4)
+        "INSERT INTO dispatch_claims (order_id, tenant_id, provider_account, deadline, content_digest)
+         VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order_id)
     .bind(tenant_id)
     .bind(provider_account)
     .bind(deadline)
+    .bind(content_digest)
     .execute(pool)
     .await?;
     let held: Option<ClaimRow> = sqlx::query_as(concat!(

@@ -202,6 +202,18 @@ impl DispatchHandler {
             );
             return self.dead_letter(message, why, shutdown).await;
         }
+        if let Settled::ContentConflict(_) = &settled {
+            // The detail names no field value: user fields may be personal data.
+            let why = InvalidEvent::new(
+                InvalidKind::ConflictingDuplicate,
+                format!(
+                    "order {} was first received with other content (tenant, product or \
+                     user fields); the first event wins and this one is not placed",
+                    order.order_id
+                ),
+            );
+            return self.dead_letter(message, why, shutdown).await;
+        }
         self.publish(&order, &settled, shutdown).await
     }
 
@@ -319,7 +331,9 @@ impl DispatchHandler {
                 )
                 .await
             }
-            Settled::AccountConflict(_) => unreachable!("dead-lettered before publishing"),
+            Settled::AccountConflict(_) | Settled::ContentConflict(_) => {
+                unreachable!("dead-lettered before publishing")
+            }
             Settled::Expired(claim) => {
                 tracing::info!(order_id = %order.order_id, reference = %claim.provider_reference, "order expired before placement");
                 let failure = Failure {

@@ -10,6 +10,10 @@
 //! |           | under the same reference, only if the provider has no order under it     |
 //! | settled   | nothing: report the recorded outcome (a redelivery, a duplicate event)    |
 //!
+//! The claim also records the digest of the first event's content: an event whose order id
+//! is claimed under another account or with other content is a conflict, not a copy, and
+//! nothing is done for it (the first event wins).
+//!
 //! Every placement call is preceded, after its permit is granted and right before it
 //! leaves, by `begin_placing`, which renews the lease and fails if another worker took the
 //! order over. Transient failures and account problems wait with backoff while other
@@ -39,6 +43,9 @@ pub enum Settled {
     /// The order was first claimed for another provider account than this event names;
     /// nothing was done for this event.
     AccountConflict(Claim),
+    /// The order was first claimed by an event with other content (product, user fields,
+    /// tenant); nothing was done for this event.
+    ContentConflict(Claim),
 }
 
 /// The next move after one step.
@@ -76,6 +83,8 @@ struct Work<'a> {
     /// Each settling is its own lease owner, so two copies of one order in this process
     /// take turns just as copies in two processes do.
     owner: Uuid,
+    /// [`OrderCreated::content_digest`] of this event.
+    digest: String,
 }
 
 pub struct Placer {
@@ -102,6 +111,7 @@ impl Placer {
             order,
             account,
             owner: Uuid::new_v4(),
+            digest: order.content_digest(),
         };
         let settled = self
             .settle_loop(&work, default_deadline, announce, shutdown)
@@ -134,11 +144,12 @@ impl Placer {
             if shutdown.is_set() {
                 return Err(Interrupted);
             }
-            let claimed = claims::claim(
+            let claimed = claims::claim_with_content(
                 &self.pool,
                 order.order_id,
                 &order.tenant_id,
                 &work.account.id,
+                Some(&work.digest),
                 deadline,
                 work.owner,
                 work.account.lease(),
@@ -165,6 +176,14 @@ impl Placer {
             if claim.provider_account != work.account.id {
                 let _ = claims::release(&self.pool, order.order_id, work.owner).await;
                 return Ok(Settled::AccountConflict(claim));
+            }
+            if claim
+                .content_digest
+                .as_ref()
+                .is_some_and(|first| *first != work.digest)
+            {
+                let _ = claims::release(&self.pool, order.order_id, work.owner).await;
+                return Ok(Settled::ContentConflict(claim));
             }
             let step = match claim.phase {
                 Phase::Placed => return Ok(Settled::Placed(claim)),

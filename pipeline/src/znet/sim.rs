@@ -4,8 +4,9 @@
 //! Owns: the four `/servis/*.php` endpoints of `shared/design/znet-protocol.md` as our
 //! parser (`super::protocol`) expects them, a small static catalog, the dealer balance,
 //! referans uniqueness (one purchase per referans, ever), seeded randomness (rejections,
-//! cancellations, faults, PINs), fault injection (scripted FIFO per call, then random) and
-//! the `/sim/*` control endpoints for out-of-process tests.
+//! cancellations, faults, PINs), fault injection (scripted FIFO per call, then the current
+//! wave of one kind, then random) and the `/sim/*` control endpoints for out-of-process
+//! tests.
 //!
 //! It never logs kod, sifre or PINs (G5): debug events carry only referans, oyun, kupur and
 //! outcome words.
@@ -112,9 +113,34 @@ pub enum Fault {
     Garbage,
     /// The call IS processed, but the answer is lost: hangs `lost_answer_delay`, then 503.
     LostAnswer,
+    /// The call IS processed and answered normally, but only after half of
+    /// `lost_answer_delay` (slower than usual; within a client's timeout if that is longer).
+    /// Never drawn by `fault_rate`: scripts and waves only.
+    Slow,
+}
+
+/// A wave of one kind of fault: while set, each place and check call gets `fault` with
+/// probability `rate` (after scripted faults, before `fault_rate`'s random ones).
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+pub struct FaultWave {
+    pub fault: Fault,
+    pub rate: f64,
 }
 
 impl Fault {
+    /// The snake_case word used by the `/sim/*` endpoints and [`SimStats::faults_by_kind`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::ServerError => "server_error",
+            Fault::Timeout => "timeout",
+            Fault::Html => "html",
+            Fault::EmptyBody => "empty_body",
+            Fault::Garbage => "garbage",
+            Fault::LostAnswer => "lost_answer",
+            Fault::Slow => "slow",
+        }
+    }
+
     /// The faults `fault_rate` draws from, uniformly.
     pub fn random_set() -> &'static [Fault] {
         &[
@@ -149,6 +175,10 @@ pub struct SimStats {
     /// Authenticated check calls that reached the order logic (lost answers included).
     pub checks: u64,
     pub faults_injected: u64,
+    /// `faults_injected` by kind ([`Fault::as_str`], and `outage` for calls refused by an
+    /// outage).
+    #[serde(default)]
+    pub faults_by_kind: BTreeMap<String, u64>,
     /// Placements answered with a rejection code (2, 3 or 6), duplicates (5) excluded.
     pub rejected: u64,
     pub balance_kurus: i64,
@@ -181,6 +211,7 @@ struct State {
     scripts: HashMap<SimCall, VecDeque<Fault>>,
     /// While set, every place and check call answers 503 and has no effect.
     outage: bool,
+    wave: Option<FaultWave>,
     /// When each referans was checked (calls that reached the order logic).
     check_times: HashMap<String, Vec<DateTime<Utc>>>,
     stats: SimStats,
@@ -195,17 +226,38 @@ struct Order {
 }
 
 impl State {
-    /// A scripted fault for `call` first, else a random one (place and check only).
+    /// A scripted fault for `call` first, else the current wave's, else a random one (place
+    /// and check only).
     fn next_fault(&mut self, call: SimCall, fault_rate: f64) -> Option<Fault> {
         let scripted = self.scripts.get_mut(&call).and_then(VecDeque::pop_front);
         let fault = scripted.or_else(|| {
-            (call != SimCall::Balance && self.rng.chance(fault_rate)).then(|| {
-                let set = Fault::random_set();
-                set[self.rng.below(set.len())]
+            if call == SimCall::Balance {
+                return None;
+            }
+            let wave = self
+                .wave
+                .filter(|w| self.rng.chance(w.rate))
+                .map(|w| w.fault);
+            wave.or_else(|| {
+                self.rng.chance(fault_rate).then(|| {
+                    let set = Fault::random_set();
+                    set[self.rng.below(set.len())]
+                })
             })
         });
-        self.stats.faults_injected += u64::from(fault.is_some());
+        if let Some(fault) = fault {
+            self.count_fault(fault.as_str());
+        }
         fault
+    }
+
+    fn count_fault(&mut self, kind: &str) {
+        self.stats.faults_injected += 1;
+        *self
+            .stats
+            .faults_by_kind
+            .entry(kind.to_owned())
+            .or_default() += 1;
     }
 
     fn pin(&mut self) -> String {
@@ -433,6 +485,7 @@ impl Sim {
             orders: HashMap::new(),
             scripts: HashMap::new(),
             outage: false,
+            wave: None,
             check_times: HashMap::new(),
             stats: SimStats {
                 balance_kurus: config.initial_balance_kurus,
@@ -491,6 +544,18 @@ impl Sim {
         self.with_state(|st| st.outage = on);
     }
 
+    /// Starts a wave of one kind of fault, or ends it (`None`). `GET` or `POST
+    /// /sim/faults?kind=<fault>&rate=<0..1>` does the same over HTTP (`kind=none` ends it).
+    pub fn set_wave(&self, wave: Option<FaultWave>) {
+        self.with_state(|st| st.wave = wave);
+    }
+
+    /// Whether the order bought under `referans` ends cancelled (`None`: nothing was bought
+    /// under it), for tests to compare with what was delivered.
+    pub fn cancelled(&self, referans: &str) -> Option<bool> {
+        self.with_state(|st| st.orders.get(referans).map(|o| o.cancelled))
+    }
+
     /// When `referans` was checked, oldest first.
     pub fn check_times(&self, referans: &str) -> Vec<DateTime<Utc>> {
         self.with_state(|st| st.check_times.get(referans).cloned().unwrap_or_default())
@@ -534,6 +599,7 @@ impl Sim {
                 }),
             )
             .route("/sim/script", get(script_handler))
+            .route("/sim/faults", get(faults_handler).post(faults_handler))
             .route(
                 "/sim/outage",
                 get(|s: Shared<Sim>, q: Query<Params>| async move {
@@ -589,7 +655,7 @@ impl Sim {
         }
         let fault = self.with_state(|st| {
             if st.outage && call != SimCall::Balance {
-                st.stats.faults_injected += 1;
+                st.count_fault("outage");
                 return Some(Fault::ServerError);
             }
             st.next_fault(call, config.fault_rate)
@@ -610,6 +676,11 @@ impl Sim {
                 self.pause(config.lost_answer_delay).await;
                 html(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_HTML)
             }
+            Fault::Slow => {
+                let answer = self.with_state(|st| logic(config, st, &q));
+                self.pause(config.lost_answer_delay / 2).await;
+                text(StatusCode::OK, answer)
+            }
         }
     }
 }
@@ -617,6 +688,28 @@ impl Sim {
 async fn catalog_handler(Shared(sim): Shared<Sim>, Query(q): Query<Params>) -> Response {
     sim.pause(sim.inner.config.latency).await;
     json(catalog_json(&sim.inner.config, &q))
+}
+
+/// `GET|POST /sim/faults?kind=garbage&rate=0.3` starts a wave, `kind=none` ends it.
+async fn faults_handler(Shared(sim): Shared<Sim>, Query(q): Query<Params>) -> Response {
+    let rate = param(&q, "rate").parse::<f64>().ok();
+    let wave = match (param(&q, "kind").trim(), rate) {
+        ("none", _) => None,
+        (kind, Some(rate)) if (0.0..=1.0).contains(&rate) => {
+            match serde_json::from_value::<Fault>(serde_json::Value::String(kind.to_owned())) {
+                Ok(fault) => Some(FaultWave { fault, rate }),
+                Err(_) => return text(StatusCode::BAD_REQUEST, "unknown fault kind"),
+            }
+        }
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "expected kind=<fault>&rate=<0 to 1>, or kind=none",
+            )
+        }
+    };
+    sim.set_wave(wave);
+    text(StatusCode::OK, "ok")
 }
 
 /// `GET /sim/script?call=place&faults=server_error,lost_answer`.
@@ -972,6 +1065,65 @@ mod tests {
         let catalog: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(catalog["result"].as_array().unwrap().len(), 5);
         assert_eq!(catalog["result"][0]["oyun_bilgi_id"], "412");
+    }
+
+    #[tokio::test]
+    async fn fault_waves_come_and_go_and_are_counted_by_kind() {
+        let run = start(SimConfig {
+            lost_answer_delay: Duration::from_millis(100),
+            ..SimConfig::default()
+        })
+        .await;
+        let client = reqwest::Client::new();
+        let wave = |kind: &str, rate: &str| {
+            client
+                .post(url(
+                    &run.base,
+                    "/sim/faults",
+                    &[("kind", kind), ("rate", rate)],
+                ))
+                .send()
+        };
+        assert_eq!(wave("garbage", "1").await.unwrap().status(), 200);
+        assert!(matches!(
+            place_ok(&run.base, "9101").await,
+            PlaceOutcome::Unknown { .. }
+        ));
+        assert!(
+            run.sim.stats().placements.is_empty(),
+            "garbage has no effect"
+        );
+        assert_eq!(wave("slow", "1").await.unwrap().status(), 200);
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            place_ok(&run.base, "9101").await,
+            PlaceOutcome::Accepted { .. }
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(50), "slow");
+        assert_eq!(wave("none", "").await.unwrap().status(), 200);
+        assert!(matches!(
+            check_at(&run.base, "9101").await,
+            CheckOutcome::Pending
+        ));
+        assert_eq!(wave("bogus", "1").await.unwrap().status(), 400);
+        assert_eq!(wave("html", "2").await.unwrap().status(), 400);
+        run.sim.set_outage(true);
+        assert!(matches!(
+            check_at(&run.base, "9101").await,
+            CheckOutcome::Transient { .. }
+        ));
+        let stats = run.sim.stats();
+        assert_eq!(stats.faults_injected, 3);
+        assert_eq!(
+            stats.faults_by_kind,
+            BTreeMap::from([
+                ("garbage".into(), 1),
+                ("outage".into(), 1),
+                ("slow".into(), 1)
+            ])
+        );
+        assert_eq!(run.sim.cancelled("9101"), Some(false));
+        assert_eq!(run.sim.cancelled("9102"), None);
     }
 
     #[tokio::test]
