@@ -18,7 +18,8 @@
 #
 # Results (a table, JSON, an SVG chart over time): $ORDERFLOW_STATE_DIR/bench/<mode>.*
 # The topics (prefix bench-<time>.) and the database orderflow_bench of a run are removed
-# at its end. Env: those of ops/kafka/broker.sh and ops/postgres/db.sh.
+# at its end. Env: ORDERFLOW_BENCH_BIN (measure this binary instead of building one), and
+# those of ops/kafka/broker.sh and ops/postgres/db.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/orderflow/target}"
@@ -46,9 +47,13 @@ done
 
 bash ops/kafka/broker.sh start >&2
 bash ops/postgres/db.sh start >&2
-say "building orderflow (release)."
-cargo build --locked --quiet --release
-BIN="$CARGO_TARGET_DIR/release/orderflow"
+if [[ -n ${ORDERFLOW_BENCH_BIN:-} ]]; then
+  BIN=$ORDERFLOW_BENCH_BIN # a binary built elsewhere (another commit, other features)
+else
+  say "building orderflow (release)."
+  cargo build --locked --quiet --release
+  BIN="$CARGO_TARGET_DIR/release/orderflow"
+fi
 mkdir -p "$STATE"
 # shellcheck source=ops/lib/pipeline.sh
 source ops/lib/pipeline.sh

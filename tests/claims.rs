@@ -85,15 +85,16 @@ async fn an_owner_whose_lease_passed_to_another_can_neither_place_nor_settle() {
         Begin::LeaseLost
     );
     assert!(
-        !claims::settle(&db.pool, order, slow, Phase::Rejected, Some("3"), Some("x"))
+        claims::settle(&db.pool, order, slow, Phase::Rejected, Some("3"), Some("x"))
             .await
             .unwrap()
+            .is_none()
     );
-    assert!(
-        claims::settle(&db.pool, order, next, Phase::Placed, None, None)
-            .await
-            .unwrap()
-    );
+    let settled = claims::settle(&db.pool, order, next, Phase::Placed, None, None)
+        .await
+        .unwrap()
+        .expect("the lease holder settles");
+    assert_eq!(settled.phase, Phase::Placed);
 
     // Settled: anyone reads the outcome without taking a lease.
     let done =

@@ -146,27 +146,24 @@ pub async fn claim_with_content(
     owner: Uuid,
     lease: Duration,
 ) -> Result<Claimed, sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO dispatch_claims (order_id, tenant_id, provider_account, deadline, content_digest)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (order_id) DO NOTHING",
-    )
+    // One statement, so one commit: a new order is inserted already leased to `owner`; an
+    // unsettled one is leased to `owner` if its lease is free, ran out, or is `owner`'s.
+    let held: Option<ClaimRow> = sqlx::query_as(concat!(
+        "INSERT INTO dispatch_claims AS c (order_id, tenant_id, provider_account, deadline,
+                                           content_digest, lease_owner, lease_until)
+         VALUES ($1, $2, $3, $4, $5, $6, now() + $7 * interval '1 millisecond')
+         ON CONFLICT (order_id) DO UPDATE
+            SET lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
+          WHERE c.phase IN ('new', 'placing')
+            AND (c.lease_until IS NULL OR c.lease_until < now() OR c.lease_owner = EXCLUDED.lease_owner)
+          RETURNING ",
+        columns!()
+    ))
     .bind(order_id)
     .bind(tenant_id)
     .bind(provider_account)
     .bind(deadline)
     .bind(content_digest)
-    .execute(pool)
-    .await?;
-    let held: Option<ClaimRow> = sqlx::query_as(concat!(
-        "UPDATE dispatch_claims
-            SET lease_owner = $2, lease_until = now() + $3 * interval '1 millisecond'
-          WHERE order_id = $1 AND phase IN ('new', 'placing')
-            AND (lease_until IS NULL OR lease_until < now() OR lease_owner = $2)
-          RETURNING ",
-        columns!()
-    ))
-    .bind(order_id)
     .bind(owner)
     .bind(lease.as_millis() as f64)
     .fetch_optional(pool)
@@ -270,27 +267,29 @@ pub async fn settle(
     phase: Phase,
     code: Option<&str>,
     message: Option<&str>,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Option<Claim>, sqlx::Error> {
     let phase = match phase {
         Phase::Placed => "placed",
         Phase::Rejected => "rejected",
         Phase::Expired => "expired",
         Phase::New | Phase::Placing => unreachable!("settle takes a settled phase"),
     };
-    let done = sqlx::query(
+    let row: Option<ClaimRow> = sqlx::query_as(concat!(
         "UPDATE dispatch_claims
             SET phase = $3, outcome_code = $4, outcome_message = $5,
                 lease_owner = NULL, lease_until = NULL, updated_at = now()
-          WHERE order_id = $1 AND lease_owner = $2 AND phase IN ('new', 'placing')",
-    )
+          WHERE order_id = $1 AND lease_owner = $2 AND phase IN ('new', 'placing')
+          RETURNING ",
+        columns!()
+    ))
     .bind(order_id)
     .bind(owner)
     .bind(phase)
     .bind(code)
     .bind(message)
-    .execute(pool)
+    .fetch_optional(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    row.map(ClaimRow::into_claim).transpose()
 }
 
 /// Gives the lease up early (shutdown), so that the next owner need not wait for it.

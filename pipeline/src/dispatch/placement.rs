@@ -48,6 +48,26 @@ pub enum Settled {
     ContentConflict(Claim),
 }
 
+impl Settled {
+    /// The outcome a settled claim records (`placed`, `rejected` or `expired`).
+    fn from_recorded(claim: Claim) -> Settled {
+        match claim.phase {
+            Phase::Placed => Settled::Placed(claim),
+            Phase::Rejected => {
+                let code = claim.outcome_code.clone().unwrap_or_default();
+                let message = claim.outcome_message.clone().unwrap_or_default();
+                Settled::Rejected {
+                    claim,
+                    code,
+                    message,
+                }
+            }
+            Phase::Expired => Settled::Expired(claim),
+            Phase::New | Phase::Placing => unreachable!("only a settled claim has an outcome"),
+        }
+    }
+}
+
 /// The next move after one step.
 enum Step {
     Settle {
@@ -186,16 +206,8 @@ impl Placer {
                 return Ok(Settled::ContentConflict(claim));
             }
             let step = match claim.phase {
-                Phase::Placed => return Ok(Settled::Placed(claim)),
-                Phase::Expired => return Ok(Settled::Expired(claim)),
-                Phase::Rejected => {
-                    let code = claim.outcome_code.clone().unwrap_or_default();
-                    let message = claim.outcome_message.clone().unwrap_or_default();
-                    return Ok(Settled::Rejected {
-                        claim,
-                        code,
-                        message,
-                    });
+                Phase::Placed | Phase::Expired | Phase::Rejected => {
+                    return Ok(Settled::from_recorded(claim))
                 }
                 Phase::New => {
                     if !announced {
@@ -221,14 +233,18 @@ impl Placer {
                         message.as_deref(),
                     )
                     .await;
-                    // Recorded or not (another owner took over), the next claim reads what
-                    // is recorded.
-                    if let Err(e) = recorded {
-                        tracing::warn!(order_id = %order.order_id, error = %e, "recording the outcome failed; retrying");
-                        shutdown
-                            .sleep(self.backoff.delay(failures, random_fraction()))
-                            .await?;
-                        failures += 1;
+                    // Recorded: that is the outcome. Not recorded (another owner took over):
+                    // the next claim reads what is.
+                    match recorded {
+                        Ok(Some(claim)) => return Ok(Settled::from_recorded(claim)),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(order_id = %order.order_id, error = %e, "recording the outcome failed; retrying");
+                            shutdown
+                                .sleep(self.backoff.delay(failures, random_fraction()))
+                                .await?;
+                            failures += 1;
+                        }
                     }
                 }
                 Step::Retry { after, why } => {
