@@ -91,7 +91,7 @@ say "ready: $dispatchers dispatch, $pollers poll, 1 sink; provider latency $late
 case $mode in
   throughput)
     "$BIN" bench throughput --orders "$orders" --rate "$rate" --account znet-demo \
-      --reject-share 0 --invalid-share 0 --wait-secs 120 $(process_flags) --out "$STATE" \
+      --reject-share 0 --invalid-share 0 --wait-secs 900 $(process_flags) --out "$STATE" \
       --label "provider latency $latency ms, $dispatchers dispatch, $pollers poll, in flight $in_flight, release build" ;;
   memory)
     "$BIN" bench memory --waiting "$waiting" --account znet-demo $(process_flags) --out "$STATE" \

@@ -7,7 +7,7 @@
 #
 #   ops/demo.sh [--orders N] [--rate R|max]     (other `orderflow load` flags pass through)
 #
-# Default: 10,000 orders at 250/s. The simulator answers in 40 ms; 2 % of calls fail
+# Default: 10,000 orders at 100/s. The simulator answers in 40 ms; 2 % of calls fail
 # (5xx, timeouts, HTML, empty bodies, garbage, answers lost after acceptance), 3 % of
 # orders are for a denomination it does not sell (rejected), 2 % are cancelled, 5 % are
 # slow (three more "processing" answers), and 2 % of events are broken (dead-lettered).
@@ -60,7 +60,7 @@ ORDERFLOW_RECONCILE_EVERY=30s ORDERFLOW_RECONCILE_GRACE=30s start_stage reconcil
 wait_ready
 say "simulator, two dispatch, two poll processes, the reconciler and the sink are ready; logs in $STATE."
 
-[[ $# -gt 0 ]] || set -- --orders 10000 --rate 250
+[[ $# -gt 0 ]] || set -- --orders 10000 --rate 100
 set +e
 "$BIN" load --account znet-demo "$@" | tee "$STATE/summary.txt"
 status=${PIPESTATUS[0]}
