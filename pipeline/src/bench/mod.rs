@@ -235,7 +235,11 @@ async fn throughput(
     let table = render_throughput(&result, &report);
     let chart = chart::svg(
         &format!("orderflow bench throughput: {} orders, {}", result.orders, result.label),
-        &[throughput_panel(&result.series), depth_panel(&result.series), memory_panel(sampling.0.usage())],
+        &[
+            throughput_panel(&result.series, config.rate != load::Rate::Max),
+            depth_panel(&result.series),
+            memory_panel(sampling.0.usage()),
+        ],
     );
     write_results(&output.out, "throughput", &result, &chart, &table)
 }
@@ -307,7 +311,9 @@ fn render_processes(out: &mut String, processes: &[Usage], busy: Option<f64>) {
     }
 }
 
-fn throughput_panel(series: &[Snapshot]) -> Panel {
+/// Orders per second created, dispatched and final; `created` only for an offered rate (at
+/// `max` it is one spike that would flatten the others).
+fn throughput_panel(series: &[Snapshot], with_created: bool) -> Panel {
     let rate = |f: fn(&Snapshot) -> usize| {
         series
             .windows(2)
@@ -317,11 +323,14 @@ fn throughput_panel(series: &[Snapshot]) -> Panel {
     Panel {
         title: "throughput".into(),
         unit: "orders/s".into(),
-        lines: vec![
-            Line { name: "created".into(), points: rate(|s| s.published) },
-            Line { name: "dispatched".into(), points: rate(|s| s.dispatched) },
-            Line { name: "final".into(), points: rate(|s| s.completed + s.failed) },
-        ],
+        lines: with_created
+            .then(|| Line { name: "created".into(), points: rate(|s| s.published) })
+            .into_iter()
+            .chain([
+                Line { name: "dispatched".into(), points: rate(|s| s.dispatched) },
+                Line { name: "final".into(), points: rate(|s| s.completed + s.failed) },
+            ])
+            .collect(),
     }
 }
 

@@ -3,10 +3,12 @@
 //!
 //! A stage supplies a [`Handler`]; the loop feeds it messages, each in its own task, and
 //! records completions in a per-partition [`PartitionWatermark`]. It keeps polling the
-//! consumer at all times (so the group never evicts it), pausing the assignment while the
-//! in-flight bound is reached instead of not polling. On a revoke it forgets the revoked
-//! partitions: work still running for them finishes but moves no offset, and the new owner
-//! redoes it (handlers are idempotent). On shutdown it stops taking messages, waits a grace
+//! consumer at all times (so the group never evicts it), pausing a topic's partitions
+//! while that topic's in-flight bound is reached instead of not polling. The bound holds
+//! per topic, so that a backlog on one topic (first checks) cannot starve another (the
+//! later tiers): librdkafka hands partitions over in assignment order. On a revoke it
+//! forgets the revoked partitions: work still running for them finishes but moves no
+//! offset, and the new owner redoes it (handlers are idempotent). On shutdown it stops taking messages, waits a grace
 //! period for work in flight, commits, and leaves the group.
 //!
 //! Delay topics (G4): a handler may say a message is not due yet ([`Handler::due_at`]).
@@ -66,6 +68,7 @@ pub enum StageError {
 pub struct StageOptions {
     pub group: String,
     pub topics: Vec<String>,
+    /// Messages worked on at once, per topic.
     pub max_in_flight: usize,
     /// How long work in flight may take to finish after shutdown is requested.
     pub shutdown_grace: Duration,
@@ -219,7 +222,9 @@ pub async fn run<H: Handler>(
     let mut held: Held = HashMap::new();
     let mut next_generation = 0u64;
     let mut in_flight = 0usize;
-    let mut paused = false;
+    // Per topic: messages in flight, and the topics paused for reaching the bound.
+    let mut in_flight_of: HashMap<String, usize> = HashMap::new();
+    let mut paused: HashSet<String> = HashSet::new();
     let mut panicked = None;
 
     let tasks_shutdown = shutdown.clone();
@@ -285,28 +290,30 @@ pub async fn run<H: Handler>(
             _ = shutdown.wait() => break,
             Some(done) = done_rx.recv() => {
                 in_flight -= 1;
+                let of_topic = in_flight_of.entry(done.topic.clone()).or_default();
+                *of_topic = of_topic.saturating_sub(1);
+                let of_topic = *of_topic;
                 if done.outcome == Outcome::Panicked {
                     tracing::error!(topic = %done.topic, partition = done.partition, offset = done.offset, "a handler panicked; stopping the stage");
                     panicked = Some(StageError::HandlerPanicked { topic: done.topic, partition: done.partition, offset: done.offset });
                     break;
                 }
-                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, paused, &metrics);
+                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, &paused, &metrics);
                 if done.outcome == Outcome::Durable {
                     metrics.handled.get_or_create(&Metrics::topic(&done.topic)).inc();
                 }
-                complete(&consumer, &mut partitions, done);
                 // Resume at half the bound, not just under it: a resume refetches what the
                 // pause dropped, and the work still in flight covers that round trip.
-                if paused && in_flight <= options.max_in_flight / 2 {
-                    set_paused(&consumer, false, &held);
-                    paused = false;
+                if of_topic <= options.max_in_flight / 2 && paused.remove(&done.topic) {
+                    set_paused(&consumer, &done.topic, false, &held);
                 }
+                complete(&consumer, &mut partitions, done);
             }
             _ = look.tick() => {
-                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, paused, &metrics);
+                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, &paused, &metrics);
             }
             _ = tokio::time::sleep_until(wake), if next_due.is_some() => {
-                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, paused, &metrics);
+                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, &paused, &metrics);
                 let now = Utc::now();
                 for (key, queue) in held.iter_mut() {
                     while queue.front().is_some_and(|(_, due)| *due <= now) {
@@ -316,20 +323,25 @@ pub async fn run<H: Handler>(
                         if late > Duration::from_secs(1) {
                             tracing::warn!(topic = message.topic(), partition = message.partition(), late_ms = late.as_millis() as u64, "a delayed message was handed over late");
                         }
-                        in_flight += usize::from(start(message, &partitions));
+                        let topic = message.topic().to_owned();
+                        if start(message, &partitions) {
+                            in_flight += 1;
+                            *in_flight_of.entry(topic).or_default() += 1;
+                        }
                     }
-                    if queue.is_empty() && !paused {
+                    if queue.is_empty() && !paused.contains(&key.0) {
                         pause_one(&consumer, key, false);
                     }
                 }
                 held.retain(|_, queue| !queue.is_empty());
-                if in_flight >= options.max_in_flight && !paused {
-                    set_paused(&consumer, true, &held);
-                    paused = true;
+                for (topic, n) in &in_flight_of {
+                    if *n >= options.max_in_flight && paused.insert(topic.clone()) {
+                        set_paused(&consumer, topic, true, &held);
+                    }
                 }
             }
             received = consumer.recv() => {
-                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, paused, &metrics);
+                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, &paused, &metrics);
                 let message = match received {
                     Ok(m) => m.detach(),
                     Err(e) => {
@@ -353,12 +365,17 @@ pub async fn run<H: Handler>(
                     held.entry(key).or_default().push_back((message, due));
                     continue;
                 }
-                in_flight += usize::from(start(message, &partitions));
-                // Pausing again while over the bound also pauses partitions assigned since
-                // the last pause (a rebalance hands them over unpaused).
-                if in_flight >= options.max_in_flight {
-                    set_paused(&consumer, true, &held);
-                    paused = true;
+                let topic = message.topic().to_owned();
+                if start(message, &partitions) {
+                    in_flight += 1;
+                    let of_topic = in_flight_of.entry(topic.clone()).or_default();
+                    *of_topic += 1;
+                    // Pausing again while over the bound also pauses partitions assigned
+                    // since the last pause (a rebalance hands them over unpaused).
+                    if *of_topic >= options.max_in_flight {
+                        set_paused(&consumer, &topic, true, &held);
+                        paused.insert(topic);
+                    }
                 }
             }
         }
@@ -451,7 +468,7 @@ fn rebalanced(
     partitions: &mut HashMap<(String, i32), Tracked>,
     held: &mut Held,
     next_generation: &mut u64,
-    paused: bool,
+    paused: &HashSet<String>,
     metrics: &Metrics,
 ) {
     let revoked = std::mem::take(&mut *consumer.context().revoked.lock().expect("revoked lock"));
@@ -470,7 +487,7 @@ fn rebalanced(
     }
     for key in assigned {
         if !held.contains_key(&key) {
-            pause_one(consumer, &key, paused);
+            pause_one(consumer, &key, paused.contains(&key.0));
         }
     }
 }
@@ -493,19 +510,20 @@ fn pause_one(
 }
 
 /// Pauses every assigned partition, or resumes every one that holds no message.
-fn set_paused(consumer: &StreamConsumer<StageContext>, pause: bool, held: &Held) {
+/// Pauses or resumes the assigned partitions of `topic`; a resume leaves the partitions
+/// that hold a message paused.
+fn set_paused(consumer: &StreamConsumer<StageContext>, topic: &str, pause: bool, held: &Held) {
     let result = consumer.assignment().and_then(|assigned| {
-        if pause {
-            consumer.pause(&assigned)
-        } else {
-            let holding: HashSet<&(String, i32)> = held.keys().collect();
-            let mut free = TopicPartitionList::new();
-            for e in assigned.elements() {
-                if !holding.contains(&(e.topic().to_owned(), e.partition())) {
-                    free.add_partition(e.topic(), e.partition());
-                }
+        let mut these = TopicPartitionList::new();
+        for e in assigned.elements().iter().filter(|e| e.topic() == topic) {
+            if pause || !held.contains_key(&(e.topic().to_owned(), e.partition())) {
+                these.add_partition(e.topic(), e.partition());
             }
-            consumer.resume(&free)
+        }
+        if pause {
+            consumer.pause(&these)
+        } else {
+            consumer.resume(&these)
         }
     });
     if let Err(e) = result {

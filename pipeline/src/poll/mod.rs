@@ -110,7 +110,8 @@ pub struct PollConfig {
     )]
     pub group: String,
 
-    /// Status checks worked on at once by this process (waiting messages do not count).
+    /// Status checks worked on at once by this process, per topic it consumes (the first
+    /// checks, each tier); waiting messages do not count.
     #[arg(
         long = "poll-max-in-flight",
         env = "ORDERFLOW_POLL_MAX_IN_FLIGHT",
