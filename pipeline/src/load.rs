@@ -250,10 +250,9 @@ impl LoadReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "published      {} orders in {:.1} s ({:.1}/s)",
+            "published      {} orders (the run took {:.1} s)",
             self.published,
             self.elapsed.as_secs_f64(),
-            self.published as f64 / self.elapsed.as_secs_f64().max(1e-9)
         );
         for (answer, n) in &self.answered {
             let _ = writeln!(out, "  {answer:<15}{n}");
