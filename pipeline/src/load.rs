@@ -264,26 +264,33 @@ impl LoadReport {
             self.throughput(),
             self.last_answer.as_secs_f64()
         );
+        latency_table(
+            &mut out,
+            "latency        ",
+            &[
+                ("created→dispatched", &self.dispatch_latencies),
+                ("created→final", &self.final_latencies),
+                ("created→answer", &self.latencies),
+            ],
+        );
+        out
+    }
+}
+
+/// Rows of p50, p95, p99 and max under a header line that starts with `lead`; each row is
+/// a name and its sorted latencies.
+pub fn latency_table(out: &mut String, lead: &str, rows: &[(&str, &[Duration])]) {
+    let _ = writeln!(out, "{lead}{:<22}{:>10}{:>10}{:>10}{:>10}", "", "p50", "p95", "p99", "max");
+    let indent = " ".repeat(lead.chars().count());
+    for (what, sorted) in rows {
         let _ = writeln!(
             out,
-            "latency        {:<22}{:>10}{:>10}{:>10}{:>10}",
-            "", "p50", "p95", "p99", "max"
+            "{indent}{what:<22}{:>10}{:>10}{:>10}{:>10}",
+            human(percentile(sorted, 50.0)),
+            human(percentile(sorted, 95.0)),
+            human(percentile(sorted, 99.0)),
+            human(percentile(sorted, 100.0)),
         );
-        for (what, sorted) in [
-            ("created→dispatched", &self.dispatch_latencies),
-            ("created→final", &self.final_latencies),
-            ("created→answer", &self.latencies),
-        ] {
-            let _ = writeln!(
-                out,
-                "               {what:<22}{:>10}{:>10}{:>10}{:>10}",
-                human(percentile(sorted, 50.0)),
-                human(percentile(sorted, 95.0)),
-                human(percentile(sorted, 99.0)),
-                human(percentile(sorted, 100.0)),
-            );
-        }
-        out
     }
 }
 

@@ -19,7 +19,7 @@ use crate::core::schedule;
 use crate::core::seeded::Seeded;
 use crate::kafka::topics::name;
 use crate::kafka::{KafkaConfig, KafkaSetupError};
-use crate::load::{self, human, percentile, DepthArgs, LoadConfig, LoadError, Observer, Snapshot};
+use crate::load::{self, percentile, DepthArgs, LoadConfig, LoadError, Observer, Snapshot};
 use crate::shutdown::Shutdown;
 use chart::{Line, Panel};
 use chrono::Utc;
@@ -260,20 +260,14 @@ fn render_throughput(r: &ThroughputReport, report: &load::LoadReport) -> String 
         r.seconds_to_last_answer,
         r.steady_orders_per_s.map_or("-".into(), |s| format!("{s:.1} orders/s"))
     );
-    let _ = writeln!(out, "latency      {:<22}{:>10}{:>10}{:>10}{:>10}", "", "p50", "p95", "p99", "max");
-    for (what, sorted) in [
-        ("created→dispatched", &report.dispatch_latencies),
-        ("created→final", &report.final_latencies),
-    ] {
-        let _ = writeln!(
-            out,
-            "             {what:<22}{:>10}{:>10}{:>10}{:>10}",
-            human(percentile(sorted, 50.0)),
-            human(percentile(sorted, 95.0)),
-            human(percentile(sorted, 99.0)),
-            human(percentile(sorted, 100.0)),
-        );
-    }
+    load::latency_table(
+        &mut out,
+        "latency      ",
+        &[
+            ("created→dispatched", &report.dispatch_latencies),
+            ("created→final", &report.final_latencies),
+        ],
+    );
     if let Some(c) = &r.ceiling {
         let _ = writeln!(
             out,
