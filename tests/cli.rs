@@ -247,14 +247,19 @@ fn the_shop_guide_example_opens_a_sealed_pin() {
 
 #[test]
 fn topics_delete_needs_a_prefix_and_bench_names_bad_flags() {
-    let (code, _, stderr, _) =
-        orderflow(&["topics", "delete"], &[("ORDERFLOW_TOPIC_PREFIX", "")]);
+    let (code, _, stderr, _) = orderflow(&["topics", "delete"], &[("ORDERFLOW_TOPIC_PREFIX", "")]);
     assert_ne!(code, 0);
-    assert!(one_error_line(&stderr).contains("non-empty --topic-prefix"), "{stderr}");
+    assert!(
+        one_error_line(&stderr).contains("non-empty --topic-prefix"),
+        "{stderr}"
+    );
 
     let (code, _, stderr, _) = orderflow(&["bench", "throughput", "--rate", "fast"], &[]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("positive number") && stderr.contains("max"), "{stderr}");
+    assert!(
+        stderr.contains("positive number") && stderr.contains("max"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 
     let (code, _, stderr, _) = orderflow(&["bench", "throughput", "--process", "poll"], &[]);

@@ -66,7 +66,10 @@ fn terminate(child: &mut common::ChildGuard) -> (Duration, Option<i32>) {
         if let Some(status) = child.try_wait().unwrap() {
             return (asked.elapsed(), status.code());
         }
-        assert!(Instant::now() < give_up, "SIGTERM did not end the process within {give_up:?}");
+        assert!(
+            Instant::now() < give_up,
+            "SIGTERM did not end the process within {give_up:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -102,7 +105,10 @@ async fn instances_join_die_and_leave_under_load_without_loss_or_double_purchase
         ("ORDERFLOW_SINK_GROUP".into(), groups["sink"].clone()),
         ("ORDERFLOW_FIRST_CHECK".into(), FIRST_CHECK.into()),
         ("ORDERFLOW_CHECK_TIERS".into(), TIERS.into()),
-        ("ORDERFLOW_PIN_KEYS_FILE".into(), keys_file.display().to_string()),
+        (
+            "ORDERFLOW_PIN_KEYS_FILE".into(),
+            keys_file.display().to_string(),
+        ),
         ("ORDERFLOW_SHUTDOWN_GRACE_MS".into(), GRACE_MS.to_string()),
         ("ORDERFLOW_DATABASE_MAX_CONNECTIONS".into(), "4".into()),
     ]);
@@ -118,7 +124,9 @@ async fn instances_join_die_and_leave_under_load_without_loss_or_double_purchase
 
     // The load: about 40 orders a second, while the fleet changes.
     let started = Instant::now();
-    let orders: Vec<_> = (0..ORDERS).map(|i| order(["25", "50", "100"][i % 3])).collect();
+    let orders: Vec<_> = (0..ORDERS)
+        .map(|i| order(["25", "50", "100"][i % 3]))
+        .collect();
     let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
     let mut terms = Vec::new();
     let producer = h.kafka.producer().unwrap();
@@ -175,11 +183,20 @@ async fn instances_join_die_and_leave_under_load_without_loss_or_double_purchase
             break finals;
         }
         for ((stage, n), child) in running.iter_mut() {
-            assert!(child.try_wait().unwrap().is_none(), "{stage}-{n} exited; see {}", fleet.log(stage, *n).display());
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{stage}-{n} exited; see {}",
+                fleet.log(stage, *n).display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    assert_eq!(finals as usize, ORDERS, "orders completed in PostgreSQL (logs in {})", fleet.logs.display());
+    assert_eq!(
+        finals as usize,
+        ORDERS,
+        "orders completed in PostgreSQL (logs in {})",
+        fleet.logs.display()
+    );
     let drained = started.elapsed();
 
     // Sold exactly once each: one purchase per reference, one reference per order.
@@ -195,9 +212,15 @@ async fn instances_join_die_and_leave_under_load_without_loss_or_double_purchase
         poll_topics.push((label.clone(), h.kafka.topic(&name::status_check(label))));
     }
     let watched = [
-        ("dispatch", vec![("created".to_owned(), h.kafka.topic(name::ORDERS_CREATED))]),
+        (
+            "dispatch",
+            vec![("created".to_owned(), h.kafka.topic(name::ORDERS_CREATED))],
+        ),
         ("poll", poll_topics),
-        ("sink", vec![("state".to_owned(), h.kafka.topic(name::ORDERS_STATE))]),
+        (
+            "sink",
+            vec![("state".to_owned(), h.kafka.topic(name::ORDERS_STATE))],
+        ),
     ];
     for (stage, topics) in watched {
         let lag = GroupLag::new(&h.kafka, &fleet.groups[stage], topics).unwrap();
@@ -207,7 +230,10 @@ async fn instances_join_die_and_leave_under_load_without_loss_or_double_purchase
             if !behind.is_empty() && behind.iter().all(|(_, n)| *n == 0) {
                 break;
             }
-            assert!(Instant::now() < give_up, "the {stage} group stays behind: {behind:?}");
+            assert!(
+                Instant::now() < give_up,
+                "the {stage} group stays behind: {behind:?}"
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
@@ -221,7 +247,10 @@ async fn instances_join_die_and_leave_under_load_without_loss_or_double_purchase
         );
         let log = fleet.log(stage, 2);
         assert!(log_has(&log, "shutdown requested"), "{}", log.display());
-        assert!(log_has(&log, "partitions revoked"), "{stage} did not hand its partitions back");
+        assert!(
+            log_has(&log, "partitions revoked"),
+            "{stage} did not hand its partitions back"
+        );
         common::pipeline::assert_clean_log(&log);
     }
     eprintln!(

@@ -280,7 +280,11 @@ impl LoadReport {
 /// Rows of p50, p95, p99 and max under a header line that starts with `lead`; each row is
 /// a name and its sorted latencies.
 pub fn latency_table(out: &mut String, lead: &str, rows: &[(&str, &[Duration])]) {
-    let _ = writeln!(out, "{lead}{:<22}{:>10}{:>10}{:>10}{:>10}", "", "p50", "p95", "p99", "max");
+    let _ = writeln!(
+        out,
+        "{lead}{:<22}{:>10}{:>10}{:>10}{:>10}",
+        "", "p50", "p95", "p99", "max"
+    );
     let indent = " ".repeat(lead.chars().count());
     for (what, sorted) in rows {
         let _ = writeln!(
@@ -501,7 +505,10 @@ pub async fn run(
         }
         match (journey.answer, journey.dispatched) {
             (Some((answer, d)), _) => {
-                *report.answered.entry(answer.as_str().to_owned()).or_default() += 1;
+                *report
+                    .answered
+                    .entry(answer.as_str().to_owned())
+                    .or_default() += 1;
                 report.latencies.push(d);
             }
             (None, Some(d)) if config.until == Until::Dispatched => {

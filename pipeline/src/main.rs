@@ -305,11 +305,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             command: TopicsCommand::Delete { kafka },
         } => {
             let deleted = topics::delete_prefixed(&kafka).await?;
-            println!("deleted {} topics under {:?}", deleted.len(), kafka.topic_prefix);
+            println!(
+                "deleted {} topics under {:?}",
+                deleted.len(),
+                kafka.topic_prefix
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Topics {
-            command: TopicsCommand::Apply { kafka, spec, check_tiers },
+            command:
+                TopicsCommand::Apply {
+                    kafka,
+                    spec,
+                    check_tiers,
+                },
         } => {
             let mut specs = TopicSpecs::load(spec.as_deref())?;
             if let Some(tiers) = check_tiers {

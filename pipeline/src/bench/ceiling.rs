@@ -52,19 +52,27 @@ pub async fn measure(
     let probe = kafka.producer()?;
     let partitions = {
         use rdkafka::producer::Producer;
-        let metadata = probe
-            .client()
-            .fetch_metadata(Some(&kafka.topic(name::ORDERS_CREATED)), kafka.connect_timeout())?;
+        let metadata = probe.client().fetch_metadata(
+            Some(&kafka.topic(name::ORDERS_CREATED)),
+            kafka.connect_timeout(),
+        )?;
         metadata
             .topics()
             .first()
             .map_or(1, |t| t.partitions().len().max(1)) as i32
     };
-    let topic = kafka.topic(&format!("orderflow.bench-ceiling.{}", Uuid::new_v4().simple()));
+    let topic = kafka.topic(&format!(
+        "orderflow.bench-ceiling.{}",
+        Uuid::new_v4().simple()
+    ));
     let options = AdminOptions::new().operation_timeout(Some(kafka.connect_timeout()));
     admin
         .create_topics(
-            &[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))],
+            &[NewTopic::new(
+                &topic,
+                partitions,
+                TopicReplication::Fixed(1),
+            )],
             &options,
         )
         .await?;
@@ -84,7 +92,10 @@ async fn run(
 ) -> Result<Ceiling, CeilingError> {
     let consumer: StreamConsumer<Context> = kafka
         .client_config()
-        .set("group.id", format!("orderflow.bench-ceiling.{}", Uuid::new_v4()))
+        .set(
+            "group.id",
+            format!("orderflow.bench-ceiling.{}", Uuid::new_v4()),
+        )
         .set("enable.auto.commit", "false")
         .create_with_context(Context)
         .map_err(KafkaSetupError::Client)?;

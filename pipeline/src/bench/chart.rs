@@ -31,7 +31,11 @@ pub fn svg(title: &str, panels: &[Panel]) -> String {
     let x_max = nice(
         panels
             .iter()
-            .flat_map(|p| p.lines.iter().flat_map(|l| l.points.iter().map(|(x, _)| *x)))
+            .flat_map(|p| {
+                p.lines
+                    .iter()
+                    .flat_map(|l| l.points.iter().map(|(x, _)| *x))
+            })
             .fold(0.0, f64::max),
     );
     let height = TOP + panels.len() as f64 * (PANEL_HEIGHT + BOTTOM) + 10.0;
@@ -190,8 +194,14 @@ mod tests {
                 title: "waiting".into(),
                 unit: "orders".into(),
                 lines: vec![
-                    Line { name: "first".into(), points: vec![(0.0, 5.0), (20.0, 0.0)] },
-                    Line { name: "30s".into(), points: vec![] },
+                    Line {
+                        name: "first".into(),
+                        points: vec![(0.0, 5.0), (20.0, 0.0)],
+                    },
+                    Line {
+                        name: "30s".into(),
+                        points: vec![],
+                    },
                 ],
             },
         ];
@@ -203,7 +213,10 @@ mod tests {
                 let (x, y) = xy.split_once(',').unwrap();
                 let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
                 assert!((LEFT..=WIDTH - RIGHT).contains(&x), "{x}");
-                assert!((TOP..=TOP + 2.0 * (PANEL_HEIGHT + BOTTOM)).contains(&y), "{y}");
+                assert!(
+                    (TOP..=TOP + 2.0 * (PANEL_HEIGHT + BOTTOM)).contains(&y),
+                    "{y}"
+                );
             }
         }
     }

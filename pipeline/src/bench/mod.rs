@@ -187,9 +187,22 @@ pub async fn run(command: BenchCommand, shutdown: Shutdown) -> Result<String, Be
             settle_secs,
             account,
         } => {
-            let due_in = schedule::parse_duration(&due_in).map_err(|e| BenchError::DueIn(e.to_string()))?;
-            let fill = Fill { waiting, due_in, account };
-            memory(&kafka, &depth, &output, &fill, Duration::from_secs(settle_secs), shutdown).await
+            let due_in =
+                schedule::parse_duration(&due_in).map_err(|e| BenchError::DueIn(e.to_string()))?;
+            let fill = Fill {
+                waiting,
+                due_in,
+                account,
+            };
+            memory(
+                &kafka,
+                &depth,
+                &output,
+                &fill,
+                Duration::from_secs(settle_secs),
+                shutdown,
+            )
+            .await
         }
     }
 }
@@ -205,10 +218,17 @@ async fn throughput(
         None
     } else {
         let (_, example) = load::make_event(&mut Seeded::new(1), config, 0);
-        eprintln!("bench: raw Kafka ceiling, {} messages of {} bytes ...", config.orders, example.len());
+        eprintln!(
+            "bench: raw Kafka ceiling, {} messages of {} bytes ...",
+            config.orders,
+            example.len()
+        );
         Some(ceiling::measure(kafka, config.orders, &example).await?)
     };
-    eprintln!("bench: {} orders through the pipeline, offered {} /s ...", config.orders, config.rate);
+    eprintln!(
+        "bench: {} orders through the pipeline, offered {} /s ...",
+        config.orders, config.rate
+    );
     let mut sampling = Sampling(Sampler::new(output.processes.clone()));
     let report = load::run(kafka, config, &mut sampling, shutdown).await?;
     sampling.0.sample();
@@ -234,7 +254,10 @@ async fn throughput(
     };
     let table = render_throughput(&result, &report);
     let chart = chart::svg(
-        &format!("orderflow bench throughput: {} orders, {}", result.orders, result.label),
+        &format!(
+            "orderflow bench throughput: {} orders, {}",
+            result.orders, result.label
+        ),
         &[
             throughput_panel(&result.series, config.rate != load::Rate::Max),
             depth_panel(&result.series),
@@ -246,8 +269,17 @@ async fn throughput(
 
 fn render_throughput(r: &ThroughputReport, report: &load::LoadReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "orderflow bench throughput: {} orders offered at {}/s{}", r.orders, r.offered_rate,
-        if r.label.is_empty() { String::new() } else { format!(" ({})", r.label) });
+    let _ = writeln!(
+        out,
+        "orderflow bench throughput: {} orders offered at {}/s{}",
+        r.orders,
+        r.offered_rate,
+        if r.label.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.label)
+        }
+    );
     let _ = writeln!(
         out,
         "orders       published {} | completed {} | failed {} | dead-lettered {} | missing {}",
@@ -258,7 +290,8 @@ fn render_throughput(r: &ThroughputReport, report: &load::LoadReport) -> String 
         "sustained    {:.1} orders/s to an answer over {:.1} s; steady (10-90 %) {}",
         r.sustained_orders_per_s,
         r.seconds_to_last_answer,
-        r.steady_orders_per_s.map_or("-".into(), |s| format!("{s:.1} orders/s"))
+        r.steady_orders_per_s
+            .map_or("-".into(), |s| format!("{s:.1} orders/s"))
     );
     load::latency_table(
         &mut out,
@@ -282,12 +315,20 @@ fn render_throughput(r: &ThroughputReport, report: &load::LoadReport) -> String 
 fn render_processes(out: &mut String, processes: &[Usage], busy: Option<f64>) {
     if let Some(busy) = busy {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let _ = writeln!(out, "machine      {:.0} % of {cores} cores busy", busy * 100.0);
+        let _ = writeln!(
+            out,
+            "machine      {:.0} % of {cores} cores busy",
+            busy * 100.0
+        );
     }
     if processes.is_empty() {
         return;
     }
-    let _ = writeln!(out, "process      {:<16}{:>10}{:>12}{:>12}{:>12}", "", "CPU cores", "RSS first", "RSS peak", "RSS last");
+    let _ = writeln!(
+        out,
+        "process      {:<16}{:>10}{:>12}{:>12}{:>12}",
+        "", "CPU cores", "RSS first", "RSS peak", "RSS last"
+    );
     for p in processes {
         let mb = |kb: u64| format!("{:.1} MB", kb as f64 / 1024.0);
         let _ = writeln!(
@@ -311,18 +352,32 @@ fn throughput_panel(series: &[Snapshot], with_created: bool) -> Panel {
     let rate = |f: fn(&Snapshot) -> usize| {
         series
             .windows(2)
-            .map(|w| (w[1].at, (f(&w[1]).saturating_sub(f(&w[0]))) as f64 / (w[1].at - w[0].at).max(1e-9)))
+            .map(|w| {
+                (
+                    w[1].at,
+                    (f(&w[1]).saturating_sub(f(&w[0]))) as f64 / (w[1].at - w[0].at).max(1e-9),
+                )
+            })
             .collect()
     };
     Panel {
         title: "throughput".into(),
         unit: "orders/s".into(),
         lines: with_created
-            .then(|| Line { name: "created".into(), points: rate(|s| s.published) })
+            .then(|| Line {
+                name: "created".into(),
+                points: rate(|s| s.published),
+            })
             .into_iter()
             .chain([
-                Line { name: "dispatched".into(), points: rate(|s| s.dispatched) },
-                Line { name: "final".into(), points: rate(|s| s.completed + s.failed) },
+                Line {
+                    name: "dispatched".into(),
+                    points: rate(|s| s.dispatched),
+                },
+                Line {
+                    name: "final".into(),
+                    points: rate(|s| s.completed + s.failed),
+                },
             ])
             .collect(),
     }
@@ -344,7 +399,10 @@ fn depth_panel(series: &[Snapshot]) -> Panel {
                 points: series
                     .iter()
                     .filter_map(|s| {
-                        s.waiting.iter().find(|(l, _)| l == label).map(|(_, n)| (s.at, *n as f64))
+                        s.waiting
+                            .iter()
+                            .find(|(l, _)| l == label)
+                            .map(|(_, n)| (s.at, *n as f64))
                     })
                     .collect(),
             })
@@ -358,7 +416,10 @@ fn memory_panel(processes: &[Usage]) -> Panel {
         unit: "MB".into(),
         lines: processes
             .iter()
-            .map(|p| Line { name: p.name.clone(), points: p.rss_series.clone() })
+            .map(|p| Line {
+                name: p.name.clone(),
+                points: p.rss_series.clone(),
+            })
             .collect(),
     }
 }
@@ -415,7 +476,8 @@ async fn memory(
 ) -> Result<String, BenchError> {
     kafka.check_reachable()?;
     let lag = depth.lag(kafka)?;
-    let tiers = schedule::parse_tiers(&depth.check_tiers).map_err(|e| LoadError::Tiers(e.to_string()))?;
+    let tiers =
+        schedule::parse_tiers(&depth.check_tiers).map_err(|e| LoadError::Tiers(e.to_string()))?;
     let topics: Vec<String> = tiers
         .iter()
         .map(|d| kafka.topic(&name::status_check(&schedule::label(*d))))
@@ -424,14 +486,22 @@ async fn memory(
     let mut waiting_series: Vec<(f64, f64)> = Vec::new();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let take = |sampler: &mut Sampler, waiting: &mut Vec<(f64, f64)>, lag_now: Option<Vec<(String, i64)>>| {
+    let take = |sampler: &mut Sampler,
+                waiting: &mut Vec<(f64, f64)>,
+                lag_now: Option<Vec<(String, i64)>>| {
         sampler.sample();
         if let Some(l) = lag_now {
-            waiting.push((started.elapsed().as_secs_f64(), l.iter().map(|(_, n)| *n as f64).sum()));
+            waiting.push((
+                started.elapsed().as_secs_f64(),
+                l.iter().map(|(_, n)| *n as f64).sum(),
+            ));
         }
     };
 
-    eprintln!("bench: {} s of readings before the fill ...", settle.as_secs());
+    eprintln!(
+        "bench: {} s of readings before the fill ...",
+        settle.as_secs()
+    );
     let until = tokio::time::Instant::now() + settle;
     while tokio::time::Instant::now() < until {
         tokio::select! {
@@ -439,13 +509,23 @@ async fn memory(
             _ = tick.tick() => take(&mut sampler, &mut waiting_series, lag.sample_async().await),
         }
     }
-    let before: Vec<(String, u64)> = sampler.usage().iter().map(|u| (u.name.clone(), u.rss_last_kb)).collect();
+    let before: Vec<(String, u64)> = sampler
+        .usage()
+        .iter()
+        .map(|u| (u.name.clone(), u.rss_last_kb))
+        .collect();
 
-    eprintln!("bench: publishing {} status checks due in {:?} to {} tier topics ...", fill.waiting, fill.due_in, topics.len());
+    eprintln!(
+        "bench: publishing {} status checks due in {:?} to {} tier topics ...",
+        fill.waiting,
+        fill.due_in,
+        topics.len()
+    );
     let producer = kafka.producer()?;
     let fill_start = Instant::now();
     let mut sends = FuturesUnordered::new();
-    let due = Utc::now() + chrono::Duration::from_std(fill.due_in).unwrap_or(chrono::Duration::hours(2));
+    let due =
+        Utc::now() + chrono::Duration::from_std(fill.due_in).unwrap_or(chrono::Duration::hours(2));
     let mut published = 0usize;
     let mut last_sample = Instant::now();
     for i in 0..fill.waiting {
@@ -485,7 +565,10 @@ async fn memory(
     let _ = producer.flush(Timeout::After(Duration::from_secs(30)));
     let fill_seconds = fill_start.elapsed().as_secs_f64();
 
-    eprintln!("bench: {published} published in {fill_seconds:.1} s; {} s of readings after ...", settle.as_secs());
+    eprintln!(
+        "bench: {published} published in {fill_seconds:.1} s; {} s of readings after ...",
+        settle.as_secs()
+    );
     let until = tokio::time::Instant::now() + settle;
     while tokio::time::Instant::now() < until {
         tokio::select! {
@@ -513,24 +596,49 @@ async fn memory(
     for (tier, n) in &result.waiting_at_end {
         let _ = write!(table, " {tier}:{n}");
     }
-    let _ = writeln!(table, " (total {})", result.waiting_at_end.iter().map(|(_, n)| n).sum::<i64>());
-    let _ = writeln!(table, "memory       {:<16}{:>14}{:>14}{:>14}", "", "before fill", "peak", "at end");
+    let _ = writeln!(
+        table,
+        " (total {})",
+        result.waiting_at_end.iter().map(|(_, n)| n).sum::<i64>()
+    );
+    let _ = writeln!(
+        table,
+        "memory       {:<16}{:>14}{:>14}{:>14}",
+        "", "before fill", "peak", "at end"
+    );
     for p in &result.processes {
-        let before = result.rss_before_fill_kb.iter().find(|(n, _)| *n == p.name).map_or(0, |(_, kb)| *kb);
+        let before = result
+            .rss_before_fill_kb
+            .iter()
+            .find(|(n, _)| *n == p.name)
+            .map_or(0, |(_, kb)| *kb);
         let mb = |kb: u64| format!("{:.1} MB", kb as f64 / 1024.0);
-        let _ = writeln!(table, "             {:<16}{:>14}{:>14}{:>14}", p.name, mb(before), mb(p.rss_peak_kb), mb(p.rss_last_kb));
+        let _ = writeln!(
+            table,
+            "             {:<16}{:>14}{:>14}{:>14}",
+            p.name,
+            mb(before),
+            mb(p.rss_peak_kb),
+            mb(p.rss_last_kb)
+        );
     }
     if result.processes.iter().any(|p| p.tree) {
         let _ = writeln!(table, "             (a process with its children, as PostgreSQL's backends: summed PSS, so shared memory counts once)");
     }
     let chart = chart::svg(
-        &format!("orderflow bench memory: {} checks waiting", result.waiting_published),
+        &format!(
+            "orderflow bench memory: {} checks waiting",
+            result.waiting_published
+        ),
         &[
             memory_panel(sampler.usage()),
             Panel {
                 title: "waiting in the tier topics".into(),
                 unit: "checks".into(),
-                lines: vec![Line { name: "all tiers".into(), points: waiting_series }],
+                lines: vec![Line {
+                    name: "all tiers".into(),
+                    points: waiting_series,
+                }],
             },
         ],
     );
@@ -562,13 +670,23 @@ mod tests {
     use super::*;
 
     fn snap(at: f64, answered: usize) -> Snapshot {
-        Snapshot { at, completed: answered, ..Snapshot::default() }
+        Snapshot {
+            at,
+            completed: answered,
+            ..Snapshot::default()
+        }
     }
 
     #[test]
     fn the_steady_rate_leaves_out_ramp_and_tail() {
         // 10 % at 2 s, 90 % at 10 s: 80 answers in 8 s.
-        let series = [snap(1.0, 5), snap(2.0, 10), snap(6.0, 50), snap(10.0, 90), snap(30.0, 100)];
+        let series = [
+            snap(1.0, 5),
+            snap(2.0, 10),
+            snap(6.0, 50),
+            snap(10.0, 90),
+            snap(30.0, 100),
+        ];
         assert_eq!(steady_rate(&series, 100), Some(10.0));
         assert_eq!(steady_rate(&series[..2], 100), None);
         assert_eq!(steady_rate(&[], 0), None);

@@ -22,7 +22,9 @@ pub struct Watched {
 impl std::str::FromStr for Watched {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{s:?} is not a process to watch: give name=pid, or name=pid+ to count its children too");
+        let bad = || {
+            format!("{s:?} is not a process to watch: give name=pid, or name=pid+ to count its children too")
+        };
         let (name, pid) = s.split_once('=').ok_or_else(bad)?;
         let (pid, with_children) = match pid.strip_suffix('+') {
             Some(p) => (p, true),
@@ -194,7 +196,12 @@ fn descendants(root: u32) -> Vec<u32> {
     let mut i = 0;
     while i < found.len() {
         let parent = found[i];
-        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
     found.remove(0);
@@ -205,7 +212,10 @@ fn descendants(root: u32) -> Vec<u32> {
 fn machine_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
-    let v: Vec<u64> = cpu.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
     Some((total - idle, total))
@@ -227,7 +237,10 @@ mod tests {
         );
         assert!("postgres=7+".parse::<Watched>().unwrap().with_children);
         for bad in ["poll", "=3", "poll=x", "poll=-1"] {
-            assert!(bad.parse::<Watched>().unwrap_err().contains("name=pid"), "{bad}");
+            assert!(
+                bad.parse::<Watched>().unwrap_err().contains("name=pid"),
+                "{bad}"
+            );
         }
     }
 

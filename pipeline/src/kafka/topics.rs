@@ -423,7 +423,10 @@ mod tests {
         let specs = specs.with_tiers(&["2s".into(), "30s".into(), "5s".into()]);
         assert_eq!(specs.topics.len(), before + 2, "30s is in the file already");
         let added = specs.get(&name::status_check("2s")).unwrap();
-        assert_eq!((added.partitions, &added.config), (template.partitions, &template.config));
+        assert_eq!(
+            (added.partitions, &added.config),
+            (template.partitions, &template.config)
+        );
         assert!(specs.get(&name::status_check("5s")).is_some());
     }
 
