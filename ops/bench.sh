@@ -31,6 +31,7 @@ mode=${1:-throughput}
 [[ $# -gt 0 ]] && shift
 orders=20000 rate=max latency=20 dispatchers=1 pollers=1 in_flight=256 waiting=1000000
 while [[ $# -gt 0 ]]; do
+  [[ $# -ge 2 ]] || die "option $1 needs a value"
   case $1 in
     --orders) orders=$2 ;;
     --rate) rate=$2 ;;
@@ -41,7 +42,7 @@ while [[ $# -gt 0 ]]; do
     --waiting) waiting=$2 ;;
     *) die "unknown option $1 (see the top of ops/bench.sh)" ;;
   esac
-  shift 2 || die "option $1 needs a value"
+  shift 2
 done
 [[ $mode == throughput || $mode == memory ]] || die "the mode is throughput or memory, not $mode"
 
@@ -65,9 +66,7 @@ export ORDERFLOW_TOPIC_PREFIX="$run."
 export ORDERFLOW_DISPATCH_GROUP="$run.dispatch" ORDERFLOW_POLL_GROUP="$run.poll" ORDERFLOW_SINK_GROUP="$run.sink"
 export ORDERFLOW_FIRST_CHECK=1s ORDERFLOW_CHECK_TIERS=1s,2s
 export ORDERFLOW_DISPATCH_MAX_IN_FLIGHT=$in_flight ORDERFLOW_POLL_MAX_IN_FLIGHT=$in_flight
-bash ops/postgres/db.sh psql -qc "DROP DATABASE IF EXISTS orderflow_bench WITH (FORCE)" >/dev/null
-bash ops/postgres/db.sh psql -qc "CREATE DATABASE orderflow_bench OWNER orderflow" >/dev/null
-export ORDERFLOW_DATABASE_URL="postgres://orderflow:orderflow@127.0.0.1:${PGPORT:-5432}/orderflow_bench"
+fresh_database orderflow_bench
 finish() {
   stop_all
   "$BIN" topics delete --topic-prefix "$run." >&2 || true

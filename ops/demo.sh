@@ -39,9 +39,7 @@ export ORDERFLOW_FIRST_CHECK=10s ORDERFLOW_CHECK_TIERS=5s,10s,20s,40s
 "$BIN" topics delete --topic-prefix demo- >/dev/null
 export ORDERFLOW_TOPIC_PREFIX="demo-$(date +%s)."
 psql_demo() { bash ops/postgres/db.sh psql -d orderflow_demo "$@"; }
-bash ops/postgres/db.sh psql -qc "DROP DATABASE IF EXISTS orderflow_demo WITH (FORCE)" 2>/dev/null
-bash ops/postgres/db.sh psql -qc "CREATE DATABASE orderflow_demo OWNER orderflow"
-export ORDERFLOW_DATABASE_URL="postgres://orderflow:orderflow@127.0.0.1:${PGPORT:-5432}/orderflow_demo"
+fresh_database orderflow_demo
 "$BIN" topics apply >/dev/null
 "$BIN" migrate >/dev/null
 

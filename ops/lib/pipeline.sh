@@ -5,6 +5,8 @@
 # The caller sets BIN (the orderflow binary) and STATE (a directory), then calls
 # start_sim, write_accounts, ensure_pin_key, start_stage ..., wait_ready.
 
+command -v curl >/dev/null || { echo "curl is required (apt-get install curl)" >&2; exit 2; }
+
 pids=()
 stages=()           # "name:pid:metrics port"
 metrics_port=${ORDERFLOW_FIRST_METRICS_PORT:-9464}
@@ -14,6 +16,15 @@ stop_all() {
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
 trap stop_all EXIT
+
+# fresh_database NAME: drops and creates database NAME on the project's server (db.sh's
+# user and password) and points ORDERFLOW_DATABASE_URL at it.
+fresh_database() {
+  local user=${ORDERFLOW_DB_USER:-orderflow} password=${ORDERFLOW_DB_PASSWORD:-orderflow}
+  bash ops/postgres/db.sh psql -qc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null 2>&1
+  bash ops/postgres/db.sh psql -qc "CREATE DATABASE $1 OWNER $user" >/dev/null
+  export ORDERFLOW_DATABASE_URL="postgres://$user:$password@127.0.0.1:${PGPORT:-5432}/$1"
+}
 
 # start_sim PORT [sim-znet flags...]: the simulated provider, dealer kod/sifre "demo-kod".
 start_sim() {
@@ -68,7 +79,7 @@ wait_ready() {
     IFS=: read -r name pid port <<<"$stage"
     for _ in $(seq 120); do
       kill -0 "$pid" 2>/dev/null || { echo "$name exited; its log ($STATE/$name.log) ends:" >&2; tail -5 "$STATE/$name.log" >&2; return 1; }
-      [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz") == 200 ]] && continue 2
+      [[ $(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz") == 200 ]] && continue 2
       sleep 0.5
     done
     echo "$name did not become ready within 60 s (log: $STATE/$name.log)" >&2
@@ -88,6 +99,8 @@ process_flags() {
   if [[ -s "${ORDERFLOW_STATE_DIR:-/var/lib/orderflow}/kafka/broker.pid" ]]; then
     echo "--process kafka=$(cat "${ORDERFLOW_STATE_DIR:-/var/lib/orderflow}/kafka/broker.pid")"
   fi
-  pg=$(pgrep -o -x postgres 2>/dev/null || true)
+  # The postmaster of db.sh's cluster: "main" of the newest installed version.
+  pg=$(ls -d /var/lib/postgresql/*/main 2>/dev/null | sort -V | tail -1)
+  pg=$(head -1 "$pg/postmaster.pid" 2>/dev/null || true)
   [[ -n $pg ]] && echo "--process postgres=$pg+"
 }

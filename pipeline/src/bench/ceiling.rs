@@ -5,7 +5,7 @@
 
 use crate::kafka::topics::name;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
-use futures::stream::{FuturesUnordered, StreamExt};
+use crate::shutdown::Shutdown;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -44,6 +44,7 @@ pub async fn measure(
     kafka: &KafkaConfig,
     messages: usize,
     payload: &[u8],
+    shutdown: &Shutdown,
 ) -> Result<Ceiling, CeilingError> {
     let admin: AdminClient<Context> = kafka
         .client_config()
@@ -76,7 +77,7 @@ pub async fn measure(
             &options,
         )
         .await?;
-    let result = run(kafka, &topic, partitions, messages, payload).await;
+    let result = run(kafka, &topic, partitions, messages, payload, shutdown).await;
     if let Err(e) = admin.delete_topics(&[&topic], &options).await {
         tracing::warn!(error = %e, topic, "the scratch topic was not deleted");
     }
@@ -89,6 +90,7 @@ async fn run(
     partitions: i32,
     messages: usize,
     payload: &[u8],
+    shutdown: &Shutdown,
 ) -> Result<Ceiling, CeilingError> {
     let consumer: StreamConsumer<Context> = kafka
         .client_config()
@@ -129,29 +131,8 @@ async fn run(
     });
 
     let start = Instant::now();
-    let mut sends = FuturesUnordered::new();
-    for i in 0..messages {
-        if sends.len() >= 10_000 {
-            if let Some(sent) = sends.next().await {
-                sent?;
-            }
-        }
-        let producer = producer.clone();
-        let key = i.to_string();
-        sends.push(async move {
-            producer
-                .send(
-                    FutureRecord::to(topic).key(&key).payload(payload),
-                    Timeout::After(Duration::from_secs(60)),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
-        });
-    }
-    while let Some(sent) = sends.next().await {
-        sent?;
-    }
+    let records = (0..messages).map(|i| (topic, i.to_string(), payload.to_vec()));
+    super::produce_all(&producer, records, shutdown).await?;
     let produced = start.elapsed();
     let (read, done) = reader.await.unwrap_or((0, Instant::now()));
     if read < messages {

@@ -18,7 +18,7 @@ use crate::core::event::{StatusCheck, SCHEMA_VERSION};
 use crate::core::schedule;
 use crate::core::seeded::Seeded;
 use crate::kafka::topics::name;
-use crate::kafka::{KafkaConfig, KafkaSetupError};
+use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
 use crate::load::{self, percentile, DepthArgs, LoadConfig, LoadError, Observer, Snapshot};
 use crate::shutdown::Shutdown;
 use chart::{Line, Panel};
@@ -26,10 +26,11 @@ use chrono::Utc;
 use futures::stream::{FuturesUnordered, StreamExt};
 use procs::{Sampler, Usage, Watched};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -223,7 +224,7 @@ async fn throughput(
             config.orders,
             example.len()
         );
-        Some(ceiling::measure(kafka, config.orders, &example).await?)
+        Some(ceiling::measure(kafka, config.orders, &example, &shutdown).await?)
     };
     eprintln!(
         "bench: {} orders through the pipeline, offered {} /s ...",
@@ -342,7 +343,7 @@ fn render_processes(out: &mut String, processes: &[Usage], busy: Option<f64>) {
         );
     }
     if processes.iter().any(|p| p.tree) {
-        let _ = writeln!(out, "             (a process with its children, as PostgreSQL's backends: summed PSS, so shared memory counts once)");
+        let _ = writeln!(out, "{TREE_NOTE}");
     }
 }
 
@@ -447,6 +448,9 @@ fn write_results<T: serde::Serialize>(
     ))
 }
 
+/// Under a table of processes when one of them was counted with its children.
+const TREE_NOTE: &str = "             (a process with its children, as PostgreSQL's backends: summed PSS, so shared memory counts once)";
+
 struct Fill {
     waiting: usize,
     due_in: Duration,
@@ -466,6 +470,50 @@ pub struct MemoryReport {
     pub rss_before_fill_kb: Vec<(String, u64)>,
 }
 
+/// Sends every `(topic, key, payload)` as fast as the broker acknowledges, with at most
+/// 10,000 unacknowledged; stops early on shutdown. Returns how many were acknowledged.
+pub(crate) async fn produce_all<'t>(
+    producer: &FutureProducer<Context>,
+    records: impl Iterator<Item = (&'t str, String, Vec<u8>)>,
+    shutdown: &Shutdown,
+) -> Result<usize, KafkaError> {
+    let mut sends = FuturesUnordered::new();
+    let mut acked = 0;
+    for (topic, key, payload) in records {
+        if shutdown.is_set() {
+            break;
+        }
+        if sends.len() >= 10_000 {
+            if let Some(sent) = sends.next().await {
+                let _: () = sent?;
+                acked += 1;
+            }
+        }
+        let producer = producer.clone();
+        sends.push(async move {
+            producer
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(&payload),
+                    Timeout::After(Duration::from_secs(60)),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        });
+    }
+    while let Some(sent) = sends.next().await {
+        sent?;
+        acked += 1;
+    }
+    Ok(acked)
+}
+
+/// Once a second, the watched processes and the total waiting in the tiers.
+struct Readings {
+    sampler: Sampler,
+    waiting: Vec<(f64, f64)>,
+}
+
 async fn memory(
     kafka: &KafkaConfig,
     depth: &DepthArgs,
@@ -482,34 +530,37 @@ async fn memory(
         .iter()
         .map(|d| kafka.topic(&name::status_check(&schedule::label(*d))))
         .collect();
-    let mut sampler = Sampler::new(output.processes.clone());
-    let mut waiting_series: Vec<(f64, f64)> = Vec::new();
-    let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let take = |sampler: &mut Sampler,
-                waiting: &mut Vec<(f64, f64)>,
-                lag_now: Option<Vec<(String, i64)>>| {
-        sampler.sample();
-        if let Some(l) = lag_now {
-            waiting.push((
-                started.elapsed().as_secs_f64(),
-                l.iter().map(|(_, n)| *n as f64).sum(),
-            ));
-        }
+    let readings = Arc::new(Mutex::new(Readings {
+        sampler: Sampler::new(output.processes.clone()),
+        waiting: Vec::new(),
+    }));
+    let reader = {
+        let (readings, lag) = (Arc::clone(&readings), lag.clone());
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let waiting = lag.sample_async().await;
+                let mut r = readings.lock().expect("readings lock");
+                r.sampler.sample();
+                if let Some(w) = waiting {
+                    let total = w.iter().map(|(_, n)| *n as f64).sum();
+                    r.waiting.push((started.elapsed().as_secs_f64(), total));
+                }
+            }
+        })
     };
 
     eprintln!(
         "bench: {} s of readings before the fill ...",
         settle.as_secs()
     );
-    let until = tokio::time::Instant::now() + settle;
-    while tokio::time::Instant::now() < until {
-        tokio::select! {
-            _ = shutdown.wait() => break,
-            _ = tick.tick() => take(&mut sampler, &mut waiting_series, lag.sample_async().await),
-        }
-    }
-    let before: Vec<(String, u64)> = sampler
+    let _ = shutdown.sleep(settle).await;
+    let before: Vec<(String, u64)> = readings
+        .lock()
+        .expect("readings lock")
+        .sampler
         .usage()
         .iter()
         .map(|u| (u.name.clone(), u.rss_last_kb))
@@ -523,59 +574,34 @@ async fn memory(
     );
     let producer = kafka.producer()?;
     let fill_start = Instant::now();
-    let mut sends = FuturesUnordered::new();
     let due =
         Utc::now() + chrono::Duration::from_std(fill.due_in).unwrap_or(chrono::Duration::hours(2));
-    let mut published = 0usize;
-    let mut last_sample = Instant::now();
-    for i in 0..fill.waiting {
-        if shutdown.is_set() {
-            break;
-        }
-        while sends.len() >= 20_000 {
-            if let Some(sent) = sends.next().await {
-                let _: () = sent?;
-                published += 1;
-            }
-        }
-        if last_sample.elapsed() >= Duration::from_secs(1) {
-            take(&mut sampler, &mut waiting_series, lag.sample_async().await);
-            last_sample = Instant::now();
-        }
+    let checks = (0..fill.waiting).map(|i| {
         let check = waiting_check(&fill.account, i, due);
-        let topic = &topics[i % topics.len()];
-        let producer = producer.clone();
-        sends.push(async move {
-            let key = check.order_id.to_string();
-            let payload = serde_json::to_vec(&check).expect("checks serialize");
-            producer
-                .send(
-                    FutureRecord::to(topic).key(&key).payload(&payload),
-                    Timeout::After(Duration::from_secs(60)),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
-        });
-    }
-    while let Some(sent) = sends.next().await {
-        sent?;
-        published += 1;
-    }
-    let _ = producer.flush(Timeout::After(Duration::from_secs(30)));
+        let payload = serde_json::to_vec(&check).expect("checks serialize");
+        (
+            topics[i % topics.len()].as_str(),
+            check.order_id.to_string(),
+            payload,
+        )
+    });
+    let published = produce_all(&producer, checks, &shutdown).await?;
     let fill_seconds = fill_start.elapsed().as_secs_f64();
 
     eprintln!(
         "bench: {published} published in {fill_seconds:.1} s; {} s of readings after ...",
         settle.as_secs()
     );
-    let until = tokio::time::Instant::now() + settle;
-    while tokio::time::Instant::now() < until {
-        tokio::select! {
-            _ = shutdown.wait() => break,
-            _ = tick.tick() => take(&mut sampler, &mut waiting_series, lag.sample_async().await),
-        }
-    }
+    let _ = shutdown.sleep(settle).await;
+    reader.abort();
+    let _ = reader.await; // the task's share of the readings is dropped
+    let Readings {
+        sampler,
+        waiting: waiting_series,
+    } = Arc::into_inner(readings)
+        .expect("the reading task has ended")
+        .into_inner()
+        .expect("readings lock");
     let waiting_at_end = lag.sample_async().await.unwrap_or_default();
     let result = MemoryReport {
         label: output.label.clone(),
@@ -623,7 +649,7 @@ async fn memory(
         );
     }
     if result.processes.iter().any(|p| p.tree) {
-        let _ = writeln!(table, "             (a process with its children, as PostgreSQL's backends: summed PSS, so shared memory counts once)");
+        let _ = writeln!(table, "{TREE_NOTE}");
     }
     let chart = chart::svg(
         &format!(

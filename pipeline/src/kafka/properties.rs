@@ -68,6 +68,9 @@ pub type Resolved = Result<Vec<(Property, String)>, PropertiesError>;
 pub struct Property {
     pub key: String,
     pub value: Secret,
+    /// Cut from an entry at a comma: if librdkafka does not know the key, it may be part
+    /// of the previous value (a password with a comma), so errors do not name it.
+    pub after_comma: bool,
 }
 
 /// Why the configured properties cannot be used. No variant holds a value.
@@ -87,6 +90,8 @@ pub enum PropertiesError {
         "librdkafka has no property {key} ({place}); see docs/managed-kafka.md for the usual ones"
     )]
     Unknown { key: String, place: String },
+    #[error("Kafka property {place} is not one librdkafka knows (its key is not shown: it follows a comma and may be part of a value); a value that contains a comma belongs in the properties file (ORDERFLOW_KAFKA_PROPERTIES_FILE)")]
+    UnknownAfterComma { place: String },
     #[error("the Kafka property {key} ({place}) has an invalid value: {reason}")]
     Invalid {
         key: String,
@@ -103,13 +108,17 @@ pub fn parse_list(entries: &[Secret]) -> Result<Vec<(Property, String)>, Propert
     let mut out = Vec::new();
     let mut n = 0;
     for entry in entries {
-        for piece in entry.expose().split([',', '\n', '\r']) {
-            if piece.trim().is_empty() {
-                continue;
+        for line in entry.expose().split(['\n', '\r']) {
+            for (i, piece) in line.split(',').enumerate() {
+                if piece.trim().is_empty() {
+                    continue;
+                }
+                n += 1;
+                let place = format!("entry {n} of {LIST_SOURCE}");
+                let mut property = one(piece, &place)?;
+                property.after_comma = i > 0;
+                out.push((property, place));
             }
-            n += 1;
-            let place = format!("entry {n} of {LIST_SOURCE}");
-            out.push((one(piece, &place)?, place));
         }
     }
     Ok(out)
@@ -153,6 +162,7 @@ fn one(text: &str, place: &str) -> Result<Property, PropertiesError> {
     Ok(Property {
         key: key.to_owned(),
         value: Secret::new(value.trim()),
+        after_comma: false,
     })
 }
 
@@ -164,6 +174,13 @@ pub fn validate(properties: &[(Property, String)]) -> Result<(), PropertiesError
         config.set(&p.key, p.value.expose());
         if let Err(error) = config.create_native_config() {
             return Err(match error {
+                KafkaError::ClientConfig(RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN, ..)
+                    if p.after_comma =>
+                {
+                    PropertiesError::UnknownAfterComma {
+                        place: place.clone(),
+                    }
+                }
                 KafkaError::ClientConfig(RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN, ..) => {
                     PropertiesError::Unknown {
                         key: p.key.clone(),
@@ -317,6 +334,17 @@ mod tests {
         );
         let err = validate(&list(&["no.such.property=hunter2"]).unwrap()).unwrap_err();
         assert!(matches!(&err, PropertiesError::Unknown { key, .. } if key == "no.such.property"));
+        // A password cut at its comma: the second piece's key is part of the secret.
+        let cut = parse_list(&[Secret::new("sasl.password=abc,def=ghi")]).unwrap();
+        let err = validate(&cut).unwrap_err();
+        assert!(
+            matches!(err, PropertiesError::UnknownAfterComma { .. }),
+            "{err:?}"
+        );
+        assert!(
+            !err.to_string().contains("def") && !err.to_string().contains("ghi"),
+            "{err}"
+        );
         assert!(!err.to_string().contains("hunter2"));
         let err = validate(&list(&["socket.timeout.ms=hunter2"]).unwrap()).unwrap_err();
         let text = err.to_string();

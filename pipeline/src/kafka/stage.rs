@@ -207,6 +207,38 @@ struct Tracked {
     watermark: PartitionWatermark,
 }
 
+/// Messages being handled, per topic.
+#[derive(Default)]
+struct InFlight(HashMap<String, usize>);
+
+impl InFlight {
+    /// Counts one more for `topic`; returns its count.
+    fn started(&mut self, topic: &str) -> usize {
+        match self.0.get_mut(topic) {
+            Some(n) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                self.0.insert(topic.to_owned(), 1);
+                1
+            }
+        }
+    }
+
+    /// Counts one less for `topic`; returns its count.
+    fn finished(&mut self, topic: &str) -> usize {
+        self.0.get_mut(topic).map_or(0, |n| {
+            *n = n.saturating_sub(1);
+            *n
+        })
+    }
+
+    fn total(&self) -> usize {
+        self.0.values().sum()
+    }
+}
+
 /// Messages held until their due time, per partition, oldest first.
 type Held = HashMap<(String, i32), VecDeque<(OwnedMessage, DateTime<Utc>)>>;
 
@@ -221,9 +253,8 @@ pub async fn run<H: Handler>(
     let mut partitions: HashMap<(String, i32), Tracked> = HashMap::new();
     let mut held: Held = HashMap::new();
     let mut next_generation = 0u64;
-    let mut in_flight = 0usize;
-    // Per topic: messages in flight, and the topics paused for reaching the bound.
-    let mut in_flight_of: HashMap<String, usize> = HashMap::new();
+    let mut in_flight = InFlight::default();
+    // The topics paused for reaching the in-flight bound.
     let mut paused: HashSet<String> = HashSet::new();
     let mut panicked = None;
 
@@ -279,7 +310,7 @@ pub async fn run<H: Handler>(
     let mut look = tokio::time::interval(Duration::from_secs(1));
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        report(&metrics, &options.topics, &held, in_flight);
+        report(&metrics, &options.topics, &held, in_flight.total());
         let next_due = held
             .values()
             .filter_map(|queue| queue.front().map(|(_, due)| *due))
@@ -289,10 +320,7 @@ pub async fn run<H: Handler>(
             biased;
             _ = shutdown.wait() => break,
             Some(done) = done_rx.recv() => {
-                in_flight -= 1;
-                let of_topic = in_flight_of.entry(done.topic.clone()).or_default();
-                *of_topic = of_topic.saturating_sub(1);
-                let of_topic = *of_topic;
+                let of_topic = in_flight.finished(&done.topic);
                 if done.outcome == Outcome::Panicked {
                     tracing::error!(topic = %done.topic, partition = done.partition, offset = done.offset, "a handler panicked; stopping the stage");
                     panicked = Some(StageError::HandlerPanicked { topic: done.topic, partition: done.partition, offset: done.offset });
@@ -323,10 +351,9 @@ pub async fn run<H: Handler>(
                         if late > Duration::from_secs(1) {
                             tracing::warn!(topic = message.topic(), partition = message.partition(), late_ms = late.as_millis() as u64, "a delayed message was handed over late");
                         }
-                        let topic = message.topic().to_owned();
-                        if start(message, &partitions) {
-                            in_flight += 1;
-                            *in_flight_of.entry(topic).or_default() += 1;
+                        in_flight.started(&key.0);
+                        if !start(message, &partitions) {
+                            in_flight.finished(&key.0);
                         }
                     }
                     if queue.is_empty() && !paused.contains(&key.0) {
@@ -334,7 +361,7 @@ pub async fn run<H: Handler>(
                     }
                 }
                 held.retain(|_, queue| !queue.is_empty());
-                for (topic, n) in &in_flight_of {
+                for (topic, n) in &in_flight.0 {
                     if *n >= options.max_in_flight && paused.insert(topic.clone()) {
                         set_paused(&consumer, topic, true, &held);
                     }
@@ -365,17 +392,14 @@ pub async fn run<H: Handler>(
                     held.entry(key).or_default().push_back((message, due));
                     continue;
                 }
-                let topic = message.topic().to_owned();
-                if start(message, &partitions) {
-                    in_flight += 1;
-                    let of_topic = in_flight_of.entry(topic.clone()).or_default();
-                    *of_topic += 1;
+                let of_topic = in_flight.started(&key.0);
+                if !start(message, &partitions) {
+                    in_flight.finished(&key.0);
+                } else if of_topic >= options.max_in_flight {
                     // Pausing again while over the bound also pauses partitions assigned
                     // since the last pause (a rebalance hands them over unpaused).
-                    if *of_topic >= options.max_in_flight {
-                        set_paused(&consumer, &topic, true, &held);
-                        paused.insert(topic);
-                    }
+                    set_paused(&consumer, &key.0, true, &held);
+                    paused.insert(key.0);
                 }
             }
         }
@@ -385,18 +409,18 @@ pub async fn run<H: Handler>(
     // Shutdown: let work in flight finish (handlers step aside at safe points), then commit.
     // Held messages were never started; the next owner reads them again.
     let deadline = tokio::time::Instant::now() + options.shutdown_grace;
-    while in_flight > 0 {
+    while in_flight.total() > 0 {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
             Ok(Some(done)) => {
-                in_flight -= 1;
+                in_flight.finished(&done.topic);
                 complete(&consumer, &mut partitions, done);
             }
             Ok(None) | Err(_) => break,
         }
     }
-    if in_flight > 0 {
+    if in_flight.total() > 0 {
         tracing::warn!(
-            in_flight,
+            in_flight = in_flight.total(),
             "work still in flight after the shutdown grace; it will be redone by the next owner"
         );
     }
@@ -478,6 +502,12 @@ fn rebalanced(
             *next_generation += 1;
         }
         held.remove(&key);
+        // The new owner reports this partition's lag; a stale value here would add to it.
+        metrics.consumer_lag.remove(&PartitionLabels {
+            group: consumer.context().group.clone(),
+            topic: key.0,
+            partition: key.1,
+        });
     }
     let assigned = std::mem::take(&mut *consumer.context().assigned.lock().expect("assigned lock"));
     if changed || !assigned.is_empty() {
