@@ -639,6 +639,72 @@ async fn sigkill_mid_batch_then_restart_places_every_order_exactly_once() {
     h.finish().await;
 }
 
+/// A dispatch process that dies at `point` (`ORDERFLOW_CRASH_AT`, see `orderflow::crash`)
+/// with a batch of orders, then a restart: every order is placed exactly once.
+async fn crash_then_restart(point: &str, label: &str) -> (Harness, usize, usize) {
+    const ORDERS: usize = 40;
+    let h = Harness::new(label, SimConfig::default(), 2_000).await;
+    let group = common::unique("g-crash-");
+    let orders = publish_batch(&h, ORDERS).await;
+    let spawn = |crash: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_orderflow"));
+        command
+            .arg("dispatch")
+            .envs(h.dispatch_env(&group))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(point) = crash {
+            command.env("ORDERFLOW_CRASH_AT", point);
+        }
+        common::ChildGuard(command.spawn().expect("starting orderflow dispatch"))
+    };
+    let mut first = spawn(Some(point));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = first.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process never reached {point}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!status.success(), "the process did not crash at {point}");
+    let placing: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM dispatch_claims WHERE phase = 'placing'")
+            .fetch_one(&h.db.pool)
+            .await
+            .unwrap();
+    let bought = h.stats().purchases.len();
+    let mut second = spawn(None);
+    assert_each_placed_exactly_once(&h, &orders).await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    (h, placing as usize, bought)
+}
+
+/// G1: a crash after a batch's claim commit and before any of its calls. The claims are
+/// `placing` with nothing bought; the restart checks each reference, finds nothing and
+/// places it, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_a_batchs_claim_and_its_calls_buys_each_order_once() {
+    let (h, placing, bought) = crash_then_restart("dispatch.after_claim", "crash-claim").await;
+    assert!(placing > 0, "no claim was marked placing before the crash");
+    assert_eq!(bought, 0, "a call left before the crash point");
+    h.finish().await;
+}
+
+/// G1: a crash after the provider took a batch's orders and before they were settled. The
+/// restart finds them `placing`, checks, and settles them as placed without buying again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_a_batchs_calls_and_its_settlement_buys_each_order_once() {
+    let (h, placing, bought) = crash_then_restart("dispatch.after_calls", "crash-calls").await;
+    assert!(placing > 0, "no claim was left placing by the crash");
+    assert!(bought > 0, "nothing was bought before the crash");
+    h.finish().await;
+}
+
 #[test]
 fn pin_shapes_are_recognised() {
     assert!(common::logs::has_pin_shape("x ABCD-1234-EF56-7890 y"));

@@ -98,6 +98,7 @@ impl Poll {
             schedule: self.schedule(),
             pin_keys_file: Some(self.keys_file.clone()),
             shutdown_grace_ms: 5_000,
+            batch: Default::default(),
         }
     }
 
@@ -654,8 +655,18 @@ async fn a_deleted_tier_message_is_brought_back_once_by_the_reconciler() {
     // The operator's mistake: the tier topic's records are deleted.
     let tier_topic = p.h.kafka.topic(&name::status_check("6s"));
     let admin: AdminClient<_> = p.h.kafka.client_config().create().unwrap();
+    let probe: rdkafka::consumer::BaseConsumer = p.h.kafka.client_config().create().unwrap();
+    let partitions = rdkafka::consumer::Consumer::fetch_metadata(
+        &probe,
+        Some(&tier_topic),
+        Duration::from_secs(10),
+    )
+    .unwrap()
+    .topics()[0]
+        .partitions()
+        .len() as i32;
     let mut tpl = TopicPartitionList::new();
-    for partition in 0..6 {
+    for partition in 0..partitions {
         tpl.add_partition_offset(&tier_topic, partition, Offset::End)
             .unwrap();
     }

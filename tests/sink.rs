@@ -33,6 +33,7 @@ fn sink_config(group: &str, batch_rows: usize) -> SinkConfig {
         batch_rows,
         batch_linger_ms: 20,
         shutdown_grace_ms: 5_000,
+        batch: Default::default(),
     }
 }
 
@@ -67,7 +68,8 @@ fn journey(keys: &PinKeys, order: Uuid, checks: i64, completes: bool) -> Vec<Ord
         order_id: order,
         tenant_id: "shop-1".into(),
         provider_account: "znet-main".into(),
-        provider_reference: Some(format!("9{}", order.as_u128() % 100_000_000)),
+        // All 128 bits: a shorter reference collides by chance in a few thousand orders.
+        provider_reference: Some(format!("9{}", order.as_u128())),
         state: OrderState::Dispatching,
         failure: None,
         pin: None,

@@ -22,11 +22,13 @@
 //! - [`telemetry`]: OpenTelemetry traces across stages through Kafka headers (off unless
 //!   an OTLP endpoint is configured).
 //! - [`secret`], [`shutdown`]: values that never print; the shutdown signal.
+//! - [`crash`]: crash points for the kill tests (`ORDERFLOW_CRASH_AT`).
 //!
 //! The `orderflow` binary (`src/main.rs`) wires these into subcommands.
 
 pub mod bench;
 pub mod core;
+pub mod crash;
 pub mod db;
 pub mod dispatch;
 pub mod kafka;

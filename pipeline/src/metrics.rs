@@ -85,6 +85,9 @@ pub struct Metrics {
     database_ok: AtomicBool,
     /// Messages a stage finished (their effects durable), by topic.
     pub handled: Family<TopicLabel, Counter>,
+    /// Messages a stage received from the broker, by topic: more than `handled` when
+    /// messages are fetched again (after a pause, a rebalance or a restart).
+    pub fetched: Family<TopicLabel, Counter>,
     /// Messages being handled right now.
     pub in_flight: Gauge,
     /// Messages held until their due time, by (tier) topic: the retry depth per tier.
@@ -138,6 +141,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("orderflow");
         let handled = Family::<TopicLabel, Counter>::default();
+        let fetched = Family::<TopicLabel, Counter>::default();
         let in_flight = Gauge::default();
         let waiting = Family::<TopicLabel, Gauge>::default();
         let oldest_due = Family::default();
@@ -166,6 +170,12 @@ impl Metrics {
             "messages_handled",
             "Messages whose effects are durable, by topic",
             handled.clone(),
+        );
+        registry.register(
+            "messages_fetched",
+            "Messages received from the broker, by topic (above messages_handled when \
+             messages are fetched again)",
+            fetched.clone(),
         );
         registry.register(
             "messages_in_flight",
@@ -257,6 +267,7 @@ impl Metrics {
             ready: AtomicBool::new(false),
             database_ok: AtomicBool::new(true),
             handled,
+            fetched,
             in_flight,
             waiting,
             oldest_due,

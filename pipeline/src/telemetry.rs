@@ -42,6 +42,14 @@ impl Drop for Tracing {
     }
 }
 
+static ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether traces are exported (an OTLP endpoint is configured): per-message spans are
+/// only made then.
+pub fn is_on() -> bool {
+    ON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The `tracing` layer that turns spans into OpenTelemetry spans.
 pub type Layer<S> = tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>;
 
@@ -70,6 +78,7 @@ where
         .build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = provider.tracer("orderflow");
+    ON.store(true, std::sync::atomic::Ordering::Relaxed);
     let layer = tracing_opentelemetry::layer().with_tracer(tracer);
     Ok(Some((layer, Tracing { provider })))
 }

@@ -101,6 +101,9 @@ impl Harness {
             retry_min_ms: 200,
             retry_max_ms: 2_000,
             shutdown_grace_ms: 5_000,
+            batch: Default::default(),
+            // The happy-path test follows the informational state too.
+            announce: true,
         }
     }
 

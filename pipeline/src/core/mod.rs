@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod breaker;
+pub mod engine;
 pub mod event;
 pub mod lifecycle;
 pub mod rate;

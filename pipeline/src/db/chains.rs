@@ -319,3 +319,112 @@ pub async fn mark_requeued(pool: &PgPool, requeue: &Requeue) -> Result<(), sqlx:
     }
     Ok(())
 }
+
+/// [`begin_step`] for the steps of a batch (one per order), in one statement: returns the
+/// orders whose step is now `owner`'s. The others (a copy, a step another worker holds)
+/// go through [`begin_step`] one by one, which says which. Rows are taken in order-id
+/// order.
+pub async fn begin_steps(
+    pool: &PgPool,
+    steps: &[(&StatusCheck, Duration)],
+    owner: Uuid,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let mut sorted: Vec<&(&StatusCheck, Duration)> = steps.iter().collect();
+    sorted.sort_by_key(|(c, _)| c.order_id);
+    sorted.dedup_by_key(|(c, _)| c.order_id);
+    let col = |f: fn(&StatusCheck) -> String| -> Vec<String> {
+        sorted.iter().map(|(c, _)| f(c)).collect()
+    };
+    let ids: Vec<Uuid> = sorted.iter().map(|(c, _)| c.order_id).collect();
+    let tenants = col(|c| c.tenant_id.clone());
+    let accounts = col(|c| c.provider_account.clone());
+    let references = col(|c| c.provider_reference.clone());
+    let dispatched: Vec<DateTime<Utc>> = sorted.iter().map(|(c, _)| c.dispatched_at).collect();
+    let deadlines: Vec<DateTime<Utc>> = sorted.iter().map(|(c, _)| c.deadline).collect();
+    let seqs: Vec<i64> = sorted.iter().map(|(c, _)| c.seq).collect();
+    let attempts: Vec<i32> = sorted.iter().map(|(c, _)| c.attempts).collect();
+    let versions: Vec<i64> = sorted.iter().map(|(c, _)| c.version).collect();
+    let dues: Vec<DateTime<Utc>> = sorted.iter().map(|(c, _)| c.due_at).collect();
+    let leases: Vec<f64> = sorted.iter().map(|(_, l)| millis(*l)).collect();
+    // The conditions of `begin_step`, row by row.
+    sqlx::query_scalar(
+        "INSERT INTO poll_chains AS c (order_id, tenant_id, provider_account, provider_reference,
+                                       dispatched_at, deadline, seq, step_done, attempts, version,
+                                       next_check_at, lease_owner, lease_until)
+         SELECT t.order_id, t.tenant_id, t.provider_account, t.provider_reference,
+                t.dispatched_at, t.deadline, t.seq, false, t.attempts, t.version, t.due_at, $12,
+                now() + t.lease_ms * interval '1 millisecond'
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                       $6::timestamptz[], $7::int8[], $8::int4[], $9::int8[],
+                       $10::timestamptz[], $11::float8[])
+                AS t(order_id, tenant_id, provider_account, provider_reference, dispatched_at,
+                     deadline, seq, attempts, version, due_at, lease_ms)
+          ORDER BY t.order_id
+         ON CONFLICT (order_id) DO UPDATE
+            SET seq = EXCLUDED.seq, step_done = false, lease_owner = EXCLUDED.lease_owner,
+                lease_until = EXCLUDED.lease_until, updated_at = now()
+          WHERE c.final_state IS NULL
+            AND ((c.seq < EXCLUDED.seq AND (c.step_done OR c.lease_until IS NULL OR c.lease_until < now()))
+              OR (c.seq = EXCLUDED.seq AND NOT c.step_done
+                  AND (c.lease_until IS NULL OR c.lease_until < now()
+                       OR c.lease_owner = EXCLUDED.lease_owner)))
+         RETURNING c.order_id",
+    )
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&accounts)
+    .bind(&references)
+    .bind(&dispatched)
+    .bind(&deadlines)
+    .bind(&seqs)
+    .bind(&attempts)
+    .bind(&versions)
+    .bind(&dues)
+    .bind(&leases)
+    .bind(owner)
+    .fetch_all(pool)
+    .await
+}
+
+/// [`finish_step`] for many steps of `owner`, in one statement. Returns the orders whose
+/// step it recorded; one missing was taken over by another worker.
+pub async fn finish_steps(
+    pool: &PgPool,
+    owner: Uuid,
+    steps: &[(Uuid, i64, &StepEnd)],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let mut sorted: Vec<&(Uuid, i64, &StepEnd)> = steps.iter().collect();
+    sorted.sort_by_key(|(id, ..)| *id);
+    let ids: Vec<Uuid> = sorted.iter().map(|(id, ..)| *id).collect();
+    let seqs: Vec<i64> = sorted.iter().map(|(_, seq, _)| *seq).collect();
+    let attempts: Vec<i32> = sorted.iter().map(|(.., e)| e.attempts).collect();
+    let versions: Vec<i64> = sorted.iter().map(|(.., e)| e.version).collect();
+    let next: Vec<Option<DateTime<Utc>>> = sorted.iter().map(|(.., e)| e.next_check_at).collect();
+    let finals: Vec<Option<&str>> = sorted
+        .iter()
+        .map(|(.., e)| e.final_state.map(OrderState::as_str))
+        .collect();
+    let tiers: Vec<Option<&str>> = sorted.iter().map(|(.., e)| e.tier.as_deref()).collect();
+    sqlx::query_scalar(
+        "UPDATE poll_chains c
+            SET step_done = true, attempts = t.attempts, version = t.version,
+                next_check_at = t.next_check_at, final_state = t.final_state, tier = t.tier,
+                lease_owner = NULL, lease_until = NULL, updated_at = now()
+           FROM UNNEST($2::uuid[], $3::int8[], $4::int4[], $5::int8[], $6::timestamptz[],
+                       $7::text[], $8::text[])
+                AS t(order_id, seq, attempts, version, next_check_at, final_state, tier)
+          WHERE c.order_id = t.order_id AND c.seq = t.seq AND c.lease_owner = $1
+            AND NOT c.step_done
+          RETURNING c.order_id",
+    )
+    .bind(owner)
+    .bind(&ids)
+    .bind(&seqs)
+    .bind(&attempts)
+    .bind(&versions)
+    .bind(&next)
+    .bind(&finals)
+    .bind(&tiers)
+    .fetch_all(pool)
+    .await
+}

@@ -93,6 +93,11 @@ impl DbConfig {
         }
         PgPoolOptions::new()
             .max_connections(self.max_connections)
+            // No ping before each acquire (sqlx's default): a round trip per statement.
+            // A broken connection fails its statement instead, and every caller retries
+            // (sqlx still pings once when a connection goes back to the pool, so the
+            // batched statements of the stages keep acquires few).
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_millis(self.connect_timeout_ms))
             .connect_with(options)
             .await

@@ -8,7 +8,7 @@
 
 use crate::core::event::OrderStateEvent;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 /// One row of `orders` (the generated shop columns included on reads).
@@ -103,18 +103,19 @@ pub async fn upsert(pool: &PgPool, row: &OrderRow) -> Result<bool, sqlx::Error> 
 }
 
 /// Upserts many rows in one statement; at most one row per order (merge first), each with
-/// the JSON of the state event it comes from. Returns how many rows changed.
+/// the JSON of the state event it comes from. Returns the orders whose row it wrote; the
+/// guard kept the others as they were (their row supersedes the one given).
 pub async fn upsert_batch(
     pool: &PgPool,
     rows: &[OrderRow],
     events: &[String],
-) -> Result<u64, sqlx::Error> {
+) -> Result<Vec<Uuid>, sqlx::Error> {
     macro_rules! column {
         ($field:ident) => {
             rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
         };
     }
-    let done = sqlx::query(concat!(
+    let done: Vec<sqlx::postgres::PgRow> = sqlx::query(concat!(
         "INSERT INTO orders (order_id, tenant_id, provider_account, provider_reference, state,
                             failure_reason, pin_encrypted, attempts, next_check_at, deadline,
                             last_error, version, state_event)
@@ -122,7 +123,8 @@ pub async fn upsert_batch(
                               $6::text[], $7::bytea[], $8::int4[], $9::timestamptz[],
                               $10::timestamptz[], $11::text[], $12::int8[],
                               $13::text[]::jsonb[]) ",
-        upsert_tail!()
+        upsert_tail!(),
+        " RETURNING order_id"
     ))
     .bind(column!(order_id))
     .bind(column!(tenant_id))
@@ -137,9 +139,9 @@ pub async fn upsert_batch(
     .bind(column!(last_error))
     .bind(column!(version))
     .bind(events)
-    .execute(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(done.rows_affected())
+    Ok(done.into_iter().map(|row| row.get(0)).collect())
 }
 
 /// Each order's current (version, state) and the JSON of the event that set it.

@@ -6,6 +6,7 @@
 //! the outcome. The message's offset is committed only after the outcome is on the broker,
 //! by the shared consumer loop in [`crate::kafka::stage`].
 
+mod batch;
 pub mod placement;
 
 use crate::core::backoff::Backoff;
@@ -17,14 +18,13 @@ use crate::core::lifecycle::{version, FailureReason, OrderState};
 use crate::db::claims::Claim;
 use crate::kafka::dlq::DeadLetters;
 use crate::kafka::emit::{until_sent, Emitter};
-use crate::kafka::stage::{self, Handler, StageOptions};
+use crate::kafka::stage::{self, BatchArgs, StageOptions};
 use crate::kafka::topics::name;
 use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::provider::accounts::Accounts;
 use crate::shutdown::{Interrupted, Shutdown};
 use chrono::Utc;
-use futures::future::BoxFuture;
 use placement::{Placer, Settled};
 use rdkafka::message::{Message, OwnedMessage};
 use sqlx::PgPool;
@@ -38,6 +38,9 @@ const ANNOUNCE_WAIT: Duration = Duration::from_secs(5);
 /// Settings of the dispatch stage (flags or environment variables).
 #[derive(Clone, Debug, clap::Args)]
 pub struct DispatchConfig {
+    #[command(flatten)]
+    pub batch: BatchArgs,
+
     /// The provider accounts file (TOML, one [[account]] per account; see README).
     #[arg(long = "provider-accounts", env = "ORDERFLOW_PROVIDER_ACCOUNTS")]
     pub accounts_file: PathBuf,
@@ -87,6 +90,15 @@ pub struct DispatchConfig {
     )]
     pub retry_max_ms: u64,
 
+    /// Publish the informational `dispatching` state before placing (off: it costs a send
+    /// on the critical path, and `dispatched` follows within the provider's answer time).
+    #[arg(
+        long = "dispatch-announce",
+        env = "ORDERFLOW_DISPATCH_ANNOUNCE",
+        default_value_t = false
+    )]
+    pub announce: bool,
+
     /// How long orders in flight may take to finish when the stage is asked to stop.
     #[arg(
         long = "shutdown-grace-ms",
@@ -123,6 +135,7 @@ pub struct DispatchHandler {
     dead_letters: DeadLetters,
     max_event_bytes: usize,
     default_deadline: chrono::Duration,
+    announce: bool,
 }
 
 impl DispatchHandler {
@@ -152,7 +165,15 @@ impl DispatchHandler {
             default_deadline: chrono::Duration::seconds(
                 config.deadline_secs.min(i64::MAX as u64) as i64
             ),
+            announce: config.announce,
         })
+    }
+
+    /// The account of a validated order.
+    fn account(&self, order: &OrderCreated) -> &Arc<crate::provider::accounts::Account> {
+        self.accounts
+            .get(&order.provider_account)
+            .expect("validated before")
     }
 
     async fn process(
@@ -177,11 +198,15 @@ impl DispatchHandler {
                 account,
                 self.default_deadline,
                 |claim: &Claim| {
+                    let announce = self.announce;
                     let event = state_event(&order, claim, OrderState::Dispatching, None, version::DISPATCHING);
                     // Informational: wait for it briefly, never hold the placement up for
                     // long. A record already handed to the producer still goes out, ahead
                     // of this order's later events.
                     async move {
+                        if !announce {
+                            return;
+                        }
                         match tokio::time::timeout(ANNOUNCE_WAIT, emitter.state(&event)).await {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => tracing::warn!(order_id = %event.order_id, error = %e, "publishing the dispatching state failed"),
@@ -272,7 +297,7 @@ impl DispatchHandler {
     ) -> Result<(), Interrupted> {
         match settled {
             Settled::Placed(claim) => {
-                tracing::info!(order_id = %order.order_id, reference = %claim.provider_reference, "order placed");
+                tracing::debug!(order_id = %order.order_id, reference = %claim.provider_reference, "order placed");
                 let state = state_event(
                     order,
                     claim,
@@ -387,16 +412,6 @@ fn state_event(
     }
 }
 
-impl Handler for DispatchHandler {
-    fn handle(
-        self: Arc<Self>,
-        message: OwnedMessage,
-        mut shutdown: Shutdown,
-    ) -> BoxFuture<'static, Result<(), Interrupted>> {
-        Box::pin(async move { self.process(&message, &mut shutdown).await })
-    }
-}
-
 /// Runs the dispatch stage until `shutdown`.
 pub async fn run(
     config: DispatchConfig,
@@ -430,6 +445,7 @@ pub async fn run(
         group: config.group.clone(),
         topics: vec![kafka.topic(name::ORDERS_CREATED)],
         max_in_flight: config.max_in_flight.max(1),
+        batch: config.batch,
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
         metrics,
     };

@@ -50,7 +50,7 @@ pub enum Settled {
 
 impl Settled {
     /// The outcome a settled claim records (`placed`, `rejected` or `expired`).
-    fn from_recorded(claim: Claim) -> Settled {
+    pub(crate) fn from_recorded(claim: Claim) -> Settled {
         match claim.phase {
             Phase::Placed => Settled::Placed(claim),
             Phase::Rejected => {

@@ -101,11 +101,13 @@ impl Emitter {
         tier_topic: &str,
         check: &StatusCheck,
     ) -> Result<(), KafkaError> {
-        self.send(
+        let due = check.due_at.timestamp_millis().to_string();
+        self.send_with(
             tier_topic,
             name::STATUS_CHECK_EVENT,
             &check.order_id.to_string(),
             check,
+            Some((headers::DUE_AT, due.as_str())),
         )
         .await
     }
@@ -117,16 +119,30 @@ impl Emitter {
         key: &str,
         value: &T,
     ) -> Result<(), KafkaError> {
+        self.send_with(topic, event, key, value, None).await
+    }
+
+    async fn send_with<T: Serialize>(
+        &self,
+        topic: &str,
+        event: &str,
+        key: &str,
+        value: &T,
+        extra: Option<(&str, &str)>,
+    ) -> Result<(), KafkaError> {
         let payload = serde_json::to_vec(value).expect("events always serialize");
         let version = SCHEMA_VERSION.to_string();
+        let pairs = [
+            (headers::EVENT, event),
+            (headers::SCHEMA_VERSION, version.as_str()),
+        ];
         let record =
             FutureRecord::to(topic)
                 .key(key)
                 .payload(&payload)
-                .headers(crate::telemetry::inject(headers::build([
-                    (headers::EVENT, event),
-                    (headers::SCHEMA_VERSION, version.as_str()),
-                ])));
+                .headers(crate::telemetry::inject(headers::build(
+                    pairs.into_iter().chain(extra),
+                )));
         self.producer
             .send(record, Timeout::Never)
             .await

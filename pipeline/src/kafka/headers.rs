@@ -10,6 +10,10 @@ pub const SCHEMA_VERSION: &str = "orderflow.schema_version";
 /// an order's final state (value `sink`); such a copy is never answered with another.
 pub const COPY: &str = "orderflow.copy";
 
+/// On a status check: when it is due, in Unix milliseconds, so the consumer loop can hold
+/// it without decoding the payload.
+pub const DUE_AT: &str = "orderflow.due_at";
+
 /// DLQ: machine-readable reason, e.g. `invalid_field` (see `InvalidKind`).
 pub const DLQ_REASON: &str = "orderflow.dlq.reason";
 /// DLQ: one sentence for a person.

@@ -1,30 +1,31 @@
-//! The consumer loop every stage runs on: at-least-once, many messages in flight, offsets
-//! committed only up to the contiguous prefix of finished work (G2).
+//! The consumer loop every stage runs on: at-least-once, work in micro-batches, offsets
+//! committed only up to the contiguous prefix of durable work (G2), delays without
+//! refetching (G4).
 //!
-//! A stage supplies a [`Handler`]; the loop feeds it messages, each in its own task, and
-//! records completions in a per-partition [`PartitionWatermark`]. It keeps polling the
-//! consumer at all times (so the group never evicts it), pausing a topic's partitions
-//! while that topic's in-flight bound is reached instead of not polling. The bound holds
-//! per topic, so that a backlog on one topic (first checks) cannot starve another (the
-//! later tiers): librdkafka hands partitions over in assignment order. On a revoke it
-//! forgets the revoked partitions: work still running for them finishes but moves no
-//! offset, and the new owner redoes it (handlers are idempotent). On shutdown it stops taking messages, waits a grace
-//! period for work in flight, commits, and leaves the group.
-//!
-//! Delay topics (G4): a handler may say a message is not due yet ([`Handler::due_at`]).
-//! The loop then holds that message and pauses only its partition until the due time, so
-//! other partitions flow on and the consumer keeps being polled. Pausing drops what was
-//! prefetched for the partition; resuming fetches again from the message after the held
-//! one. A held message is dropped on a revoke (the new owner reads it again from the
-//! committed offset). A pause would survive a rebalance, so revoked partitions are resumed
-//! in the rebalance callback, and newly assigned ones get the loop's pause state.
+//! The decisions (what to hand out, in which batches, what to pause, which offsets to
+//! store) are made by the pure [`Engine`](crate::core::engine::Engine), tested without a
+//! broker; this module connects it to a librdkafka consumer and to a stage's [`Handler`].
+//! The loop keeps polling the consumer at all times (so the group never evicts it). A
+//! message that is not due yet ([`Handler::due_at`], read from a header without decoding
+//! the payload) waits in its partition's buffer while the partition keeps being fetched;
+//! only a full buffer pauses it, so each delayed message is fetched about once. Due
+//! messages go to the handler in batches ([`BatchArgs`]), each batch in a task of its own;
+//! every message of a batch is acknowledged on its own ([`Ack`]), so one slow order holds
+//! back only its partition's commit point, not its batch's. On a revoke the loop forgets
+//! the revoked partitions: work still running for them finishes but moves no offset, and
+//! the new owner redoes it (handlers are idempotent). A pause would survive a rebalance,
+//! so revoked partitions are resumed in the rebalance callback, and assigned ones get the
+//! loop's pause state. On shutdown it stops taking messages, waits a grace period for work
+//! in flight, commits, and leaves the group.
 
-use crate::core::watermark::PartitionWatermark;
+use crate::core::engine::{self, Engine, Handout, Millis, Outcome, PartitionId, Token};
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
 use crate::metrics::{Metrics, PartitionLabels};
 use crate::shutdown::{Interrupted, Shutdown};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use prometheus_client::metrics::counter::Counter;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -32,25 +33,140 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// What a stage does with one message. It returns `Ok` once the message's effects are
-/// durable, or `Err(Interrupted)` if shutdown stopped it before that.
+/// What a stage does with a batch of due messages. `handle` is called on the loop's task,
+/// in fetch order (so a stage may enqueue in log order before returning its future); the
+/// future runs in a task of its own. Each message's [`Ack`] is given once its effects are
+/// durable; a message whose ack is dropped unacknowledged is redone by the next owner.
 pub trait Handler: Send + Sync + 'static {
+    fn handle(self: Arc<Self>, batch: Vec<Delivery>, shutdown: Shutdown) -> BoxFuture<'static, ()>;
+
+    /// When `message` may be handled; `None` (the default) means now. A message is never
+    /// handed to [`Handler::handle`] before this time. Called once per message, before it
+    /// is decoded: read a header, not the payload.
+    fn due_at(&self, _message: &OwnedMessage) -> Option<DateTime<Utc>> {
+        None
+    }
+}
+
+/// A stage that works on one message at a time, run under the batched loop by
+/// [`PerMessage`]: the messages of a batch are worked on concurrently.
+pub trait MessageHandler: Send + Sync + 'static {
+    /// Returns `Ok` once the message's effects are durable, or `Err(Interrupted)` if
+    /// shutdown stopped it before that.
     fn handle(
         self: Arc<Self>,
         message: OwnedMessage,
         shutdown: Shutdown,
     ) -> BoxFuture<'static, Result<(), Interrupted>>;
 
-    /// When `message` may be handled; `None` (the default) means now. A message is never
-    /// handed to [`Handler::handle`] before this time.
+    /// As [`Handler::due_at`].
     fn due_at(&self, _message: &OwnedMessage) -> Option<DateTime<Utc>> {
         None
     }
+}
+
+/// Runs a [`MessageHandler`] as a [`Handler`].
+pub struct PerMessage<H>(pub Arc<H>);
+
+impl<H: MessageHandler> Handler for PerMessage<H> {
+    fn handle(self: Arc<Self>, batch: Vec<Delivery>, shutdown: Shutdown) -> BoxFuture<'static, ()> {
+        // Each `handle` here, in order; their futures together.
+        let mut running: FuturesUnordered<_> = batch
+            .into_iter()
+            .map(|delivery| {
+                let (message, ack) = delivery.into_parts();
+                let span = message_span(&message);
+                let work = span.in_scope(|| Arc::clone(&self.0).handle(message, shutdown.clone()));
+                async move {
+                    if tracing::Instrument::instrument(work, span).await.is_ok() {
+                        ack.durable();
+                    }
+                }
+            })
+            .collect();
+        Box::pin(async move { while running.next().await.is_some() {} })
+    }
+
+    fn due_at(&self, message: &OwnedMessage) -> Option<DateTime<Utc>> {
+        self.0.due_at(message)
+    }
+}
+
+/// The span of one message's work, continuing the order's trace from the message's
+/// headers, while OpenTelemetry is on; no span (and no cost) otherwise.
+pub fn message_span(message: &OwnedMessage) -> tracing::Span {
+    if !crate::telemetry::is_on() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "message",
+        otel.name = message.topic(),
+        topic = message.topic(),
+        partition = message.partition(),
+        offset = message.offset(),
+        order_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, message.headers());
+    if let Some(id) = crate::telemetry::trace_id(&span, message.headers()) {
+        span.record("trace_id", id);
+    }
+    span
+}
+
+/// One message handed to a [`Handler`], with its acknowledgement.
+pub struct Delivery {
+    pub message: OwnedMessage,
+    pub ack: Ack,
+}
+
+impl Delivery {
+    pub fn into_parts(self) -> (OwnedMessage, Ack) {
+        (self.message, self.ack)
+    }
+}
+
+/// Tells the loop how one message ended. Dropped without [`Ack::durable`], it reports the
+/// message interrupted: its offset does not move and the next owner redoes it.
+pub struct Ack {
+    token: Token,
+    done: Option<mpsc::UnboundedSender<Done>>,
+}
+
+impl Ack {
+    /// The message's effects are durable: its offset may be committed.
+    pub fn durable(mut self) {
+        self.send(Outcome::Durable);
+    }
+
+    fn send(&mut self, outcome: Outcome) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(Done {
+                token: self.token,
+                outcome,
+            });
+        }
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        let outcome = if std::thread::panicking() {
+            Outcome::Panicked
+        } else {
+            Outcome::Interrupted
+        };
+        self.send(outcome);
+    }
+}
+
+struct Done {
+    token: Token,
+    outcome: Outcome,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +179,59 @@ pub enum StageError {
     },
 }
 
+/// How a stage batches its work and how much may wait for its due time (flags or
+/// environment variables, shared by every stage).
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct BatchArgs {
+    /// Most messages handed to the stage's handler at once.
+    #[arg(
+        id = "stage_batch_max",
+        long = "batch-max",
+        env = "ORDERFLOW_BATCH_MAX",
+        default_value_t = 256
+    )]
+    pub batch_max: usize,
+
+    /// How long a due message may wait for its batch to fill, in milliseconds.
+    #[arg(
+        id = "stage_batch_linger_ms",
+        long = "batch-linger-ms",
+        env = "ORDERFLOW_BATCH_LINGER_MS",
+        default_value_t = 5
+    )]
+    pub batch_linger_ms: u64,
+
+    /// Messages waiting for their due time, per partition, before the partition is paused
+    /// (it is resumed below half).
+    #[arg(
+        id = "stage_wait_buffer_messages",
+        long = "wait-buffer-messages",
+        env = "ORDERFLOW_WAIT_BUFFER_MESSAGES",
+        default_value_t = 20_000
+    )]
+    pub wait_buffer_messages: usize,
+
+    /// Bytes of payload waiting for their due time, per partition, before it is paused.
+    #[arg(
+        id = "stage_wait_buffer_bytes",
+        long = "wait-buffer-bytes",
+        env = "ORDERFLOW_WAIT_BUFFER_BYTES",
+        default_value_t = 4 * 1024 * 1024
+    )]
+    pub wait_buffer_bytes: usize,
+}
+
+impl Default for BatchArgs {
+    fn default() -> Self {
+        BatchArgs {
+            batch_max: 256,
+            batch_linger_ms: 5,
+            wait_buffer_messages: 20_000,
+            wait_buffer_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
 /// How a stage consumes.
 #[derive(Clone, Debug)]
 pub struct StageOptions {
@@ -70,9 +239,22 @@ pub struct StageOptions {
     pub topics: Vec<String>,
     /// Messages worked on at once, per topic.
     pub max_in_flight: usize,
+    pub batch: BatchArgs,
     /// How long work in flight may take to finish after shutdown is requested.
     pub shutdown_grace: Duration,
     pub metrics: Arc<Metrics>,
+}
+
+impl StageOptions {
+    fn engine(&self) -> engine::Settings {
+        engine::Settings {
+            batch_max: self.batch.batch_max,
+            batch_linger_ms: self.batch.batch_linger_ms.min(60_000) as i64,
+            max_in_flight: self.max_in_flight,
+            buffer_messages: self.batch.wait_buffer_messages,
+            buffer_bytes: self.batch.wait_buffer_bytes,
+        }
+    }
 }
 
 /// Records revoked and assigned partitions from inside librdkafka's rebalance callback, for
@@ -167,7 +349,17 @@ pub fn consumer(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // Batches: the broker answers a fetch as soon as it has data, and waits at most
+        // 100 ms when it has none, so a due message is not held back by an idle fetch.
+        .set("fetch.wait.max.ms", "100")
+        // librdkafka's own prefetch: enough for several batches per partition, small enough
+        // that a pause (which drops it) refetches little, and a full prefetch queue delays
+        // the next fetch by 50 ms rather than the default second, which showed as dispatch
+        // stalling for about a second at a time under load.
+        .set("queued.min.messages", "10000")
+        .set("queued.max.messages.kbytes", "32768")
+        .set("fetch.queue.backoff.ms", "50");
     // Again, so configured timeouts (session.timeout.ms on a managed cluster) win over
     // these defaults; the settings above that G2 depends on cannot be configured.
     kafka.apply_properties(&mut config)?;
@@ -184,63 +376,44 @@ pub fn consumer(
     Ok(consumer)
 }
 
-struct Done {
-    topic: String,
-    partition: i32,
-    generation: u64,
-    offset: i64,
-    outcome: Outcome,
+/// The stage's topics and their per-topic metric handles, made once.
+struct Topics {
+    names: Vec<String>,
+    fetched: Vec<Counter>,
+    handled: Vec<Counter>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    Durable,
-    Interrupted,
-    /// A bug: the stage stops, so that the message is redone after a restart rather than
-    /// skipped.
-    Panicked,
-}
-
-#[derive(Default)]
-struct Tracked {
-    generation: u64,
-    watermark: PartitionWatermark,
-}
-
-/// Messages being handled, per topic.
-#[derive(Default)]
-struct InFlight(HashMap<String, usize>);
-
-impl InFlight {
-    /// Counts one more for `topic`; returns its count.
-    fn started(&mut self, topic: &str) -> usize {
-        match self.0.get_mut(topic) {
-            Some(n) => {
-                *n += 1;
-                *n
-            }
-            None => {
-                self.0.insert(topic.to_owned(), 1);
-                1
-            }
+impl Topics {
+    fn new(names: &[String], metrics: &Metrics) -> Self {
+        let each = |family: &prometheus_client::metrics::family::Family<
+            crate::metrics::TopicLabel,
+            Counter,
+        >| {
+            names
+                .iter()
+                .map(|t| family.get_or_create(&Metrics::topic(t)).clone())
+                .collect()
+        };
+        Topics {
+            names: names.to_vec(),
+            fetched: each(&metrics.fetched),
+            handled: each(&metrics.handled),
         }
     }
 
-    /// Counts one less for `topic`; returns its count.
-    fn finished(&mut self, topic: &str) -> usize {
-        self.0.get_mut(topic).map_or(0, |n| {
-            *n = n.saturating_sub(1);
-            *n
-        })
+    fn index(&self, topic: &str) -> Option<usize> {
+        self.names.iter().position(|t| t == topic)
     }
 
-    fn total(&self) -> usize {
-        self.0.values().sum()
+    fn id(&self, topic: &str, partition: i32) -> Option<PartitionId> {
+        self.index(topic)
+            .map(|topic| PartitionId { topic, partition })
     }
 }
 
-/// Messages held until their due time, per partition, oldest first.
-type Held = HashMap<(String, i32), VecDeque<(OwnedMessage, DateTime<Utc>)>>;
+fn now_millis() -> Millis {
+    Utc::now().timestamp_millis()
+}
 
 /// Runs `handler` over the consumer's messages until `shutdown`.
 pub async fn run<H: Handler>(
@@ -250,125 +423,60 @@ pub async fn run<H: Handler>(
     mut shutdown: Shutdown,
 ) -> Result<(), StageError> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let mut partitions: HashMap<(String, i32), Tracked> = HashMap::new();
-    let mut held: Held = HashMap::new();
-    let mut next_generation = 0u64;
-    let mut in_flight = InFlight::default();
-    // The topics paused for reaching the in-flight bound.
-    let mut paused: HashSet<String> = HashSet::new();
-    let mut panicked = None;
-
-    let tasks_shutdown = shutdown.clone();
-    let stage_name = options.group.clone();
-    let start = |message: OwnedMessage, partitions: &HashMap<(String, i32), Tracked>| {
-        let Some(tracked) = partitions.get(&(message.topic().to_owned(), message.partition()))
-        else {
-            return false;
-        };
-        let done = Done {
-            topic: message.topic().to_owned(),
-            partition: message.partition(),
-            generation: tracked.generation,
-            offset: message.offset(),
-            outcome: Outcome::Durable,
-        };
-        // One span per message, continuing the order's trace from the message's headers.
-        let span = tracing::info_span!(
-            "message",
-            otel.name = %format!("{stage_name} {}", message.topic()),
-            topic = message.topic(),
-            partition = message.partition(),
-            offset = message.offset(),
-            order_id = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-        );
-        crate::telemetry::continue_trace(&span, message.headers());
-        if let Some(id) = crate::telemetry::trace_id(&span, message.headers()) {
-            span.record("trace_id", id);
-        }
-        // `handle` runs here, on the loop's task and in offset order; what it returns runs
-        // in a task of its own.
-        let handling =
-            span.in_scope(|| Arc::clone(&handler).handle(message, tasks_shutdown.clone()));
-        let done_tx = done_tx.clone();
-        tokio::spawn(async move {
-            let handled =
-                std::panic::AssertUnwindSafe(tracing::Instrument::instrument(handling, span));
-            let outcome = match futures::FutureExt::catch_unwind(handled).await {
-                Ok(Ok(())) => Outcome::Durable,
-                Ok(Err(Interrupted)) => Outcome::Interrupted,
-                Err(_) => Outcome::Panicked,
-            };
-            let _ = done_tx.send(Done { outcome, ..done });
-        });
-        true
-    };
-
     let metrics = Arc::clone(&options.metrics);
+    let topics = Topics::new(&options.topics, &metrics);
+    let mut engine: Engine<OwnedMessage> = Engine::new(options.engine(), topics.names.len());
+    let mut panicked = None;
+    let traced = crate::telemetry::is_on();
+
     // Rebalance callbacks run inside `recv()` without making it return: look at what they
     // recorded at least once a second, so an idle stage also resumes and reports readiness.
     let mut look = tokio::time::interval(Duration::from_secs(1));
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        report(&metrics, &options.topics, &held, in_flight.total());
-        let next_due = held
-            .values()
-            .filter_map(|queue| queue.front().map(|(_, due)| *due))
+        apply(&consumer, &topics, &mut engine);
+        let now = now_millis();
+        if let Some(batch) = engine.batch(now) {
+            start(
+                batch, &handler, &topics, &metrics, &done_tx, &shutdown, traced, now,
+            );
+            continue;
+        }
+        let wake = [engine.next_due(), engine.next_linger()]
+            .into_iter()
+            .flatten()
             .min();
-        let wake = tokio::time::Instant::now() + next_due.map_or(Duration::from_secs(3600), until);
+        let sleep_for = wake.map_or(Duration::from_secs(3600), |at| {
+            Duration::from_millis((at - now).max(0) as u64)
+        });
         tokio::select! {
             biased;
             _ = shutdown.wait() => break,
             Some(done) = done_rx.recv() => {
-                let of_topic = in_flight.finished(&done.topic);
-                if done.outcome == Outcome::Panicked {
-                    tracing::error!(topic = %done.topic, partition = done.partition, offset = done.offset, "a handler panicked; stopping the stage");
-                    panicked = Some(StageError::HandlerPanicked { topic: done.topic, partition: done.partition, offset: done.offset });
+                if let Some(e) = finished(&mut engine, &topics, done) {
+                    panicked = Some(e);
                     break;
                 }
-                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, &paused, &metrics);
-                if done.outcome == Outcome::Durable {
-                    metrics.handled.get_or_create(&Metrics::topic(&done.topic)).inc();
+                // Take every completion already there in one go.
+                while let Ok(done) = done_rx.try_recv() {
+                    if let Some(e) = finished(&mut engine, &topics, done) {
+                        panicked = Some(e);
+                        break;
+                    }
                 }
-                // Resume at half the bound, not just under it: a resume refetches what the
-                // pause dropped, and the work still in flight covers that round trip.
-                if of_topic <= options.max_in_flight / 2 && paused.remove(&done.topic) {
-                    set_paused(&consumer, &done.topic, false, &held);
+                if panicked.is_some() {
+                    break;
                 }
-                complete(&consumer, &mut partitions, done);
             }
             _ = look.tick() => {
-                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, &paused, &metrics);
+                rebalanced(&consumer, &topics, &mut engine, &metrics);
+                report(&metrics, &topics, &engine);
             }
-            _ = tokio::time::sleep_until(wake), if next_due.is_some() => {
-                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, &paused, &metrics);
-                let now = Utc::now();
-                for (key, queue) in held.iter_mut() {
-                    while queue.front().is_some_and(|(_, due)| *due <= now) {
-                        let (message, due) = queue.pop_front().expect("front checked");
-                        let late = (now - due).to_std().unwrap_or_default();
-                        metrics.lateness.get_or_create(&Metrics::topic(message.topic())).observe(late.as_secs_f64());
-                        if late > Duration::from_secs(1) {
-                            tracing::warn!(topic = message.topic(), partition = message.partition(), late_ms = late.as_millis() as u64, "a delayed message was handed over late");
-                        }
-                        in_flight.started(&key.0);
-                        if !start(message, &partitions) {
-                            in_flight.finished(&key.0);
-                        }
-                    }
-                    if queue.is_empty() && !paused.contains(&key.0) {
-                        pause_one(&consumer, key, false);
-                    }
-                }
-                held.retain(|_, queue| !queue.is_empty());
-                for (topic, n) in &in_flight.0 {
-                    if *n >= options.max_in_flight && paused.insert(topic.clone()) {
-                        set_paused(&consumer, topic, true, &held);
-                    }
-                }
+            _ = tokio::time::sleep(sleep_for), if wake.is_some() => {
+                engine.tick(now_millis());
             }
             received = consumer.recv() => {
-                rebalanced(&consumer, &mut partitions, &mut held, &mut next_generation, &paused, &metrics);
+                rebalanced(&consumer, &topics, &mut engine, &metrics);
                 let message = match received {
                     Ok(m) => m.detach(),
                     Err(e) => {
@@ -376,51 +484,33 @@ pub async fn run<H: Handler>(
                         continue;
                     }
                 };
-                let key = (message.topic().to_owned(), message.partition());
-                let tracked = partitions.entry(key.clone()).or_insert_with(|| {
-                    next_generation += 1;
-                    Tracked { generation: next_generation, ..Default::default() }
-                });
-                tracked.watermark.begin(message.offset());
-                let due = handler.due_at(&message).filter(|due| *due > Utc::now());
-                if let Some(due) = due.or_else(|| held.contains_key(&key).then(Utc::now)) {
-                    // Not due yet (or behind a held message of its partition): hold it and
-                    // pause its partition only.
-                    if !held.contains_key(&key) {
-                        pause_one(&consumer, &key, true);
-                    }
-                    held.entry(key).or_default().push_back((message, due));
+                let Some(id) = topics.id(message.topic(), message.partition()) else {
                     continue;
-                }
-                let of_topic = in_flight.started(&key.0);
-                if !start(message, &partitions) {
-                    in_flight.finished(&key.0);
-                } else if of_topic >= options.max_in_flight {
-                    // Pausing again while over the bound also pauses partitions assigned
-                    // since the last pause (a rebalance hands them over unpaused).
-                    set_paused(&consumer, &key.0, true, &held);
-                    paused.insert(key.0);
-                }
+                };
+                topics.fetched[id.topic].inc();
+                let due = handler.due_at(&message).map(|d| d.timestamp_millis());
+                let bytes = message.payload().map_or(0, <[u8]>::len);
+                engine.fetched(id, message.offset(), bytes, due, message, now_millis());
             }
         }
     }
 
     metrics.set_ready(false);
     // Shutdown: let work in flight finish (handlers step aside at safe points), then commit.
-    // Held messages were never started; the next owner reads them again.
+    // Waiting messages were never started; the next owner reads them again.
     let deadline = tokio::time::Instant::now() + options.shutdown_grace;
-    while in_flight.total() > 0 {
+    while engine.in_flight() > 0 {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
             Ok(Some(done)) => {
-                in_flight.finished(&done.topic);
-                complete(&consumer, &mut partitions, done);
+                let _ = finished(&mut engine, &topics, done);
+                apply(&consumer, &topics, &mut engine);
             }
             Ok(None) | Err(_) => break,
         }
     }
-    if in_flight.total() > 0 {
+    if engine.in_flight() > 0 {
         tracing::warn!(
-            in_flight = in_flight.total(),
+            in_flight = engine.in_flight(),
             "work still in flight after the shutdown grace; it will be redone by the next owner"
         );
     }
@@ -434,129 +524,176 @@ pub async fn run<H: Handler>(
     panicked.map_or(Ok(()), Err)
 }
 
-/// Sets the stage's gauges: work in flight, and per topic the messages held and when the
-/// oldest of them is due.
-fn report(metrics: &Metrics, topics: &[String], held: &Held, in_flight: usize) {
-    metrics.in_flight.set(in_flight as i64);
-    for topic in topics {
-        let queues = held.iter().filter(|((t, _), _)| t == topic);
-        let (count, oldest) =
-            queues.fold((0usize, None::<DateTime<Utc>>), |(n, oldest), (_, q)| {
-                let front = q.front().map(|(_, due)| *due);
-                (n + q.len(), oldest.into_iter().chain(front).min())
+/// Hands `batch` to the handler: `handle` on this task, its future in a task of its own.
+#[allow(clippy::too_many_arguments)]
+fn start<H: Handler>(
+    batch: Vec<Handout<OwnedMessage>>,
+    handler: &Arc<H>,
+    topics: &Topics,
+    metrics: &Metrics,
+    done_tx: &mpsc::UnboundedSender<Done>,
+    shutdown: &Shutdown,
+    traced: bool,
+    now: Millis,
+) {
+    let first = batch[0].token;
+    let mut deliveries = Vec::with_capacity(batch.len());
+    for h in batch {
+        if let Some(due) = h.due {
+            let late = (now - due).max(0) as f64 / 1000.0;
+            metrics
+                .lateness
+                .get_or_create(&Metrics::topic(&topics.names[h.token.partition.topic]))
+                .observe(late);
+            if late > 1.0 {
+                tracing::warn!(
+                    topic = h.message.topic(),
+                    partition = h.message.partition(),
+                    late_ms = (late * 1000.0) as u64,
+                    "a delayed message was handed over late"
+                );
+            }
+        }
+        deliveries.push(Delivery {
+            message: h.message,
+            ack: Ack {
+                token: h.token,
+                done: Some(done_tx.clone()),
+            },
+        });
+    }
+    let handling = if traced {
+        // With OpenTelemetry on, one span per batch; the handlers continue each order's
+        // trace from its message's headers.
+        let span = tracing::info_span!("batch", size = deliveries.len());
+        span.in_scope(|| Arc::clone(handler).handle(deliveries, shutdown.clone()))
+    } else {
+        Arc::clone(handler).handle(deliveries, shutdown.clone())
+    };
+    let done_tx = done_tx.clone();
+    tokio::spawn(async move {
+        let handled = std::panic::AssertUnwindSafe(handling);
+        if futures::FutureExt::catch_unwind(handled).await.is_err() {
+            let _ = done_tx.send(Done {
+                token: first,
+                outcome: Outcome::Panicked,
             });
-        let label = Metrics::topic(topic);
+        }
+    });
+}
+
+/// Records a completion; returns the error that stops the stage on a panic.
+fn finished(engine: &mut Engine<OwnedMessage>, topics: &Topics, done: Done) -> Option<StageError> {
+    let token = done.token;
+    engine.done(token, done.outcome);
+    match done.outcome {
+        Outcome::Durable => {
+            topics.handled[token.partition.topic].inc();
+            None
+        }
+        Outcome::Interrupted => None,
+        Outcome::Panicked => {
+            let topic = topics.names[token.partition.topic].clone();
+            tracing::error!(%topic, partition = token.partition.partition, offset = token.offset, "a handler panicked; stopping the stage");
+            Some(StageError::HandlerPanicked {
+                topic,
+                partition: token.partition.partition,
+                offset: token.offset,
+            })
+        }
+    }
+}
+
+/// Applies the engine's pause changes and stores the offsets it released.
+fn apply(
+    consumer: &StreamConsumer<StageContext>,
+    topics: &Topics,
+    engine: &mut Engine<OwnedMessage>,
+) {
+    let pauses = engine.take_pauses();
+    if !pauses.is_empty() {
+        let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+        for (id, paused) in pauses {
+            let list = if paused { &mut pause } else { &mut resume };
+            list.add_partition(&topics.names[id.topic], id.partition);
+        }
+        for (list, paused) in [(pause, true), (resume, false)] {
+            if list.count() == 0 {
+                continue;
+            }
+            let result = if paused {
+                consumer.pause(&list)
+            } else {
+                consumer.resume(&list)
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, paused, "changing the pause state failed");
+            }
+        }
+    }
+    let commits = engine.take_commits();
+    if !commits.is_empty() {
+        let mut tpl = TopicPartitionList::new();
+        for (id, position) in commits {
+            // Later positions of a partition replace earlier ones.
+            let _ = tpl.add_partition_offset(
+                &topics.names[id.topic],
+                id.partition,
+                Offset::Offset(position),
+            );
+        }
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            tracing::debug!(error = %e, "offsets not stored (partition no longer assigned)");
+        }
+    }
+}
+
+/// Sets the stage's gauges: work in flight, and per topic the messages waiting for their
+/// due time and when the earliest of them is due.
+fn report(metrics: &Metrics, topics: &Topics, engine: &Engine<OwnedMessage>) {
+    metrics.in_flight.set(engine.in_flight() as i64);
+    for (t, name) in topics.names.iter().enumerate() {
+        let (count, earliest) = engine.waiting(t);
+        let label = Metrics::topic(name);
         metrics.waiting.get_or_create(&label).set(count as i64);
-        let due = oldest.map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
+        let due = earliest.map_or(0.0, |ms| ms as f64 / 1000.0);
         metrics.oldest_due.get_or_create(&label).set(due);
     }
 }
 
-/// The time from now until `due` (zero if it has passed).
-fn until(due: DateTime<Utc>) -> Duration {
-    (due - Utc::now()).to_std().unwrap_or_default()
-}
-
-fn complete(
-    consumer: &StreamConsumer<StageContext>,
-    partitions: &mut HashMap<(String, i32), Tracked>,
-    done: Done,
-) {
-    if done.outcome != Outcome::Durable {
-        return; // not durable: the offset stays where it is and the message is redone
-    }
-    let Some(tracked) = partitions.get_mut(&(done.topic.clone(), done.partition)) else {
-        return;
-    };
-    if tracked.generation != done.generation {
-        return;
-    }
-    if let Some(position) = tracked.watermark.finish(done.offset) {
-        let mut tpl = TopicPartitionList::new();
-        if tpl
-            .add_partition_offset(&done.topic, done.partition, Offset::Offset(position))
-            .is_ok()
-        {
-            if let Err(e) = consumer.store_offsets(&tpl) {
-                tracing::debug!(error = %e, topic = %done.topic, partition = done.partition, "offset not stored (partition no longer assigned)");
-            }
-        }
-    }
-}
-
-/// Acts on rebalances since the last look: forgets revoked partitions (their work in
-/// flight moves no offset, their held messages are dropped) and sets the pause state of
-/// newly assigned ones, which may still carry a pause from before.
+/// Acts on rebalances since the last look: revoked partitions are forgotten (their work in
+/// flight moves no offset, what waits for them is dropped), assigned ones get the loop's
+/// pause state.
 fn rebalanced(
     consumer: &StreamConsumer<StageContext>,
-    partitions: &mut HashMap<(String, i32), Tracked>,
-    held: &mut Held,
-    next_generation: &mut u64,
-    paused: &HashSet<String>,
+    topics: &Topics,
+    engine: &mut Engine<OwnedMessage>,
     metrics: &Metrics,
 ) {
-    let revoked = std::mem::take(&mut *consumer.context().revoked.lock().expect("revoked lock"));
-    let changed = !revoked.is_empty();
-    for key in revoked {
-        if partitions.remove(&key).is_some() {
-            *next_generation += 1;
+    let context = consumer.context();
+    let revoked = std::mem::take(&mut *context.revoked.lock().expect("revoked lock"));
+    let assigned = std::mem::take(&mut *context.assigned.lock().expect("assigned lock"));
+    if revoked.is_empty() && assigned.is_empty() {
+        return;
+    }
+    for (topic, partition) in revoked {
+        if let Some(id) = topics.id(&topic, partition) {
+            engine.revoke(id);
         }
-        held.remove(&key);
         // The new owner reports this partition's lag; a stale value here would add to it.
         metrics.consumer_lag.remove(&PartitionLabels {
-            group: consumer.context().group.clone(),
-            topic: key.0,
-            partition: key.1,
+            group: context.group.clone(),
+            topic,
+            partition,
         });
     }
-    let assigned = std::mem::take(&mut *consumer.context().assigned.lock().expect("assigned lock"));
-    if changed || !assigned.is_empty() {
-        // Ready while this consumer has partitions to work on.
-        let owns = consumer.assignment().is_ok_and(|a| a.count() > 0);
-        metrics.set_ready(owns);
-    }
-    for key in assigned {
-        if !held.contains_key(&key) {
-            pause_one(consumer, &key, paused.contains(&key.0));
+    for (topic, partition) in assigned {
+        if let Some(id) = topics.id(&topic, partition) {
+            engine.assign(id);
         }
     }
-}
-
-fn pause_one(
-    consumer: &StreamConsumer<StageContext>,
-    (topic, partition): &(String, i32),
-    pause: bool,
-) {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition(topic, *partition);
-    let result = if pause {
-        consumer.pause(&tpl)
-    } else {
-        consumer.resume(&tpl)
-    };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, topic, partition, pause, "changing a partition's pause state failed");
-    }
-}
-
-/// Pauses every assigned partition, or resumes every one that holds no message.
-/// Pauses or resumes the assigned partitions of `topic`; a resume leaves the partitions
-/// that hold a message paused.
-fn set_paused(consumer: &StreamConsumer<StageContext>, topic: &str, pause: bool, held: &Held) {
-    let result = consumer.assignment().and_then(|assigned| {
-        let mut these = TopicPartitionList::new();
-        for e in assigned.elements().iter().filter(|e| e.topic() == topic) {
-            if pause || !held.contains_key(&(e.topic().to_owned(), e.partition())) {
-                these.add_partition(e.topic(), e.partition());
-            }
-        }
-        if pause {
-            consumer.pause(&these)
-        } else {
-            consumer.resume(&these)
-        }
-    });
-    if let Err(e) = result {
-        tracing::warn!(error = %e, pause, "changing the pause state failed");
-    }
+    // Ready while this consumer has partitions to work on.
+    let owns = consumer.assignment().is_ok_and(|a| a.count() > 0);
+    metrics.set_ready(owns);
+    apply(consumer, topics, engine);
 }

@@ -17,6 +17,7 @@
 //!
 //! [`reconcile`] is the safety net that brings back chains that stopped.
 
+mod batch;
 pub mod reconcile;
 
 use crate::core::backoff::Backoff;
@@ -29,7 +30,7 @@ use crate::core::schedule::{self, GiveUp, Next, Schedule, ScheduleError};
 use crate::db::chains::{self, Begun, StepEnd};
 use crate::kafka::dlq::DeadLetters;
 use crate::kafka::emit::{until_sent, Emitter};
-use crate::kafka::stage::{self, Handler, StageOptions};
+use crate::kafka::stage::{self, BatchArgs, StageOptions};
 use crate::kafka::topics::name;
 use crate::kafka::KafkaConfig;
 use crate::metrics::{Metrics, OutcomeLabel};
@@ -39,7 +40,6 @@ use crate::provider::CheckOutcome;
 use crate::secret::Secret;
 use crate::shutdown::{Interrupted, Shutdown};
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
 use rdkafka::message::{Message, OwnedMessage};
 use sqlx::PgPool;
 use std::path::PathBuf;
@@ -98,6 +98,9 @@ pub fn tier_topics(kafka: &KafkaConfig, schedule: &Schedule) -> Vec<String> {
 /// Settings of the poll stage (flags or environment variables).
 #[derive(Clone, Debug, clap::Args)]
 pub struct PollConfig {
+    #[command(flatten)]
+    pub batch: BatchArgs,
+
     /// The provider accounts file (TOML, one [[account]] per account; see README).
     #[arg(long = "provider-accounts", env = "ORDERFLOW_PROVIDER_ACCOUNTS")]
     pub accounts_file: PathBuf,
@@ -415,27 +418,7 @@ impl PollHandler {
             _ = shutdown.wait() => return Err(Interrupted),
         };
         let decision = decide(check, outcome, Utc::now(), &self.schedule);
-        let outcome = OutcomeLabel {
-            outcome: decision.outcome(),
-        };
-        self.metrics.check_outcomes.get_or_create(&outcome).inc();
-        if let Decision::Complete { attempts, .. } | Decision::Fail { attempts, .. } = &decision {
-            self.metrics.check_attempts.observe(f64::from(*attempts));
-            let took = (Utc::now() - check.dispatched_at)
-                .to_std()
-                .unwrap_or_default();
-            self.metrics
-                .dispatch_to_final_seconds
-                .get_or_create(&outcome)
-                .observe(took.as_secs_f64());
-            if let Some(created) = check.created_at {
-                let took = (Utc::now() - created).to_std().unwrap_or_default();
-                self.metrics
-                    .created_to_final_seconds
-                    .get_or_create(&outcome)
-                    .observe(took.as_secs_f64());
-            }
-        }
+        self.observe(check, &decision);
         let (state, next, end) = self.effects(check, decision);
         until_sent(
             "publishing a check's outcome",
@@ -468,6 +451,31 @@ impl PollHandler {
             tracing::warn!(order_id = %check.order_id, seq = check.seq, "the check step was taken over by another worker; its next step will run once");
         }
         Ok(())
+    }
+
+    /// Counts what a check led to, and how long the order took when it ended.
+    fn observe(&self, check: &StatusCheck, decision: &Decision) {
+        let outcome = OutcomeLabel {
+            outcome: decision.outcome(),
+        };
+        self.metrics.check_outcomes.get_or_create(&outcome).inc();
+        if let Decision::Complete { attempts, .. } | Decision::Fail { attempts, .. } = decision {
+            self.metrics.check_attempts.observe(f64::from(*attempts));
+            let took = (Utc::now() - check.dispatched_at)
+                .to_std()
+                .unwrap_or_default();
+            self.metrics
+                .dispatch_to_final_seconds
+                .get_or_create(&outcome)
+                .observe(took.as_secs_f64());
+            if let Some(created) = check.created_at {
+                let took = (Utc::now() - created).to_std().unwrap_or_default();
+                self.metrics
+                    .created_to_final_seconds
+                    .get_or_create(&outcome)
+                    .observe(took.as_secs_f64());
+            }
+        }
     }
 
     /// The state event, the next message and the chain's record that `decision` makes.
@@ -581,18 +589,23 @@ fn ended(attempts: i32, version: i64, state: OrderState) -> StepEnd {
     }
 }
 
-impl Handler for PollHandler {
-    fn handle(
-        self: Arc<Self>,
-        message: OwnedMessage,
-        mut shutdown: Shutdown,
-    ) -> BoxFuture<'static, Result<(), Interrupted>> {
-        Box::pin(async move { self.process(&message, &mut shutdown).await })
+/// When a message is due, read without decoding its payload: a status check carries it in
+/// a header; a dispatched order is due `first_check` after the broker's timestamp (its
+/// producer stamps it when dispatch publishes it). `None` when neither is there (a message
+/// of an older version): the payload decides then.
+pub fn due_at(
+    message: &OwnedMessage,
+    dispatched_topic: &str,
+    first_check: Duration,
+) -> Option<DateTime<Utc>> {
+    if message.topic() == dispatched_topic {
+        let stamped = message.timestamp().to_millis()?;
+        let first = i64::try_from(first_check.as_millis()).ok()?;
+        return DateTime::from_timestamp_millis(stamped.checked_add(first)?);
     }
-
-    fn due_at(&self, message: &OwnedMessage) -> Option<DateTime<Utc>> {
-        self.decode(message).ok().map(|check| check.due_at)
-    }
+    let headers = message.headers()?;
+    let due = crate::kafka::headers::get(headers, crate::kafka::headers::DUE_AT)?;
+    DateTime::from_timestamp_millis(due.parse().ok()?)
 }
 
 /// Runs the poll stage until `shutdown`.
@@ -627,6 +640,7 @@ pub async fn run(
         group: config.group.clone(),
         topics,
         max_in_flight: config.max_in_flight.max(1),
+        batch: config.batch,
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
         metrics,
     };

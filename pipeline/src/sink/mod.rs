@@ -33,7 +33,7 @@ use crate::core::lifecycle::{supersedes, OrderState};
 use crate::db::orders::{self, OrderRow};
 use crate::kafka::dlq::DeadLetters;
 use crate::kafka::emit::{until_sent, Emitter};
-use crate::kafka::stage::{self, Handler, StageOptions};
+use crate::kafka::stage::{self, BatchArgs, MessageHandler, PerMessage, StageOptions};
 use crate::kafka::topics::name;
 use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;
@@ -53,6 +53,9 @@ const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Settings of the sink (flags or environment variables).
 #[derive(Clone, Debug, clap::Args)]
 pub struct SinkConfig {
+    #[command(flatten)]
+    pub batch: BatchArgs,
+
     /// Consumer group of the sink.
     #[arg(
         long = "sink-group",
@@ -176,10 +179,13 @@ impl Repairer {
     }
 
     /// [`Repairer::repair`] for the orders of `batch`, each judged by its last event in the
-    /// log; a sink's copy as the last event is left alone.
+    /// log; a sink's copy as the last event is left alone. `written` holds the orders whose
+    /// row the batch's statement wrote, with the event that won: those are judged without
+    /// reading the row back; only the others are read.
     async fn repair_batch(
         &self,
         batch: &[Pending],
+        written: &HashMap<Uuid, &Pending>,
         shutdown: &mut Shutdown,
     ) -> Result<(), Interrupted> {
         let mut last: HashMap<Uuid, &Pending> = HashMap::new();
@@ -192,16 +198,64 @@ impl Repairer {
                 })
                 .or_insert(p);
         }
-        let last: HashMap<Uuid, Option<serde_json::Value>> = last
-            .into_iter()
-            .filter(|(_, p)| !p.copy)
-            .map(|(id, p)| (id, serde_json::from_str(&p.event).ok()))
-            .collect();
-        if last.is_empty() {
+        let mut unknown: HashMap<Uuid, Option<serde_json::Value>> = HashMap::new();
+        for (id, p) in last {
+            if p.copy {
+                continue;
+            }
+            let Some(winner) = written.get(&id) else {
+                unknown.insert(id, serde_json::from_str(&p.event).ok());
+                continue;
+            };
+            if !winner.rank.1.is_final() || winner.event == p.event {
+                continue;
+            }
+            let Ok(event) = serde_json::from_str::<OrderStateEvent>(&winner.event) else {
+                continue;
+            };
+            tracing::debug!(order_id = %id, "another record came after the final state; publishing the final state again");
+            until_sent(
+                "publishing an order's final state again",
+                &self.backoff,
+                shutdown,
+                || self.emitter.state_copy(&event),
+            )
+            .await?;
+        }
+        if unknown.is_empty() {
             return Ok(());
         }
-        self.repair(&last, shutdown).await
+        self.repair(&unknown, shutdown).await
     }
+}
+
+/// The event that won for each order whose row the statement wrote (`written`): the one
+/// [`merge`] chose.
+fn winners<'a>(batch: &'a [Pending], written: &[Uuid]) -> HashMap<Uuid, &'a Pending> {
+    let written: std::collections::HashSet<&Uuid> = written.iter().collect();
+    pick(batch.iter().filter(|p| written.contains(&p.row.order_id)))
+        .into_iter()
+        .collect()
+}
+
+/// Per order, the event that wins when `events` are applied in their log order, by the same
+/// rule as the table's guard; by order id.
+fn pick<'a>(
+    events: impl Iterator<Item = &'a Pending>,
+) -> std::collections::BTreeMap<Uuid, &'a Pending> {
+    let mut order: Vec<&Pending> = events.collect();
+    order.sort_by_key(|p| p.at);
+    let mut best = std::collections::BTreeMap::new();
+    for p in order {
+        best.entry(p.row.order_id)
+            .and_modify(|current: &mut &Pending| {
+                if supersedes(p.rank, current.rank) {
+                    *current = p;
+                }
+            })
+            .or_insert(p);
+    }
+    best
 }
 
 /// Writes rows in batches; see the module header.
@@ -261,7 +315,8 @@ impl Batcher {
         loop {
             let started = std::time::Instant::now();
             match orders::upsert_batch(&self.pool, &rows, &events).await {
-                Ok(changed) => {
+                Ok(written) => {
+                    let changed = written.len();
                     self.metrics.sink_batch_rows.observe(rows.len() as f64);
                     self.metrics
                         .sink_batch_seconds
@@ -272,7 +327,10 @@ impl Batcher {
                         changed,
                         "batch written"
                     );
-                    self.repairer.repair_batch(&batch, shutdown).await?;
+                    let written = winners(&batch, &written);
+                    self.repairer
+                        .repair_batch(&batch, &written, shutdown)
+                        .await?;
                     for item in batch {
                         let _ = item.done.send(Ok(()));
                     }
@@ -322,7 +380,9 @@ impl Batcher {
             outcomes.push(outcome);
         }
         // A refused event that came last after a final row must not stay the last record.
-        self.repairer.repair_batch(&batch, shutdown).await?;
+        self.repairer
+            .repair_batch(&batch, &HashMap::new(), shutdown)
+            .await?;
         for (item, outcome) in batch.into_iter().zip(outcomes) {
             let _ = item.done.send(outcome);
         }
@@ -345,19 +405,8 @@ fn is_refusal(error: &sqlx::Error) -> bool {
 /// in their order, by the same rule as the table's guard. Sorted by order id, so that two
 /// writers lock rows in the same order.
 fn merge(batch: &[Pending]) -> (Vec<OrderRow>, Vec<String>) {
-    let mut order: Vec<&Pending> = batch.iter().collect();
-    order.sort_by_key(|p| p.at);
-    let mut best: std::collections::BTreeMap<Uuid, &Pending> = std::collections::BTreeMap::new();
-    for p in order {
-        best.entry(p.row.order_id)
-            .and_modify(|current| {
-                if supersedes(p.rank, current.rank) {
-                    *current = p;
-                }
-            })
-            .or_insert(p);
-    }
-    best.into_values()
+    pick(batch.iter())
+        .into_values()
         .map(|p| (p.row.clone(), p.event.clone()))
         .unzip()
 }
@@ -462,7 +511,7 @@ fn stopped(shutdown: &Shutdown) -> Result<(), Interrupted> {
     panic!("the sink's batch writer stopped while the sink runs");
 }
 
-impl Handler for SinkHandler {
+impl MessageHandler for SinkHandler {
     fn handle(
         self: Arc<Self>,
         message: OwnedMessage,
@@ -522,12 +571,13 @@ pub async fn run(
         topics: vec![topic],
         // Enough in flight to fill two batches while one is written.
         max_in_flight: rows * 2,
+        batch: config.batch,
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
         metrics,
     };
     let consumer = stage::consumer(&kafka, &options)?;
     tracing::info!(group = %options.group, topic = %options.topics[0], rows, "sink running");
-    let ran = stage::run(consumer, handler, options, shutdown).await;
+    let ran = stage::run(consumer, Arc::new(PerMessage(handler)), options, shutdown).await;
     writer.abort();
     ran?;
     tracing::info!("sink stopped");

@@ -1,0 +1,306 @@
+//! The poll stage's batched path: a batch of due check steps costs one statement to take
+//! them, one provider call each, and one statement per group of answers to record them
+//! (G2, G4, G6).
+//!
+//! 1. Each message is decoded once; unreadable ones are dead-lettered together.
+//! 2. The steps are taken in one statement ([`chains::begin_steps`]); a step it could not
+//!    take (a copy of a step already taken, a step another worker holds) goes the one-step
+//!    path ([`PollHandler::process`]), which drops copies and waits for busy steps.
+//! 3. Each order is checked within its account's caps and breaker. The step's lease is
+//!    renewed only when the wait for a permit took more than half of it.
+//! 4. Answers are handled as they arrive, in groups: the state events and next steps of a
+//!    group are published together, the group's steps recorded in one statement
+//!    ([`chains::finish_steps`]), and then each message is acknowledged.
+
+use super::PollHandler;
+use crate::core::event::{OrderStateEvent, StatusCheck};
+use crate::db::chains::{self, Begun, StepEnd};
+use crate::kafka::emit::until_sent;
+use crate::kafka::stage::{message_span, Ack, Delivery, Handler};
+use crate::shutdown::{Interrupted, Shutdown};
+use chrono::{DateTime, Utc};
+use futures::future::{join_all, BoxFuture};
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use rdkafka::message::OwnedMessage;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+use uuid::Uuid;
+
+/// One step of a batch.
+struct Item {
+    check: StatusCheck,
+    message: OwnedMessage,
+    ack: Ack,
+    span: tracing::Span,
+}
+
+/// What a step's check led to.
+enum Stepped {
+    /// The state event, the next step and the chain's record to write.
+    Effects(
+        Option<OrderStateEvent>,
+        Option<(String, StatusCheck)>,
+        StepEnd,
+    ),
+    /// Another worker took the step over while this one waited: nothing to do.
+    TakenOver,
+    Interrupted,
+}
+
+impl Handler for PollHandler {
+    fn handle(self: Arc<Self>, batch: Vec<Delivery>, shutdown: Shutdown) -> BoxFuture<'static, ()> {
+        Box::pin(self.handle_batch(batch, shutdown))
+    }
+
+    fn due_at(&self, message: &OwnedMessage) -> Option<DateTime<Utc>> {
+        super::due_at(message, &self.dispatched_topic, self.schedule.first_check)
+            .or_else(|| self.decode(message).ok().map(|check| check.due_at))
+    }
+}
+
+impl PollHandler {
+    async fn handle_batch(self: Arc<Self>, batch: Vec<Delivery>, mut shutdown: Shutdown) {
+        let mut items = Vec::with_capacity(batch.len());
+        let mut invalid = Vec::new();
+        let mut again = Vec::new();
+        let mut seen = HashSet::with_capacity(batch.len());
+        for delivery in batch {
+            let (message, ack) = delivery.into_parts();
+            match self.decode(&message) {
+                Err(why) => invalid.push((message, ack, why)),
+                Ok(check) if seen.insert(check.order_id) => {
+                    let span = message_span(&message);
+                    span.record("order_id", tracing::field::display(check.order_id));
+                    items.push(Item {
+                        check,
+                        message,
+                        ack,
+                        span,
+                    });
+                }
+                // Another step of an order in this batch: after this batch's one.
+                Ok(_) => again.push((message, ack)),
+            }
+        }
+        let dead = join_all(invalid.into_iter().map(|(message, ack, why)| {
+            let mut shutdown = shutdown.clone();
+            let me = &self;
+            async move {
+                tracing::warn!(
+                    reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
+                );
+                let sent = until_sent(
+                    "dead-lettering an event",
+                    &me.backoff,
+                    &mut shutdown,
+                    || me.dead_letters.send(&message, &why),
+                )
+                .await;
+                if sent.is_ok() {
+                    ack.durable();
+                }
+            }
+        }));
+        let checked = self.check_batch(items, &mut shutdown);
+        futures::join!(dead, checked);
+        for (message, ack) in again {
+            self.one_by_one(message, ack, &shutdown);
+        }
+    }
+
+    async fn check_batch(self: &Arc<Self>, items: Vec<Item>, shutdown: &mut Shutdown) {
+        if items.is_empty() {
+            return;
+        }
+        let owner = Uuid::new_v4();
+        let steps: Vec<(&StatusCheck, Duration)> = items
+            .iter()
+            .map(|i| (&i.check, self.lease_of(&i.check)))
+            .collect();
+        let begun_at = Instant::now();
+        let taken = crate::shutdown::retry("taking check steps", &self.backoff, shutdown, || {
+            chains::begin_steps(&self.pool, &steps, owner)
+        })
+        .await;
+        drop(steps);
+        let Ok(taken) = taken else {
+            return;
+        };
+        let taken: HashSet<Uuid> = taken.into_iter().collect();
+        let mut running = FuturesUnordered::new();
+        for item in items {
+            if taken.contains(&item.check.order_id) {
+                let span = item.span.clone();
+                running.push(
+                    self.check_one(item, owner, begun_at, shutdown.clone())
+                        .instrument(span),
+                );
+            } else {
+                self.one_by_one(item.message, item.ack, shutdown);
+            }
+        }
+        while let Some(first) = running.next().await {
+            let mut group = vec![first];
+            while let Some(Some(more)) = running.next().now_or_never() {
+                group.push(more);
+            }
+            self.finish_group(group, owner, shutdown).await;
+        }
+    }
+
+    fn lease_of(&self, check: &StatusCheck) -> Duration {
+        self.accounts
+            .get(&check.provider_account)
+            .expect("checked when decoding")
+            .lease()
+    }
+
+    /// Checks one order whose step this batch holds, and decides what follows.
+    async fn check_one(
+        self: &Arc<Self>,
+        item: Item,
+        owner: Uuid,
+        begun_at: Instant,
+        mut shutdown: Shutdown,
+    ) -> (Item, Stepped) {
+        let account = Arc::clone(
+            self.accounts
+                .get(&item.check.provider_account)
+                .expect("checked when decoding"),
+        );
+        let permit = tokio::select! {
+            permit = account.permit() => permit,
+            _ = shutdown.wait() => return (item, Stepped::Interrupted),
+        };
+        // A long wait for the caps or an open breaker may have outlasted the lease: renew
+        // it then, and step aside if another worker took the step over meanwhile.
+        if begun_at.elapsed() > account.lease() / 2 {
+            let renewed = crate::shutdown::retry(
+                "renewing a check step",
+                &self.backoff,
+                &mut shutdown,
+                || chains::begin_step(&self.pool, &item.check, owner, account.lease()),
+            )
+            .await;
+            match renewed {
+                Ok(Begun::Mine) => {}
+                Ok(_) => return (item, Stepped::TakenOver),
+                Err(Interrupted) => return (item, Stepped::Interrupted),
+            }
+        }
+        let outcome = tokio::select! {
+            outcome = permit.check(&item.check.provider_reference) => outcome,
+            _ = shutdown.wait() => return (item, Stepped::Interrupted),
+        };
+        let decision = super::decide(&item.check, outcome, Utc::now(), &self.schedule);
+        self.observe(&item.check, &decision);
+        let (state, next, end) = self.effects(&item.check, decision);
+        (item, Stepped::Effects(state, next, end))
+    }
+
+    /// Publishes a group's outcomes together, records the steps in one statement, then
+    /// acknowledges the messages.
+    async fn finish_group(
+        self: &Arc<Self>,
+        group: Vec<(Item, Stepped)>,
+        owner: Uuid,
+        shutdown: &mut Shutdown,
+    ) {
+        let mut effects = Vec::with_capacity(group.len());
+        for (item, stepped) in group {
+            match stepped {
+                Stepped::Effects(state, next, end) => effects.push((item, state, next, end)),
+                Stepped::TakenOver => {
+                    tracing::debug!(order_id = %item.check.order_id, seq = item.check.seq, "the check step was taken over while waiting for the provider");
+                    item.ack.durable();
+                }
+                Stepped::Interrupted => self.release(&item.check, owner).await,
+            }
+        }
+        if effects.is_empty() {
+            return;
+        }
+        let published = join_all(effects.iter().map(|(item, state, next, _)| {
+            let mut shutdown = shutdown.clone();
+            async move {
+                until_sent(
+                    "publishing a check's outcome",
+                    &self.backoff,
+                    &mut shutdown,
+                    || async {
+                        let state_sent = async {
+                            match state {
+                                Some(state) => self.emitter.state(state).await,
+                                None => Ok(()),
+                            }
+                        };
+                        let next_sent = async {
+                            match next {
+                                Some((topic, next)) => self.emitter.status_check(topic, next).await,
+                                None => Ok(()),
+                            }
+                        };
+                        let (a, b) = futures::join!(state_sent, next_sent);
+                        a.and(b)
+                    },
+                )
+                .await
+            }
+            .instrument(item.span.clone())
+        }))
+        .await;
+        let mut done = Vec::with_capacity(effects.len());
+        for ((item, _, _, end), sent) in effects.into_iter().zip(published) {
+            match sent {
+                Ok(()) => done.push((item, end)),
+                Err(Interrupted) => self.release(&item.check, owner).await,
+            }
+        }
+        if done.is_empty() {
+            return;
+        }
+        let steps: Vec<(Uuid, i64, &StepEnd)> = done
+            .iter()
+            .map(|(item, end)| (item.check.order_id, item.check.seq, end))
+            .collect();
+        let recorded =
+            crate::shutdown::retry("recording check steps", &self.backoff, shutdown, || {
+                chains::finish_steps(&self.pool, owner, &steps)
+            })
+            .await;
+        drop(steps);
+        let Ok(recorded) = recorded else {
+            return; // shutdown: the steps are redone; their successors are dropped as copies
+        };
+        let recorded: HashSet<Uuid> = recorded.into_iter().collect();
+        for (item, _) in done {
+            if !recorded.contains(&item.check.order_id) {
+                tracing::warn!(order_id = %item.check.order_id, seq = item.check.seq, "the check step was taken over by another worker; its next step will run once");
+            }
+            item.ack.durable();
+        }
+    }
+
+    /// Lets another worker take the step at once (this one stopped before finishing it).
+    async fn release(&self, check: &StatusCheck, owner: Uuid) {
+        let _ = chains::release(&self.pool, check.order_id, check.seq, owner).await;
+    }
+
+    /// Hands one message to the one-step path, in a task of its own.
+    fn one_by_one(self: &Arc<Self>, message: OwnedMessage, ack: Ack, shutdown: &Shutdown) {
+        let me = Arc::clone(self);
+        let mut shutdown = shutdown.clone();
+        let span = message_span(&message);
+        tokio::spawn(
+            async move {
+                if me.process(&message, &mut shutdown).await.is_ok() {
+                    ack.durable();
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
