@@ -228,6 +228,7 @@ fn metric_names() -> BTreeSet<String> {
         class: "k",
     };
     m.handled.get_or_create(&topic).inc();
+    m.fetched.get_or_create(&topic).inc();
     m.waiting.get_or_create(&topic).set(1);
     m.oldest_due.get_or_create(&topic).set(1.0);
     m.lateness.get_or_create(&topic).observe(1.0);

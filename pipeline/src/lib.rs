@@ -3,7 +3,8 @@
 //!
 //! A map for newcomers (`../shared/design/lifecycle.md` has the flow and guarantees G1–G8):
 //!
-//! - [`core`]: the pure core, no IO. Event contracts, order lifecycle, offset watermark,
+//! - [`core`]: the pure core, no IO. Event contracts, order lifecycle, offset watermark, the
+//!   consumer loop's state machine ([`core::engine`]),
 //!   check schedule, backoff, rate limiting and the breaker; unit- and property-tested.
 //! - [`provider`]: what a provider is asked and how its answers are classified; provider
 //!   accounts with their concurrency and rate caps.

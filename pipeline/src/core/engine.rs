@@ -9,9 +9,11 @@
 //!   generation) moves nothing.
 //! - **Delays without refetching.** A message not yet due waits in its partition's buffer,
 //!   in due order, and is handed over once due; the partition keeps being fetched. Only
-//!   when the buffer's budget (messages or bytes) is full is the partition paused, and it
-//!   is resumed once the buffer is below half of it, so each delayed message is fetched
-//!   about once (a pause makes librdkafka drop what it prefetched for the partition).
+//!   when the buffer's budget (messages or bytes: the stage's budget shared evenly by the
+//!   partitions it owns, so memory stays bounded however many it owns) is full is the
+//!   partition paused, and it is resumed once the buffer is below half of it, so each
+//!   delayed message is fetched about once (a pause makes librdkafka drop what it
+//!   prefetched for the partition).
 //! - **Micro-batches.** Due messages queue per topic and go out in batches of up to
 //!   `batch_max`, or when the oldest has waited `batch_linger_ms`, within a bound of
 //!   `max_in_flight` messages handed out and not finished per topic (so one topic's
@@ -62,9 +64,10 @@ pub struct Settings {
     pub batch_linger_ms: i64,
     /// Messages handed out and not finished, per topic.
     pub max_in_flight: usize,
-    /// Messages waiting for their due time, per partition, before it is paused.
+    /// Messages waiting for their due time in the whole stage; each owned partition's
+    /// share of it is its budget, past which it is paused.
     pub buffer_messages: usize,
-    /// Bytes waiting for their due time, per partition, before it is paused.
+    /// Payload bytes waiting for their due time in the whole stage, shared the same way.
     pub buffer_bytes: usize,
 }
 
@@ -218,7 +221,7 @@ impl<M> Engine<M> {
         message: M,
         now: Millis,
     ) {
-        let settings = self.settings;
+        let (max_messages, max_bytes) = self.budget();
         let part = self.part(id);
         part.watermark.begin(offset);
         let token = Token {
@@ -235,9 +238,7 @@ impl<M> Engine<M> {
                     message,
                 }));
                 part.waiting_bytes += bytes;
-                if part.waiting.len() >= settings.buffer_messages
-                    || part.waiting_bytes >= settings.buffer_bytes
-                {
+                if part.waiting.len() >= max_messages || part.waiting_bytes >= max_bytes {
                     part.full = true;
                 }
                 self.set_pause(id);
@@ -256,7 +257,7 @@ impl<M> Engine<M> {
 
     /// Moves the messages that are due by `now` from the buffers to the queues.
     pub fn tick(&mut self, now: Millis) {
-        let settings = self.settings;
+        let (max_messages, max_bytes) = self.budget();
         let mut touched = Vec::new();
         for (&id, part) in self.parts.iter_mut() {
             let mut moved = false;
@@ -277,8 +278,8 @@ impl<M> Engine<M> {
             }
             if moved {
                 if part.full
-                    && part.waiting.len() <= settings.buffer_messages / 2
-                    && part.waiting_bytes <= settings.buffer_bytes / 2
+                    && part.waiting.len() <= max_messages / 2
+                    && part.waiting_bytes <= max_bytes / 2
                 {
                     part.full = false;
                 }
@@ -290,6 +291,15 @@ impl<M> Engine<M> {
             self.set_pause(id);
             self.update_backlog(id.topic);
         }
+    }
+
+    /// Each owned partition's share of the stage's waiting budget: (messages, bytes).
+    fn budget(&self) -> (usize, usize) {
+        let n = self.parts.len().max(1);
+        (
+            (self.settings.buffer_messages / n).max(1),
+            (self.settings.buffer_bytes / n).max(1),
+        )
     }
 
     /// The earliest due time of a waiting message.
@@ -469,8 +479,9 @@ mod tests {
             batch_max: 3,
             batch_linger_ms: 5,
             max_in_flight: 4,
-            buffer_messages: 4,
-            buffer_bytes: 1000,
+            // Three partitions owned in most tests: 4 messages or 1000 bytes each.
+            buffer_messages: 12,
+            buffer_bytes: 3000,
         }
     }
 

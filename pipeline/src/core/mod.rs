@@ -1,6 +1,6 @@
 //! The pure core: event contracts, the order lifecycle, the check schedule, the offset
-//! watermark, backoff, the rate limiter and the circuit breaker. Nothing here does IO, so
-//! all of it is covered by unit and property tests.
+//! watermark, the consumer loop's state machine, backoff, the rate limiter and the circuit
+//! breaker. Nothing here does IO, so all of it is covered by unit and property tests.
 
 pub mod backoff;
 pub mod breaker;

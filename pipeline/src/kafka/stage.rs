@@ -201,22 +201,22 @@ pub struct BatchArgs {
     )]
     pub batch_linger_ms: u64,
 
-    /// Messages waiting for their due time, per partition, before the partition is paused
-    /// (it is resumed below half).
+    /// Messages waiting for their due time in this process; each partition it owns gets an
+    /// even share, past which the partition is paused (and resumed below half).
     #[arg(
         id = "stage_wait_buffer_messages",
         long = "wait-buffer-messages",
         env = "ORDERFLOW_WAIT_BUFFER_MESSAGES",
-        default_value_t = 20_000
+        default_value_t = 100_000
     )]
     pub wait_buffer_messages: usize,
 
-    /// Bytes of payload waiting for their due time, per partition, before it is paused.
+    /// Payload bytes waiting for their due time in this process, shared the same way.
     #[arg(
         id = "stage_wait_buffer_bytes",
         long = "wait-buffer-bytes",
         env = "ORDERFLOW_WAIT_BUFFER_BYTES",
-        default_value_t = 4 * 1024 * 1024
+        default_value_t = 32 * 1024 * 1024
     )]
     pub wait_buffer_bytes: usize,
 }
@@ -226,8 +226,8 @@ impl Default for BatchArgs {
         BatchArgs {
             batch_max: 256,
             batch_linger_ms: 5,
-            wait_buffer_messages: 20_000,
-            wait_buffer_bytes: 4 * 1024 * 1024,
+            wait_buffer_messages: 100_000,
+            wait_buffer_bytes: 32 * 1024 * 1024,
         }
     }
 }
