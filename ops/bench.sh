@@ -6,20 +6,28 @@
 #                           [--dispatch N] [--poll N] [--in-flight N]
 #   ops/bench.sh memory [--waiting N]
 #
-# throughput (default: 20,000 orders at `max`, provider latency 20 ms, one process per
-#   stage): the raw Kafka ceiling (the same number of messages produced and consumed with
-#   the stages' settings), then the orders through dispatch, two status checks each
-#   (first after 1 s, the next on a 1 s tier; the simulator completes an order at its
-#   second check) and the sink. Prints sustained orders/s, created-to-dispatched and
-#   created-to-final percentiles, CPU and peak RSS per process (stages, simulator,
-#   broker, PostgreSQL with its backends).
+# throughput (default: 100,000 orders at `max`, provider latency 20 ms, one process per
+#   stage): the orders through dispatch, two status checks each (first after 1 s, the
+#   next on a 1 s tier; the simulator completes an order at its second check) and the
+#   sink, each followed until its row in PostgreSQL is final; then the raw Kafka ceiling
+#   (order events produced with the stages' settings and consumed back, sustained over
+#   the run's steady span, at most 60 s). Prints sustained and steady orders/s, latencies
+#   from each order's intended send time, CPU seconds, CPU ms per order and peak RSS per
+#   process (stages, simulator, the bench itself, broker, PostgreSQL with its backends),
+#   and the stages' fetched-versus-handled messages per topic.
 # memory (default: 1,000,000 checks): the stages run while the tier topics fill with
 #   status checks due in two hours; prints each stage's RSS before, at peak, and after.
 #
-# Results (a table, JSON, an SVG chart over time): $ORDERFLOW_STATE_DIR/bench/<mode>.*
+# Results (a table, JSON, an SVG chart over time): $ORDERFLOW_STATE_DIR/bench/<mode>.*,
+# and each run's JSON kept as <mode>-<tag>-<unix time>.json (tag: the commit measured).
 # The topics (prefix bench-<time>.) and the database orderflow_bench of a run are removed
-# at its end. Env: ORDERFLOW_BENCH_BIN (measure this binary instead of building one), and
-# those of ops/kafka/broker.sh and ops/postgres/db.sh.
+# at its end. Env: ORDERFLOW_BENCH_BIN (measure this binary's stages instead of this
+# checkout's; the measuring `orderflow bench` and the simulator still come from this
+# checkout, so that every binary is measured the same way), ORDERFLOW_BENCH_TAG (names
+# that binary in the results; default bin-<start of its sha256>), ORDERFLOW_BENCH_TOOL
+# (a prebuilt `orderflow` of this checkout to measure with, skipping the build), and
+# those of ops/kafka/broker.sh and ops/postgres/db.sh. Take /tmp/orderflow-bench.lock
+# (flock) when others may run benchmarks on the machine.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/orderflow/target}"
@@ -29,7 +37,7 @@ say() { echo "bench: $*" >&2; }
 
 mode=${1:-throughput}
 [[ $# -gt 0 ]] && shift
-orders=20000 rate=max latency=20 dispatchers=1 pollers=1 in_flight=256 waiting=1000000
+orders=100000 rate=max latency=20 dispatchers=1 pollers=1 in_flight=256 waiting=1000000
 while [[ $# -gt 0 ]]; do
   [[ $# -ge 2 ]] || die "option $1 needs a value"
   case $1 in
@@ -48,13 +56,26 @@ done
 
 bash ops/kafka/broker.sh start >&2
 bash ops/postgres/db.sh start >&2
-if [[ -n ${ORDERFLOW_BENCH_BIN:-} ]]; then
-  BIN=$ORDERFLOW_BENCH_BIN # a binary built elsewhere (another commit, other features)
+# TOOL measures (orderflow bench) and simulates the provider: always this checkout's.
+# BIN is measured: its stages, topics, migrations and PIN key.
+if [[ -n ${ORDERFLOW_BENCH_TOOL:-} ]]; then
+  TOOL=$ORDERFLOW_BENCH_TOOL
 else
   say "building orderflow (release)."
-  cargo build --locked --quiet --release
-  BIN="$CARGO_TARGET_DIR/release/orderflow"
+  cargo build --locked --quiet --release -p orderflow
+  TOOL="$CARGO_TARGET_DIR/release/orderflow"
 fi
+tool_commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -z $(git status --porcelain --untracked-files=no 2>/dev/null) ]] || tool_commit+="-dirty"
+if [[ -n ${ORDERFLOW_BENCH_BIN:-} ]]; then
+  BIN=$ORDERFLOW_BENCH_BIN # a binary built elsewhere (another commit, other features)
+  [[ -x $BIN ]] || die "ORDERFLOW_BENCH_BIN=$BIN is not an executable"
+  tag=${ORDERFLOW_BENCH_TAG:-bin-$(sha256sum "$BIN" | cut -c1-12)}
+else
+  BIN=$TOOL
+  tag=${ORDERFLOW_BENCH_TAG:-$tool_commit}
+fi
+SIM_BIN=$TOOL
 mkdir -p "$STATE"
 # shellcheck source=ops/lib/pipeline.sh
 source ops/lib/pipeline.sh
@@ -89,10 +110,11 @@ say "ready: $dispatchers dispatch, $pollers poll, 1 sink; provider latency $late
 # shellcheck disable=SC2046 # one flag per word
 case $mode in
   throughput)
-    "$BIN" bench throughput --orders "$orders" --rate "$rate" --account znet-demo \
-      --reject-share 0 --invalid-share 0 --wait-secs 900 $(process_flags) --out "$STATE" \
-      --label "provider latency $latency ms, $dispatchers dispatch, $pollers poll, in flight $in_flight, release build" ;;
+    "$TOOL" bench throughput --orders "$orders" --rate "$rate" --account znet-demo \
+      --reject-share 0 --invalid-share 0 --wait-secs 900 $(process_flags) $(metrics_flags) \
+      --out "$STATE" --tag "$tag" \
+      --label "provider latency $latency ms, $dispatchers dispatch, $pollers poll, in flight $in_flight, release build, bench tool $tool_commit" ;;
   memory)
-    "$BIN" bench memory --waiting "$waiting" --account znet-demo $(process_flags) --out "$STATE" \
-      --label "$dispatchers dispatch, $pollers poll, release build" ;;
+    "$TOOL" bench memory --waiting "$waiting" --account znet-demo $(process_flags) --out "$STATE" \
+      --tag "$tag" --label "$dispatchers dispatch, $pollers poll, release build, bench tool $tool_commit" ;;
 esac

@@ -2,8 +2,9 @@
 # background on 127.0.0.1, each with its log in $STATE and its /metrics on a port of its
 # own (9464 and up), remembers them for the summary, and stops them when the script exits.
 #
-# The caller sets BIN (the orderflow binary) and STATE (a directory), then calls
-# start_sim, write_accounts, ensure_pin_key, start_stage ..., wait_ready.
+# The caller sets BIN (the orderflow binary; SIM_BIN, if set, runs the simulator instead)
+# and STATE (a directory), then calls start_sim, write_accounts, ensure_pin_key,
+# start_stage ..., wait_ready.
 
 command -v curl >/dev/null || { echo "curl is required (apt-get install curl)" >&2; exit 2; }
 
@@ -30,7 +31,7 @@ fresh_database() {
 start_sim() {
   local port=$1
   shift
-  "$BIN" sim-znet --listen "127.0.0.1:$port" --kod demo-kod --sifre demo-sifre "$@" \
+  "${SIM_BIN:-$BIN}" sim-znet --listen "127.0.0.1:$port" --kod demo-kod --sifre demo-sifre "$@" \
     >"$STATE/sim.log" 2>&1 &
   pids+=($!)
   SIM_PID=$!
@@ -103,4 +104,13 @@ process_flags() {
   pg=$(ls -d /var/lib/postgresql/*/main 2>/dev/null | sort -V | tail -1)
   pg=$(head -1 "$pg/postmaster.pid" 2>/dev/null || true)
   [[ -n $pg ]] && echo "--process postgres=$pg+"
+}
+
+# The --metrics flags of `orderflow bench throughput`: every stage's /metrics endpoint.
+metrics_flags() {
+  local stage name pid port
+  for stage in "${stages[@]}"; do
+    IFS=: read -r name pid port <<<"$stage"
+    echo "--metrics $name=http://127.0.0.1:$port/metrics"
+  done
 }

@@ -7,10 +7,16 @@
 //! dispatched state, with `--until dispatched`), or `orders.dlq` has its event; what is
 //! never answered is reported as missing (G2) and makes the command fail.
 //!
-//! Everything it reports is measured here, from the moment an event is handed to the
-//! producer: created-to-dispatched and created-to-answer latencies, throughput, and once a
-//! second a [`Snapshot`] (counts so far, and the orders waiting per tier, read from the
-//! poll group's lag) that the progress line shows and [`crate::bench`] records.
+//! Every latency is measured from the order's **intended send time**, so that a generator
+//! or a producer falling behind cannot hide queueing (coordinated omission): at a rate R
+//! the i-th order is due at start + i/R ([`intended_offset`]) whenever it is actually
+//! sent; at `max` it is due the moment the generator first tries to hand it to the
+//! producer (an attempt refused because the producer's queue is full keeps that time).
+//! Given a database pool ([`run`]'s `rows`), an order is final only once its row in
+//! PostgreSQL's `orders` table is, at the row's `updated_at` (the sink's write); the
+//! final state event read from `orders.state` is then reported alongside. Once a second a
+//! [`Snapshot`] (counts so far, and the orders waiting per tier, read from the poll
+//! group's lag) feeds the progress line and [`crate::bench`].
 
 use crate::core::event::{OrderCreated, OrderStateEvent, SCHEMA_VERSION};
 use crate::core::lifecycle::OrderState;
@@ -20,18 +26,19 @@ use crate::kafka::lag::GroupLag;
 use crate::kafka::topics::name;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
 use crate::shutdown::Shutdown;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
-use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 #[derive(Clone, Debug, clap::Args)]
@@ -155,18 +162,66 @@ impl Answer {
     }
 }
 
-/// One order's path as seen from the outcome topics, times since it was created.
+/// One order's path, every time measured from its intended send time.
 #[derive(Clone, Copy, Debug)]
 struct Journey {
-    created: Instant,
+    /// When it was meant to be sent (see [`intended_offset`]).
+    intended: Instant,
+    /// From the intended time to the producer accepting it into its queue.
+    handed: Duration,
+    /// Its dispatched state read from `orders.state`.
     dispatched: Option<Duration>,
+    /// Its final state read from `orders.state`, or its event read from `orders.dlq`.
     answer: Option<(Answer, Duration)>,
+    /// Its row final in PostgreSQL (row mode only): the row's `updated_at`.
+    row: Option<Duration>,
 }
 
 impl Journey {
-    fn answered(&self, until: Until) -> bool {
+    fn answered(&self, until: Until, rows: bool) -> bool {
+        if rows && until == Until::Final {
+            return self.row.is_some() || matches!(self.answer, Some((Answer::DeadLettered, _)));
+        }
         self.answer.is_some() || (until == Until::Dispatched && self.dispatched.is_some())
     }
+}
+
+/// When the `i`-th order (from 0) is meant to be sent, after the start: `i / rate` at a
+/// fixed rate. `None` at `max`: there the intended time is the generator's first attempt
+/// to hand the order to the producer.
+pub fn intended_offset(rate: Rate, i: usize) -> Option<Duration> {
+    match rate {
+        Rate::PerSecond(r) => Some(Duration::from_secs_f64(i as f64 / r)),
+        Rate::Max => None,
+    }
+}
+
+/// A latency from the intended time, both given as offsets from the run's start (zero if
+/// the end is somehow earlier, as a clock step could make it).
+pub fn since_intended(intended: Duration, done: Duration) -> Duration {
+    done.saturating_sub(intended)
+}
+
+/// Answers per second between the moments 10 % and 90 % of them arrived (no ramp, no
+/// tail), from each answer's time since the start in seconds (any order).
+pub fn steady_rate(answer_secs: &[f64]) -> Option<f64> {
+    let window = steady_window(answer_secs)?;
+    let n = answer_secs.len();
+    let (a, b) = (n / 10, (n * 9) / 10);
+    Some((b - a) as f64 / (window.1 - window.0))
+}
+
+/// The times (seconds since the start) at which 10 % and 90 % of the answers had arrived,
+/// when they differ.
+pub fn steady_window(answer_secs: &[f64]) -> Option<(f64, f64)> {
+    let mut sorted = answer_secs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n < 10 {
+        return None;
+    }
+    let (a, b) = (sorted[n / 10], sorted[((n * 9) / 10).min(n - 1)]);
+    (b > a).then_some((a, b))
 }
 
 /// The run's counts at one moment, taken once a second.
@@ -180,6 +235,9 @@ pub struct Snapshot {
     pub completed: usize,
     pub failed: usize,
     pub dead_lettered: usize,
+    /// Final states read from `orders.state` (ahead of `completed` + `failed` by what the
+    /// sink has yet to write, in row mode).
+    pub final_events: usize,
     /// Orders waiting per tier (`first`, then each tier's delay), when the broker answered.
     pub waiting: Vec<(String, i64)>,
 }
@@ -205,9 +263,21 @@ pub struct LoadReport {
     pub latencies: Vec<Duration>,
     /// Created-to-dispatched latencies of accepted orders, sorted.
     pub dispatch_latencies: Vec<Duration>,
-    /// Created-to-final latencies of orders that reached completed or failed, sorted.
+    /// Created-to-final latencies of orders that reached completed or failed, sorted: to
+    /// the final row in PostgreSQL in row mode, else to the final state event.
     pub final_latencies: Vec<Duration>,
-    /// From the first publish to the last answer.
+    /// Created-to-final-state-event (read from `orders.state`) latencies, sorted.
+    pub final_event_latencies: Vec<Duration>,
+    /// From the intended time to the producer accepting the order, sorted: how far the
+    /// generator (or the producer's queue) fell behind.
+    pub handed_latencies: Vec<Duration>,
+    /// When each answered order was answered, seconds since the start.
+    pub answer_secs: Vec<f64>,
+    /// Whether final meant the row in PostgreSQL.
+    pub rows: bool,
+    /// Order ids the row watcher looked up in PostgreSQL, all queries together.
+    pub row_lookups: usize,
+    /// From the start (the first order's intended time) to the last answer.
     pub last_answer: Duration,
     /// One snapshot per second.
     pub series: Vec<Snapshot>,
@@ -268,6 +338,7 @@ impl LoadReport {
             &mut out,
             "latency        ",
             &[
+                ("intended→producer", &self.handed_latencies),
                 ("created→dispatched", &self.dispatch_latencies),
                 ("created→final", &self.final_latencies),
                 ("created→answer", &self.latencies),
@@ -335,14 +406,91 @@ pub(crate) fn make_event(mix: &mut Seeded, config: &LoadConfig, i: usize) -> (Uu
     (order_id, order.encode())
 }
 
-/// Acknowledgements the producer may owe at once with `--rate max`.
-const MAX_UNACKED: usize = 10_000;
+/// Orders handed to the producer per turn of the loop, so that the outcome topics are
+/// read while a large backlog is being sent.
+const SEND_BATCH: usize = 1_000;
+
+/// How often the row watcher asks PostgreSQL which candidate orders are final.
+const ROW_POLL: Duration = Duration::from_millis(150);
+
+/// Order ids per row-watcher query.
+const ROW_CHUNK: usize = 5_000;
+
+/// An order's row found final in PostgreSQL.
+struct FinalRow {
+    order_id: Uuid,
+    completed: bool,
+    updated_at: DateTime<Utc>,
+}
+
+/// Every [`ROW_POLL`], looks up the candidates (orders whose final state event was read
+/// from `orders.state`, so their row is due) by primary key and reports those whose row is
+/// final, each once. Returns how many ids it looked up in all.
+fn watch_rows(
+    pool: PgPool,
+    mut candidates: mpsc::UnboundedReceiver<Uuid>,
+    found: mpsc::UnboundedSender<FinalRow>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut pending: Vec<Uuid> = Vec::new();
+        let mut looked_up = 0usize;
+        let mut tick = tokio::time::interval(ROW_POLL);
+        let mut open = true;
+        loop {
+            tick.tick().await;
+            while open {
+                match candidates.try_recv() {
+                    Ok(id) => pending.push(id),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            if !open {
+                return looked_up;
+            }
+            let mut still = Vec::with_capacity(pending.len());
+            for chunk in pending.chunks(ROW_CHUNK) {
+                looked_up += chunk.len();
+                let rows = sqlx::query_as::<_, (Uuid, String, DateTime<Utc>)>(
+                    "SELECT order_id, state, updated_at FROM orders
+                     WHERE order_id = ANY($1) AND state IN ('completed', 'failed')",
+                )
+                .bind(chunk)
+                .fetch_all(&pool)
+                .await;
+                let rows = match rows {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "looking up final rows failed; trying again");
+                        still.extend_from_slice(chunk);
+                        continue;
+                    }
+                };
+                let done: std::collections::HashSet<Uuid> = rows.iter().map(|r| r.0).collect();
+                still.extend(chunk.iter().filter(|id| !done.contains(id)));
+                for (order_id, state, updated_at) in rows {
+                    let row = FinalRow {
+                        order_id,
+                        completed: state == "completed",
+                        updated_at,
+                    };
+                    if found.send(row).is_err() {
+                        return looked_up;
+                    }
+                }
+            }
+            pending = still;
+        }
+    })
+}
 
 /// Publishes the load and follows it until every event is answered or the wait ends.
+/// With `rows`, an order is final once its row in PostgreSQL is (see the module's notes).
 pub async fn run(
     kafka: &KafkaConfig,
     config: &LoadConfig,
     observer: &mut dyn Observer,
+    rows: Option<PgPool>,
     mut shutdown: Shutdown,
 ) -> Result<LoadReport, LoadError> {
     for (flag, share) in [
@@ -359,6 +507,7 @@ pub async fn run(
     let producer = kafka.producer()?;
     let created = kafka.topic(name::ORDERS_CREATED);
     let state_topic = kafka.topic(name::ORDERS_STATE);
+    let row_mode = rows.is_some();
 
     // The depth per tier is read off the loop: a few dozen broker round trips a second.
     let (depth_tx, depth_rx) = tokio::sync::watch::channel(Vec::new());
@@ -372,29 +521,37 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(900)).await;
         }
     });
+    let (candidate_tx, candidate_rx) = mpsc::unbounded_channel();
+    let (row_tx, mut row_rx) = mpsc::unbounded_channel();
+    let row_task = rows.map(|pool| watch_rows(pool, candidate_rx, row_tx));
 
+    // The monotonic clock times the run; the wall clock, read at the same moment, maps a
+    // row's `updated_at` (PostgreSQL's clock, this machine's) onto it.
     let start = Instant::now();
+    let start_wall = Utc::now();
     let mut journeys: HashMap<Uuid, Journey> = HashMap::new();
     let mut acked = 0usize;
     let mut counts = Snapshot::default();
     let mut answered = 0usize;
+    let mut answer_secs = Vec::new();
     let mut last_answer = Duration::ZERO;
     let mut series = Vec::new();
     let mut sends = FuturesUnordered::new();
     let mut mix = Seeded::new(0x5EED);
     let mut next_publish = 0usize;
-    let interval = match config.rate {
-        Rate::PerSecond(r) => Duration::from_secs_f64(1.0 / r),
-        Rate::Max => Duration::from_millis(1),
-    };
-    let mut publish_tick = tokio::time::interval(interval);
-    publish_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    // An order the producer refused (its queue full), retried with its first attempt's time.
+    let mut refused: Option<(Uuid, Vec<u8>, Instant)> = None;
+    let mut retry_at = tokio::time::Instant::now();
     let mut progress_tick = tokio::time::interval(Duration::from_secs(1));
     let mut wait_until: Option<tokio::time::Instant> = None;
     let progress = Progress::new();
 
     loop {
-        if next_publish == config.orders && sends.is_empty() && answered == journeys.len() {
+        if next_publish == config.orders
+            && refused.is_none()
+            && sends.is_empty()
+            && answered == journeys.len()
+        {
             break;
         }
         let waiting = async {
@@ -403,35 +560,94 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
-        let may_publish = next_publish < config.orders && sends.len() < MAX_UNACKED;
+        // When the generator next has an order to hand over.
+        let next_send = if refused.is_some() {
+            Some(retry_at)
+        } else if next_publish < config.orders {
+            Some(match intended_offset(config.rate, next_publish) {
+                Some(offset) => tokio::time::Instant::from_std(start + offset),
+                None => tokio::time::Instant::now(),
+            })
+        } else {
+            None
+        };
         tokio::select! {
             _ = shutdown.wait() => break,
             _ = waiting => break,
-            _ = publish_tick.tick(), if may_publish => {
-                // At `max`, a tick publishes a batch (up to the acknowledgements owed).
-                let batch = match config.rate {
-                    Rate::PerSecond(_) => 1,
-                    Rate::Max => (MAX_UNACKED - sends.len()).min(500),
-                };
-                for _ in 0..batch.min(config.orders - next_publish) {
-                    let (id, bytes) = make_event(&mut mix, config, next_publish);
-                    next_publish += 1;
-                    journeys.insert(id, Journey { created: Instant::now(), dispatched: None, answer: None });
-                    let producer = producer.clone();
-                    let topic = created.clone();
-                    sends.push(async move {
-                        let key = id.to_string();
-                        let record = FutureRecord::to(&topic).key(&key).payload(&bytes);
-                        producer.send(record, Timeout::After(Duration::from_secs(30))).await.map(|_| ()).map_err(|(e, _)| e)
-                    });
+            _ = tokio::time::sleep_until(next_send.unwrap_or_else(tokio::time::Instant::now)), if next_send.is_some() => {
+                for _ in 0..SEND_BATCH {
+                    let (id, bytes, intended) = match refused.take() {
+                        Some(r) => r,
+                        None => {
+                            if next_publish == config.orders {
+                                break;
+                            }
+                            let intended = match intended_offset(config.rate, next_publish) {
+                                Some(offset) => start + offset,
+                                None => Instant::now(),
+                            };
+                            if intended > Instant::now() {
+                                break;
+                            }
+                            let (id, bytes) = make_event(&mut mix, config, next_publish);
+                            next_publish += 1;
+                            (id, bytes, intended)
+                        }
+                    };
+                    let key = id.to_string();
+                    let handed = producer
+                        .send_result(FutureRecord::to(&created).key(&key).payload(&bytes))
+                        .map_err(|(e, _)| e);
+                    match handed {
+                        Ok(delivery) => {
+                            journeys.insert(id, Journey {
+                                intended,
+                                handed: intended.elapsed(),
+                                dispatched: None,
+                                answer: None,
+                                row: None,
+                            });
+                            sends.push(delivery);
+                        }
+                        Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                            refused = Some((id, bytes, intended));
+                            retry_at = tokio::time::Instant::now() + Duration::from_millis(2);
+                            break;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
-                counts.published = next_publish;
+                counts.published = journeys.len();
             }
             Some(sent) = sends.next() => {
-                sent?;
+                match sent {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(e.into()),
+                    Err(_) => return Err(KafkaError::Canceled.into()),
+                }
                 acked += 1;
-                if next_publish == config.orders && sends.is_empty() {
+                if next_publish == config.orders && refused.is_none() && sends.is_empty() {
                     wait_until = Some(tokio::time::Instant::now() + Duration::from_secs(config.wait_secs));
+                }
+            }
+            Some(row) = row_rx.recv() => {
+                let Some(journey) = journeys.get_mut(&row.order_id) else { continue };
+                if journey.row.is_some() {
+                    continue;
+                }
+                let was_answered = journey.answered(config.until, row_mode);
+                // Offsets from the start: the row's write on the wall clock, the intended time.
+                let done = (row.updated_at - start_wall).to_std().unwrap_or(Duration::ZERO);
+                journey.row = Some(since_intended(journey.intended - start, done));
+                if row.completed {
+                    counts.completed += 1;
+                } else {
+                    counts.failed += 1;
+                }
+                if !was_answered && journey.answered(config.until, row_mode) {
+                    answered += 1;
+                    answer_secs.push(done.as_secs_f64());
+                    last_answer = last_answer.max(done);
                 }
             }
             received = watcher.recv() => {
@@ -442,8 +658,8 @@ pub async fn run(
                 let Some(id) = message.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| k.parse::<Uuid>().ok()) else { continue };
                 // Events of orders this run did not publish are someone else's.
                 let Some(journey) = journeys.get_mut(&id) else { continue };
-                let was_answered = journey.answered(config.until);
-                let since = journey.created.elapsed();
+                let was_answered = journey.answered(config.until, row_mode);
+                let since = journey.intended.elapsed();
                 if message.topic() == state_topic {
                     match message.payload().and_then(|p| serde_json::from_slice::<OrderStateEvent>(p).ok()).map(|s| s.state) {
                         Some(OrderState::Dispatched) if journey.dispatched.is_none() => {
@@ -453,9 +669,15 @@ pub async fn run(
                         Some(state @ (OrderState::Completed | OrderState::Failed)) if journey.answer.is_none() => {
                             let answer = if state == OrderState::Completed { Answer::Completed } else { Answer::Failed };
                             journey.answer = Some((answer, since));
-                            match answer {
-                                Answer::Completed => counts.completed += 1,
-                                _ => counts.failed += 1,
+                            counts.final_events += 1;
+                            if row_mode {
+                                // Its row is due: the row watcher looks for it from now on.
+                                let _ = candidate_tx.send(id);
+                            } else {
+                                match answer {
+                                    Answer::Completed => counts.completed += 1,
+                                    _ => counts.failed += 1,
+                                }
                             }
                         }
                         _ => {}
@@ -464,15 +686,17 @@ pub async fn run(
                     journey.answer = Some((Answer::DeadLettered, since));
                     counts.dead_lettered += 1;
                 }
-                if !was_answered && journey.answered(config.until) {
+                if !was_answered && journey.answered(config.until, row_mode) {
                     answered += 1;
-                    last_answer = start.elapsed();
+                    let at = start.elapsed();
+                    answer_secs.push(at.as_secs_f64());
+                    last_answer = last_answer.max(at);
                 }
             }
             _ = progress_tick.tick() => {
                 counts.at = start.elapsed().as_secs_f64();
                 counts.waiting = depth_rx.borrow().clone();
-                progress.show(&counts, next_publish - answered, false);
+                progress.show(&counts, journeys.len() - answered, false);
                 observer.observe(&counts);
                 series.push(counts.clone());
             }
@@ -483,27 +707,48 @@ pub async fn run(
     counts.waiting = depth_rx.borrow().clone();
     observer.observe(&counts);
     series.push(counts.clone());
-    progress.show(&counts, next_publish - answered, true);
+    progress.show(&counts, journeys.len() - answered, true);
     progress.done();
     depth_task.abort();
+    drop(candidate_tx);
+    let row_lookups = match row_task {
+        Some(task) => task.await.unwrap_or(0),
+        None => 0,
+    };
 
     let mut report = LoadReport {
         published: acked,
         elapsed: start.elapsed(),
         last_answer,
         series,
+        answer_secs,
+        rows: row_mode,
+        row_lookups,
         ..LoadReport::default()
     };
     for journey in journeys.values() {
+        report.handed_latencies.push(journey.handed);
         if let Some(d) = journey.dispatched {
             report.dispatch_latencies.push(d);
         }
         if let Some((answer, d)) = journey.answer {
             if answer != Answer::DeadLettered {
-                report.final_latencies.push(d);
+                report.final_event_latencies.push(d);
+                if !row_mode {
+                    report.final_latencies.push(d);
+                }
             }
         }
-        match (journey.answer, journey.dispatched) {
+        if let Some(d) = journey.row {
+            report.final_latencies.push(d);
+        }
+        let answer = match (row_mode, journey.answer, journey.row) {
+            (true, Some((Answer::DeadLettered, d)), _) => Some((Answer::DeadLettered, d)),
+            (true, Some((answer, _)), Some(d)) => Some((answer, d)),
+            (true, _, _) => None,
+            (false, answer, _) => answer,
+        };
+        match (answer, journey.dispatched) {
             (Some((answer, d)), _) => {
                 *report
                     .answered
@@ -521,6 +766,8 @@ pub async fn run(
     report.latencies.sort();
     report.dispatch_latencies.sort();
     report.final_latencies.sort();
+    report.final_event_latencies.sort();
+    report.handed_latencies.sort();
     Ok(report)
 }
 
@@ -662,6 +909,56 @@ mod tests {
         assert_eq!(report.percentile(50.0), Some(Duration::from_millis(51)));
         assert_eq!(report.percentile(100.0), Some(Duration::from_millis(100)));
         assert_eq!(LoadReport::default().percentile(50.0), None);
+    }
+
+    #[test]
+    fn the_intended_schedule_is_fixed_by_the_rate() {
+        let at = |i| intended_offset(Rate::PerSecond(250.0), i);
+        assert_eq!(at(0), Some(Duration::ZERO));
+        assert_eq!(at(1), Some(Duration::from_millis(4)));
+        assert_eq!(at(1000), Some(Duration::from_secs(4)));
+        // At `max` no schedule: the first attempt to hand the order over is its time.
+        assert_eq!(intended_offset(Rate::Max, 7), None);
+    }
+
+    #[test]
+    fn latencies_count_from_the_intended_time_so_a_stalled_generator_shows() {
+        // Ten orders due at 100/s (every 10 ms); the generator stalls and sends them all
+        // at 1 s, and each completes 5 ms after it was sent. Measured from the send the
+        // latency would be 5 ms for all; from the intended time it is 915..1005 ms.
+        let done = Duration::from_millis(1005);
+        let mut latencies: Vec<Duration> = (0..10)
+            .map(|i| since_intended(intended_offset(Rate::PerSecond(100.0), i).unwrap(), done))
+            .collect();
+        latencies.sort();
+        assert_eq!(latencies[0], Duration::from_millis(915));
+        assert_eq!(
+            percentile(&latencies, 50.0),
+            Some(Duration::from_millis(965))
+        );
+        assert_eq!(
+            percentile(&latencies, 100.0),
+            Some(Duration::from_millis(1005))
+        );
+        // An end before the intended time (a clock step) counts as zero, not a panic.
+        assert_eq!(
+            since_intended(Duration::from_secs(2), Duration::from_secs(1)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn the_steady_rate_leaves_out_ramp_and_tail() {
+        // 100 answers: 10 in the first 5 s (ramp), then one every 0.1 s, then a slow tail.
+        let mut secs: Vec<f64> = (0..10).map(|i| i as f64 * 0.5).collect();
+        secs.extend((0..80).map(|i| 5.0 + i as f64 * 0.1));
+        secs.extend((0..10).map(|i| 20.0 + i as f64 * 3.0));
+        secs.reverse(); // any order
+        let (a, b) = steady_window(&secs).unwrap();
+        assert_eq!((a, b), (5.0, 20.0));
+        assert_eq!(steady_rate(&secs), Some(80.0 / 15.0));
+        assert_eq!(steady_rate(&secs[..5]), None);
+        assert_eq!(steady_rate(&[1.0; 20]), None);
     }
 
     #[test]

@@ -453,7 +453,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Load { kafka, load } => {
             let (trigger, shutdown) = shutdown::channel();
             tokio::spawn(shutdown::on_signals(trigger));
-            let report = load::run(&kafka, &load, &mut (), shutdown).await?;
+            let report = load::run(&kafka, &load, &mut (), None, shutdown).await?;
             print!("{}", report.render());
             Ok(if report.missing == 0 {
                 ExitCode::SUCCESS

@@ -1,7 +1,11 @@
-//! The raw Kafka ceiling: the same number of messages as the benchmark's orders, of the
-//! same size, produced with the stages' producer settings and consumed back, on a scratch
-//! topic with as many partitions as `orders.created`. No stage, no database, no provider:
-//! what the broker and client alone carry on this machine, to compare the pipeline with.
+//! The raw Kafka ceiling, sustained: the benchmark's order events (as many distinct ones
+//! as it sent orders, so they compress as the real ones do) produced with the stages'
+//! producer settings as fast as the producer takes them, while a consumer reads them back,
+//! on a scratch topic with as many partitions as `orders.created`. The events are sent
+//! again, pass after pass, until at least `min_span` has gone by, so that the figure is
+//! one the broker keeps up over a span comparable with the orders run, not a burst. No
+//! stage, no database, no provider: what the broker and client alone carry on this
+//! machine, to compare the pipeline with.
 
 use crate::kafka::topics::name;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
@@ -17,12 +21,22 @@ use uuid::Uuid;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Ceiling {
+    /// Messages produced (and consumed) in all.
     pub messages: usize,
+    /// Distinct events, sent again pass after pass.
+    pub distinct: usize,
+    /// Mean size of an event.
     pub message_bytes: usize,
+    /// The span the run had to last at least.
+    pub min_span_s: f64,
+    /// From the first send to the last acknowledgement.
+    pub produce_s: f64,
+    /// From the first send to the last message read back.
+    pub consume_s: f64,
     /// Messages acknowledged per second (acks=all, idempotent, lz4, as the stages).
     pub produce_per_s: f64,
-    /// Messages produced and read back per second, the two running at once.
-    pub produce_and_consume_per_s: f64,
+    /// Messages read back per second, the consumer running alongside the producer.
+    pub consume_per_s: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +45,7 @@ pub enum CeilingError {
     Setup(#[from] KafkaSetupError),
     #[error("the raw Kafka measurement failed ({0})")]
     Kafka(#[from] KafkaError),
-    #[error("the raw Kafka measurement read {read} of {sent} messages within {waited:?}")]
+    #[error("the raw Kafka measurement read {read} of {sent} messages (then none for {waited:?})")]
     Short {
         read: usize,
         sent: usize,
@@ -39,11 +53,12 @@ pub enum CeilingError {
     },
 }
 
-/// Produces and consumes `messages` payloads of `payload` on a scratch topic, deleted after.
+/// Produces `events` (key, payload), pass after pass until `min_span` is over (at least
+/// once), and consumes them back, on a scratch topic deleted after.
 pub async fn measure(
     kafka: &KafkaConfig,
-    messages: usize,
-    payload: &[u8],
+    events: &[(String, Vec<u8>)],
+    min_span: Duration,
     shutdown: &Shutdown,
 ) -> Result<Ceiling, CeilingError> {
     let admin: AdminClient<Context> = kafka
@@ -77,7 +92,7 @@ pub async fn measure(
             &options,
         )
         .await?;
-    let result = run(kafka, &topic, partitions, messages, payload, shutdown).await;
+    let result = run(kafka, &topic, partitions, events, min_span, shutdown).await;
     if let Err(e) = admin.delete_topics(&[&topic], &options).await {
         tracing::warn!(error = %e, topic, "the scratch topic was not deleted");
     }
@@ -88,8 +103,8 @@ async fn run(
     kafka: &KafkaConfig,
     topic: &str,
     partitions: i32,
-    messages: usize,
-    payload: &[u8],
+    events: &[(String, Vec<u8>)],
+    min_span: Duration,
     shutdown: &Shutdown,
 ) -> Result<Ceiling, CeilingError> {
     let consumer: StreamConsumer<Context> = kafka
@@ -108,45 +123,68 @@ async fn run(
     consumer.assign(&tpl)?;
     // A topic created a moment ago may not have leaders yet: the first send waits for them.
     let producer = kafka.producer()?;
+    let first = events.first().map_or(&[][..], |(_, p)| p.as_slice());
     producer
         .send(
-            FutureRecord::<(), [u8]>::to(topic).payload(payload),
+            FutureRecord::<(), [u8]>::to(topic).payload(first),
             Timeout::After(kafka.connect_timeout()),
         )
         .await
         .map_err(|(e, _)| e)?;
 
-    let budget = Duration::from_secs(120 + messages as u64 / 1000);
+    // The reader learns the total once the producer is done; it gives up after a minute
+    // without a message.
+    let (total_tx, mut total_rx) = tokio::sync::watch::channel(usize::MAX);
+    let idle = Duration::from_secs(60);
     let reader = tokio::spawn(async move {
         let mut read = 0usize;
-        let give_up = tokio::time::Instant::now() + budget;
-        while read < messages + 1 {
-            match tokio::time::timeout_at(give_up, consumer.recv()).await {
-                Ok(Ok(_)) => read += 1,
-                Ok(Err(e)) => tracing::debug!(error = %e, "ceiling consumer"),
-                Err(_) => break,
+        let mut last = Instant::now();
+        // The warm-up message is read too and not counted.
+        while read < total_rx.borrow().saturating_add(1) {
+            tokio::select! {
+                received = tokio::time::timeout(idle, consumer.recv()) => match received {
+                    Ok(Ok(_)) => {
+                        read += 1;
+                        last = Instant::now();
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "ceiling consumer"),
+                    Err(_) => break,
+                },
+                // The producer gave up (its error is reported): so does the reader.
+                changed = total_rx.changed() => if changed.is_err() { break },
             }
         }
-        (read.saturating_sub(1), Instant::now())
+        (read.saturating_sub(1), last)
     });
 
     let start = Instant::now();
-    let records = (0..messages).map(|i| (topic, i.to_string(), payload.to_vec()));
-    super::produce_all(&producer, records, shutdown).await?;
+    let n = events.len().max(1);
+    let records = (0..)
+        .take_while(|i| *i < n || start.elapsed() < min_span)
+        .filter_map(|i| events.get(i % n))
+        .map(|(key, payload)| (topic, key.clone(), payload.clone()));
+    let messages = super::produce_all(&producer, records, shutdown).await?;
     let produced = start.elapsed();
+    let _ = total_tx.send(messages);
     let (read, done) = reader.await.unwrap_or((0, Instant::now()));
+    drop(total_tx);
     if read < messages {
         return Err(CeilingError::Short {
             read,
             sent: messages,
-            waited: budget,
+            waited: idle,
         });
     }
-    let both = done.duration_since(start);
+    let consumed = done.duration_since(start);
+    let bytes: usize = events.iter().map(|(_, p)| p.len()).sum();
     Ok(Ceiling {
         messages,
-        message_bytes: payload.len(),
+        distinct: events.len(),
+        message_bytes: bytes / n,
+        min_span_s: min_span.as_secs_f64(),
+        produce_s: produced.as_secs_f64(),
+        consume_s: consumed.as_secs_f64(),
         produce_per_s: messages as f64 / produced.as_secs_f64().max(1e-9),
-        produce_and_consume_per_s: messages as f64 / both.as_secs_f64().max(1e-9),
+        consume_per_s: messages as f64 / consumed.as_secs_f64().max(1e-9),
     })
 }

@@ -2,10 +2,13 @@
 //! stages, simulator, broker and database are started by `ops/bench.sh`, which names
 //! their processes (`--process name=pid`) for CPU and memory to be read from `/proc`.
 //!
-//! - `bench throughput`: the raw Kafka ceiling ([`ceiling`]) first, then a load of orders
-//!   (at a rate or `max`) followed to their final states ([`crate::load`]). Reports
-//!   sustained orders/s, created-to-dispatched and created-to-final percentiles, CPU and
-//!   peak RSS per process, as a table, as JSON and as an SVG chart of throughput and
+//! - `bench throughput`: a load of orders (at a rate or `max`) followed until each one's
+//!   row in PostgreSQL is final ([`crate::load`], latencies from each order's intended
+//!   send time), then the raw Kafka ceiling ([`ceiling`]) sustained over a comparable
+//!   span. Reports sustained and steady orders/s, created-to-dispatched and
+//!   created-to-final percentiles, CPU seconds and CPU per order and peak RSS of every
+//!   process (the benchmark's own included), the stages' fetched-versus-handled messages
+//!   per topic ([`scrape`]), as a table, as JSON and as an SVG chart of throughput and
 //!   retry depth over time.
 //! - `bench memory`: fills the tier topics with status checks due much later and shows
 //!   the stages' resident memory before, during and after: the waiting lives in Kafka.
@@ -13,10 +16,12 @@
 pub mod ceiling;
 pub mod chart;
 pub mod procs;
+pub mod scrape;
 
 use crate::core::event::{StatusCheck, SCHEMA_VERSION};
 use crate::core::schedule;
 use crate::core::seeded::Seeded;
+use crate::db::{DbConfig, DbError};
 use crate::kafka::topics::name;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
 use crate::load::{self, percentile, DepthArgs, LoadConfig, LoadError, Observer, Snapshot};
@@ -43,11 +48,23 @@ pub enum BenchCommand {
         kafka: KafkaConfig,
         #[command(flatten)]
         load: LoadConfig,
+        /// The database the sink writes: an order is final once its row there is.
+        #[command(flatten)]
+        db: DbConfig,
         #[command(flatten)]
         output: Output,
+        /// A stage's metrics endpoint, `name=http://host:port/metrics`, for its fetched
+        /// and handled messages per topic. Repeat for each.
+        #[arg(long = "metrics")]
+        metrics: Vec<scrape::Endpoint>,
         /// Skip the raw Kafka produce-and-consume measurement.
         #[arg(long)]
         no_ceiling: bool,
+        /// The raw Kafka measurement lasts as long as the orders run's steady state (10 to
+        /// 90 % of the orders final), but at most this many seconds (and at least one pass
+        /// over as many messages as orders).
+        #[arg(long, default_value_t = 60)]
+        ceiling_span_cap_secs: u64,
     },
     /// Resident memory of the stages while the tier topics fill with waiting checks.
     Memory {
@@ -85,6 +102,10 @@ pub struct Output {
     /// Words describing the setup (provider latency, tiers, build), kept in the report.
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Names the measured build (a commit): the JSON is also kept as
+    /// `<mode>-<tag>-<unix time>.json`, so that runs are not overwritten.
+    #[arg(long)]
+    pub tag: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +125,8 @@ pub enum BenchError {
     },
     #[error("--due-in is invalid: {0}")]
     DueIn(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -126,41 +149,56 @@ impl Percentiles {
     }
 }
 
+/// One process's share of the run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProcessCost {
+    #[serde(flatten)]
+    pub usage: Usage,
+    /// CPU milliseconds per order final in PostgreSQL.
+    pub cpu_ms_per_order: Option<f64>,
+}
+
 /// What `bench throughput` measured; written as JSON.
 #[derive(Debug, serde::Serialize)]
 pub struct ThroughputReport {
     pub label: String,
+    pub tag: Option<String>,
     pub orders: usize,
     pub offered_rate: String,
+    /// Where latencies start: each order's intended send time.
+    pub latency_origin: String,
+    /// What counts as final: the order's row in PostgreSQL.
+    pub final_means: String,
     pub published: usize,
     pub completed: usize,
     pub failed: usize,
     pub dead_lettered: usize,
     pub missing: usize,
-    /// Answered orders per second from the first publish to the last answer.
+    /// Final orders per second from the first intended send to the last final row.
     pub sustained_orders_per_s: f64,
-    /// Answered orders per second between 10 % and 90 % of the answers (no ramp, no tail).
+    /// Final orders per second between 10 % and 90 % of them (no ramp, no tail).
     pub steady_orders_per_s: Option<f64>,
-    pub seconds_to_last_answer: f64,
+    /// Seconds since the start at which 10 % and 90 % of the orders were final.
+    pub steady_window_s: Option<(f64, f64)>,
+    pub seconds_to_last_final: f64,
+    /// Intended send time to the producer accepting the order (the generator's lag).
+    pub intended_to_producer: Percentiles,
     pub created_to_dispatched: Percentiles,
+    /// To the order's row final in PostgreSQL (its updated_at).
     pub created_to_final: Percentiles,
+    /// To the final state event read from orders.state (before the sink), for comparison.
+    pub created_to_final_event: Percentiles,
+    /// Order ids the benchmark looked up in PostgreSQL to find final rows.
+    pub row_lookups: usize,
     /// Share of both cores busy during the run, whole machine.
     pub machine_cpu_busy: Option<f64>,
-    pub processes: Vec<Usage>,
+    pub processes: Vec<ProcessCost>,
+    /// All watched processes together, CPU milliseconds per final order.
+    pub total_cpu_ms_per_order: Option<f64>,
+    /// The stages' messages fetched versus handled per topic during the run.
+    pub topics: Vec<scrape::TopicCounts>,
     pub ceiling: Option<ceiling::Ceiling>,
     pub series: Vec<Snapshot>,
-}
-
-/// Answers per second between the snapshots where 10 % and 90 % of `total` were answered.
-pub fn steady_rate(series: &[Snapshot], total: usize) -> Option<f64> {
-    let answered = |s: &Snapshot| s.completed + s.failed + s.dead_lettered;
-    let at = |share: f64| {
-        series
-            .iter()
-            .find(|s| answered(s) as f64 >= share * total as f64)
-    };
-    let (a, b) = (at(0.1)?, at(0.9)?);
-    (b.at > a.at).then(|| (answered(b) - answered(a)) as f64 / (b.at - a.at))
 }
 
 struct Sampling(Sampler);
@@ -176,9 +214,15 @@ pub async fn run(command: BenchCommand, shutdown: Shutdown) -> Result<String, Be
         BenchCommand::Throughput {
             kafka,
             load,
+            db,
             output,
+            metrics,
             no_ceiling,
-        } => throughput(&kafka, &load, &output, no_ceiling, shutdown).await,
+            ceiling_span_cap_secs,
+        } => {
+            let ceiling_cap = (!no_ceiling).then(|| Duration::from_secs(ceiling_span_cap_secs));
+            throughput(&kafka, &load, &db, &output, &metrics, ceiling_cap, shutdown).await
+        }
         BenchCommand::Memory {
             kafka,
             depth,
@@ -211,45 +255,104 @@ pub async fn run(command: BenchCommand, shutdown: Shutdown) -> Result<String, Be
 async fn throughput(
     kafka: &KafkaConfig,
     config: &LoadConfig,
+    db: &DbConfig,
     output: &Output,
-    no_ceiling: bool,
+    metrics: &[scrape::Endpoint],
+    ceiling_cap: Option<Duration>,
     shutdown: Shutdown,
 ) -> Result<String, BenchError> {
-    let ceiling = if no_ceiling {
-        None
-    } else {
-        let (_, example) = load::make_event(&mut Seeded::new(1), config, 0);
-        eprintln!(
-            "bench: raw Kafka ceiling, {} messages of {} bytes ...",
-            config.orders,
-            example.len()
-        );
-        Some(ceiling::measure(kafka, config.orders, &example, &shutdown).await?)
-    };
+    let pool = db.connect().await?;
     eprintln!(
-        "bench: {} orders through the pipeline, offered {} /s ...",
+        "bench: {} orders through the pipeline, offered {} /s, each followed to its final row in PostgreSQL ...",
         config.orders, config.rate
     );
-    let mut sampling = Sampling(Sampler::new(output.processes.clone()));
-    let report = load::run(kafka, config, &mut sampling, shutdown).await?;
+    // The load generator is this process: it is watched too.
+    let mut watched = output.processes.clone();
+    watched.push(procs::Watched {
+        name: "bench (load)".into(),
+        pid: std::process::id(),
+        with_children: false,
+    });
+    let before = scrape::scrape(metrics).await;
+    let mut sampling = Sampling(Sampler::new(watched));
+    let report = load::run(
+        kafka,
+        config,
+        &mut sampling,
+        Some(pool.clone()),
+        shutdown.clone(),
+    )
+    .await?;
     sampling.0.sample();
+    let after = scrape::scrape(metrics).await;
+    pool.close().await;
+    let topics = scrape::compare(&before, &after, &kafka.topic(""));
+
     let count = |k: &str| report.answered.get(k).copied().unwrap_or(0);
+    let finished = count("completed") + count("failed");
+    let steady_window = load::steady_window(&report.answer_secs);
+    let ceiling = match ceiling_cap {
+        None => None,
+        Some(cap) => {
+            // As long as the orders run's steady state (all of it if there was none), at
+            // most the cap.
+            let span = steady_window
+                .map_or(report.last_answer.as_secs_f64(), |(a, b)| b - a)
+                .min(cap.as_secs_f64());
+            let mut mix = Seeded::new(1);
+            let events: Vec<(String, Vec<u8>)> = (0..config.orders.max(1))
+                .map(|i| {
+                    let (id, bytes) = load::make_event(&mut mix, config, i);
+                    (id.to_string(), bytes)
+                })
+                .collect();
+            eprintln!(
+                "bench: raw Kafka ceiling, {} distinct order events sent again until {span:.0} s have passed ...",
+                events.len()
+            );
+            Some(ceiling::measure(kafka, &events, Duration::from_secs_f64(span), &shutdown).await?)
+        }
+    };
+    let processes: Vec<ProcessCost> = sampling
+        .0
+        .usage()
+        .iter()
+        .map(|u| ProcessCost {
+            usage: u.clone(),
+            cpu_ms_per_order: procs::ms_per_order(u.cpu_secs, finished),
+        })
+        .collect();
+    let total_cpu: f64 = processes.iter().map(|p| p.usage.cpu_secs).sum();
     let result = ThroughputReport {
         label: output.label.clone(),
+        tag: output.tag.clone(),
         orders: config.orders,
         offered_rate: config.rate.to_string(),
+        latency_origin: match config.rate {
+            load::Rate::Max => {
+                "the generator's first attempt to hand the order to the producer".into()
+            }
+            load::Rate::PerSecond(r) => format!("the intended send time start + i/{r} s"),
+        },
+        final_means: "the order's row in PostgreSQL final (its updated_at)".into(),
         published: report.published,
         completed: count("completed"),
         failed: count("failed"),
         dead_lettered: count("dead-lettered"),
         missing: report.missing,
         sustained_orders_per_s: report.throughput(),
-        steady_orders_per_s: steady_rate(&report.series, report.answered_total()),
-        seconds_to_last_answer: report.last_answer.as_secs_f64(),
+        steady_orders_per_s: load::steady_rate(&report.answer_secs),
+        steady_window_s: steady_window,
+        seconds_to_last_final: report.last_answer.as_secs_f64(),
+        intended_to_producer: Percentiles::of(&report.handed_latencies),
         created_to_dispatched: Percentiles::of(&report.dispatch_latencies),
         created_to_final: Percentiles::of(&report.final_latencies),
+        created_to_final_event: Percentiles::of(&report.final_event_latencies),
+        row_lookups: report.row_lookups,
         machine_cpu_busy: sampling.0.machine_busy(),
-        processes: sampling.0.usage().to_vec(),
+        processes,
+        total_cpu_ms_per_order: procs::ms_per_order(total_cpu, finished),
+        topics,
         ceiling,
         series: report.series.clone(),
     };
@@ -265,60 +368,94 @@ async fn throughput(
             memory_panel(sampling.0.usage()),
         ],
     );
-    write_results(&output.out, "throughput", &result, &chart, &table)
+    write_results(
+        &output.out,
+        "throughput",
+        &result,
+        &chart,
+        &table,
+        output.tag.as_deref(),
+    )
 }
 
 fn render_throughput(r: &ThroughputReport, report: &load::LoadReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "orderflow bench throughput: {} orders offered at {}/s{}",
+        "orderflow bench throughput: {} orders offered at {}/s{}{}",
         r.orders,
         r.offered_rate,
         if r.label.is_empty() {
             String::new()
         } else {
             format!(" ({})", r.label)
-        }
+        },
+        r.tag
+            .as_ref()
+            .map_or(String::new(), |t| format!(" [measured: {t}]"))
     );
     let _ = writeln!(
         out,
-        "orders       published {} | completed {} | failed {} | dead-lettered {} | missing {}",
+        "orders       published {} | completed {} | failed {} | dead-lettered {} | missing {} (final = row final in PostgreSQL)",
         r.published, r.completed, r.failed, r.dead_lettered, r.missing
     );
     let _ = writeln!(
         out,
-        "sustained    {:.1} orders/s to an answer over {:.1} s; steady (10-90 %) {}",
-        r.sustained_orders_per_s,
-        r.seconds_to_last_answer,
-        r.steady_orders_per_s
-            .map_or("-".into(), |s| format!("{s:.1} orders/s"))
+        "sustained    {:.1} orders/s, first intended send to last final row, over {:.1} s",
+        r.sustained_orders_per_s, r.seconds_to_last_final,
     );
+    let _ = writeln!(
+        out,
+        "steady       {}",
+        match (r.steady_orders_per_s, r.steady_window_s) {
+            (Some(s), Some((a, b))) => format!(
+                "{s:.1} orders/s (10-90 % of orders final: {a:.1} s to {b:.1} s, {:.1} s)",
+                b - a
+            ),
+            _ => "-".into(),
+        }
+    );
+    let _ = writeln!(out, "latency from {}:", r.latency_origin);
     load::latency_table(
         &mut out,
-        "latency      ",
+        "             ",
         &[
+            ("intended→producer", &report.handed_latencies),
             ("created→dispatched", &report.dispatch_latencies),
-            ("created→final", &report.final_latencies),
+            ("created→final event", &report.final_event_latencies),
+            ("created→final row", &report.final_latencies),
         ],
     );
+    render_processes(
+        &mut out,
+        &r.processes,
+        r.machine_cpu_busy,
+        r.total_cpu_ms_per_order,
+        r.completed + r.failed,
+    );
+    render_topics(&mut out, &r.topics);
     if let Some(c) = &r.ceiling {
         let _ = writeln!(
             out,
-            "kafka alone  {} messages of {} B: produced {:.0}/s, produced and consumed {:.0}/s",
-            c.messages, c.message_bytes, c.produce_per_s, c.produce_and_consume_per_s
+            "kafka alone  {} messages of {} B ({} distinct, sent again for at least {:.0} s): produced {:.0}/s over {:.1} s, consumed alongside {:.0}/s over {:.1} s",
+            c.messages, c.message_bytes, c.distinct, c.min_span_s, c.produce_per_s, c.produce_s, c.consume_per_s, c.consume_s
         );
     }
-    render_processes(&mut out, &r.processes, r.machine_cpu_busy);
     out
 }
 
-fn render_processes(out: &mut String, processes: &[Usage], busy: Option<f64>) {
+fn render_processes(
+    out: &mut String,
+    processes: &[ProcessCost],
+    busy: Option<f64>,
+    total_ms: Option<f64>,
+    orders: usize,
+) {
     if let Some(busy) = busy {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let _ = writeln!(
             out,
-            "machine      {:.0} % of {cores} cores busy",
+            "machine      {:.0} % of {cores} cores busy (everything on the machine)",
             busy * 100.0
         );
     }
@@ -327,23 +464,53 @@ fn render_processes(out: &mut String, processes: &[Usage], busy: Option<f64>) {
     }
     let _ = writeln!(
         out,
-        "process      {:<16}{:>10}{:>12}{:>12}{:>12}",
-        "", "CPU cores", "RSS first", "RSS peak", "RSS last"
+        "process      {:<16}{:>10}{:>14}{:>10}{:>12}",
+        "", "CPU s", "CPU ms/order", "cores", "RSS peak"
     );
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
     for p in processes {
-        let mb = |kb: u64| format!("{:.1} MB", kb as f64 / 1024.0);
+        let u = &p.usage;
         let _ = writeln!(
             out,
-            "             {:<16}{:>10.2}{:>12}{:>12}{:>12}",
-            p.name,
-            p.cpu_cores,
-            mb(p.rss_first_kb),
-            mb(p.rss_peak_kb),
-            mb(p.rss_last_kb)
+            "             {:<16}{:>10.1}{:>14}{:>10.2}{:>12}",
+            u.name,
+            u.cpu_secs,
+            ms(p.cpu_ms_per_order),
+            u.cpu_cores,
+            format!("{:.1} MB", u.rss_peak_kb as f64 / 1024.0)
         );
     }
-    if processes.iter().any(|p| p.tree) {
+    let _ = writeln!(
+        out,
+        "             {:<16}{:>10.1}{:>14}   (over {orders} final orders)",
+        "total",
+        processes.iter().map(|p| p.usage.cpu_secs).sum::<f64>(),
+        ms(total_ms)
+    );
+    if processes.iter().any(|p| p.usage.tree) {
         let _ = writeln!(out, "{TREE_NOTE}");
+    }
+}
+
+fn render_topics(out: &mut String, topics: &[scrape::TopicCounts]) {
+    if topics.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "messages     {:<30}{:>12}{:>12}{:>10}",
+        "topic (stages' consumers)", "fetched", "handled", "ratio"
+    );
+    for t in topics {
+        let _ = writeln!(
+            out,
+            "             {:<30}{:>12}{:>12}{:>10}",
+            t.topic,
+            t.fetched.map_or("n/a".to_owned(), |f| format!("{f:.0}")),
+            format!("{:.0}", t.handled),
+            t.amplification
+                .map_or("n/a".to_owned(), |a| format!("{a:.2}"))
+        );
     }
 }
 
@@ -431,6 +598,7 @@ fn write_results<T: serde::Serialize>(
     report: &T,
     chart: &str,
     table: &str,
+    tag: Option<&str>,
 ) -> Result<String, BenchError> {
     let write = |file: &str, bytes: &[u8]| {
         let path = dir.join(file);
@@ -442,10 +610,34 @@ fn write_results<T: serde::Serialize>(
     write(&format!("{stem}.json"), &json)?;
     write(&format!("{stem}.svg"), chart.as_bytes())?;
     write(&format!("{stem}.txt"), table.as_bytes())?;
+    let mut kept = String::new();
+    if let Some(tag) = tag {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let name = kept_name(stem, tag, now);
+        write(&name, &json)?;
+        kept = format!(" (kept as {}/{name})", dir.display());
+    }
     Ok(format!(
-        "{table}results      {0}/{stem}.txt, {0}/{stem}.json, {0}/{stem}.svg\n",
+        "{table}results      {0}/{stem}.txt, {0}/{stem}.json{kept}, {0}/{stem}.svg\n",
         dir.display()
     ))
+}
+
+/// `<stem>-<tag>-<unix time>.json`, the tag reduced to letters, digits, `.`, `_` and `-`.
+fn kept_name(stem: &str, tag: &str, unix: u64) -> String {
+    let tag: String = tag
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{stem}-{tag}-{unix}.json")
 }
 
 /// Under a table of processes when one of them was counted with its children.
@@ -668,7 +860,14 @@ async fn memory(
             },
         ],
     );
-    write_results(&output.out, "memory", &result, &chart, &table)
+    write_results(
+        &output.out,
+        "memory",
+        &result,
+        &chart,
+        &table,
+        output.tag.as_deref(),
+    )
 }
 
 /// A status check of a made-up order, due at `due` (spread over a minute so partitions
@@ -695,27 +894,13 @@ fn waiting_check(account: &str, i: usize, due: chrono::DateTime<Utc>) -> StatusC
 mod tests {
     use super::*;
 
-    fn snap(at: f64, answered: usize) -> Snapshot {
-        Snapshot {
-            at,
-            completed: answered,
-            ..Snapshot::default()
-        }
-    }
-
     #[test]
-    fn the_steady_rate_leaves_out_ramp_and_tail() {
-        // 10 % at 2 s, 90 % at 10 s: 80 answers in 8 s.
-        let series = [
-            snap(1.0, 5),
-            snap(2.0, 10),
-            snap(6.0, 50),
-            snap(10.0, 90),
-            snap(30.0, 100),
-        ];
-        assert_eq!(steady_rate(&series, 100), Some(10.0));
-        assert_eq!(steady_rate(&series[..2], 100), None);
-        assert_eq!(steady_rate(&[], 0), None);
+    fn a_kept_copy_is_named_by_tag_and_time() {
+        assert_eq!(
+            kept_name("throughput", "879454d", 1_790_000_000),
+            "throughput-879454d-1790000000.json"
+        );
+        assert_eq!(kept_name("memory", "a/b c", 5), "memory-a_b_c-5.json");
     }
 
     #[test]

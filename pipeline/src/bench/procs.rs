@@ -4,7 +4,10 @@
 //! connection); the stages are single processes. For such a tree the memory is the sum of
 //! proportional set sizes (PSS), so that shared memory (PostgreSQL's shared buffers, mapped
 //! by every backend) counts once, not once per backend. CPU times are in clock ticks of
-//! `USER_HZ`, which Linux fixes at 100 on the architectures this runs on.
+//! `USER_HZ`, which Linux fixes at 100 on the architectures this runs on. A process's CPU
+//! includes that of its children it has waited for (`cutime`, `cstime`), so that a
+//! PostgreSQL backend or autovacuum worker that exits during a run is still counted: its
+//! time moves into the postmaster's, and the difference over the run stays right.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -61,6 +64,8 @@ pub struct Usage {
     pub tree: bool,
     /// CPU used during the run, as a share of one core (1.0 = one core busy).
     pub cpu_cores: f64,
+    /// CPU seconds (user + system) used during the run.
+    pub cpu_secs: f64,
     pub rss_first_kb: u64,
     pub rss_last_kb: u64,
     /// The highest resident set seen: the kernel's high-water mark for a single process,
@@ -115,7 +120,8 @@ impl Sampler {
             }
             usage.rss_last_kb = now.rss_kb;
             usage.rss_peak_kb = usage.rss_peak_kb.max(now.rss_kb).max(now.peak_kb);
-            usage.cpu_cores = (now.cpu_secs - first.cpu_secs) / at.max(1e-9);
+            usage.cpu_secs = (now.cpu_secs - first.cpu_secs).max(0.0);
+            usage.cpu_cores = usage.cpu_secs / at.max(1e-9);
             usage.rss_series.push((at, now.rss_kb as f64 / 1024.0));
         }
         self.machine_last = machine_ticks();
@@ -162,7 +168,10 @@ fn read_one(pid: u32) -> Option<Reading> {
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // utime, stime, cutime, cstime (fields 14-17 of proc(5)).
+    let ticks: u64 = (11..15)
+        .map(|i| fields.get(i)?.parse::<u64>().ok())
+        .sum::<Option<u64>>()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb = |key: &str| {
         status
@@ -221,9 +230,21 @@ fn machine_ticks() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// CPU milliseconds per order: `None` when no order was finished.
+pub fn ms_per_order(cpu_secs: f64, orders: usize) -> Option<f64> {
+    (orders > 0).then(|| cpu_secs * 1000.0 / orders as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_per_order_is_milliseconds_over_finished_orders() {
+        assert_eq!(ms_per_order(12.0, 20_000), Some(0.6));
+        assert_eq!(ms_per_order(0.0, 5), Some(0.0));
+        assert_eq!(ms_per_order(3.0, 0), None);
+    }
 
     #[test]
     fn a_watched_process_is_name_equals_pid() {

@@ -1,0 +1,254 @@
+//! The stages' own counters, read from their `/metrics` before and after a run: per topic,
+//! the messages a stage's consumer fetched from the broker against those it handled. More
+//! fetched than handled means messages were fetched again (after a pause, a seek back or a
+//! rebalance): the ratio is that amplification. A binary without the fetched counter shows
+//! it as not available.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub const FETCHED: &str = "orderflow_messages_fetched_total";
+pub const HANDLED: &str = "orderflow_messages_handled_total";
+
+/// `name=url`: a stage's metrics endpoint (`http://127.0.0.1:9464/metrics`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub name: String,
+    pub url: String,
+}
+
+impl std::str::FromStr for Endpoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('=') {
+            Some((name, url)) if !name.is_empty() && url.starts_with("http") => Ok(Endpoint {
+                name: name.to_owned(),
+                url: url.to_owned(),
+            }),
+            _ => Err(format!(
+                "{s:?} is not a metrics endpoint: give name=http://host:port/metrics"
+            )),
+        }
+    }
+}
+
+/// Per topic, the sum of a counter's series over every label but `topic`.
+pub type PerTopic = BTreeMap<String, f64>;
+
+/// One scrape of every endpoint: per endpoint, the fetched counter (`None` when the
+/// endpoint does not export it) and the handled counter. An endpoint that does not answer
+/// is left out (with a warning).
+#[derive(Clone, Debug, Default)]
+pub struct Scrape {
+    pub stages: Vec<(String, Option<PerTopic>, PerTopic)>,
+}
+
+pub async fn scrape(endpoints: &[Endpoint]) -> Scrape {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client with default settings");
+    let mut out = Scrape::default();
+    for e in endpoints {
+        let text = match client.get(&e.url).send().await {
+            Ok(r) => r.text().await,
+            Err(err) => Err(err),
+        };
+        match text {
+            Ok(text) => out.stages.push((
+                e.name.clone(),
+                counter(&text, FETCHED),
+                counter(&text, HANDLED).unwrap_or_default(),
+            )),
+            Err(err) => tracing::warn!(stage = %e.name, error = %err, "metrics not scraped"),
+        }
+    }
+    out
+}
+
+/// The series of `metric` in a Prometheus text exposition, summed per `topic` label;
+/// `None` when the metric does not appear at all.
+pub fn counter(text: &str, metric: &str) -> Option<PerTopic> {
+    let mut found = false;
+    let mut per_topic = PerTopic::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(metric) else {
+            continue;
+        };
+        let (labels, value) = match rest.strip_prefix('{') {
+            Some(inner) => match inner.rsplit_once('}') {
+                Some((labels, value)) => (labels, value),
+                None => continue,
+            },
+            None if rest.starts_with(' ') => ("", rest),
+            None => continue, // another metric with this one's name as its prefix
+        };
+        let Some(value) = value
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        found = true;
+        let topic = label(labels, "topic").unwrap_or_default();
+        *per_topic.entry(topic).or_default() += value;
+    }
+    found.then_some(per_topic)
+}
+
+/// The value of label `key` in `a="x",b="y"` (backslash escapes undone).
+fn label(labels: &str, key: &str) -> Option<String> {
+    let mut chars = labels.chars().peekable();
+    loop {
+        let name: String = chars
+            .by_ref()
+            .skip_while(|c| *c == ',' || c.is_whitespace())
+            .take_while(|c| *c != '=')
+            .collect();
+        if name.is_empty() {
+            return None;
+        }
+        if chars.next() != Some('"') {
+            return None;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(other) => value.push(other),
+                    None => return None,
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        if name.trim() == key {
+            return Some(value);
+        }
+    }
+}
+
+/// Fetched against handled on one topic over the run, summed over the stages.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TopicCounts {
+    pub topic: String,
+    /// `None` when no stage exports the fetched counter (a binary without it).
+    pub fetched: Option<f64>,
+    pub handled: f64,
+    /// fetched / handled.
+    pub amplification: Option<f64>,
+}
+
+/// The differences between two scrapes, per topic (the stage's prefix removed from the
+/// topic names), topics in name order.
+pub fn compare(before: &Scrape, after: &Scrape, prefix: &str) -> Vec<TopicCounts> {
+    let sum = |scrape: &Scrape, fetched: bool| -> Option<PerTopic> {
+        let mut total: Option<PerTopic> = None;
+        for (_, f, h) in &scrape.stages {
+            let counts = if fetched { f.as_ref() } else { Some(h) };
+            if let Some(counts) = counts {
+                let total = total.get_or_insert_with(PerTopic::new);
+                for (topic, n) in counts {
+                    *total.entry(topic.clone()).or_default() += n;
+                }
+            }
+        }
+        total
+    };
+    let minus = |a: Option<PerTopic>, b: Option<PerTopic>| {
+        a.map(|mut a| {
+            for (topic, n) in b.unwrap_or_default() {
+                *a.entry(topic).or_default() -= n;
+            }
+            a
+        })
+    };
+    let handled = minus(sum(after, false), sum(before, false)).unwrap_or_default();
+    let fetched = minus(sum(after, true), sum(before, true));
+    let mut topics: Vec<&String> = handled.keys().collect();
+    if let Some(f) = &fetched {
+        topics.extend(f.keys().filter(|t| !handled.contains_key(*t)));
+    }
+    topics.sort();
+    topics
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .map(|topic| {
+            let h = handled.get(topic).copied().unwrap_or(0.0);
+            let f = fetched
+                .as_ref()
+                .map(|f| f.get(topic).copied().unwrap_or(0.0));
+            TopicCounts {
+                topic: topic.strip_prefix(prefix).unwrap_or(topic).to_owned(),
+                fetched: f,
+                handled: h,
+                amplification: f.filter(|_| h > 0.0).map(|f| f / h),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"# HELP orderflow_messages_handled Messages handled.
+# TYPE orderflow_messages_handled counter
+orderflow_messages_handled_total{topic="p.orders.created"} 100
+orderflow_messages_handled_total{topic="p.orders.state",outcome="ok"} 7
+orderflow_messages_handled_total{outcome="x",topic="p.orders.state"} 3
+orderflow_messages_handled_total_extra{topic="p.orders.state"} 1000
+orderflow_messages_fetched_total{topic="p.orders.created",partition="0"} 150
+orderflow_messages_fetched_total{topic="p.orders.created",partition="1"} 50
+"#;
+
+    #[test]
+    fn counters_are_summed_per_topic() {
+        let handled = counter(TEXT, HANDLED).unwrap();
+        assert_eq!(handled["p.orders.created"], 100.0);
+        assert_eq!(handled["p.orders.state"], 10.0);
+        assert_eq!(counter(TEXT, FETCHED).unwrap()["p.orders.created"], 200.0);
+        assert_eq!(counter("# nothing\n", FETCHED), None);
+        assert_eq!(
+            label(r#"a="x\"y",topic="t""#, "topic").as_deref(),
+            Some("t")
+        );
+        assert_eq!(label(r#"a="x\"y",topic="t""#, "a").as_deref(), Some("x\"y"));
+    }
+
+    #[test]
+    fn amplification_is_fetched_over_handled_during_the_run() {
+        let stage = |text: &str| {
+            (
+                "dispatch".to_owned(),
+                counter(text, FETCHED),
+                counter(text, HANDLED).unwrap_or_default(),
+            )
+        };
+        let before = Scrape {
+            stages: vec![stage(
+                "orderflow_messages_handled_total{topic=\"p.orders.created\"} 10\norderflow_messages_fetched_total{topic=\"p.orders.created\"} 10\n",
+            )],
+        };
+        let after = Scrape {
+            stages: vec![stage(TEXT)],
+        };
+        let rows = compare(&before, &after, "p.");
+        assert_eq!(rows[0].topic, "orders.created");
+        assert_eq!(rows[0].fetched, Some(190.0));
+        assert_eq!(rows[0].handled, 90.0);
+        assert_eq!(rows[0].amplification, Some(190.0 / 90.0));
+        // Without the fetched counter (an older binary): not available.
+        let old = Scrape {
+            stages: vec![("sink".into(), None, counter(TEXT, HANDLED).unwrap())],
+        };
+        let rows = compare(&Scrape::default(), &old, "p.");
+        assert_eq!(rows[1].topic, "orders.state");
+        assert_eq!((rows[1].fetched, rows[1].amplification), (None, None));
+    }
+}
