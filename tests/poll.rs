@@ -51,8 +51,7 @@ impl Poll {
     ) -> Poll {
         let h = Harness::new(test, sim, 1_000).await;
         // The tier topics of a scaled-down schedule, next to the spec's own.
-        let template = TopicSpecs::load(None)
-            .unwrap()
+        let template = common::test_specs()
             .topics
             .into_iter()
             .find(|t| t.name.starts_with("orders.status-check."))

@@ -85,7 +85,8 @@ async fn instances_join_die_and_leave_under_load_without_loss_or_double_purchase
         latency: Duration::from_millis(5),
         ..SimConfig::default()
     };
-    let h = Harness::new("scaling", sim, 2_000).await;
+    // The spec's partition counts (24), so that a group of four has work for each member.
+    let h = Harness::with_kafka(common::kafka_with_spec_topics("scaling").await, sim, 2_000).await;
     let labels: Vec<String> = TIERS.split(',').map(str::to_owned).collect();
     let tiers = TopicSpecs::load(None).unwrap().with_tiers(&labels);
     topics::apply(&h.kafka, &tiers).await.unwrap();

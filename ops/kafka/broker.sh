@@ -102,7 +102,7 @@ EOF
     printf '\n# From KAFKA_EXTRA_PROPERTIES.\n%s\n' "$KAFKA_EXTRA_PROPERTIES" >>"$PROPS"
 }
 
-JAVA=(java -Xmx512m -Xms256m -XX:+UseG1GC -Djava.awt.headless=true
+JAVA=(java -Xmx1g -Xms256m -XX:+UseG1GC -Djava.awt.headless=true
   -Dlog4j2.configurationFile="$LOG4J" -cp "$LIB/*")
 
 # The cluster id is made once and kept, so the data dir is formatted only once

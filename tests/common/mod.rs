@@ -30,10 +30,35 @@ pub fn kafka(test: &str) -> KafkaConfig {
     KafkaConfig::for_tests(&brokers(), &format!("{}.", unique(&format!("t-{test}-"))))
 }
 
-/// Kafka settings with every topic of the spec created under a prefix of the test's own.
+/// Partitions per topic in most tests. The spec's 24 are for scale; the behaviour a test
+/// checks does not depend on the count, and one broker holding every test's topics at 24
+/// partitions (tens of thousands of partitions in a run) runs out of heap. The scaling test
+/// uses the spec's counts ([`kafka_with_spec_topics`]).
+pub const TEST_PARTITIONS: i32 = 6;
+
+/// The topic specs, with at most [`TEST_PARTITIONS`] partitions each.
+pub fn test_specs() -> TopicSpecs {
+    let mut specs = TopicSpecs::load(None).expect("built-in specs");
+    for t in &mut specs.topics {
+        t.partitions = t.partitions.min(TEST_PARTITIONS);
+    }
+    specs
+}
+
+/// Kafka settings with every topic of the spec created under a prefix of the test's own,
+/// with at most [`TEST_PARTITIONS`] partitions each.
 pub async fn kafka_with_topics(test: &str) -> KafkaConfig {
+    apply_specs(test, test_specs()).await
+}
+
+/// [`kafka_with_topics`] with the spec's own partition counts.
+#[allow(dead_code)]
+pub async fn kafka_with_spec_topics(test: &str) -> KafkaConfig {
+    apply_specs(test, TopicSpecs::load(None).expect("built-in specs")).await
+}
+
+async fn apply_specs(test: &str, specs: TopicSpecs) -> KafkaConfig {
     let kafka = kafka(test);
-    let specs = TopicSpecs::load(None).expect("built-in specs");
     let report = topics::apply(&kafka, &specs)
         .await
         .expect("applying the topics");

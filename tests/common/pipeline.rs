@@ -37,7 +37,15 @@ pub struct Harness {
 impl Harness {
     /// Everything a dispatch stage needs; `request_timeout_ms` is the account's.
     pub async fn new(test: &str, sim: SimConfig, request_timeout_ms: u64) -> Harness {
-        let kafka = kafka_with_topics(test).await;
+        Self::with_kafka(kafka_with_topics(test).await, sim, request_timeout_ms).await
+    }
+
+    /// [`Harness::new`] on topics created by the caller.
+    pub async fn with_kafka(
+        kafka: KafkaConfig,
+        sim: SimConfig,
+        request_timeout_ms: u64,
+    ) -> Harness {
         let db = TestDb::new_migrated().await;
         let sim = Sim::new(SimConfig {
             kod: KOD.into(),

@@ -415,6 +415,10 @@ pub async fn finish_steps(
                 AS t(order_id, seq, attempts, version, next_check_at, final_state, tier)
           WHERE c.order_id = t.order_id AND c.seq = t.seq AND c.lease_owner = $1
             AND NOT c.step_done
+            -- Said again as an index condition: joined to UNNEST alone, the planner may
+            -- scan the whole table for every batch (measured: 53 million rows read for
+            -- 25,000 orders).
+            AND c.order_id = ANY($2)
           RETURNING c.order_id",
     )
     .bind(owner)

@@ -24,19 +24,21 @@ use crate::core::backoff::random_fraction;
 use crate::core::event::OrderCreated;
 use crate::core::lifecycle::{version, OrderState};
 use crate::db::claims::{self, Claim, NewClaim, Phase};
-use crate::kafka::stage::{message_span, Ack, Delivery, Handler};
+use crate::kafka::stage::{in_groups, message_span, Ack, Delivery, Handler};
 use crate::provider::{PlaceOutcome, Placement};
 use crate::shutdown::Shutdown;
 use chrono::Utc;
 use futures::future::{join_all, BoxFuture};
-use futures::stream::{FuturesUnordered, StreamExt};
-use futures::FutureExt;
+use futures::stream::FuturesUnordered;
 use rdkafka::message::OwnedMessage;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 use uuid::Uuid;
+
+/// Groups of answers being settled at once (each a statement, then a round of sends).
+const SETTLING_AT_ONCE: usize = 2;
 
 /// One valid order of a batch.
 struct Item {
@@ -149,7 +151,7 @@ impl DispatchHandler {
         if self.announce {
             self.announce(&fresh).await;
         }
-        let mut running: FuturesUnordered<_> = fresh
+        let running: FuturesUnordered<_> = fresh
             .into_iter()
             .map(|(item, claim)| {
                 let span = item.span.clone();
@@ -157,15 +159,14 @@ impl DispatchHandler {
                     .instrument(span)
             })
             .collect();
-        // Settle answers as they come, every answer already there in one statement.
-        while let Some(first) = running.next().await {
-            let mut group = vec![first];
-            while let Some(Some(more)) = running.next().now_or_never() {
-                group.push(more);
-            }
+        // Answers are settled as they come: those that arrive while a group is being
+        // settled go together in the next statement.
+        in_groups(running, SETTLING_AT_ONCE, |group| {
             crate::crash::point("dispatch.after_calls");
-            self.settle_group(group, owner, shutdown).await;
-        }
+            let mut shutdown = shutdown.clone();
+            async move { self.settle_group(group, owner, &mut shutdown).await }
+        })
+        .await;
     }
 
     /// Places one freshly claimed order, unless its lease may have run out meanwhile.

@@ -20,6 +20,11 @@ use serde::Serialize;
 pub struct Emitter {
     /// Counts what is written, once a stage says where ([`Emitter::counted`]).
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    counters: std::sync::Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<String, prometheus_client::metrics::counter::Counter>,
+        >,
+    >,
     producer: FutureProducer<Context>,
     state_topic: String,
     dispatched_topic: String,
@@ -29,6 +34,7 @@ impl Emitter {
     pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaSetupError> {
         Ok(Emitter {
             metrics: None,
+            counters: Default::default(),
             producer: kafka.producer()?,
             state_topic: kafka.topic(name::ORDERS_STATE),
             dispatched_topic: kafka.topic(name::ORDERS_DISPATCHED),
@@ -42,12 +48,21 @@ impl Emitter {
     }
 
     fn count(&self, topic: &str) {
-        if let Some(metrics) = &self.metrics {
-            metrics
-                .events_written
-                .get_or_create(&crate::metrics::Metrics::topic(topic))
-                .inc();
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        // The counter handle of each topic, made once (a label is a String).
+        let mut counters = self.counters.lock().expect("counters lock");
+        if let Some(counter) = counters.get(topic) {
+            counter.inc();
+            return;
         }
+        let counter = metrics
+            .events_written
+            .get_or_create(&crate::metrics::Metrics::topic(topic))
+            .clone();
+        counter.inc();
+        counters.insert(topic.to_owned(), counter);
     }
 
     pub fn producer(&self) -> &FutureProducer<Context> {

@@ -118,6 +118,44 @@ pub fn message_span(message: &OwnedMessage) -> tracing::Span {
     span
 }
 
+/// Drives `running` (a batch's per-message work) to the end, handing what finishes to
+/// `settle` in groups: everything finished while earlier groups were being settled goes in
+/// the next group, with at most `concurrent` groups being settled at once. So a handler
+/// spends one statement and one round of sends on many messages under load, and at once
+/// on a lone one; and work still running is polled while groups are settled.
+pub async fn in_groups<T, W, F, Fut>(
+    mut running: FuturesUnordered<W>,
+    concurrent: usize,
+    mut settle: F,
+) where
+    W: std::future::Future<Output = T>,
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut settling = FuturesUnordered::new();
+    let mut waiting: Vec<T> = Vec::new();
+    loop {
+        if !waiting.is_empty() && settling.len() < concurrent.max(1) {
+            settling.push(settle(std::mem::take(&mut waiting)));
+        }
+        if running.is_empty() && settling.is_empty() {
+            if waiting.is_empty() {
+                return;
+            }
+            continue;
+        }
+        tokio::select! {
+            Some(done) = running.next(), if !running.is_empty() => {
+                waiting.push(done);
+                while let Some(Some(more)) = futures::FutureExt::now_or_never(running.next()) {
+                    waiting.push(more);
+                }
+            }
+            Some(()) = settling.next(), if !settling.is_empty() => {}
+        }
+    }
+}
+
 /// One message handed to a [`Handler`], with its acknowledgement.
 pub struct Delivery {
     pub message: OwnedMessage,
@@ -381,6 +419,7 @@ struct Topics {
     names: Vec<String>,
     fetched: Vec<Counter>,
     handled: Vec<Counter>,
+    lateness: Vec<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl Topics {
@@ -398,6 +437,10 @@ impl Topics {
             names: names.to_vec(),
             fetched: each(&metrics.fetched),
             handled: each(&metrics.handled),
+            lateness: names
+                .iter()
+                .map(|t| metrics.lateness.get_or_create(&Metrics::topic(t)).clone())
+                .collect(),
         }
     }
 
@@ -437,9 +480,7 @@ pub async fn run<H: Handler>(
         apply(&consumer, &topics, &mut engine);
         let now = now_millis();
         if let Some(batch) = engine.batch(now) {
-            start(
-                batch, &handler, &topics, &metrics, &done_tx, &shutdown, traced, now,
-            );
+            start(batch, &handler, &topics, &done_tx, &shutdown, traced, now);
             continue;
         }
         let wake = [engine.next_due(), engine.next_linger()]
@@ -530,7 +571,6 @@ fn start<H: Handler>(
     batch: Vec<Handout<OwnedMessage>>,
     handler: &Arc<H>,
     topics: &Topics,
-    metrics: &Metrics,
     done_tx: &mpsc::UnboundedSender<Done>,
     shutdown: &Shutdown,
     traced: bool,
@@ -541,10 +581,7 @@ fn start<H: Handler>(
     for h in batch {
         if let Some(due) = h.due {
             let late = (now - due).max(0) as f64 / 1000.0;
-            metrics
-                .lateness
-                .get_or_create(&Metrics::topic(&topics.names[h.token.partition.topic]))
-                .observe(late);
+            topics.lateness[h.token.partition.topic].observe(late);
             if late > 1.0 {
                 tracing::warn!(
                     topic = h.message.topic(),

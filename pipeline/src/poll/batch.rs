@@ -16,18 +16,20 @@ use super::PollHandler;
 use crate::core::event::{OrderStateEvent, StatusCheck};
 use crate::db::chains::{self, Begun, StepEnd};
 use crate::kafka::emit::until_sent;
-use crate::kafka::stage::{message_span, Ack, Delivery, Handler};
+use crate::kafka::stage::{in_groups, message_span, Ack, Delivery, Handler};
 use crate::shutdown::{Interrupted, Shutdown};
 use chrono::{DateTime, Utc};
 use futures::future::{join_all, BoxFuture};
-use futures::stream::{FuturesUnordered, StreamExt};
-use futures::FutureExt;
+use futures::stream::FuturesUnordered;
 use rdkafka::message::OwnedMessage;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 use uuid::Uuid;
+
+/// Groups of answers being published and recorded at once.
+const FINISHING_AT_ONCE: usize = 2;
 
 /// One step of a batch.
 struct Item {
@@ -130,7 +132,7 @@ impl PollHandler {
             return;
         };
         let taken: HashSet<Uuid> = taken.into_iter().collect();
-        let mut running = FuturesUnordered::new();
+        let running = FuturesUnordered::new();
         for item in items {
             if taken.contains(&item.check.order_id) {
                 let span = item.span.clone();
@@ -142,13 +144,13 @@ impl PollHandler {
                 self.one_by_one(item.message, item.ack, shutdown);
             }
         }
-        while let Some(first) = running.next().await {
-            let mut group = vec![first];
-            while let Some(Some(more)) = running.next().now_or_never() {
-                group.push(more);
-            }
-            self.finish_group(group, owner, shutdown).await;
-        }
+        // Answers are handled as they come: those that arrive while a group is being
+        // published and recorded go together in the next group.
+        in_groups(running, FINISHING_AT_ONCE, |group| {
+            let mut shutdown = shutdown.clone();
+            async move { self.finish_group(group, owner, &mut shutdown).await }
+        })
+        .await;
     }
 
     fn lease_of(&self, check: &StatusCheck) -> Duration {

@@ -518,7 +518,7 @@ impl PollHandler {
         let id = check.order_id;
         match decision {
             Decision::Complete { pin, attempts } => {
-                tracing::info!(order_id = %id, reference = %check.provider_reference, attempts, "order completed");
+                tracing::debug!(order_id = %id, reference = %check.provider_reference, attempts, "order completed");
                 let event = OrderStateEvent {
                     pin: Some(self.keys.seal(id, &pin)),
                     ..state(OrderState::Completed, attempts)
