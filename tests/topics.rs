@@ -48,7 +48,7 @@ async fn a_topic_that_differs_from_its_spec_is_reported() {
 #[tokio::test]
 async fn the_compacted_state_topic_is_created_compacted() {
     let kafka = common::kafka_with_topics("compact").await;
-    let mut only_state = TopicSpecs::load(None).unwrap();
+    let mut only_state = common::test_specs();
     only_state.topics.retain(|t| t.name == "orders.state");
     only_state.topics[0]
         .config

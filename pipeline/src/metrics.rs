@@ -85,8 +85,9 @@ pub struct Metrics {
     database_ok: AtomicBool,
     /// Messages a stage finished (their effects durable), by topic.
     pub handled: Family<TopicLabel, Counter>,
-    /// Messages a stage received from the broker, by topic: more than `handled` when
-    /// messages are fetched again (after a pause, a rebalance or a restart).
+    /// Messages a stage's consumer received from the broker, by topic (librdkafka's
+    /// statistics, every 5 s): more than `handled` when messages are fetched again (what a
+    /// pause dropped from the prefetch, a rebalance, a restart).
     pub fetched: Family<TopicLabel, Counter>,
     /// Messages being handled right now.
     pub in_flight: Gauge,

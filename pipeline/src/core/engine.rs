@@ -17,14 +17,20 @@
 //! - **Micro-batches.** Due messages queue per topic and go out in batches of up to
 //!   `batch_max`, or when the oldest has waited `batch_linger_ms`, within a bound of
 //!   `max_in_flight` messages handed out and not finished per topic (so one topic's
-//!   backlog cannot starve another's). A topic whose queue reaches `max_in_flight` is
-//!   paused until the queue is back to half.
+//!   backlog cannot starve another's). A topic whose queue reaches [`QUEUE_PER_IN_FLIGHT`]
+//!   times `max_in_flight` is paused until the queue is back to half: a burst of messages
+//!   falling due together stays in the queue instead of pausing the topic, since a pause
+//!   costs a refetch.
 //!
 //! Time is Unix milliseconds, given by the caller.
 
 use crate::core::watermark::PartitionWatermark;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+/// How many due messages a topic may queue, per message it may have in flight, before
+/// it is paused.
+pub const QUEUE_PER_IN_FLIGHT: usize = 8;
 
 /// Unix time in milliseconds.
 pub type Millis = i64;
@@ -177,10 +183,13 @@ impl<M> Engine<M> {
         &self.settings
     }
 
-    /// The partition is ours (again). Its pause state is set to the loop's (the consumer may
-    /// still carry a pause from an earlier ownership).
+    /// The partition is ours (again): a new ownership, with a watermark of its own (the
+    /// consumer fetches from the committed offset), whatever an earlier one left. Its pause
+    /// state is set to the loop's (the consumer may still carry a pause from before).
     pub fn assign(&mut self, id: PartitionId) {
         let backlogged = self.backlogged[id.topic];
+        self.parts.remove(&id);
+        self.ready[id.topic].retain(|r| r.token.partition != id);
         let part = self.part(id);
         part.paused = part.full || backlogged;
         let paused = part.paused;
@@ -211,7 +220,9 @@ impl<M> Engine<M> {
         })
     }
 
-    /// A message arrived from the consumer: due at `due` (or now, when `None`).
+    /// A message arrived from the consumer: due at `due` (or now, when `None`). A message of
+    /// a partition not assigned (a leftover of a revoked ownership) is dropped: the owner
+    /// reads it from the committed offset.
     pub fn fetched(
         &mut self,
         id: PartitionId,
@@ -222,7 +233,9 @@ impl<M> Engine<M> {
         now: Millis,
     ) {
         let (max_messages, max_bytes) = self.budget();
-        let part = self.part(id);
+        let Some(part) = self.parts.get_mut(&id) else {
+            return;
+        };
         part.watermark.begin(offset);
         let token = Token {
             partition: id,
@@ -427,7 +440,7 @@ impl<M> Engine<M> {
 
     fn update_backlog(&mut self, topic: usize) {
         let queued = self.ready[topic].len();
-        let bound = self.settings.max_in_flight;
+        let bound = self.settings.max_in_flight * QUEUE_PER_IN_FLIGHT;
         let was = self.backlogged[topic];
         let now = if was {
             queued > bound / 2
@@ -562,6 +575,27 @@ mod tests {
     }
 
     #[test]
+    fn a_leftover_of_a_revoked_partition_is_dropped_and_an_assign_starts_afresh() {
+        let mut e = engine();
+        e.fetched(p(T0, 0), 40, 10, None, 40, 0);
+        e.revoke(p(T0, 0));
+        // Delivered after the revoke: not ours, not handed out, no offset.
+        e.fetched(p(T0, 0), 41, 10, None, 41, 0);
+        assert!(e.batch(100).is_none());
+        // Assigned again: the consumer fetches from the committed offset (30), and every
+        // durable message moves the stored offset, whatever the earlier ownership saw.
+        e.assign(p(T0, 0));
+        for o in 30..33 {
+            e.fetched(p(T0, 0), o, 10, None, o, 200);
+        }
+        for h in e.batch(200).unwrap() {
+            e.done(h.token, Outcome::Durable);
+        }
+        let commits = e.take_commits();
+        assert_eq!(commits.last(), Some(&(p(T0, 0), 33)), "{commits:?}");
+    }
+
+    #[test]
     fn a_revoke_drops_what_waits_and_what_is_queued() {
         let mut e = engine();
         e.fetched(p(T0, 0), 0, 10, Some(500), 0, 0);
@@ -631,16 +665,24 @@ mod tests {
     #[test]
     fn a_topic_whose_queue_reaches_its_bound_is_paused_until_half() {
         let mut e = engine();
-        for o in 0..4 {
+        let bound = 4 * QUEUE_PER_IN_FLIGHT as i64;
+        for o in 0..bound - 1 {
             e.fetched(p(T0, 0), o, 10, None, o, 0);
         }
-        // Four queued (the bound): both partitions of the topic are paused, not T1's.
+        assert_eq!(e.take_pauses(), vec![], "below the bound");
+        e.fetched(p(T0, 0), bound - 1, 10, None, bound - 1, 0);
+        // At the bound: both partitions of the topic are paused, not T1's.
         assert_eq!(e.take_pauses(), vec![(p(T0, 0), true), (p(T0, 1), true)]);
-        let b = e.batch(0).unwrap(); // three out, one queued
-        assert_eq!(b.len(), 3);
+        // Work the queue down to half: then the topic is resumed.
+        while e.queued(T0) as i64 > bound / 2 {
+            assert!(e.is_paused(p(T0, 0)));
+            for h in e.batch(0).unwrap() {
+                e.done(h.token, Outcome::Durable);
+            }
+        }
         assert_eq!(e.take_pauses(), vec![(p(T0, 0), false), (p(T0, 1), false)]);
-        // A partition assigned meanwhile takes the topic's state.
-        for o in 4..8 {
+        // A partition assigned while the topic is paused takes the topic's state.
+        for o in bound..2 * bound {
             e.fetched(p(T0, 1), o, 10, None, o, 0);
         }
         e.take_pauses();
@@ -658,6 +700,8 @@ mod tests {
             },
             2,
         );
+        e.assign(p(T0, 0));
+        e.assign(p(T1, 0));
         for o in 0..50 {
             e.fetched(p(T0, 0), o, 10, None, o, 0);
         }

@@ -302,6 +302,9 @@ pub struct StageContext {
     metrics: Arc<Metrics>,
     revoked: Mutex<Vec<(String, i32)>>,
     assigned: Mutex<Vec<(String, i32)>>,
+    /// Messages librdkafka reported received from the broker, per partition, at the last
+    /// statistics: `orderflow_messages_fetched_total` grows by the difference.
+    received: Mutex<std::collections::HashMap<(String, i32), u64>>,
 }
 
 impl StageContext {
@@ -311,6 +314,7 @@ impl StageContext {
             metrics,
             revoked: Mutex::default(),
             assigned: Mutex::default(),
+            received: Mutex::default(),
         }
     }
 }
@@ -324,7 +328,26 @@ impl ClientContext for StageContext {
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut received = self.received.lock().expect("received lock");
         for (topic, t) in &statistics.topics {
+            // Fetched from the broker, what a pause dropped and a resume fetched again
+            // included: against `messages_handled`, the refetch amplification.
+            let mut fetched = 0;
+            for (partition, p) in &t.partitions {
+                if *partition < 0 {
+                    continue;
+                }
+                let seen = received.entry((topic.clone(), *partition)).or_insert(0);
+                // librdkafka's count starts again when the partition is assigned again.
+                fetched += p.msgs.checked_sub(*seen).unwrap_or(p.msgs);
+                *seen = p.msgs;
+            }
+            if fetched > 0 {
+                self.metrics
+                    .fetched
+                    .get_or_create(&Metrics::topic(topic))
+                    .inc_by(fetched);
+            }
             for (partition, p) in &t.partitions {
                 // -1 is librdkafka's internal partition; a negative lag is unknown.
                 if *partition < 0 || !p.desired || p.consumer_lag < 0 {
@@ -417,7 +440,6 @@ pub fn consumer(
 /// The stage's topics and their per-topic metric handles, made once.
 struct Topics {
     names: Vec<String>,
-    fetched: Vec<Counter>,
     handled: Vec<Counter>,
     lateness: Vec<prometheus_client::metrics::histogram::Histogram>,
 }
@@ -435,7 +457,6 @@ impl Topics {
         };
         Topics {
             names: names.to_vec(),
-            fetched: each(&metrics.fetched),
             handled: each(&metrics.handled),
             lateness: names
                 .iter()
@@ -528,7 +549,6 @@ pub async fn run<H: Handler>(
                 let Some(id) = topics.id(message.topic(), message.partition()) else {
                     continue;
                 };
-                topics.fetched[id.topic].inc();
                 let due = handler.due_at(&message).map(|d| d.timestamp_millis());
                 let bytes = message.payload().map_or(0, <[u8]>::len);
                 engine.fetched(id, message.offset(), bytes, due, message, now_millis());
