@@ -191,9 +191,8 @@ impl<M> Engine<M> {
         self.parts.remove(&id);
         self.ready[id.topic].retain(|r| r.token.partition != id);
         let part = self.part(id);
-        part.paused = part.full || backlogged;
-        let paused = part.paused;
-        self.pauses.push((id, paused));
+        part.paused = backlogged;
+        self.pauses.push((id, backlogged));
     }
 
     /// The partition is no longer ours: what waits or is queued for it is dropped (the new

@@ -515,6 +515,9 @@ pub async fn run<H: Handler>(
             biased;
             _ = shutdown.wait() => break,
             Some(done) = done_rx.recv() => {
+                // A revoke since the last look must be known before a completion stores
+                // an offset for the partition.
+                rebalanced(&consumer, &topics, &mut engine, &metrics);
                 if let Some(e) = finished(&mut engine, &topics, done) {
                     panicked = Some(e);
                     break;
@@ -699,8 +702,17 @@ fn apply(
                 Offset::Offset(position),
             );
         }
-        if let Err(e) = consumer.store_offsets(&tpl) {
-            tracing::debug!(error = %e, "offsets not stored (partition no longer assigned)");
+        // librdkafka refuses the whole list if one partition in it is no longer assigned
+        // (revoked, not yet forgotten here): then each partition on its own, so the others'
+        // offsets are not lost with it.
+        if consumer.store_offsets(&tpl).is_err() {
+            for e in tpl.elements() {
+                let mut one = TopicPartitionList::new();
+                let _ = one.add_partition_offset(e.topic(), e.partition(), e.offset());
+                if let Err(error) = consumer.store_offsets(&one) {
+                    tracing::debug!(%error, topic = e.topic(), partition = e.partition(), "offset not stored (partition no longer assigned)");
+                }
+            }
         }
     }
 }
