@@ -189,6 +189,7 @@ impl<M> Engine<M> {
     pub fn assign(&mut self, id: PartitionId) {
         let backlogged = self.backlogged[id.topic];
         self.parts.remove(&id);
+        self.pauses.retain(|(p, _)| *p != id);
         self.ready[id.topic].retain(|r| r.token.partition != id);
         let part = self.part(id);
         part.paused = backlogged;
@@ -200,6 +201,10 @@ impl<M> Engine<M> {
     /// no offset.
     pub fn revoke(&mut self, id: PartitionId) {
         self.parts.remove(&id);
+        // A pause said to a partition that is no longer ours makes librdkafka keep its old
+        // position as where to fetch from when it is assigned again, past the committed
+        // offset: what this ownership had not finished would never be fetched again.
+        self.pauses.retain(|(p, _)| *p != id);
         self.ready[id.topic].retain(|r| r.token.partition != id);
         self.update_backlog(id.topic);
     }
@@ -592,6 +597,16 @@ mod tests {
         }
         let commits = e.take_commits();
         assert_eq!(commits.last(), Some(&(p(T0, 0), 33)), "{commits:?}");
+    }
+
+    #[test]
+    fn no_pause_is_said_to_a_partition_after_its_revoke() {
+        let mut e = engine();
+        for o in 0..4 {
+            e.fetched(p(T0, 0), o, 10, Some(100 + o), o, 0);
+        }
+        e.revoke(p(T0, 0));
+        assert_eq!(e.take_pauses(), vec![], "the buffer's pause is not said");
     }
 
     #[test]

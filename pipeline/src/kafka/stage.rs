@@ -498,6 +498,9 @@ pub async fn run<H: Handler>(
     let mut look = tokio::time::interval(Duration::from_secs(1));
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Rebalances first: nothing is paused or stored for a partition librdkafka has
+        // revoked since (its callbacks run inside `recv()`, on this task).
+        rebalanced(&consumer, &topics, &mut engine, &metrics);
         apply(&consumer, &topics, &mut engine);
         let now = now_millis();
         if let Some(batch) = engine.batch(now) {
@@ -515,9 +518,6 @@ pub async fn run<H: Handler>(
             biased;
             _ = shutdown.wait() => break,
             Some(done) = done_rx.recv() => {
-                // A revoke since the last look must be known before a completion stores
-                // an offset for the partition.
-                rebalanced(&consumer, &topics, &mut engine, &metrics);
                 if let Some(e) = finished(&mut engine, &topics, done) {
                     panicked = Some(e);
                     break;
@@ -693,26 +693,26 @@ fn apply(
     }
     let commits = engine.take_commits();
     if !commits.is_empty() {
-        let mut tpl = TopicPartitionList::new();
+        // One entry per partition, its latest position. A list naming a partition twice
+        // is wrong here: rust-rdkafka sets the offset of the first entry it finds, and the
+        // second keeps an invalid offset that librdkafka then stores over the real one
+        // (measured: groups whose committed offsets stopped short of the end).
+        let mut latest: std::collections::BTreeMap<PartitionId, i64> = Default::default();
         for (id, position) in commits {
-            // Later positions of a partition replace earlier ones.
+            latest.insert(id, position);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (id, position) in latest {
             let _ = tpl.add_partition_offset(
                 &topics.names[id.topic],
                 id.partition,
                 Offset::Offset(position),
             );
         }
-        // librdkafka refuses the whole list if one partition in it is no longer assigned
-        // (revoked, not yet forgotten here): then each partition on its own, so the others'
-        // offsets are not lost with it.
-        if consumer.store_offsets(&tpl).is_err() {
-            for e in tpl.elements() {
-                let mut one = TopicPartitionList::new();
-                let _ = one.add_partition_offset(e.topic(), e.partition(), e.offset());
-                if let Err(error) = consumer.store_offsets(&one) {
-                    tracing::debug!(%error, topic = e.topic(), partition = e.partition(), "offset not stored (partition no longer assigned)");
-                }
-            }
+        // librdkafka stores what it can and says no only when none of them could be
+        // stored (the partitions were revoked meanwhile: their next owner redoes them).
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            tracing::debug!(error = %e, "offsets not stored (partitions no longer assigned)");
         }
     }
 }
@@ -764,5 +764,4 @@ fn rebalanced(
     // Ready while this consumer has partitions to work on.
     let owns = consumer.assignment().is_ok_and(|a| a.count() > 0);
     metrics.set_ready(owns);
-    apply(consumer, topics, engine);
 }
