@@ -17,10 +17,10 @@
 //! - **Micro-batches.** Due messages queue per topic and go out in batches of up to
 //!   `batch_max`, or when the oldest has waited `batch_linger_ms`, within a bound of
 //!   `max_in_flight` messages handed out and not finished per topic (so one topic's
-//!   backlog cannot starve another's). A topic whose queue reaches [`QUEUE_PER_IN_FLIGHT`]
-//!   times `max_in_flight` is paused until the queue is back to half: a burst of messages
-//!   falling due together stays in the queue instead of pausing the topic, since a pause
-//!   costs a refetch.
+//!   backlog cannot starve another's). A topic whose queue reaches [`QUEUE_PER_TOPIC`]
+//!   messages (or [`QUEUE_PER_IN_FLIGHT`] times `max_in_flight`, if more) is paused until
+//!   the queue is back to half: a pause costs a refetch of what the consumer had
+//!   prefetched, so pauses must be rare and the queue long.
 //!
 //! Time is Unix milliseconds, given by the caller.
 
@@ -31,6 +31,9 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 /// How many due messages a topic may queue, per message it may have in flight, before
 /// it is paused.
 pub const QUEUE_PER_IN_FLIGHT: usize = 8;
+
+/// The least number of due messages a topic may queue before it is paused.
+pub const QUEUE_PER_TOPIC: usize = 16_384;
 
 /// Unix time in milliseconds.
 pub type Millis = i64;
@@ -75,6 +78,9 @@ pub struct Settings {
     pub buffer_messages: usize,
     /// Payload bytes waiting for their due time in the whole stage, shared the same way.
     pub buffer_bytes: usize,
+    /// The least number of due messages a topic may queue before it is paused
+    /// ([`QUEUE_PER_TOPIC`] by default).
+    pub queue_min: usize,
 }
 
 impl Default for Settings {
@@ -85,6 +91,7 @@ impl Default for Settings {
             max_in_flight: 1024,
             buffer_messages: 100_000,
             buffer_bytes: 32 * 1024 * 1024,
+            queue_min: QUEUE_PER_TOPIC,
         }
     }
 }
@@ -165,6 +172,7 @@ impl<M> Engine<M> {
             buffer_messages: settings.buffer_messages.max(1),
             buffer_bytes: settings.buffer_bytes.max(1),
             batch_linger_ms: settings.batch_linger_ms.max(0),
+            ..settings
         };
         Engine {
             settings,
@@ -310,6 +318,11 @@ impl<M> Engine<M> {
         }
     }
 
+    /// Due messages a topic may queue before it is paused.
+    fn queue_bound(&self) -> usize {
+        (self.settings.max_in_flight * QUEUE_PER_IN_FLIGHT).max(self.settings.queue_min)
+    }
+
     /// Each owned partition's share of the stage's waiting budget: (messages, bytes).
     fn budget(&self) -> (usize, usize) {
         let n = self.parts.len().max(1);
@@ -444,7 +457,7 @@ impl<M> Engine<M> {
 
     fn update_backlog(&mut self, topic: usize) {
         let queued = self.ready[topic].len();
-        let bound = self.settings.max_in_flight * QUEUE_PER_IN_FLIGHT;
+        let bound = self.queue_bound();
         let was = self.backlogged[topic];
         let now = if was {
             queued > bound / 2
@@ -499,6 +512,7 @@ mod tests {
             // Three partitions owned in most tests: 4 messages or 1000 bytes each.
             buffer_messages: 12,
             buffer_bytes: 3000,
+            queue_min: 0,
         }
     }
 
