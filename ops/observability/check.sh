@@ -58,6 +58,15 @@ panels = [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("t
 rules = yaml.safe_load(open("ops/prometheus/alerts.yml"))
 alerts = [(r["alert"], r["expr"]) for g in rules["groups"] for r in g["rules"]]
 
+# The demo creates its topics (24 partitions each) and starts every stage before the load
+# begins: wait until the stages' counters are scraped before judging any query.
+started = time.time()
+while not query("orderflow_messages_handled_total")["data"]["result"]:
+    if time.time() - started > 300:
+        print("check: no stage was scraped within 300 s of the first query")
+        break
+    time.sleep(5)
+
 failed = 0
 for title, expr in panels:
     # Rates need two scrapes of a moving counter: give each query up to 60 s more.
