@@ -166,16 +166,26 @@ impl Repairer {
             let Ok(row_event) = serde_json::from_value::<OrderStateEvent>(row_event) else {
                 continue;
             };
-            tracing::debug!(order_id = %id, "another record came after the final state; publishing the final state again");
-            until_sent(
-                "publishing an order's final state again",
-                &self.backoff,
-                shutdown,
-                || self.emitter.state_copy(&row_event),
-            )
-            .await?;
+            self.publish_copy(&row_event, shutdown).await?;
         }
         Ok(())
+    }
+
+    /// Publishes an order's final state again, as the sink's copy, so that the log ends on
+    /// it (another record came after it).
+    async fn publish_copy(
+        &self,
+        event: &OrderStateEvent,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        tracing::debug!(order_id = %event.order_id, "another record came after the final state; publishing the final state again");
+        until_sent(
+            "publishing an order's final state again",
+            &self.backoff,
+            shutdown,
+            || self.emitter.state_copy(event),
+        )
+        .await
     }
 
     /// [`Repairer::repair`] for the orders of `batch`, each judged by its last event in the
@@ -213,14 +223,7 @@ impl Repairer {
             let Ok(event) = serde_json::from_str::<OrderStateEvent>(&winner.event) else {
                 continue;
             };
-            tracing::debug!(order_id = %id, "another record came after the final state; publishing the final state again");
-            until_sent(
-                "publishing an order's final state again",
-                &self.backoff,
-                shutdown,
-                || self.emitter.state_copy(&event),
-            )
-            .await?;
+            self.publish_copy(&event, shutdown).await?;
         }
         if unknown.is_empty() {
             return Ok(());
