@@ -42,7 +42,7 @@ use orderflow::kafka::headers;
 use orderflow::kafka::topics::{self, name, TopicSpec, TopicSpecs};
 use orderflow::kafka::KafkaConfig;
 use orderflow::pin::{PinKeys, SealedPin};
-use orderflow::znet::sim::{Fault, FaultWave, Sim, SimConfig};
+use orderflow::znet::sim::{Fault, FaultWave, Sim, SimConfig, SimStats};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
@@ -74,6 +74,17 @@ const WAVE_MIN: u64 = 5;
 const WAVE_MAX_TICKS: usize = 10;
 /// One chaos step: a kill and restart of the next stage, the next fault wave.
 const TICK: Duration = Duration::from_millis(2500);
+
+/// Calls that reached the simulator so far: placements and checks, faulted ones included.
+fn provider_calls(stats: &SimStats) -> u64 {
+    stats
+        .place_requests
+        .values()
+        .map(|&n| u64::from(n))
+        .sum::<u64>()
+        + stats.checks
+        + stats.faults_injected
+}
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -877,6 +888,7 @@ async fn chaos_under_load_keeps_every_guarantee() {
     let (mut wave_index, mut wave_ticks, mut top_ups) = (0usize, 0usize, 0usize);
     // Faults of the current wave's kind counted before it began.
     let mut wave_base = 0u64;
+    let mut last_traffic = provider_calls(&sim.stats());
     let top_up_producer = kafka.producer().unwrap();
     let chaos_deadline = Instant::now() + Duration::from_secs(600 + orders_n as u64 / 5);
     loop {
@@ -953,8 +965,12 @@ async fn chaos_under_load_keeps_every_guarantee() {
         tick += 1;
         {
             let fault = WAVES[wave_index % WAVES.len()];
-            // Ticks without a broker carry no traffic: they do not count.
-            wave_ticks += usize::from(broker_restart.is_none());
+            // Ticks without traffic do not count: while the broker restarts, or while a
+            // group rebalances after a kill (a killed member holds the rebalance until its
+            // session times out), the provider sees no calls and no wave can show.
+            let traffic = provider_calls(&sim.stats());
+            wave_ticks += usize::from(broker_restart.is_none() && traffic > last_traffic);
+            last_traffic = traffic;
             let count = |fault: Fault| {
                 sim.stats()
                     .faults_by_kind
