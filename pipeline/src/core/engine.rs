@@ -17,7 +17,9 @@
 //! - **Micro-batches.** Due messages queue per topic and go out in batches of up to
 //!   `batch_max`, or when the oldest has waited `batch_linger_ms`, within a bound of
 //!   `max_in_flight` messages handed out and not finished per topic (so one topic's
-//!   backlog cannot starve another's). A topic whose queue reaches [`QUEUE_PER_TOPIC`]
+//!   backlog cannot starve another's). Under a backlog, a topic near its bound waits
+//!   until half the bound (at most a batch) is free, rather than sending out each
+//!   freed slot alone. A topic whose queue reaches [`QUEUE_PER_TOPIC`]
 //!   messages (or [`QUEUE_PER_IN_FLIGHT`] times `max_in_flight`, if more) is paused until
 //!   the queue is back to half: a pause costs a refetch of what the consumer had
 //!   prefetched, so pauses must be rare and the queue long.
@@ -344,37 +346,58 @@ impl<M> Engine<M> {
     /// queued and may be handed out.
     pub fn next_linger(&self) -> Option<Millis> {
         (0..self.ready.len())
-            .filter(|&t| self.in_flight[t] < self.settings.max_in_flight)
+            .filter(|&t| self.worth_a_batch(t))
             .filter_map(|t| self.ready[t].front().map(|r| r.since))
             .min()
             .map(|since| since + self.settings.batch_linger_ms)
     }
 
+    /// Room under topic `t`'s in-flight bound.
+    fn room(&self, t: usize) -> usize {
+        self.settings
+            .max_in_flight
+            .saturating_sub(self.in_flight[t])
+    }
+
+    /// The batch worth waiting for while work is in flight: half the in-flight bound (at
+    /// most a batch). Under a backlog, room under the bound frees one completion at a
+    /// time; handing each freed slot out at once made batches of one to five messages
+    /// (measured: 4 orders per settling statement at 280 orders/s), and every batch
+    /// costs statements and sends of its own.
+    fn refill(&self) -> usize {
+        self.settings
+            .batch_max
+            .min((self.settings.max_in_flight / 2).max(1))
+    }
+
+    /// Whether topic `t`'s queue may go out once it has lingered: there is room for all
+    /// of it, or for a refill's worth.
+    fn worth_a_batch(&self, t: usize) -> bool {
+        let queued = self.ready[t].len();
+        queued > 0 && self.room(t).min(queued) >= self.refill().min(queued)
+    }
+
     /// A batch for the handler, if one is full or has waited long enough.
     pub fn batch(&mut self, now: Millis) -> Option<Vec<Handout<M>>> {
-        let room = |t: usize| {
-            self.settings
-                .max_in_flight
-                .saturating_sub(self.in_flight[t])
-        };
-        let handable: usize = (0..self.ready.len())
-            .map(|t| self.ready[t].len().min(room(t)))
+        let topics = self.ready.len();
+        let handable: usize = (0..topics)
+            .map(|t| self.ready[t].len().min(self.room(t)))
             .sum();
         if handable == 0 {
             return None;
         }
-        // Full: as many as a batch takes, or as many as the in-flight bound lets out.
-        let room_left: usize = (0..self.ready.len())
-            .filter(|&t| !self.ready[t].is_empty())
-            .map(room)
-            .sum();
-        let full = handable >= self.settings.batch_max.min(room_left);
+        // Full: a whole batch is there to go, or a refill's worth of a topic whose
+        // in-flight bound leaves no room for a whole batch.
+        let full = handable >= self.settings.batch_max
+            || (0..topics).any(|t| {
+                self.room(t) < self.settings.batch_max
+                    && self.ready[t].len().min(self.room(t)) >= self.refill()
+            });
         let lingered = self.next_linger().is_some_and(|at| at <= now);
         if !full && !lingered {
             return None;
         }
         let want = handable.min(self.settings.batch_max);
-        let topics = self.ready.len();
         let mut batch = Vec::with_capacity(want);
         // Topics take turns, one message at a time, so each gets its share of a batch.
         let mut idle = 0;
@@ -547,6 +570,50 @@ mod tests {
         assert_eq!(offsets(&e.batch(1010).unwrap()), vec![2, 3]);
         // The in-flight bound (4) left room for two only.
         assert!(e.batch(2000).is_none());
+    }
+
+    #[test]
+    fn under_a_backlog_a_batch_waits_for_room_for_half_the_bound() {
+        let mut e = Engine::new(
+            Settings {
+                batch_max: 8,
+                max_in_flight: 8,
+                ..settings()
+            },
+            1,
+        );
+        e.assign(p(T0, 0));
+        for o in 0..40 {
+            e.fetched(p(T0, 0), o, 10, None, o, 0);
+        }
+        let first = e.batch(0).unwrap();
+        assert_eq!(first.len(), 8);
+        // One slot free, the linger long past: no batch of one.
+        e.done(first[0].token, Outcome::Durable);
+        assert!(e.batch(1000).is_none());
+        assert_eq!(e.next_linger(), None, "nothing to wake up for");
+        for h in &first[1..4] {
+            e.done(h.token, Outcome::Durable);
+        }
+        assert_eq!(offsets(&e.batch(1000).unwrap()), vec![8, 9, 10, 11]);
+        // A short queue goes out once it lingered, if it all fits.
+        let mut e = Engine::new(
+            Settings {
+                batch_max: 8,
+                max_in_flight: 8,
+                ..settings()
+            },
+            1,
+        );
+        e.assign(p(T0, 0));
+        for o in 0..7 {
+            e.fetched(p(T0, 0), o, 10, None, o, 0);
+        }
+        let seven = e.batch(10).unwrap();
+        e.fetched(p(T0, 0), 7, 10, None, 7, 10);
+        assert!(e.batch(10).is_none());
+        assert_eq!(offsets(&e.batch(15).unwrap()), vec![7]);
+        drop(seven);
     }
 
     #[test]
