@@ -102,7 +102,10 @@ mod tests {
 
     #[test]
     fn scrub_masks_pin_shapes_and_keeps_the_sentence() {
-        assert_eq!(scrub(" Kupur Bilgisi Bulunamadı "), "Kupur Bilgisi Bulunamadı");
+        assert_eq!(
+            scrub(" Kupur Bilgisi Bulunamadı "),
+            "Kupur Bilgisi Bulunamadı"
+        );
         assert_eq!(
             scrub("8|Bağlantı Hatası, Kısıtlı Ip"),
             "8|Bağlantı Hatası, Kısıtlı Ip"

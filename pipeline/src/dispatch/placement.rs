@@ -449,9 +449,7 @@ impl Placer {
                             window.as_millis()
                         ),
                     },
-                    Ok(None) => {
-                        Step::at_once("another worker took the order over; claiming again")
-                    }
+                    Ok(None) => Step::at_once("another worker took the order over; claiming again"),
                     Err(e) => Step::backoff(format!("recording the not-found answer failed: {e}")),
                 }
             }

@@ -249,16 +249,14 @@ pub fn decide(
             pending(format!("the provider did not find it: {code}|{message}"))
         }
         // A code the account does not list as not-found says nothing about the order (G9).
-        CheckOutcome::Refused { code, message } => {
-            match schedule.retry(now, check.deadline) {
-                Next::Check { due, tier } => Decision::Retry { due, tier },
-                Next::GiveUp(why) => give_up(
-                    why,
-                    check.attempts,
-                    format!("the provider refused the check: {code}|{message}"),
-                ),
-            }
-        }
+        CheckOutcome::Refused { code, message } => match schedule.retry(now, check.deadline) {
+            Next::Check { due, tier } => Decision::Retry { due, tier },
+            Next::GiveUp(why) => give_up(
+                why,
+                check.attempts,
+                format!("the provider refused the check: {code}|{message}"),
+            ),
+        },
         CheckOutcome::Transient { detail } | CheckOutcome::AccountProblem { detail } => {
             match schedule.retry(now, check.deadline) {
                 Next::Check { due, tier } => Decision::Retry { due, tier },

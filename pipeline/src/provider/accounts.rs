@@ -194,10 +194,30 @@ fn code_lists(c: &AccountConfig) -> Result<protocol::Codes, String> {
         not_found: list(&c.not_found_codes, "not_found_codes")?,
     };
     let pairs: [(&[String], &str, &[String], &str); 4] = [
-        (&codes.permanent, "permanent_codes", &codes.duplicate, "duplicate_codes"),
-        (&codes.permanent, "permanent_codes", &codes.account_problem, "account_problem_codes"),
-        (&codes.duplicate, "duplicate_codes", &codes.account_problem, "account_problem_codes"),
-        (&codes.not_found, "not_found_codes", &codes.account_problem, "account_problem_codes"),
+        (
+            &codes.permanent,
+            "permanent_codes",
+            &codes.duplicate,
+            "duplicate_codes",
+        ),
+        (
+            &codes.permanent,
+            "permanent_codes",
+            &codes.account_problem,
+            "account_problem_codes",
+        ),
+        (
+            &codes.duplicate,
+            "duplicate_codes",
+            &codes.account_problem,
+            "account_problem_codes",
+        ),
+        (
+            &codes.not_found,
+            "not_found_codes",
+            &codes.account_problem,
+            "account_problem_codes",
+        ),
     ];
     for (a, a_name, b, b_name) in pairs {
         if let Some(code) = a.iter().find(|code| b.contains(code)) {
@@ -556,9 +576,8 @@ impl Accounts {
                 },
             };
             let window = Duration::from_millis(c.visibility_window_ms);
-            accounts.push(
-                Account::new(c.id, provider, timeout, limits).with_visibility_window(window),
-            );
+            accounts
+                .push(Account::new(c.id, provider, timeout, limits).with_visibility_window(window));
         }
         Ok(Self::from_accounts(accounts))
     }

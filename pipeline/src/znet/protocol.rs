@@ -72,7 +72,10 @@ enum Body<'a> {
     /// `OK|...`: the fields after `OK`, trimmed.
     Ok(Vec<&'a str>),
     /// `<digits>|<message>`, the message already scrubbed.
-    Error { code: &'a str, message: String },
+    Error {
+        code: &'a str,
+        message: String,
+    },
     Garbage,
 }
 
@@ -156,12 +159,10 @@ pub fn classify_place(http_status: u16, body: &str, codes: &Codes) -> PlaceOutco
                 message,
             }
         }
-        Body::Error { code, message } if listed(&codes.permanent, code) => {
-            PlaceOutcome::Rejected {
-                code: code.to_owned(),
-                message,
-            }
-        }
+        Body::Error { code, message } if listed(&codes.permanent, code) => PlaceOutcome::Rejected {
+            code: code.to_owned(),
+            message,
+        },
         // Maintenance, a rate limit, a code never seen: the provider answered, so this call
         // bought nothing, but the order may still go through later (G9).
         Body::Error { code, message } => PlaceOutcome::Refused {
@@ -405,10 +406,7 @@ mod tests {
     #[test]
     fn check_states() {
         assert_eq!(check(200, "OK|1| |"), CheckOutcome::Pending);
-        assert_eq!(
-            check(200, "OK|1|-|Beklemede"),
-            CheckOutcome::Pending
-        );
+        assert_eq!(check(200, "OK|1|-|Beklemede"), CheckOutcome::Pending);
         assert_eq!(
             check(200, "OK|2| ABCD-1234 |Tamamlandı"),
             CheckOutcome::Completed {
@@ -490,10 +488,7 @@ mod tests {
 
     #[test]
     fn bom_and_whitespace_are_ignored() {
-        assert_eq!(
-            check(200, "\u{feff}  OK|1|-|\r\n"),
-            CheckOutcome::Pending
-        );
+        assert_eq!(check(200, "\u{feff}  OK|1|-|\r\n"), CheckOutcome::Pending);
     }
 
     #[test]
@@ -503,7 +498,11 @@ mod tests {
             PlaceOutcome::Rejected { .. }
         ));
         // Maintenance, a rate limit, a code never seen: refused for now, never a rejection.
-        for body in ["99|Bakım çalışması", "6|Yetersiz bakiye", "429|Çok fazla istek"] {
+        for body in [
+            "99|Bakım çalışması",
+            "6|Yetersiz bakiye",
+            "429|Çok fazla istek",
+        ] {
             let PlaceOutcome::Refused { code, message } = place(200, body) else {
                 panic!("{body:?} gave {:?}", place(200, body))
             };
@@ -597,6 +596,18 @@ mod tests {
                     prop_assert!(DEFAULT_PERMANENT_CODES.contains(&code.as_str()));
                 }
                 _ => {}
+            }
+        }
+
+        /// Only a not-found code of the account says a check found nothing, and only a
+        /// permanent one rejects a placement, whatever else the body holds (G9).
+        #[test]
+        fn only_listed_codes_are_believed(status in 100u16..600, body in any_body()) {
+            if let CheckOutcome::NotFound { code, .. } = check(status, &body) {
+                prop_assert!(DEFAULT_NOT_FOUND_CODES.contains(&code.as_str()));
+            }
+            if let PlaceOutcome::Refused { code, .. } = place(status, &body) {
+                prop_assert!(!DEFAULT_PERMANENT_CODES.contains(&code.as_str()));
             }
         }
 

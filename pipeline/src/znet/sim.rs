@@ -1085,7 +1085,10 @@ mod tests {
             CheckOutcome::NotFound { code, .. } if code == "4"
         ));
         assert!(
-            matches!(place_ok(&run.base, "6100").await, PlaceOutcome::Duplicate { .. }),
+            matches!(
+                place_ok(&run.base, "6100").await,
+                PlaceOutcome::Duplicate { .. }
+            ),
             "placements see it at once"
         );
         tokio::time::sleep(Duration::from_millis(350)).await;
@@ -1116,7 +1119,11 @@ mod tests {
         let (status, _) = get(
             &run.base,
             "/sim/script",
-            &[("call", "check"), ("answer", "12|Sistem meşgul"), ("times", "2")],
+            &[
+                ("call", "check"),
+                ("answer", "12|Sistem meşgul"),
+                ("times", "2"),
+            ],
         )
         .await;
         assert_eq!(status, 200);
@@ -1348,7 +1355,8 @@ mod tests {
             &[auth[0], auth[1], ("tahsilat_api_islem_id", "9009")],
         )
         .await;
-        let CheckOutcome::Completed { pin } = classify_check(status, &body, &Codes::default()) else {
+        let CheckOutcome::Completed { pin } = classify_check(status, &body, &Codes::default())
+        else {
             panic!("not completed")
         };
         let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
