@@ -713,7 +713,8 @@ async fn chaos_under_load_keeps_every_guarantee() {
         format!(
             "[[account]]\nid = \"{id}\"\nprovider = \"znet\"\nbase_url = \"{sim_url}\"\n\
              kod = \"{KOD}\"\nsifre = \"{SIFRE}\"\nmax_concurrent = 8\nmax_per_second = 200\n\
-             request_timeout_ms = 1000\nbreaker_failures = 5\nbreaker_open_ms = 1000\n"
+             request_timeout_ms = 1000\nbreaker_failures = 5\nbreaker_open_ms = 1000\n\
+             visibility_window_ms = 0\n"
         )
     };
     std::fs::write(&accounts_file, account(ACCOUNT) + &account(OTHER_ACCOUNT)).unwrap();

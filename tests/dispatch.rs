@@ -721,3 +721,199 @@ fn pin_shapes_are_recognised() {
     ));
     assert!(!common::logs::has_pin_shape("ABCD-1234"));
 }
+
+// ----- G9: ambiguous answers are not proof (issue 15) -----------------------------------
+
+/// Every state event of `order` up to its final or dispatched state.
+async fn states_of(
+    h: &Harness,
+    order: &orderflow::core::event::OrderCreated,
+) -> Vec<OrderStateEvent> {
+    h.settled_states(&[order.order_id], Duration::from_secs(60))
+        .await
+        .remove(&order.order_id)
+        .expect("a settled state")
+}
+
+fn never_failed(states: &[OrderStateEvent]) {
+    let failed: Vec<_> = states
+        .iter()
+        .filter(|s| s.state == OrderState::Failed)
+        .collect();
+    assert!(failed.is_empty(), "reported failed: {failed:?}");
+}
+
+/// A placement whose answer is lost, at a provider that shows new orders to checks only
+/// after 1.5 s: the checks that say "not found" meanwhile are no proof, so the order is not
+/// placed again within the 3 s window, and is found and dispatched once visible.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unclear_placement_is_not_placed_again_while_the_provider_may_not_show_it_yet() {
+    let sim = SimConfig {
+        lost_answer_delay: Duration::from_secs(2),
+        visibility_lag: Duration::from_millis(1_500),
+        ..SimConfig::default()
+    };
+    let h = Harness::with_settings("lag", sim, 1_000, "visibility_window_ms = 3000\n").await;
+    h.sim.script(SimCall::Place, vec![Fault::LostAnswer]);
+    let (trigger, task) = start_dispatch(&h);
+    let o = order("50");
+    h.publish(&o).await;
+    let states = states_of(&h, &o).await;
+    never_failed(&states);
+    let end = last(&states);
+    assert_eq!(end.state, OrderState::Dispatched);
+    let reference = end.provider_reference.clone().unwrap();
+    let stats = h.stats();
+    assert!(
+        stats.unseen_checks >= 1,
+        "no check came during the lag: {stats:?}"
+    );
+    assert_eq!(
+        stats.place_requests.get(&reference),
+        Some(&1),
+        "placed again while the provider did not show it yet"
+    );
+    assert_eq!(stats.purchases.get(&reference), Some(&1));
+    let claim = claims::get(&h.db.pool, o.order_id).await.unwrap().unwrap();
+    assert_eq!((claim.phase, claim.place_calls), (Phase::Placed, 1));
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
+/// The lag outlasts the 1 s window: the order is placed again under its reference, and
+/// that call is refused with code 3, a permanent code. The first call bought the order, so
+/// the refusal must not fail it: it is dispatched once the provider shows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_placement_after_an_unclear_one_is_not_a_rejection() {
+    let sim = SimConfig {
+        lost_answer_delay: Duration::from_secs(2),
+        visibility_lag: Duration::from_secs(4),
+        ..SimConfig::default()
+    };
+    let h =
+        Harness::with_settings("lag-refused", sim, 1_000, "visibility_window_ms = 1000\n").await;
+    h.sim.script(SimCall::Place, vec![Fault::LostAnswer]);
+    h.sim
+        .script_answers(SimCall::Place, vec!["3|Kupur Bilgisi Bulunamadı".into()]);
+    let (trigger, task) = start_dispatch(&h);
+    let o = order("50");
+    h.publish(&o).await;
+    let states = states_of(&h, &o).await;
+    never_failed(&states);
+    let end = last(&states);
+    assert_eq!(end.state, OrderState::Dispatched);
+    let reference = end.provider_reference.clone().unwrap();
+    let stats = h.stats();
+    assert_eq!(
+        stats.scripted_answers, 1,
+        "the second placement was not refused"
+    );
+    assert_eq!(stats.purchases.get(&reference), Some(&1));
+    assert_eq!(stats.purchases.len(), 1);
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
+/// A code no list names (maintenance) is refused for now: the order is placed again with
+/// backoff, never rejected, and goes through once the provider stops refusing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_code_never_seen_is_retried_and_the_order_goes_through_when_it_stops() {
+    let h = Harness::new("code-99", SimConfig::default(), 2_000).await;
+    h.sim.script_answers(
+        SimCall::Place,
+        vec!["99|Bakım çalışması".into(), "99|Bakım çalışması".into()],
+    );
+    let (trigger, task) = start_dispatch(&h);
+    let o = order("25");
+    h.publish(&o).await;
+    let states = states_of(&h, &o).await;
+    never_failed(&states);
+    let end = last(&states);
+    assert_eq!(end.state, OrderState::Dispatched);
+    let reference = end.provider_reference.clone().unwrap();
+    let stats = h.stats();
+    assert_eq!(stats.place_requests.get(&reference), Some(&3), "{stats:?}");
+    assert_eq!(stats.purchases.get(&reference), Some(&1));
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
+/// A provider that keeps refusing with a code no list names until the order's deadline:
+/// the order fails with reason deadline and the last code, not as a customer rejection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_that_never_stops_fails_the_order_at_its_deadline_not_as_rejected() {
+    let h = Harness::new("code-99-deadline", SimConfig::default(), 2_000).await;
+    h.sim
+        .script_answers(SimCall::Place, vec!["99|Bakım çalışması".into(); 1_000]);
+    let (trigger, task) = start_dispatch(&h);
+    let mut o = order("25");
+    o.deadline = Some(chrono::Utc::now() + chrono::Duration::seconds(3));
+    let end = publish_and_settle(&h, &o).await;
+    assert_eq!(end.state, OrderState::Failed);
+    let failure = end.failure.as_ref().unwrap();
+    assert_eq!(failure.reason, FailureReason::Deadline, "{failure:?}");
+    assert_eq!(failure.code.as_deref(), Some("99"));
+    assert!(
+        failure.message.contains("kept refusing with code 99"),
+        "{}",
+        failure.message
+    );
+    assert!(h.stats().purchases.is_empty());
+    assert!(h.stats().scripted_answers >= 2, "retried");
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
+/// The account's permanent codes are its own: code 77 listed as permanent rejects the order
+/// at once, with the provider's code and message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_code_listed_as_permanent_for_the_account_rejects_at_once() {
+    let h = Harness::with_settings(
+        "code-77",
+        SimConfig::default(),
+        2_000,
+        "permanent_codes = [\"3\", \"77\"]\nvisibility_window_ms = 0\n",
+    )
+    .await;
+    h.sim
+        .script_answers(SimCall::Place, vec!["77|Ürün satışa kapalı".into()]);
+    let (trigger, task) = start_dispatch(&h);
+    let o = order("25");
+    let end = publish_and_settle(&h, &o).await;
+    assert_eq!(end.state, OrderState::Failed);
+    let failure = end.failure.as_ref().unwrap();
+    assert_eq!(failure.reason, FailureReason::Rejected);
+    assert_eq!(failure.code.as_deref(), Some("77"));
+    assert_eq!(failure.message, "Ürün satışa kapalı");
+    assert_eq!(h.stats().place_requests.values().sum::<u32>(), 1);
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
+/// After an unclear placement (a 5xx), the checks are answered with a code the account does
+/// not list as not-found: that says nothing, so the order is placed again only after a check
+/// answers the not-found code.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_check_answering_an_unlisted_code_is_not_taken_for_not_found() {
+    let h = Harness::new("check-code", SimConfig::default(), 2_000).await;
+    h.sim.script(SimCall::Place, vec![Fault::ServerError]);
+    h.sim
+        .script_answers(SimCall::Check, vec!["12|Sistem meşgul".into(); 3]);
+    let (trigger, task) = start_dispatch(&h);
+    let o = order("25");
+    h.publish(&o).await;
+    let states = states_of(&h, &o).await;
+    never_failed(&states);
+    let end = last(&states);
+    assert_eq!(end.state, OrderState::Dispatched);
+    let reference = end.provider_reference.clone().unwrap();
+    let stats = h.stats();
+    assert_eq!(
+        stats.scripted_answers, 3,
+        "placed again before a check said not-found: {stats:?}"
+    );
+    assert_eq!(stats.place_requests.get(&reference), Some(&2));
+    assert_eq!(stats.purchases.get(&reference), Some(&1));
+    stop(trigger, task).await;
+    h.finish().await;
+}

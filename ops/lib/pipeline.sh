@@ -51,6 +51,8 @@ sifre = "demo-sifre"
 max_concurrent = $1
 max_per_second = $2
 request_timeout_ms = 2000
+# The simulator shows new orders to checks at once: no visibility window to wait out.
+visibility_window_ms = 0
 TOML
   chmod 600 "$STATE/accounts.toml"
   export ORDERFLOW_PROVIDER_ACCOUNTS="$STATE/accounts.toml"

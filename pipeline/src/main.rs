@@ -229,6 +229,10 @@ struct SimArgs {
     /// Seed of the simulator's random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// How long a new order answers "not found" to checks, in milliseconds (a provider
+    /// showing new orders with a lag).
+    #[arg(long, default_value_t = 0)]
+    visibility_lag_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -481,6 +485,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 fault_rate: unit_share("fault-rate", args.fault_rate)?,
                 lost_answer_delay: Duration::from_millis(args.lost_answer_delay_ms),
                 seed: args.seed,
+                visibility_lag: Duration::from_millis(args.visibility_lag_ms),
             };
             let (trigger, mut shutdown) = shutdown::channel();
             tokio::spawn(shutdown::on_signals(trigger));

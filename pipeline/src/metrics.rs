@@ -38,9 +38,9 @@ pub struct CallLabels {
     pub call: &'static str,
     /// `answered` or `failed` (no usable answer: timeout, 5xx, HTML, account problem).
     pub outcome: &'static str,
-    /// The answer's class: for `place` accepted, rejected, duplicate, account_problem,
-    /// transient or unknown; for `check` pending, completed, cancelled, unclear, not_found,
-    /// account_problem or transient.
+    /// The answer's class: for `place` accepted, rejected, refused, duplicate,
+    /// account_problem, transient or unknown; for `check` pending, completed, cancelled,
+    /// unclear, not_found, refused, account_problem or transient.
     pub class: &'static str,
 }
 

@@ -25,6 +25,11 @@ pub const ACCOUNT: &str = "znet-test";
 pub const OTHER_ACCOUNT: &str = "znet-other";
 pub const DOWN_ACCOUNT: &str = "znet-down";
 
+/// Account settings of most tests: the simulator shows a new order to checks at once
+/// unless a test gives it a visibility lag, so an unclear placement need not wait the
+/// production window of five minutes before it is placed again.
+pub const DEFAULT_ACCOUNT_SETTINGS: &str = "visibility_window_ms = 0\n";
+
 pub struct Harness {
     pub kafka: KafkaConfig,
     pub db: TestDb,
@@ -40,11 +45,37 @@ impl Harness {
         Self::with_kafka(kafka_with_topics(test).await, sim, request_timeout_ms).await
     }
 
+    /// [`Harness::new`] with more `[[account]]` settings for the accounts (TOML lines);
+    /// they replace [`DEFAULT_ACCOUNT_SETTINGS`].
+    pub async fn with_settings(
+        test: &str,
+        sim: SimConfig,
+        request_timeout_ms: u64,
+        settings: &str,
+    ) -> Harness {
+        Self::build(
+            kafka_with_topics(test).await,
+            sim,
+            request_timeout_ms,
+            settings,
+        )
+        .await
+    }
+
     /// [`Harness::new`] on topics created by the caller.
     pub async fn with_kafka(
         kafka: KafkaConfig,
         sim: SimConfig,
         request_timeout_ms: u64,
+    ) -> Harness {
+        Self::build(kafka, sim, request_timeout_ms, DEFAULT_ACCOUNT_SETTINGS).await
+    }
+
+    async fn build(
+        kafka: KafkaConfig,
+        sim: SimConfig,
+        request_timeout_ms: u64,
+        settings: &str,
     ) -> Harness {
         let db = TestDb::new_migrated().await;
         let sim = Sim::new(SimConfig {
@@ -69,7 +100,7 @@ impl Harness {
             format!(
                 "[[account]]\nid = \"{id}\"\nprovider = \"znet\"\nbase_url = \"{sim_url}\"\n\
                  kod = \"{KOD}\"\nsifre = \"{SIFRE}\"\nmax_concurrent = 8\nmax_per_second = 200\n\
-                 request_timeout_ms = {request_timeout_ms}\n"
+                 request_timeout_ms = {request_timeout_ms}\n{settings}"
             )
         };
         // A third account whose provider cannot be reached: nothing listens on port 1.

@@ -7,6 +7,10 @@
 //! claim is conditional on still being the lease owner, so a worker whose lease passed to
 //! another (it was too slow, or another consumer took over after a rebalance) cannot
 //! overwrite the new owner's progress, nor place the order alongside it.
+//!
+//! A `placing` order whose reference the provider does not show is placed again only after
+//! it stayed not-found for the account's visibility window ([`note_not_found`]), counted
+//! from the first such check after the last call (G9: new orders show with a lag).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -58,6 +62,8 @@ pub struct Claim {
     /// ([`crate::core::event::OrderCreated::content_digest`]); `None` for claims made
     /// without one.
     pub content_digest: Option<String>,
+    /// When a check first found nothing under the reference since the last placement call.
+    pub first_not_found_at: Option<DateTime<Utc>>,
 }
 
 /// The answer to a claim attempt.
@@ -82,13 +88,14 @@ struct ClaimRow {
     outcome_message: Option<String>,
     lease_until: Option<DateTime<Utc>>,
     content_digest: Option<String>,
+    first_not_found_at: Option<DateTime<Utc>>,
 }
 
 /// The columns of a [`ClaimRow`], spliced into queries at compile time.
 macro_rules! columns {
     () => {
         "order_id, provider_account, provider_reference, phase, place_calls, deadline, \
-         outcome_code, outcome_message, lease_until, content_digest"
+         outcome_code, outcome_message, lease_until, content_digest, first_not_found_at"
     };
 }
 
@@ -104,6 +111,7 @@ impl ClaimRow {
             outcome_code: self.outcome_code,
             outcome_message: self.outcome_message,
             content_digest: self.content_digest,
+            first_not_found_at: self.first_not_found_at,
         })
     }
 }
@@ -214,7 +222,9 @@ pub async fn begin_placing(
          )
          UPDATE dispatch_claims c
             SET phase = 'placing', place_calls = c.place_calls + 1, updated_at = now(),
-                lease_until = now() + $3 * interval '1 millisecond'
+                lease_until = now() + $3 * interval '1 millisecond',
+                -- This call may land unseen in its turn: the wait starts again.
+                first_not_found_at = NULL
            FROM before
           WHERE c.order_id = before.order_id AND c.lease_owner = $2
             AND c.phase IN ('new', 'placing') AND c.deadline > now()
@@ -256,6 +266,31 @@ pub async fn unmark_placing(pool: &PgPool, order_id: Uuid, owner: Uuid) -> Resul
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Records that a check of a `placing` order's reference found nothing, unless an earlier
+/// check since the last placement call did already, and renews the lease. Returns how long
+/// the reference has been not-found (by the database's clock, so every worker counts
+/// alike), or `None` if the lease passed to another owner.
+pub async fn note_not_found(
+    pool: &PgPool,
+    order_id: Uuid,
+    owner: Uuid,
+    lease: Duration,
+) -> Result<Option<Duration>, sqlx::Error> {
+    let for_ms: Option<f64> = sqlx::query_scalar(
+        "UPDATE dispatch_claims
+            SET first_not_found_at = COALESCE(first_not_found_at, now()),
+                lease_until = now() + $3 * interval '1 millisecond'
+          WHERE order_id = $1 AND lease_owner = $2 AND phase = 'placing'
+          RETURNING (extract(epoch FROM now() - COALESCE(first_not_found_at, now())) * 1000)::float8",
+    )
+    .bind(order_id)
+    .bind(owner)
+    .bind(lease.as_millis() as f64)
+    .fetch_optional(pool)
+    .await?;
+    Ok(for_ms.map(|ms| Duration::from_millis(ms.max(0.0) as u64)))
 }
 
 /// Records a settled outcome and releases the lease. Returns false if the lease passed to
@@ -419,7 +454,7 @@ pub async fn settle_batch(
             AND c.order_id = ANY($2)
           RETURNING c.order_id, c.provider_account, c.provider_reference, c.phase,
                     c.place_calls, c.deadline, c.outcome_code, c.outcome_message,
-                    c.lease_until, c.content_digest"
+                    c.lease_until, c.content_digest, c.first_not_found_at"
     ))
     .bind(owner)
     .bind(&ids)

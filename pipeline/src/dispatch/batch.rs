@@ -8,8 +8,10 @@
 //!    `placing` under this batch's lease in the same commit, before any call of the batch.
 //! 3. Each is placed under its reference while the lease still has half its length left
 //!    (after waiting for the account's caps); otherwise, and for every answer that does
-//!    not settle the order (no answer, an account problem, an unknown outcome), it goes the
-//!    one-order path ([`super::placement`]), which checks the reference before placing again.
+//!    not settle the order (no answer, an account problem, an unknown outcome, a refusal
+//!    with a code that is not permanent), it goes the one-order path
+//!    ([`super::placement`]), which checks the reference before placing again. Only the
+//!    account's permanent codes reject an order here (G9).
 //! 4. Answers are settled as they arrive, in groups, one statement per group
 //!    ([`claims::settle_batch`]); the outcomes are published together, and each message is
 //!    acknowledged once its events are on the broker.
@@ -241,6 +243,20 @@ impl DispatchHandler {
                     phase: Phase::Rejected,
                     code: Some(code),
                     message: Some(message),
+                }
+            }
+            // Maintenance, a rate limit, a code never seen: this first call bought nothing.
+            // The one-order path places it again after a backoff, until its deadline.
+            PlaceOutcome::Refused { code, .. } => {
+                if let Err(e) =
+                    claims::unmark_placing(&self.placer.pool, item.order.order_id, owner).await
+                {
+                    tracing::debug!(order_id = %item.order.order_id, error = %e, "could not reset the placement mark");
+                }
+                tracing::info!(order_id = %item.order.order_id, code = %code, "the provider refused the order for now; placing it again later");
+                Placed::Fallback {
+                    wait: backoff(),
+                    release: true,
                 }
             }
             PlaceOutcome::Transient { detail }

@@ -361,9 +361,11 @@ impl DispatchHandler {
             }
             Settled::Expired(claim) => {
                 tracing::info!(order_id = %order.order_id, reference = %claim.provider_reference, "order expired before placement");
+                // The code is the provider's last refusal, when it kept refusing (G9: not a
+                // rejection, but the shop may want to know why).
                 let failure = Failure {
                     reason: FailureReason::Deadline,
-                    code: None,
+                    code: claim.outcome_code.clone(),
                     message: claim
                         .outcome_message
                         .clone()

@@ -7,7 +7,8 @@
 //! |-----------|--------------------------------------------------------------------------|
 //! | `new`     | place under the order's fixed reference (or expire it past its deadline) |
 //! | `placing` | an earlier call may have bought it: check the reference; place again,     |
-//! |           | under the same reference, only if the provider has no order under it     |
+//! |           | under the same reference, only once the provider has shown no order under |
+//! |           | it for the account's visibility window (new orders show with a lag, G9)   |
 //! | settled   | nothing: report the recorded outcome (a redelivery, a duplicate event)    |
 //!
 //! The claim also records the digest of the first event's content: an event whose order id
@@ -18,6 +19,13 @@
 //! leaves, by `begin_placing`, which renews the lease and fails if another worker took the
 //! order over. Transient failures and account problems wait with backoff while other
 //! orders go on; an answer that was lost is settled by a check, never by a new reference.
+//!
+//! What fails an order (G9): a permanent code of the account answered to the first call
+//! under the reference (`rejected`), or the deadline with no purchase known (`expired`,
+//! with the last refusal's code when the provider kept refusing). A refusal with any other
+//! code is retried with backoff. After an unclear call nothing the provider refuses fails
+//! the order, not even a permanent code: the earlier call may have bought it, and a
+//! provider that refuses a reused referans under a code of its own looks the same.
 
 use crate::core::backoff::{random_fraction, Backoff};
 use crate::core::event::OrderCreated;
@@ -27,6 +35,7 @@ use crate::provider::{CheckOutcome, PlaceOutcome, Placement};
 use crate::shutdown::{Interrupted, Shutdown};
 use chrono::Utc;
 use sqlx::PgPool;
+use std::sync::Mutex;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -75,9 +84,11 @@ enum Step {
         code: Option<String>,
         message: Option<String>,
     },
-    /// Try again after `after`, or after the next backoff delay when `None`.
+    /// Try again after `after`, or after the next backoff delay when `None`; never later
+    /// than `within`.
     Retry {
         after: Option<Duration>,
+        within: Option<Duration>,
         why: String,
     },
 }
@@ -92,7 +103,19 @@ impl Step {
     }
 
     fn backoff(why: String) -> Step {
-        Step::Retry { after: None, why }
+        Step::Retry {
+            after: None,
+            within: None,
+            why,
+        }
+    }
+
+    fn at_once(why: &str) -> Step {
+        Step::Retry {
+            after: Some(Duration::ZERO),
+            within: None,
+            why: why.into(),
+        }
     }
 }
 
@@ -105,6 +128,9 @@ struct Work<'a> {
     owner: Uuid,
     /// [`OrderCreated::content_digest`] of this event.
     digest: String,
+    /// The last code and message the provider refused a placement with, for the failure
+    /// that ends an order the provider kept refusing until its deadline.
+    refused: Mutex<Option<(String, String)>>,
 }
 
 pub struct Placer {
@@ -132,6 +158,7 @@ impl Placer {
             account,
             owner: Uuid::new_v4(),
             digest: order.content_digest(),
+            refused: Mutex::new(None),
         };
         let settled = self
             .settle_loop(&work, default_deadline, announce, shutdown)
@@ -247,11 +274,12 @@ impl Placer {
                         }
                     }
                 }
-                Step::Retry { after, why } => {
+                Step::Retry { after, within, why } => {
                     let after = after.unwrap_or_else(|| {
                         failures += 1;
                         self.backoff.delay(failures - 1, random_fraction())
                     });
+                    let after = within.map_or(after, |within| after.min(within));
                     tracing::info!(order_id = %order.order_id, reference = %claim.provider_reference, retry_in_ms = after.as_millis() as u64, "{why}");
                     shutdown.sleep(after).await?;
                 }
@@ -263,7 +291,7 @@ impl Placer {
     /// is known to the provider (`new`, or a check just said so).
     async fn place(&self, work: &Work<'_>, claim: &Claim) -> Step {
         if Utc::now() > claim.deadline {
-            return Self::expired();
+            return Self::expired(work);
         }
         let order = work.order;
         let permit = work.account.permit().await;
@@ -272,13 +300,10 @@ impl Placer {
             match claims::begin_placing(&self.pool, order.order_id, work.owner, lease).await {
                 Ok(Begin::Ready(before)) => before,
                 Ok(Begin::LeaseLost) => {
-                    return Step::Retry {
-                        after: Some(Duration::ZERO),
-                        why: "another worker took the order over; claiming again".into(),
-                    }
+                    return Step::at_once("another worker took the order over; claiming again")
                 }
                 // The wait for the permit outlasted the deadline.
-                Ok(Begin::PastDeadline) => return Self::expired(),
+                Ok(Begin::PastDeadline) => return Self::expired(work),
                 Err(e) => return Step::backoff(format!("marking the placement failed: {e}")),
             };
         let placement = Placement {
@@ -291,11 +316,32 @@ impl Placer {
         let account = &work.account.id;
         match outcome {
             PlaceOutcome::Accepted { .. } => Step::placed(),
-            PlaceOutcome::Rejected { code, message } => Step::Settle {
+            PlaceOutcome::Rejected { code, message } if before == Phase::New => Step::Settle {
                 phase: Phase::Rejected,
                 code: Some(code),
                 message: Some(message),
             },
+            // The provider answered and bought nothing, and nothing was sent before: the order
+            // is `new` again and is placed again after a backoff, until its deadline.
+            PlaceOutcome::Refused { code, message } if before == Phase::New => {
+                self.not_sent(work, before).await;
+                let step = Step::backoff(format!(
+                    "the provider refused the order for now ({code}); placing it again later"
+                ));
+                *work.refused.lock().expect("refusal lock") = Some((code, message));
+                step
+            }
+            // An earlier call under this reference may have bought the order, and a provider
+            // may refuse a reused referans with any code: not a customer rejection (G9). The
+            // order stays `placing`, so the next step checks the reference again.
+            PlaceOutcome::Rejected { code, message } | PlaceOutcome::Refused { code, message } => {
+                let step = Step::backoff(format!(
+                    "the provider refused to place the order again ({code}); an earlier call may \
+                     have bought it, checking the reference next"
+                ));
+                *work.refused.lock().expect("refusal lock") = Some((code, message));
+                step
+            }
             // The very first call under this reference: the order it names is not ours.
             PlaceOutcome::Duplicate { code, message } if before == Phase::New => {
                 tracing::error!(
@@ -329,11 +375,24 @@ impl Placer {
         }
     }
 
-    fn expired() -> Step {
-        Step::Settle {
-            phase: Phase::Expired,
-            code: None,
-            message: Some("the deadline passed before the provider took the order".into()),
+    /// The order's deadline passed and nothing is known to be bought. If the provider kept
+    /// refusing it, the failure says so, with the last code: not a rejection (G9), but not a
+    /// silent expiry either.
+    fn expired(work: &Work<'_>) -> Step {
+        let refused = work.refused.lock().expect("refusal lock").clone();
+        match refused {
+            Some((code, message)) => Step::Settle {
+                phase: Phase::Expired,
+                message: Some(format!(
+                    "the provider kept refusing with code {code} until the deadline ({message})"
+                )),
+                code: Some(code),
+            },
+            None => Step::Settle {
+                phase: Phase::Expired,
+                code: None,
+                message: Some("the deadline passed before the provider took the order".into()),
+            },
         }
     }
 
@@ -351,28 +410,49 @@ impl Placer {
     }
 
     /// Settles a `placing` order: whatever the provider knows under the reference decides.
+    /// "Not found" right after a call proves nothing, because providers show new orders with
+    /// a lag: the order is placed again (under the same reference) only once the reference
+    /// has stayed not-found for the account's visibility window, recorded in the claim so
+    /// that a restart does not shorten the wait.
     async fn resolve(&self, work: &Work<'_>, claim: &Claim) -> Step {
+        if Utc::now() > claim.deadline {
+            // Past the deadline no call starts, so there is no window to wait out: the order
+            // is placed if the provider shows it, and fails if not (G9: the deadline with no
+            // purchase known).
+            return match self.check(work, claim).await {
+                Ok(true) => Step::placed(),
+                Ok(false) => Self::expired(work),
+                Err(step) => step,
+            };
+        }
         match self.check(work, claim).await {
             Ok(true) => Step::placed(),
-            Ok(false) => match self.place(work, claim).await {
-                // Between the check and this placement an earlier call may still have landed,
-                // and a provider refuses a reused reference (under a code we may not know):
-                // look once more before failing the order.
-                Step::Settle {
-                    phase: Phase::Rejected,
-                    code,
-                    message,
-                } => match self.check(work, claim).await {
-                    Ok(true) => Step::placed(),
-                    Ok(false) => Step::Settle {
-                        phase: Phase::Rejected,
-                        code,
-                        message,
+            Ok(false) => {
+                let window = work.account.visibility_window;
+                let noted = claims::note_not_found(
+                    &self.pool,
+                    work.order.order_id,
+                    work.owner,
+                    work.account.lease(),
+                )
+                .await;
+                match noted {
+                    Ok(Some(unseen)) if unseen >= window => self.place(work, claim).await,
+                    Ok(Some(unseen)) => Step::Retry {
+                        after: None,
+                        within: Some(window - unseen),
+                        why: format!(
+                            "the provider does not show the reference yet (not found for {} ms \
+                             of a {} ms visibility window); checking it again before placing \
+                             it again",
+                            unseen.as_millis(),
+                            window.as_millis()
+                        ),
                     },
-                    Err(step) => step,
-                },
-                step => step,
-            },
+                    Ok(None) => Step::at_once("another worker took the order over; claiming again"),
+                    Err(e) => Step::backoff(format!("recording the not-found answer failed: {e}")),
+                }
+            }
             Err(step) => step,
         }
     }
@@ -386,6 +466,10 @@ impl Placer {
             | CheckOutcome::Cancelled { .. }
             | CheckOutcome::Unclear { .. } => Ok(true),
             CheckOutcome::NotFound { .. } => Ok(false),
+            // Only the account's not-found codes say the provider has nothing (G9).
+            CheckOutcome::Refused { code, message } => Err(Step::backoff(format!(
+                "checking the reference was refused ({code}|{message}); not taken for not-found"
+            ))),
             CheckOutcome::AccountProblem { detail } => Err(Step::backoff(format!(
                 "account {} has a problem: {detail}",
                 work.account.id

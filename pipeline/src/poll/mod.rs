@@ -13,7 +13,9 @@
 //! | completed                     | `completed`, sealed PIN | none                        |
 //! | cancelled                     | `failed` (cancelled)   | none                        |
 //! | pending, unclear, not found   | `processing`, attempt+1 | next tier, or `failed` (deadline) |
-//! | no answer (provider down)     | none: no attempt used  | shortest tier, or `failed` (deadline) |
+//! | no answer (provider down), an | none: no attempt used  | shortest tier, or `failed` (deadline) |
+//! | error code not listed as      |                        |                             |
+//! | not-found for the account     |                        |                             |
 //!
 //! [`reconcile`] is the safety net that brings back chains that stopped.
 
@@ -246,6 +248,15 @@ pub fn decide(
         CheckOutcome::NotFound { code, message } => {
             pending(format!("the provider did not find it: {code}|{message}"))
         }
+        // A code the account does not list as not-found says nothing about the order (G9).
+        CheckOutcome::Refused { code, message } => match schedule.retry(now, check.deadline) {
+            Next::Check { due, tier } => Decision::Retry { due, tier },
+            Next::GiveUp(why) => give_up(
+                why,
+                check.attempts,
+                format!("the provider refused the check: {code}|{message}"),
+            ),
+        },
         CheckOutcome::Transient { detail } | CheckOutcome::AccountProblem { detail } => {
             match schedule.retry(now, check.deadline) {
                 Next::Check { due, tier } => Decision::Retry { due, tier },
@@ -705,6 +716,28 @@ mod tests {
                 due: now + chrono::Duration::seconds(30),
                 tier: 0
             }
+        );
+    }
+
+    #[test]
+    fn an_unlisted_error_code_is_no_answer_not_not_found() {
+        let (c, now) = check(2, 3600);
+        let d = decide(
+            &c,
+            CheckOutcome::Refused {
+                code: "12".into(),
+                message: "Sistem meşgul".into(),
+            },
+            now,
+            &Schedule::default(),
+        );
+        assert_eq!(
+            d,
+            Decision::Retry {
+                due: now + chrono::Duration::seconds(30),
+                tier: 0
+            },
+            "no attempt used"
         );
     }
 

@@ -19,7 +19,22 @@
 //! request_timeout_ms = 10000
 //! breaker_failures = 5        # consecutive failed calls that pause calls ...
 //! breaker_open_ms = 30000     # ... for this long, then one probe decides
+//! # What the provider's `<code>|<message>` answers mean (G9); these are the defaults.
+//! permanent_codes = ["3"]         # a placement refused for good: the order fails
+//! duplicate_codes = ["5"]         # a placement under a referans that already has an order
+//! account_problem_codes = ["8"]   # credentials, IP whitelist or API permission
+//! not_found_codes = ["4"]         # a check of a referans the provider does not know
+//! visibility_window_ms = 300000   # how long a new order may stay invisible to checks
 //! ```
+//!
+//! A placement answered with a code in no list (maintenance, a rate limit, a code never
+//! seen) is refused for now and tried again with backoff until the order's deadline; a
+//! check answered with a code in no list says nothing about the order. After a placement
+//! whose outcome is unclear, the order is placed again (under the same reference) only once
+//! the reference has stayed not-found for `visibility_window_ms`, because providers show
+//! new orders with a lag. Codes are digits, given as strings or numbers; one code means one
+//! thing (a placement code in two lists, or a check code that is both an account problem
+//! and not-found, is refused at load).
 
 use crate::core::breaker::{Breaker, BreakerConfig, BreakerState, Ticket};
 use crate::core::rate::TokenBucket;
@@ -27,6 +42,7 @@ use crate::metrics::{AccountLabel, CallLabels, Metrics};
 use crate::provider::{CheckOutcome, PlaceOutcome, Placement, Provider};
 use crate::secret::Secret;
 use crate::znet::client::ZnetClient;
+use crate::znet::protocol;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -72,6 +88,39 @@ pub struct AccountConfig {
     pub breaker_failures: u32,
     #[serde(default = "default_breaker_open_ms")]
     pub breaker_open_ms: u64,
+    /// Placement codes that fail the order (a customer rejection), e.g. `["3"]`.
+    #[serde(default = "default_permanent_codes")]
+    pub permanent_codes: Vec<Code>,
+    /// Placement codes that say the referans already has an order, e.g. `["5"]`.
+    #[serde(default = "default_duplicate_codes")]
+    pub duplicate_codes: Vec<Code>,
+    /// Codes of any call that say the account itself is at fault, e.g. `["8"]`.
+    #[serde(default = "default_account_problem_codes")]
+    pub account_problem_codes: Vec<Code>,
+    /// Check codes that say the provider has no order under the referans, e.g. `["4"]`.
+    #[serde(default = "default_not_found_codes")]
+    pub not_found_codes: Vec<Code>,
+    /// How long a reference must stay not-found after an unclear placement before it is
+    /// placed again, in milliseconds, e.g. `300000`.
+    #[serde(default = "default_visibility_window_ms")]
+    pub visibility_window_ms: u64,
+}
+
+/// One provider error code in the accounts file: `"3"` or `3`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Code {
+    Text(String),
+    Number(u64),
+}
+
+impl Code {
+    fn text(&self) -> String {
+        match self {
+            Code::Text(text) => text.trim().to_owned(),
+            Code::Number(n) => n.to_string(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -94,6 +143,91 @@ fn default_breaker_failures() -> u32 {
 }
 fn default_breaker_open_ms() -> u64 {
     30_000
+}
+fn codes(list: &[&str]) -> Vec<Code> {
+    list.iter().map(|c| Code::Text((*c).to_owned())).collect()
+}
+fn default_permanent_codes() -> Vec<Code> {
+    codes(protocol::DEFAULT_PERMANENT_CODES)
+}
+fn default_duplicate_codes() -> Vec<Code> {
+    codes(protocol::DEFAULT_DUPLICATE_CODES)
+}
+fn default_account_problem_codes() -> Vec<Code> {
+    codes(protocol::DEFAULT_ACCOUNT_PROBLEM_CODES)
+}
+fn default_not_found_codes() -> Vec<Code> {
+    codes(protocol::DEFAULT_NOT_FOUND_CODES)
+}
+/// Five minutes: far longer than the seconds a provider's replica or cache usually lags,
+/// and short against the 24 h deadline, so waiting it out costs little while placing too
+/// early could buy twice under a provider that does not refuse a reused referans.
+pub const DEFAULT_VISIBILITY_WINDOW_MS: u64 = 300_000;
+fn default_visibility_window_ms() -> u64 {
+    DEFAULT_VISIBILITY_WINDOW_MS
+}
+/// A longer window would outlast any order's deadline; it is surely a typo.
+const MAX_VISIBILITY_WINDOW_MS: u64 = 7 * 24 * 3_600_000;
+
+/// The account's code lists, checked: digits only, and one meaning per code.
+fn code_lists(c: &AccountConfig) -> Result<protocol::Codes, String> {
+    let list = |codes: &[Code], name: &str| -> Result<Vec<String>, String> {
+        codes
+            .iter()
+            .map(|code| {
+                let text = code.text();
+                if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+                    Err(format!(
+                        "account {}: {name} holds {text:?}, but provider codes are digits",
+                        c.id
+                    ))
+                } else {
+                    Ok(text)
+                }
+            })
+            .collect()
+    };
+    let codes = protocol::Codes {
+        permanent: list(&c.permanent_codes, "permanent_codes")?,
+        duplicate: list(&c.duplicate_codes, "duplicate_codes")?,
+        account_problem: list(&c.account_problem_codes, "account_problem_codes")?,
+        not_found: list(&c.not_found_codes, "not_found_codes")?,
+    };
+    let pairs: [(&[String], &str, &[String], &str); 4] = [
+        (
+            &codes.permanent,
+            "permanent_codes",
+            &codes.duplicate,
+            "duplicate_codes",
+        ),
+        (
+            &codes.permanent,
+            "permanent_codes",
+            &codes.account_problem,
+            "account_problem_codes",
+        ),
+        (
+            &codes.duplicate,
+            "duplicate_codes",
+            &codes.account_problem,
+            "account_problem_codes",
+        ),
+        (
+            &codes.not_found,
+            "not_found_codes",
+            &codes.account_problem,
+            "account_problem_codes",
+        ),
+    ];
+    for (a, a_name, b, b_name) in pairs {
+        if let Some(code) = a.iter().find(|code| b.contains(code)) {
+            return Err(format!(
+                "account {}: code {code} is in both {a_name} and {b_name}; a code means one thing",
+                c.id
+            ));
+        }
+    }
+    Ok(codes)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +255,9 @@ pub struct Account {
     pub id: String,
     pub provider: Box<dyn Provider>,
     pub request_timeout: Duration,
+    /// How long a reference must stay not-found after an unclear placement before it is
+    /// placed again (`visibility_window_ms`).
+    pub visibility_window: Duration,
     concurrency: Arc<Semaphore>,
     bucket: Mutex<TokenBucket>,
     breaker: Mutex<Breaker>,
@@ -150,15 +287,20 @@ impl CallPermit<'_> {
     pub async fn place(mut self, placement: &Placement) -> PlaceOutcome {
         let started = Instant::now();
         let outcome = self.account.provider.place(placement).await;
+        // A refusal with a code is an answer: the provider is up. Counting it as a failure
+        // would let one product's refusals (say, out of stock) pause every other order of
+        // the account; refused orders back off one by one instead.
         let healthy = matches!(
             outcome,
             PlaceOutcome::Accepted { .. }
                 | PlaceOutcome::Rejected { .. }
+                | PlaceOutcome::Refused { .. }
                 | PlaceOutcome::Duplicate { .. }
         );
         let class = match outcome {
             PlaceOutcome::Accepted { .. } => "accepted",
             PlaceOutcome::Rejected { .. } => "rejected",
+            PlaceOutcome::Refused { .. } => "refused",
             PlaceOutcome::Duplicate { .. } => "duplicate",
             PlaceOutcome::AccountProblem { .. } => "account_problem",
             PlaceOutcome::Transient { .. } => "transient",
@@ -181,6 +323,7 @@ impl CallPermit<'_> {
             CheckOutcome::Cancelled { .. } => "cancelled",
             CheckOutcome::Unclear { .. } => "unclear",
             CheckOutcome::NotFound { .. } => "not_found",
+            CheckOutcome::Refused { .. } => "refused",
             CheckOutcome::AccountProblem { .. } => "account_problem",
             CheckOutcome::Transient { .. } => "transient",
         };
@@ -230,6 +373,7 @@ impl Account {
             id,
             provider,
             request_timeout,
+            visibility_window: Duration::from_millis(DEFAULT_VISIBILITY_WINDOW_MS),
             concurrency: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
             bucket: Mutex::new(TokenBucket::new(
                 limits.max_per_second,
@@ -238,6 +382,14 @@ impl Account {
             )),
             breaker: Mutex::new(Breaker::new(limits.breaker)),
             metrics: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The same account with another visibility window.
+    pub fn with_visibility_window(self, window: Duration) -> Self {
+        Account {
+            visibility_window: window,
+            ..self
         }
     }
 
@@ -400,11 +552,19 @@ impl Accounts {
                     c.id
                 ));
             }
+            let codes = code_lists(&c)?;
+            if c.visibility_window_ms > MAX_VISIBILITY_WINDOW_MS {
+                return Err(format!(
+                    "account {}: visibility_window_ms must be at most {MAX_VISIBILITY_WINDOW_MS} (7 days)",
+                    c.id
+                ));
+            }
             let timeout = Duration::from_millis(c.request_timeout_ms);
             let provider: Box<dyn Provider> = match c.provider {
                 ProviderKind::Znet => Box::new(
                     ZnetClient::new(&c.base_url, kod, sifre, timeout)
-                        .map_err(|e| format!("account {}: {}", c.id, e.without_url()))?,
+                        .map_err(|e| format!("account {}: {}", c.id, e.without_url()))?
+                        .with_codes(codes),
                 ),
             };
             let limits = Limits {
@@ -415,7 +575,9 @@ impl Accounts {
                     open_for: Duration::from_millis(c.breaker_open_ms),
                 },
             };
-            accounts.push(Account::new(c.id, provider, timeout, limits));
+            let window = Duration::from_millis(c.visibility_window_ms);
+            accounts
+                .push(Account::new(c.id, provider, timeout, limits).with_visibility_window(window));
         }
         Ok(Self::from_accounts(accounts))
     }
@@ -475,6 +637,32 @@ mod tests {
         assert!(Accounts::parse("", |_| None)
             .unwrap_err()
             .contains("no [[account]]"));
+    }
+
+    #[test]
+    fn code_lists_have_documented_defaults_and_are_checked() {
+        let accounts = Accounts::parse(FILE, |_| Some("x".into())).unwrap();
+        let a = accounts.get("znet-main").unwrap();
+        assert_eq!(a.visibility_window, Duration::from_secs(300));
+        let with = |extra: &str| Accounts::parse(&format!("{FILE}{extra}"), |_| Some("x".into()));
+        let a = with("permanent_codes = [\"3\", 77]\nvisibility_window_ms = 2000\n").unwrap();
+        assert_eq!(
+            a.get("znet-main").unwrap().visibility_window,
+            Duration::from_secs(2)
+        );
+        let err = with("not_found_codes = [\"4\", \"8\"]\n").unwrap_err();
+        assert!(
+            err.contains("code 8") && err.contains("not_found_codes"),
+            "{err}"
+        );
+        let err = with("permanent_codes = [\"3\", \"5\"]\n").unwrap_err();
+        assert!(err.contains("duplicate_codes"), "{err}");
+        let err = with("permanent_codes = [\"E3\"]\n").unwrap_err();
+        assert!(err.contains("digits"), "{err}");
+        let err = with("visibility_window_ms = 999999999999\n").unwrap_err();
+        assert!(err.contains("visibility_window_ms"), "{err}");
+        let err = with("not_found_code = [\"4\"]\n").unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
     }
 
     #[tokio::test]

@@ -1,11 +1,13 @@
 //! What the pipeline asks of a provider, and the answers it can get.
 //!
 //! Every answer is classified into what to do next. For a placement that is the heart of
-//! G1: `Accepted` and `Rejected` are settled; `Transient`, and an `AccountProblem` marked
-//! `not_placed`, prove nothing was bought; `Duplicate` says the reference already has an
-//! order; everything else (`Unknown`, other account problems) may have bought it and must
-//! be settled by checking the same reference, never by a placement under a new one.
-//! Details never carry a PIN or a credential (G5).
+//! G1: `Accepted` and `Rejected` are settled; `Transient`, `Refused`, and an
+//! `AccountProblem` marked `not_placed`, prove this call bought nothing; `Duplicate` says
+//! the reference already has an order; everything else (`Unknown`, other account problems)
+//! may have bought it and must be settled by checking the same reference, never by a
+//! placement under a new one. Only an account's permanent codes make a `Rejected` and only
+//! its not-found codes a `NotFound` (G9); other codes are `Refused`: not an answer about
+//! the order. Details and messages never carry a PIN or a credential (G5).
 
 pub mod accounts;
 
@@ -30,8 +32,12 @@ pub enum PlaceOutcome {
         cost: Option<String>,
         balance: Option<String>,
     },
-    /// The provider refused the order; final for the order.
+    /// The provider refused the order with one of the account's permanent codes; final for
+    /// the order, unless an earlier call under the reference may have landed.
     Rejected { code: String, message: String },
+    /// The provider refused the call with a code that is not permanent (maintenance, a rate
+    /// limit, a code never seen): this call bought nothing; try again later.
+    Refused { code: String, message: String },
     /// The provider already has an order under this reference: an earlier call landed.
     /// Settle by checking; never a rejection.
     Duplicate { code: String, message: String },
@@ -61,9 +67,15 @@ pub enum CheckOutcome {
     Unclear {
         detail: String,
     },
-    /// The provider answered with an error for this reference, typically because it has no
-    /// order under it.
+    /// The provider answered one of the account's not-found codes: it shows no order under
+    /// this reference (yet: a new order may show with a lag).
     NotFound {
+        code: String,
+        message: String,
+    },
+    /// The provider answered another error code: nothing is known about the order; ask
+    /// again later.
+    Refused {
         code: String,
         message: String,
     },

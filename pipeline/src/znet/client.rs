@@ -20,6 +20,8 @@ pub struct ZnetClient {
     base_url: String,
     kod: Secret,
     sifre: Secret,
+    /// What this account's error codes mean.
+    codes: protocol::Codes,
 }
 
 /// What went wrong with a request, without its URL.
@@ -48,7 +50,13 @@ impl ZnetClient {
             base_url: base_url.trim_end_matches('/').to_owned(),
             kod,
             sifre,
+            codes: protocol::Codes::default(),
         })
+    }
+
+    /// The same client, reading error codes with the account's lists.
+    pub fn with_codes(self, codes: protocol::Codes) -> Self {
+        ZnetClient { codes, ..self }
     }
 
     async fn call(&self, name: &str, params: &[(&str, &str)]) -> Result<(u16, String), Failure> {
@@ -100,7 +108,7 @@ impl Provider for ZnetClient {
                 ("oyuncu_bilgi", p.user_extra.as_str()),
             ];
             match self.call("pin_ekle", &params).await {
-                Ok((status, body)) => protocol::classify_place(status, &body),
+                Ok((status, body)) => protocol::classify_place(status, &body, &self.codes),
                 Err(Failure::NotSent(detail)) => PlaceOutcome::Transient { detail },
                 Err(Failure::NoAnswer(detail)) => PlaceOutcome::Unknown { detail },
             }
@@ -113,7 +121,7 @@ impl Provider for ZnetClient {
                 .call("pin_kontrol", &[("tahsilat_api_islem_id", reference)])
                 .await
             {
-                Ok((status, body)) => protocol::classify_check(status, &body),
+                Ok((status, body)) => protocol::classify_check(status, &body, &self.codes),
                 Err(Failure::NotSent(detail) | Failure::NoAnswer(detail)) => {
                     CheckOutcome::Transient { detail }
                 }

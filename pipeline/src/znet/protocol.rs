@@ -1,22 +1,68 @@
 //! znet's answers, parsed and classified (`../shared/design/znet-protocol.md`).
 //!
-//! Pure functions from (HTTP status, body) to a provider outcome. They are deliberately
-//! suspicious: anything that is not a documented shape is `Unknown` for a placement (it
-//! may have bought something) and `Transient` for a check. Details describe the shape of
-//! an odd answer, never its content, because a check's body can hold a PIN (G5).
+//! Pure functions from (HTTP status, body, the account's [`Codes`]) to a provider outcome.
+//! They are deliberately suspicious: anything that is not a documented shape is `Unknown`
+//! for a placement (it may have bought something) and `Transient` for a check. A
+//! `<code>|<message>` answer means what the account's code lists say, and nothing more
+//! (G9): only a permanent code rejects an order, only a not-found code says a check found
+//! nothing; any other code is a refusal for now. Details describe the shape of an odd
+//! answer, never its content, because a check's body can hold a PIN (G5); the provider's
+//! messages pass [`crate::secret::scrub`] before they leave this module.
 
 use crate::provider::{BalanceOutcome, CheckOutcome, PlaceOutcome};
-use crate::secret::Secret;
+use crate::secret::{scrub, Secret};
+
+/// Placement codes that fail an order: `3|Kupur Bilgisi Bulunamadı` (unknown denomination)
+/// is the only one the protocol notes call permanent.
+pub const DEFAULT_PERMANENT_CODES: &[&str] = &["3"];
 
 /// Error codes that mean the dealer account (credentials, IP whitelist, API permission) is
 /// at fault rather than the order: `8|Bağlantı Hatası,Kullanıcı Api Yetki, ...`.
-pub const ACCOUNT_PROBLEM_CODES: &[&str] = &["8"];
+pub const DEFAULT_ACCOUNT_PROBLEM_CODES: &[&str] = &["8"];
 
-/// Error codes of a placement that mean "this referans already has an order". The protocol
-/// notes do not document znet's code for it; `5` is the simulator's. Whatever the code, a
-/// refusal that follows an unclear attempt is confirmed by a check before it fails an order
-/// (see `dispatch::placement`), so an unlisted duplicate code cannot fail a bought order.
-pub const DUPLICATE_REFERENCE_CODES: &[&str] = &["5"];
+/// Placement codes that mean "this referans already has an order". The protocol notes do
+/// not document znet's code for it; `5` is the simulator's. Whatever the code, a refusal
+/// that follows an unclear attempt never fails an order (see `dispatch::placement`), so an
+/// unlisted duplicate code cannot fail a bought order.
+pub const DEFAULT_DUPLICATE_CODES: &[&str] = &["5"];
+
+/// Check codes that mean "no order under this referans". The protocol notes only say an
+/// unknown referans gets `<code>|<message>`; `4|Sipariş bulunamadı` is the simulator's.
+/// A code missing from this list is never taken for "not found": at worst an order whose
+/// first call was unclear waits for its deadline instead of being placed again.
+pub const DEFAULT_NOT_FOUND_CODES: &[&str] = &["4"];
+
+/// What an account's `<code>|<message>` answers mean (its `[[account]]` code lists).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Codes {
+    /// Placement codes that fail the order (a customer rejection).
+    pub permanent: Vec<String>,
+    /// Placement codes that say the referans already has an order.
+    pub duplicate: Vec<String>,
+    /// Codes of any call that say the dealer account is at fault.
+    pub account_problem: Vec<String>,
+    /// Check codes that say the provider has no order under the referans.
+    pub not_found: Vec<String>,
+}
+
+fn owned(codes: &[&str]) -> Vec<String> {
+    codes.iter().map(|c| (*c).to_owned()).collect()
+}
+
+impl Default for Codes {
+    fn default() -> Self {
+        Codes {
+            permanent: owned(DEFAULT_PERMANENT_CODES),
+            duplicate: owned(DEFAULT_DUPLICATE_CODES),
+            account_problem: owned(DEFAULT_ACCOUNT_PROBLEM_CODES),
+            not_found: owned(DEFAULT_NOT_FOUND_CODES),
+        }
+    }
+}
+
+fn listed(list: &[String], code: &str) -> bool {
+    list.iter().any(|c| c == code)
+}
 
 /// The shape of a body, after trimming.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,10 +71,10 @@ enum Body<'a> {
     Html,
     /// `OK|...`: the fields after `OK`, trimmed.
     Ok(Vec<&'a str>),
-    /// `<digits>|<message>`.
+    /// `<digits>|<message>`, the message already scrubbed.
     Error {
         code: &'a str,
-        message: &'a str,
+        message: String,
     },
     Garbage,
 }
@@ -50,7 +96,7 @@ fn shape(body: &str) -> Body<'_> {
     if !head.is_empty() && head.bytes().all(|b| b.is_ascii_digit()) && body.contains('|') {
         let message = body
             .split_once('|')
-            .map(|(_, m)| m.trim())
+            .map(|(_, m)| scrub(m))
             .unwrap_or_default();
         return Body::Error {
             code: head,
@@ -58,10 +104,6 @@ fn shape(body: &str) -> Body<'_> {
         };
     }
     Body::Garbage
-}
-
-fn is_account_problem(code: &str) -> bool {
-    ACCOUNT_PROBLEM_CODES.contains(&code)
 }
 
 fn amount(field: Option<&&str>) -> Option<String> {
@@ -77,7 +119,7 @@ fn amount(field: Option<&&str>) -> Option<String> {
 const HTML_DETAIL: &str = "HTML answer: wrong base URL or the server's IP is not whitelisted";
 
 /// Classifies the answer to `pin_ekle.php`.
-pub fn classify_place(http_status: u16, body: &str) -> PlaceOutcome {
+pub fn classify_place(http_status: u16, body: &str, codes: &Codes) -> PlaceOutcome {
     match http_status {
         200..=299 => {}
         // No such page: the base URL is wrong and `pin_ekle.php` never ran.
@@ -105,19 +147,27 @@ pub fn classify_place(http_status: u16, body: &str) -> PlaceOutcome {
             cost: amount(fields.first()),
             balance: amount(fields.get(1)),
         },
-        Body::Error { code, message } if is_account_problem(code) => PlaceOutcome::AccountProblem {
-            detail: format!("{code}|{message}"),
-            not_placed: true,
-        },
-        Body::Error { code, message } if DUPLICATE_REFERENCE_CODES.contains(&code) => {
-            PlaceOutcome::Duplicate {
-                code: code.to_owned(),
-                message: message.to_owned(),
+        Body::Error { code, message } if listed(&codes.account_problem, code) => {
+            PlaceOutcome::AccountProblem {
+                detail: format!("{code}|{message}"),
+                not_placed: true,
             }
         }
-        Body::Error { code, message } => PlaceOutcome::Rejected {
+        Body::Error { code, message } if listed(&codes.duplicate, code) => {
+            PlaceOutcome::Duplicate {
+                code: code.to_owned(),
+                message,
+            }
+        }
+        Body::Error { code, message } if listed(&codes.permanent, code) => PlaceOutcome::Rejected {
             code: code.to_owned(),
-            message: message.to_owned(),
+            message,
+        },
+        // Maintenance, a rate limit, a code never seen: the provider answered, so this call
+        // bought nothing, but the order may still go through later (G9).
+        Body::Error { code, message } => PlaceOutcome::Refused {
+            code: code.to_owned(),
+            message,
         },
         // Usually a wrong base URL or a blocked IP, but a PHP warning page printed after the
         // order was stored looks the same.
@@ -135,7 +185,7 @@ pub fn classify_place(http_status: u16, body: &str) -> PlaceOutcome {
 }
 
 /// Classifies the answer to `pin_kontrol.php`.
-pub fn classify_check(http_status: u16, body: &str) -> CheckOutcome {
+pub fn classify_check(http_status: u16, body: &str, codes: &Codes) -> CheckOutcome {
     if !(200..=299).contains(&http_status) {
         return CheckOutcome::Transient {
             detail: format!("HTTP {http_status}"),
@@ -155,19 +205,26 @@ pub fn classify_check(http_status: u16, body: &str) -> CheckOutcome {
                     pin: Secret::new(pin),
                 },
                 "3" => CheckOutcome::Cancelled {
-                    message: description.trim().to_owned(),
+                    message: scrub(&description),
                 },
                 _ => CheckOutcome::Unclear {
                     detail: format!("unknown durum of {} characters", durum.chars().count()),
                 },
             }
         }
-        Body::Error { code, message } if is_account_problem(code) => CheckOutcome::AccountProblem {
-            detail: format!("{code}|{message}"),
-        },
-        Body::Error { code, message } => CheckOutcome::NotFound {
+        Body::Error { code, message } if listed(&codes.account_problem, code) => {
+            CheckOutcome::AccountProblem {
+                detail: format!("{code}|{message}"),
+            }
+        }
+        Body::Error { code, message } if listed(&codes.not_found, code) => CheckOutcome::NotFound {
             code: code.to_owned(),
-            message: message.to_owned(),
+            message,
+        },
+        // Not proof that nothing was bought: only a listed not-found code is.
+        Body::Error { code, message } => CheckOutcome::Refused {
+            code: code.to_owned(),
+            message,
         },
         Body::Html => CheckOutcome::AccountProblem {
             detail: HTML_DETAIL.to_owned(),
@@ -225,10 +282,19 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Classifies with the default code lists.
+    fn place(status: u16, body: &str) -> PlaceOutcome {
+        classify_place(status, body, &Codes::default())
+    }
+
+    fn check(status: u16, body: &str) -> CheckOutcome {
+        classify_check(status, body, &Codes::default())
+    }
+
     #[test]
     fn place_ok_with_amounts() {
         assert_eq!(
-            classify_place(200, "OK|97.50|1402.25\n"),
+            place(200, "OK|97.50|1402.25\n"),
             PlaceOutcome::Accepted {
                 cost: Some("97.50".into()),
                 balance: Some("1402.25".into())
@@ -239,7 +305,7 @@ mod tests {
     #[test]
     fn place_ok_with_odd_amounts_is_still_accepted() {
         assert_eq!(
-            classify_place(200, "OK|abc"),
+            place(200, "OK|abc"),
             PlaceOutcome::Accepted {
                 cost: None,
                 balance: None
@@ -250,7 +316,7 @@ mod tests {
     #[test]
     fn unknown_denomination_is_a_rejection_with_turkish_message() {
         assert_eq!(
-            classify_place(200, "3|Kupur Bilgisi Bulunamadı"),
+            place(200, "3|Kupur Bilgisi Bulunamadı"),
             PlaceOutcome::Rejected {
                 code: "3".into(),
                 message: "Kupur Bilgisi Bulunamadı".into()
@@ -263,11 +329,11 @@ mod tests {
         let body =
             "8|Bağlantı Hatası,Kullanıcı Api Yetki, Kısıtlı Ip yada Kullanıcı Bilgileri Hatalı";
         assert!(matches!(
-            classify_place(200, body),
+            place(200, body),
             PlaceOutcome::AccountProblem { .. }
         ));
         assert!(matches!(
-            classify_check(200, body),
+            check(200, body),
             CheckOutcome::AccountProblem { .. }
         ));
     }
@@ -276,11 +342,11 @@ mod tests {
     fn html_is_an_account_problem_for_every_call() {
         let html = "<!DOCTYPE html><html><body>403 Forbidden</body></html>";
         assert!(matches!(
-            classify_place(200, html),
+            place(200, html),
             PlaceOutcome::AccountProblem { .. }
         ));
         assert!(matches!(
-            classify_check(200, html),
+            check(200, html),
             CheckOutcome::AccountProblem { .. }
         ));
         assert!(matches!(
@@ -300,7 +366,7 @@ mod tests {
             (503, ""),
         ] {
             assert!(
-                matches!(classify_place(status, body), PlaceOutcome::Unknown { .. }),
+                matches!(place(status, body), PlaceOutcome::Unknown { .. }),
                 "{status} {body:?}"
             );
         }
@@ -309,21 +375,21 @@ mod tests {
     #[test]
     fn only_a_missing_page_or_code_8_proves_nothing_was_placed() {
         assert!(matches!(
-            classify_place(404, "not found"),
+            place(404, "not found"),
             PlaceOutcome::AccountProblem {
                 not_placed: true,
                 ..
             }
         ));
         assert!(matches!(
-            classify_place(200, "8|Bağlantı Hatası"),
+            place(200, "8|Bağlantı Hatası"),
             PlaceOutcome::AccountProblem {
                 not_placed: true,
                 ..
             }
         ));
         assert!(matches!(
-            classify_place(200, "<html>Warning: mysql</html>"),
+            place(200, "<html>Warning: mysql</html>"),
             PlaceOutcome::AccountProblem {
                 not_placed: false,
                 ..
@@ -331,7 +397,7 @@ mod tests {
         ));
         for status in [403, 408, 429] {
             assert!(
-                matches!(classify_place(status, ""), PlaceOutcome::Unknown { .. }),
+                matches!(place(status, ""), PlaceOutcome::Unknown { .. }),
                 "{status}"
             );
         }
@@ -339,25 +405,22 @@ mod tests {
 
     #[test]
     fn check_states() {
-        assert_eq!(classify_check(200, "OK|1| |"), CheckOutcome::Pending);
+        assert_eq!(check(200, "OK|1| |"), CheckOutcome::Pending);
+        assert_eq!(check(200, "OK|1|-|Beklemede"), CheckOutcome::Pending);
         assert_eq!(
-            classify_check(200, "OK|1|-|Beklemede"),
-            CheckOutcome::Pending
-        );
-        assert_eq!(
-            classify_check(200, "OK|2| ABCD-1234 |Tamamlandı"),
+            check(200, "OK|2| ABCD-1234 |Tamamlandı"),
             CheckOutcome::Completed {
                 pin: Secret::new("ABCD-1234")
             }
         );
         assert_eq!(
-            classify_check(200, "OK|3| |Stok yok, iptal edildi"),
+            check(200, "OK|3| |Stok yok, iptal edildi"),
             CheckOutcome::Cancelled {
                 message: "Stok yok, iptal edildi".into()
             }
         );
         assert_eq!(
-            classify_check(200, "4|Sipariş bulunamadı"),
+            check(200, "4|Sipariş bulunamadı"),
             CheckOutcome::NotFound {
                 code: "4".into(),
                 message: "Sipariş bulunamadı".into()
@@ -370,7 +433,7 @@ mod tests {
         for pin in ["", " ", "-", " - ", "--"] {
             let body = format!("OK|2|{pin}|Tamamlandı");
             assert!(
-                matches!(classify_check(200, &body), CheckOutcome::Unclear { .. }),
+                matches!(check(200, &body), CheckOutcome::Unclear { .. }),
                 "{pin:?}"
             );
         }
@@ -379,7 +442,7 @@ mod tests {
     #[test]
     fn a_reused_reference_is_a_duplicate_not_a_rejection() {
         assert!(matches!(
-            classify_place(200, "5|Bu referans ile daha önce sipariş verilmiş"),
+            place(200, "5|Bu referans ile daha önce sipariş verilmiş"),
             PlaceOutcome::Duplicate { .. }
         ));
     }
@@ -392,7 +455,7 @@ mod tests {
             (200, "SECRETPIN garbage"),
             (503, "SECRETPIN"),
         ] {
-            match classify_check(status, body) {
+            match check(status, body) {
                 CheckOutcome::Transient { detail } | CheckOutcome::Unclear { detail } => {
                     assert!(!detail.contains("SECRETPIN"), "{detail}")
                 }
@@ -425,10 +488,88 @@ mod tests {
 
     #[test]
     fn bom_and_whitespace_are_ignored() {
-        assert_eq!(
-            classify_check(200, "\u{feff}  OK|1|-|\r\n"),
-            CheckOutcome::Pending
-        );
+        assert_eq!(check(200, "\u{feff}  OK|1|-|\r\n"), CheckOutcome::Pending);
+    }
+
+    #[test]
+    fn only_the_accounts_permanent_codes_reject_a_placement() {
+        assert!(matches!(
+            place(200, "3|Kupur Bilgisi Bulunamadı"),
+            PlaceOutcome::Rejected { .. }
+        ));
+        // Maintenance, a rate limit, a code never seen: refused for now, never a rejection.
+        for body in [
+            "99|Bakım çalışması",
+            "6|Yetersiz bakiye",
+            "429|Çok fazla istek",
+        ] {
+            let PlaceOutcome::Refused { code, message } = place(200, body) else {
+                panic!("{body:?} gave {:?}", place(200, body))
+            };
+            assert_eq!(format!("{code}|{message}"), body);
+        }
+        // Another account's lists decide differently.
+        let codes = Codes {
+            permanent: vec!["3".into(), "77".into()],
+            duplicate: vec!["12".into()],
+            ..Codes::default()
+        };
+        assert!(matches!(
+            classify_place(200, "77|Ürün kaldırıldı", &codes),
+            PlaceOutcome::Rejected { .. }
+        ));
+        assert!(matches!(
+            classify_place(200, "12|Referans kullanımda", &codes),
+            PlaceOutcome::Duplicate { .. }
+        ));
+        assert!(matches!(
+            classify_place(200, "5|Bu referans ile daha önce sipariş verilmiş", &codes),
+            PlaceOutcome::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn only_the_accounts_not_found_codes_say_a_check_found_nothing() {
+        assert!(matches!(
+            check(200, "4|Sipariş bulunamadı"),
+            CheckOutcome::NotFound { .. }
+        ));
+        for body in ["99|Bakım çalışması", "3|Hata", "12|Sistem meşgul"] {
+            assert!(
+                matches!(check(200, body), CheckOutcome::Refused { .. }),
+                "{body:?} gave {:?}",
+                check(200, body)
+            );
+        }
+        let codes = Codes {
+            not_found: vec!["404".into()],
+            ..Codes::default()
+        };
+        assert!(matches!(
+            classify_check(200, "404|Kayıt yok", &codes),
+            CheckOutcome::NotFound { .. }
+        ));
+        assert!(matches!(
+            classify_check(200, "4|Sipariş bulunamadı", &codes),
+            CheckOutcome::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn provider_messages_are_scrubbed_of_pin_shapes() {
+        let PlaceOutcome::Refused { message, .. } =
+            place(200, "99|Hata: ABCD-1234-EF56-7890 kodu\nsatır")
+        else {
+            panic!("not refused")
+        };
+        assert!(!message.contains("ABCD-1234"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+        let CheckOutcome::Cancelled { message } = check(200, "OK|3| |İptal: 1234567890123456")
+        else {
+            panic!("not cancelled")
+        };
+        assert!(!message.contains("1234567890"), "{message}");
+        assert!(message.starts_with("İptal"), "{message}");
     }
 
     fn any_body() -> impl Strategy<Value = String> {
@@ -443,7 +584,7 @@ mod tests {
         /// with a 2xx status: the classifier errs on the side of "unknown" (G1).
         #[test]
         fn only_documented_shapes_settle_a_placement(status in 100u16..600, body in any_body()) {
-            match classify_place(status, &body) {
+            match place(status, &body) {
                 PlaceOutcome::Accepted { .. } => {
                     prop_assert!((200..300).contains(&status));
                     let trimmed = body.trim_start_matches('\u{feff}').trim().to_lowercase();
@@ -451,18 +592,29 @@ mod tests {
                 }
                 PlaceOutcome::Rejected { code, .. } => {
                     prop_assert!((200..300).contains(&status));
-                    prop_assert!(code.bytes().all(|b| b.is_ascii_digit()));
-                                        prop_assert!(!ACCOUNT_PROBLEM_CODES.contains(&code.as_str()));
-                    prop_assert!(!DUPLICATE_REFERENCE_CODES.contains(&code.as_str()));
+                    // Only a permanent code of the account rejects an order (G9).
+                    prop_assert!(DEFAULT_PERMANENT_CODES.contains(&code.as_str()));
                 }
                 _ => {}
+            }
+        }
+
+        /// Only a not-found code of the account says a check found nothing, and only a
+        /// permanent one rejects a placement, whatever else the body holds (G9).
+        #[test]
+        fn only_listed_codes_are_believed(status in 100u16..600, body in any_body()) {
+            if let CheckOutcome::NotFound { code, .. } = check(status, &body) {
+                prop_assert!(DEFAULT_NOT_FOUND_CODES.contains(&code.as_str()));
+            }
+            if let PlaceOutcome::Refused { code, .. } = place(status, &body) {
+                prop_assert!(!DEFAULT_PERMANENT_CODES.contains(&code.as_str()));
             }
         }
 
         /// A completed check always carries a non-blank, trimmed PIN.
         #[test]
         fn completed_always_has_a_real_pin(status in 200u16..300, body in any_body()) {
-            if let CheckOutcome::Completed { pin } = classify_check(status, &body) {
+            if let CheckOutcome::Completed { pin } = check(status, &body) {
                 prop_assert!(!is_blank_pin(pin.expose()));
                 prop_assert_eq!(pin.expose().trim(), pin.expose());
             }
@@ -471,7 +623,7 @@ mod tests {
         /// Details of unclear answers never repeat the answer's text.
         #[test]
         fn transient_details_do_not_echo_bodies(body in "[A-Z]{12,20}") {
-            for outcome in [classify_check(200, &body), classify_check(500, &body)] {
+            for outcome in [check(200, &body), check(500, &body)] {
                 if let CheckOutcome::Transient { detail } = outcome {
                     prop_assert!(!detail.contains(&body));
                 }

@@ -4,9 +4,10 @@
 //! Owns: the four `/servis/*.php` endpoints of `shared/design/znet-protocol.md` as our
 //! parser (`super::protocol`) expects them, a small static catalog, the dealer balance,
 //! referans uniqueness (one purchase per referans, ever), seeded randomness (rejections,
-//! cancellations, faults, PINs), fault injection (scripted FIFO per call, then the current
-//! wave of one kind, then random) and the `/sim/*` control endpoints for out-of-process
-//! tests.
+//! cancellations, faults, PINs), fault injection (scripted FIFO per call, then scripted
+//! `<code>|<message>` answers, then the current wave of one kind, then random), a visibility
+//! lag (a new order answers "not found" to checks for a while, as real providers' replicas
+//! do) and the `/sim/*` control endpoints for out-of-process tests.
 //!
 //! It never logs kod, sifre or PINs (G5): debug events carry only referans, oyun, kupur and
 //! outcome words.
@@ -54,6 +55,9 @@ pub struct SimConfig {
     pub seed: u64,
     /// Kuruş (1/100 TRY).
     pub initial_balance_kurus: i64,
+    /// How long a purchased order answers `4|Sipariş bulunamadı` to checks (a provider
+    /// showing new orders with a lag). Placements still see it: a reused referans is refused.
+    pub visibility_lag: Duration,
 }
 
 /// 1,000,000.00 TRY.
@@ -74,6 +78,7 @@ impl Default for SimConfig {
             lost_answer_delay: Duration::from_secs(30),
             seed: 1,
             initial_balance_kurus: DEFAULT_BALANCE_KURUS,
+            visibility_lag: Duration::ZERO,
         }
     }
 }
@@ -94,6 +99,7 @@ impl fmt::Debug for SimConfig {
             .field("lost_answer_delay", &self.lost_answer_delay)
             .field("seed", &self.seed)
             .field("initial_balance_kurus", &self.initial_balance_kurus)
+            .field("visibility_lag", &self.visibility_lag)
             .finish()
     }
 }
@@ -181,6 +187,12 @@ pub struct SimStats {
     pub faults_by_kind: BTreeMap<String, u64>,
     /// Placements answered with a rejection code (2, 3 or 6), duplicates (5) excluded.
     pub rejected: u64,
+    /// Calls answered with a scripted `<code>|<message>` (no effect).
+    #[serde(default)]
+    pub scripted_answers: u64,
+    /// Checks answered "not found" because the order was not visible yet.
+    #[serde(default)]
+    pub unseen_checks: u64,
     pub balance_kurus: i64,
 }
 
@@ -209,6 +221,9 @@ struct State {
     rng: Seeded,
     orders: HashMap<String, Order>,
     scripts: HashMap<SimCall, VecDeque<Fault>>,
+    /// Bodies for the next calls of an endpoint, after scripted faults.
+    answers: HashMap<SimCall, VecDeque<String>>,
+    visibility_lag: Duration,
     /// While set, every place and check call answers 503 and has no effect.
     outage: bool,
     wave: Option<FaultWave>,
@@ -218,6 +233,7 @@ struct State {
 }
 
 struct Order {
+    bought_at: std::time::Instant,
     checks_seen: u32,
     /// Checks answered "processing" before the final state.
     pending_checks: u32,
@@ -389,6 +405,7 @@ fn place(config: &SimConfig, st: &mut State, q: &Params) -> String {
     st.orders.insert(
         referans.to_owned(),
         Order {
+            bought_at: std::time::Instant::now(),
             checks_seen: 0,
             pending_checks,
             cancelled,
@@ -416,10 +433,16 @@ fn check(config: &SimConfig, st: &mut State, q: &Params) -> String {
     }
     st.stats.checks += 1;
     let referans = param(q, "tahsilat_api_islem_id");
+    let lag = st.visibility_lag;
     let Some(order) = st.orders.get_mut(referans) else {
         debug!(referans, outcome = "not found", "pin_kontrol");
         return ORDER_NOT_FOUND.into();
     };
+    if order.bought_at.elapsed() < lag {
+        st.stats.unseen_checks += 1;
+        debug!(referans, outcome = "not visible yet", "pin_kontrol");
+        return ORDER_NOT_FOUND.into();
+    }
     order.checks_seen += 1;
     st.check_times
         .entry(referans.to_owned())
@@ -484,6 +507,8 @@ impl Sim {
             rng: Seeded::new(config.seed),
             orders: HashMap::new(),
             scripts: HashMap::new(),
+            answers: HashMap::new(),
+            visibility_lag: config.visibility_lag,
             outage: false,
             wave: None,
             check_times: HashMap::new(),
@@ -532,6 +557,20 @@ impl Sim {
     /// Faults for the next calls of an endpoint, consumed in order before random faults.
     pub fn script(&self, call: SimCall, faults: Vec<Fault>) {
         self.with_state(|st| st.scripts.entry(call).or_default().extend(faults));
+    }
+
+    /// Bodies (`<code>|<message>`) for the next calls of an endpoint, consumed in order
+    /// after scripted faults and before waves and random faults. A scripted answer has no
+    /// effect: nothing is bought or checked. `GET /sim/script?call=place&answer=99|Bakım&times=2`
+    /// does the same over HTTP.
+    pub fn script_answers(&self, call: SimCall, answers: Vec<String>) {
+        self.with_state(|st| st.answers.entry(call).or_default().extend(answers));
+    }
+
+    /// How long new orders stay invisible to checks from now on (`GET
+    /// /sim/visibility?lag_ms=<n>` does the same over HTTP).
+    pub fn set_visibility_lag(&self, lag: Duration) {
+        self.with_state(|st| st.visibility_lag = lag);
     }
 
     pub fn stats(&self) -> SimStats {
@@ -601,6 +640,16 @@ impl Sim {
             .route("/sim/script", get(script_handler))
             .route("/sim/faults", get(faults_handler).post(faults_handler))
             .route(
+                "/sim/visibility",
+                get(|s: Shared<Sim>, q: Query<Params>| async move {
+                    match param(&q.0, "lag_ms").parse::<u64>() {
+                        Ok(ms) => s.0.set_visibility_lag(Duration::from_millis(ms)),
+                        Err(_) => return text(StatusCode::BAD_REQUEST, "lag_ms=<milliseconds>"),
+                    }
+                    text(StatusCode::OK, "ok")
+                }),
+            )
+            .route(
                 "/sim/outage",
                 get(|s: Shared<Sim>, q: Query<Params>| async move {
                     match param(&q.0, "on") {
@@ -652,6 +701,20 @@ impl Sim {
             self.with_state(|st| {
                 *st.stats.place_requests.entry(referans.clone()).or_default() += 1
             });
+        }
+        let scripted = self.with_state(|st| {
+            if st.outage || st.scripts.get(&call).is_some_and(|s| !s.is_empty()) {
+                return None;
+            }
+            let answer = st.answers.get_mut(&call).and_then(VecDeque::pop_front);
+            if answer.is_some() {
+                st.stats.scripted_answers += 1;
+            }
+            answer
+        });
+        if let Some(answer) = scripted {
+            debug!(?call, "a scripted answer");
+            return text(StatusCode::OK, answer);
         }
         let fault = self.with_state(|st| {
             if st.outage && call != SimCall::Balance {
@@ -712,12 +775,29 @@ async fn faults_handler(Shared(sim): Shared<Sim>, Query(q): Query<Params>) -> Re
     text(StatusCode::OK, "ok")
 }
 
-/// `GET /sim/script?call=place&faults=server_error,lost_answer`.
+/// `GET /sim/script?call=place&faults=server_error,lost_answer`, or
+/// `GET /sim/script?call=place&answer=99|Bakım&times=3` (`times` defaults to 1).
 async fn script_handler(Shared(sim): Shared<Sim>, Query(q): Query<Params>) -> Response {
     fn snake<T: serde::de::DeserializeOwned>(word: &str) -> Option<T> {
         serde_json::from_value(serde_json::Value::String(word.trim().to_owned())).ok()
     }
     let call = snake::<SimCall>(param(&q, "call"));
+    if let Some(answer) = q.get("answer") {
+        let times = match q.get("times").map(|t| t.parse::<usize>()) {
+            None => Ok(1),
+            Some(parsed) => parsed,
+        };
+        return match (call, times) {
+            (Some(call), Ok(times)) if times <= 10_000 => {
+                sim.script_answers(call, vec![answer.clone(); times]);
+                text(StatusCode::OK, "ok")
+            }
+            _ => text(
+                StatusCode::BAD_REQUEST,
+                "expected call=place|check|balance&answer=<code>|<message>&times=<n>",
+            ),
+        };
+    }
     let faults: Option<Vec<Fault>> = param(&q, "faults")
         .split(',')
         .filter(|w| !w.trim().is_empty())
@@ -739,7 +819,7 @@ async fn script_handler(Shared(sim): Shared<Sim>, Query(q): Query<Params>) -> Re
 mod tests {
     use super::*;
     use crate::provider::{BalanceOutcome, CheckOutcome, PlaceOutcome};
-    use crate::znet::protocol::{classify_balance, classify_check, classify_place};
+    use crate::znet::protocol::{classify_balance, classify_check, classify_place, Codes};
 
     struct Running {
         sim: Sim,
@@ -793,12 +873,12 @@ mod tests {
         let mut params = AUTH.to_vec();
         params.push(("tahsilat_api_islem_id", referans));
         let (status, body) = get(base, "/servis/pin_kontrol.php", &params).await;
-        classify_check(status, &body)
+        classify_check(status, &body, &Codes::default())
     }
 
     async fn place_ok(base: &str, referans: &str) -> PlaceOutcome {
         let (status, body) = place_at(base, referans, "412", "25").await;
-        classify_place(status, &body)
+        classify_place(status, &body, &Codes::default())
     }
 
     #[tokio::test]
@@ -866,7 +946,7 @@ mod tests {
         let run = start(SimConfig::default()).await;
         let (status, body) = place_at(&run.base, "3003", "412", "30").await;
         assert_eq!(
-            classify_place(status, &body),
+            classify_place(status, &body, &Codes::default()),
             PlaceOutcome::Rejected {
                 code: "3".into(),
                 message: "Kupur Bilgisi Bulunamadı".into()
@@ -874,7 +954,7 @@ mod tests {
         );
         let (status, body) = place_at(&run.base, "12ab", "412", "25").await;
         assert!(
-            matches!(classify_place(status, &body), PlaceOutcome::Rejected { code, .. } if code == "2")
+            matches!(classify_place(status, &body, &Codes::default()), PlaceOutcome::Refused { code, .. } if code == "2")
         );
         let stats = run.sim.stats();
         assert_eq!((stats.rejected, stats.purchases.len()), (2, 0));
@@ -897,7 +977,7 @@ mod tests {
         params.extend([("oyun", "412"), ("kupur", "25"), ("referans", "4004")]);
         let (status, body) = get(&run.base, "/servis/pin_ekle.php", &params).await;
         assert!(matches!(
-            classify_place(status, &body),
+            classify_place(status, &body, &Codes::default()),
             PlaceOutcome::AccountProblem { .. }
         ));
         let (status, body) = get(
@@ -907,7 +987,7 @@ mod tests {
         )
         .await;
         assert!(matches!(
-            classify_check(status, &body),
+            classify_check(status, &body, &Codes::default()),
             CheckOutcome::AccountProblem { .. }
         ));
         let (status, body) = get(&run.base, "/servis/bakiye_kontrol.php", &bad).await;
@@ -973,7 +1053,7 @@ mod tests {
         .await;
         assert!(
             matches!(
-                classify_check(status, &body),
+                classify_check(status, &body, &Codes::default()),
                 CheckOutcome::Transient { .. }
             ),
             "lost check answers 503"
@@ -986,6 +1066,91 @@ mod tests {
             "the lost check counted"
         );
         assert_eq!(run.sim.stats().faults_injected, 2);
+    }
+
+    #[tokio::test]
+    async fn a_new_order_is_not_found_during_the_visibility_lag_but_never_bought_twice() {
+        let run = start(SimConfig {
+            visibility_lag: Duration::from_millis(300),
+            checks_until_complete: 0,
+            ..SimConfig::default()
+        })
+        .await;
+        assert!(matches!(
+            place_ok(&run.base, "6100").await,
+            PlaceOutcome::Accepted { .. }
+        ));
+        assert!(matches!(
+            check_at(&run.base, "6100").await,
+            CheckOutcome::NotFound { code, .. } if code == "4"
+        ));
+        assert!(
+            matches!(
+                place_ok(&run.base, "6100").await,
+                PlaceOutcome::Duplicate { .. }
+            ),
+            "placements see it at once"
+        );
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(matches!(
+            check_at(&run.base, "6100").await,
+            CheckOutcome::Completed { .. }
+        ));
+        let (status, _) = get(&run.base, "/sim/visibility", &[("lag_ms", "0")]).await;
+        assert_eq!(status, 200);
+        assert!(matches!(
+            place_ok(&run.base, "6101").await,
+            PlaceOutcome::Accepted { .. }
+        ));
+        assert!(matches!(
+            check_at(&run.base, "6101").await,
+            CheckOutcome::Completed { .. }
+        ));
+        let stats = run.sim.stats();
+        assert_eq!((stats.unseen_checks, stats.purchases["6100"]), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn scripted_answers_come_after_scripted_faults_and_buy_nothing() {
+        let run = start(SimConfig::default()).await;
+        run.sim.script(SimCall::Place, vec![Fault::ServerError]);
+        run.sim
+            .script_answers(SimCall::Place, vec!["99|Bakım çalışması".into()]);
+        let (status, _) = get(
+            &run.base,
+            "/sim/script",
+            &[
+                ("call", "check"),
+                ("answer", "12|Sistem meşgul"),
+                ("times", "2"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(matches!(
+            place_ok(&run.base, "6200").await,
+            PlaceOutcome::Unknown { .. }
+        ));
+        assert!(matches!(
+            place_ok(&run.base, "6200").await,
+            PlaceOutcome::Refused { code, .. } if code == "99"
+        ));
+        assert!(run.sim.stats().purchases.is_empty());
+        assert!(matches!(
+            place_ok(&run.base, "6200").await,
+            PlaceOutcome::Accepted { .. }
+        ));
+        for _ in 0..2 {
+            assert!(matches!(
+                check_at(&run.base, "6200").await,
+                CheckOutcome::Refused { code, .. } if code == "12"
+            ));
+        }
+        assert!(matches!(
+            check_at(&run.base, "6200").await,
+            CheckOutcome::Pending
+        ));
+        assert_eq!(run.sim.stats().scripted_answers, 3);
     }
 
     #[tokio::test]
@@ -1190,7 +1355,8 @@ mod tests {
             &[auth[0], auth[1], ("tahsilat_api_islem_id", "9009")],
         )
         .await;
-        let CheckOutcome::Completed { pin } = classify_check(status, &body) else {
+        let CheckOutcome::Completed { pin } = classify_check(status, &body, &Codes::default())
+        else {
             panic!("not completed")
         };
         let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
