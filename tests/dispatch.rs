@@ -814,6 +814,41 @@ async fn a_refused_placement_after_an_unclear_one_is_not_a_rejection() {
     h.finish().await;
 }
 
+/// The deadline passes while the provider does not show an unclearly placed order yet:
+/// the order is not failed before its reference stayed not-found for the visibility window,
+/// and the purchase that shows within it is kept (failing it would refund a bought order).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unclear_placement_is_not_failed_at_the_deadline_before_the_window_ends() {
+    let sim = SimConfig {
+        lost_answer_delay: Duration::from_secs(1),
+        visibility_lag: Duration::from_secs(4),
+        ..SimConfig::default()
+    };
+    let h = Harness::with_settings(
+        "lag-deadline",
+        sim,
+        1_000,
+        "visibility_window_ms = 6000
+",
+    )
+    .await;
+    h.sim.script(SimCall::Place, vec![Fault::LostAnswer]);
+    let (trigger, task) = start_dispatch(&h);
+    let mut o = order("50");
+    o.deadline = Some(chrono::Utc::now() + chrono::Duration::seconds(2));
+    h.publish(&o).await;
+    let states = states_of(&h, &o).await;
+    never_failed(&states);
+    let end = last(&states);
+    assert_eq!(end.state, OrderState::Dispatched);
+    let reference = end.provider_reference.clone().unwrap();
+    let stats = h.stats();
+    assert_eq!(stats.place_requests.get(&reference), Some(&1));
+    assert_eq!(stats.purchases.get(&reference), Some(&1));
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
 /// A code no list names (maintenance) is refused for now: the order is placed again with
 /// backoff, never rejected, and goes through once the provider stops refusing.
 #[tokio::test(flavor = "multi_thread")]

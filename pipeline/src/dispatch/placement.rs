@@ -415,16 +415,10 @@ impl Placer {
     /// has stayed not-found for the account's visibility window, recorded in the claim so
     /// that a restart does not shorten the wait.
     async fn resolve(&self, work: &Work<'_>, claim: &Claim) -> Step {
-        if Utc::now() > claim.deadline {
-            // Past the deadline no call starts, so there is no window to wait out: the order
-            // is placed if the provider shows it, and fails if not (G9: the deadline with no
-            // purchase known).
-            return match self.check(work, claim).await {
-                Ok(true) => Step::placed(),
-                Ok(false) => Self::expired(work),
-                Err(step) => step,
-            };
-        }
+        // Past the deadline no call starts; the order fails only once its reference has
+        // stayed not-found for the visibility window (G9: the deadline with no purchase
+        // known, and a purchase made by the last call would show within the window).
+        let past_deadline = Utc::now() > claim.deadline;
         match self.check(work, claim).await {
             Ok(true) => Step::placed(),
             Ok(false) => {
@@ -437,6 +431,7 @@ impl Placer {
                 )
                 .await;
                 match noted {
+                    Ok(Some(unseen)) if unseen >= window && past_deadline => Self::expired(work),
                     Ok(Some(unseen)) if unseen >= window => self.place(work, claim).await,
                     Ok(Some(unseen)) => Step::Retry {
                         after: None,
