@@ -952,3 +952,37 @@ async fn a_check_answering_an_unlisted_code_is_not_taken_for_not_found() {
     stop(trigger, task).await;
     h.finish().await;
 }
+
+/// An account answering code 8 (credentials, IP whitelist or API permission) holds its
+/// orders up: `orderflow order show` names the answer and since when the attempts fail.
+#[tokio::test(flavor = "multi_thread")]
+async fn order_show_names_what_holds_a_stuck_order_up_and_since_when() {
+    let h = Harness::new("stuck-show", SimConfig::default(), 2_000).await;
+    h.sim.script_answers(
+        SimCall::Place,
+        vec!["8|Bağlantı Hatası,Kullanıcı Api Yetki".into(); 1_000],
+    );
+    let (trigger, task) = start_dispatch(&h);
+    let o = order("25");
+    h.publish(&o).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let journey = orderflow::db::journey::get(&h.db.pool, o.order_id)
+            .await
+            .unwrap();
+        if let Some(j) = journey.filter(|j| j.claim_failing_since.is_some()) {
+            break orderflow::db::journey::render(&j, chrono::Utc::now(), None).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failing attempt recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(text.contains("held up by"), "{text}");
+    assert!(text.contains("has a problem: 8|Bağlantı Hatası"), "{text}");
+    assert!(text.contains("(since "), "{text}");
+    assert!(h.stats().purchases.is_empty());
+    stop(trigger, task).await;
+    h.finish().await;
+}

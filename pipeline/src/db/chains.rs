@@ -37,6 +37,9 @@ pub struct StepEnd {
     pub next_check_at: Option<DateTime<Utc>>,
     /// `Completed` or `Failed` when the chain ended.
     pub final_state: Option<OrderState>,
+    /// Why the check got no usable answer, when it got none: kept on the chain with the
+    /// time such answers began (`failing_since`), for `orderflow order show`.
+    pub error: Option<String>,
 }
 
 fn millis(d: Duration) -> f64 {
@@ -122,7 +125,9 @@ pub async fn finish_step(
         "UPDATE poll_chains
             SET step_done = true, attempts = $4, version = $5, next_check_at = $6,
                 final_state = $7, tier = $8, lease_owner = NULL, lease_until = NULL,
-                updated_at = now()
+                updated_at = now(), last_error = COALESCE($9, last_error),
+                failing_since = CASE WHEN $9::text IS NULL THEN NULL
+                                     ELSE COALESCE(failing_since, now()) END
           WHERE order_id = $1 AND seq = $2 AND lease_owner = $3 AND NOT step_done",
     )
     .bind(order_id)
@@ -133,6 +138,7 @@ pub async fn finish_step(
     .bind(end.next_check_at)
     .bind(end.final_state.map(OrderState::as_str))
     .bind(&end.tier)
+    .bind(&end.error)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -405,14 +411,18 @@ pub async fn finish_steps(
         .map(|(.., e)| e.final_state.map(OrderState::as_str))
         .collect();
     let tiers: Vec<Option<&str>> = sorted.iter().map(|(.., e)| e.tier.as_deref()).collect();
+    let errors: Vec<Option<&str>> = sorted.iter().map(|(.., e)| e.error.as_deref()).collect();
     sqlx::query_scalar(
         "UPDATE poll_chains c
             SET step_done = true, attempts = t.attempts, version = t.version,
                 next_check_at = t.next_check_at, final_state = t.final_state, tier = t.tier,
-                lease_owner = NULL, lease_until = NULL, updated_at = now()
+                lease_owner = NULL, lease_until = NULL, updated_at = now(),
+                last_error = COALESCE(t.error, c.last_error),
+                failing_since = CASE WHEN t.error IS NULL THEN NULL
+                                     ELSE COALESCE(c.failing_since, now()) END
            FROM UNNEST($2::uuid[], $3::int8[], $4::int4[], $5::int8[], $6::timestamptz[],
-                       $7::text[], $8::text[])
-                AS t(order_id, seq, attempts, version, next_check_at, final_state, tier)
+                       $7::text[], $8::text[], $9::text[])
+                AS t(order_id, seq, attempts, version, next_check_at, final_state, tier, error)
           WHERE c.order_id = t.order_id AND c.seq = t.seq AND c.lease_owner = $1
             AND NOT c.step_done
             -- Said again as an index condition: joined to UNNEST alone, the planner may
@@ -429,6 +439,7 @@ pub async fn finish_steps(
     .bind(&next)
     .bind(&finals)
     .bind(&tiers)
+    .bind(&errors)
     .fetch_all(pool)
     .await
 }

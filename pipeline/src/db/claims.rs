@@ -293,6 +293,27 @@ pub async fn note_not_found(
     Ok(for_ms.map(|ms| Duration::from_millis(ms.max(0.0) as u64)))
 }
 
+/// Records why an attempt on a claim this owner holds failed, and since when attempts have
+/// failed (kept until the claim settles), for `orderflow order show`.
+pub async fn note_error(
+    pool: &PgPool,
+    order_id: Uuid,
+    owner: Uuid,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE dispatch_claims
+            SET last_error = $3, failing_since = COALESCE(failing_since, now())
+          WHERE order_id = $1 AND lease_owner = $2",
+    )
+    .bind(order_id)
+    .bind(owner)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Records a settled outcome and releases the lease. Returns false if the lease passed to
 /// another owner.
 pub async fn settle(

@@ -37,6 +37,11 @@ pub struct Journey {
     pub chain_next_check_at: Option<DateTime<Utc>>,
     pub tier: Option<String>,
     pub requeued: Option<i32>,
+    // What holds an unfinished order up: the placement's or the checks' failing attempts.
+    pub claim_error: Option<String>,
+    pub claim_failing_since: Option<DateTime<Utc>>,
+    pub chain_error: Option<String>,
+    pub chain_failing_since: Option<DateTime<Utc>>,
 }
 
 /// The order's journey, or `None` if no table knows it.
@@ -51,7 +56,12 @@ pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<Journey>, sqlx:
                 d.phase AS placement, d.place_calls,
                 COALESCE(o.deadline, d.deadline) AS deadline,
                 c.seq AS chain_seq, c.attempts AS chain_attempts,
-                c.next_check_at AS chain_next_check_at, c.tier, c.requeued
+                c.next_check_at AS chain_next_check_at, c.tier, c.requeued,
+                d.last_error AS claim_error,
+                CASE WHEN d.phase IN ('new', 'placing') THEN d.failing_since END
+                    AS claim_failing_since,
+                c.last_error AS chain_error,
+                CASE WHEN c.final_state IS NULL THEN c.failing_since END AS chain_failing_since
            FROM (SELECT $1::uuid AS id) k
            LEFT JOIN orders o ON o.order_id = k.id
            LEFT JOIN dispatch_claims d ON d.order_id = k.id
@@ -146,6 +156,24 @@ pub fn render(
         );
     }
     line("last error", or_dash(j.last_error.clone()));
+    // A stuck order names what holds it up, and since when: the placement's failing
+    // attempts while it is not placed, else the checks'.
+    let held = [
+        (&j.claim_error, j.claim_failing_since),
+        (&j.chain_error, j.chain_failing_since),
+    ]
+    .into_iter()
+    .find_map(|(error, since)| Some((error.clone()?, since?)));
+    if let (false, Some((error, since))) = (done, held) {
+        line(
+            "held up by",
+            format!(
+                "{error} (since {}, {})",
+                since.to_rfc3339(),
+                relative(since - now)
+            ),
+        );
+    }
     let pin = match (&j.pin_encrypted, reveal) {
         (None, _) => "-".into(),
         (Some(bytes), keys) => {
@@ -223,6 +251,32 @@ mod tests {
         assert!(shown.contains("ABCD-1234-EFGH"), "{shown}");
         let other = PinKeys::parse(&PinKeys::generate_key_line("k1")).unwrap();
         assert!(render(&j, Utc::now(), Some(&other)).is_err());
+    }
+
+    #[test]
+    fn a_stuck_order_names_what_holds_it_up_and_since_when() {
+        let now = Utc::now();
+        let j = Journey {
+            order_id: Uuid::new_v4(),
+            placement: Some("new".into()),
+            place_calls: Some(0),
+            claim_error: Some("account znet-main has a problem: 8|Bağlantı Hatası".into()),
+            claim_failing_since: Some(now - chrono::Duration::seconds(190)),
+            ..Journey::default()
+        };
+        let text = render(&j, now, None).unwrap();
+        assert!(
+            text.contains("held up by      account znet-main has a problem: 8|Bağlantı Hatası"),
+            "{text}"
+        );
+        assert!(text.contains("3m 10s ago)"), "{text}");
+        let done = Journey {
+            state: Some("completed".into()),
+            status: Some("approved".into()),
+            external_status: Some("done".into()),
+            ..j
+        };
+        assert!(!render(&done, now, None).unwrap().contains("held up by"));
     }
 
     #[test]

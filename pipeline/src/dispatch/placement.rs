@@ -280,6 +280,13 @@ impl Placer {
                         self.backoff.delay(failures - 1, random_fraction())
                     });
                     let after = within.map_or(after, |within| after.min(within));
+                    // For `order show`: what holds the order up, and since when. Best
+                    // effort: the retry goes on without it.
+                    if let Err(e) =
+                        claims::note_error(&self.pool, order.order_id, work.owner, &why).await
+                    {
+                        tracing::debug!(order_id = %order.order_id, error = %e, "could not record why the order waits");
+                    }
                     tracing::info!(order_id = %order.order_id, reference = %claim.provider_reference, retry_in_ms = after.as_millis() as u64, "{why}");
                     shutdown.sleep(after).await?;
                 }

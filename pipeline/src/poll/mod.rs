@@ -188,6 +188,8 @@ pub enum Decision {
     Retry {
         due: DateTime<Utc>,
         tier: usize,
+        /// What the answer was instead, for the chain's record.
+        why: String,
     },
 }
 
@@ -249,20 +251,33 @@ pub fn decide(
             pending(format!("the provider did not find it: {code}|{message}"))
         }
         // A code the account does not list as not-found says nothing about the order (G9).
-        CheckOutcome::Refused { code, message } => match schedule.retry(now, check.deadline) {
-            Next::Check { due, tier } => Decision::Retry { due, tier },
-            Next::GiveUp(why) => give_up(
-                why,
-                check.attempts,
-                format!("the provider refused the check: {code}|{message}"),
-            ),
-        },
-        CheckOutcome::Transient { detail } | CheckOutcome::AccountProblem { detail } => {
+        CheckOutcome::Refused { code, message } => {
+            let detail = format!("the provider refused the check: {code}|{message}");
             match schedule.retry(now, check.deadline) {
-                Next::Check { due, tier } => Decision::Retry { due, tier },
+                Next::Check { due, tier } => Decision::Retry {
+                    due,
+                    tier,
+                    why: detail,
+                },
                 Next::GiveUp(why) => give_up(why, check.attempts, detail),
             }
         }
+        CheckOutcome::Transient { detail } => match schedule.retry(now, check.deadline) {
+            Next::Check { due, tier } => Decision::Retry {
+                due,
+                tier,
+                why: format!("no usable answer: {detail}"),
+            },
+            Next::GiveUp(why) => give_up(why, check.attempts, detail),
+        },
+        CheckOutcome::AccountProblem { detail } => match schedule.retry(now, check.deadline) {
+            Next::Check { due, tier } => Decision::Retry {
+                due,
+                tier,
+                why: format!("account {} has a problem: {detail}", check.provider_account),
+            },
+            Next::GiveUp(why) => give_up(why, check.attempts, detail),
+        },
     }
 }
 
@@ -568,17 +583,19 @@ impl PollHandler {
                     next_check_at: Some(due),
                     final_state: None,
                     tier: Some(self.tier_labels[tier].clone()),
+                    error: None,
                 };
                 (Some(event), Some(next(attempts, version, due, tier)), end)
             }
-            Decision::Retry { due, tier } => {
-                tracing::debug!(order_id = %id, due = %due, "no answer from the provider; checking again without using an attempt");
+            Decision::Retry { due, tier, why } => {
+                tracing::debug!(order_id = %id, due = %due, %why, "no usable answer from the provider; checking again without using an attempt");
                 let end = StepEnd {
                     attempts: check.attempts,
                     version: check.version,
                     next_check_at: Some(due),
                     final_state: None,
                     tier: Some(self.tier_labels[tier].clone()),
+                    error: Some(why),
                 };
                 (
                     None,
@@ -597,6 +614,7 @@ fn ended(attempts: i32, version: i64, state: OrderState) -> StepEnd {
         next_check_at: None,
         final_state: Some(state),
         tier: None,
+        error: None,
     }
 }
 
@@ -714,7 +732,8 @@ mod tests {
             d,
             Decision::Retry {
                 due: now + chrono::Duration::seconds(30),
-                tier: 0
+                tier: 0,
+                why: "no usable answer: 503".into(),
             }
         );
     }
@@ -735,7 +754,8 @@ mod tests {
             d,
             Decision::Retry {
                 due: now + chrono::Duration::seconds(30),
-                tier: 0
+                tier: 0,
+                why: "the provider refused the check: 12|Sistem meşgul".into(),
             },
             "no attempt used"
         );

@@ -20,6 +20,8 @@ pub struct ZnetClient {
     base_url: String,
     kod: Secret,
     sifre: Secret,
+    /// The whole call's limit, named when a call runs out of it.
+    timeout: Duration,
     /// What this account's error codes mean.
     codes: protocol::Codes,
 }
@@ -47,11 +49,17 @@ impl ZnetClient {
             .build()?;
         Ok(ZnetClient {
             http,
+            timeout,
             base_url: base_url.trim_end_matches('/').to_owned(),
             kod,
             sifre,
             codes: protocol::Codes::default(),
         })
+    }
+
+    /// A timeout says so: reqwest's own text for it is "error sending request".
+    fn timed_out(&self) -> String {
+        format!("timeout: no answer within {} ms", self.timeout.as_millis())
     }
 
     /// The same client, reading error codes with the account's lists.
@@ -71,17 +79,23 @@ impl ZnetClient {
             .await
             .map_err(|e| {
                 let e = e.without_url();
-                if e.is_connect() || e.is_builder() {
+                if e.is_timeout() && !e.is_connect() {
+                    Failure::NoAnswer(self.timed_out())
+                } else if e.is_connect() || e.is_builder() {
+                    // A connect timeout lands here too: nothing was sent.
                     Failure::NotSent(e.to_string())
                 } else {
                     Failure::NoAnswer(e.to_string())
                 }
             })?;
         let status = response.status().as_u16();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| Failure::NoAnswer(e.without_url().to_string()))?;
+        let body = response.text().await.map_err(|e| {
+            if e.is_timeout() {
+                Failure::NoAnswer(self.timed_out())
+            } else {
+                Failure::NoAnswer(e.without_url().to_string())
+            }
+        })?;
         Ok((status, body))
     }
 }
@@ -138,5 +152,72 @@ impl Provider for ZnetClient {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::znet::sim::{Fault, Sim, SimCall, SimConfig};
+
+    /// A call that runs out of time says "timeout", for a placement and for a check; a
+    /// refused connection is "not sent", not a timeout.
+    #[tokio::test]
+    async fn a_timeout_is_named_a_timeout() {
+        let sim = Sim::new(SimConfig {
+            kod: "k".into(),
+            sifre: "s".into(),
+            lost_answer_delay: Duration::from_secs(2),
+            ..SimConfig::default()
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = sim
+            .clone()
+            .serve("127.0.0.1:0".parse().unwrap(), async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        let client = ZnetClient::new(
+            &format!("http://{}", handle.addr),
+            Secret::new("k"),
+            Secret::new("s"),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        sim.script(SimCall::Place, vec![Fault::Timeout]);
+        sim.script(SimCall::Check, vec![Fault::Timeout]);
+        let placement = Placement {
+            reference: "100".into(),
+            product: [("oyun", "1"), ("kupur", "25")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            user_identifier: "5550000000".into(),
+            user_extra: "x".into(),
+        };
+        let expected = "timeout: no answer within 300 ms".to_owned();
+        assert_eq!(
+            client.place(&placement).await,
+            PlaceOutcome::Unknown {
+                detail: expected.clone()
+            }
+        );
+        assert_eq!(
+            client.check("100").await,
+            CheckOutcome::Transient { detail: expected }
+        );
+        let _ = stop.send(());
+        let down = ZnetClient::new(
+            "http://127.0.0.1:1",
+            Secret::new("k"),
+            Secret::new("s"),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        match down.place(&placement).await {
+            PlaceOutcome::Transient { detail } => assert!(!detail.contains("timeout"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
