@@ -442,10 +442,6 @@ async fn a_long_delay_in_one_partition_does_not_hold_another() {
             .all(|at| *at >= waiting.due_at),
         "the waiting order was checked before its due time"
     );
-    assert!(
-        Utc::now() >= waiting.due_at || p.h.sim.check_times("900000001").is_empty(),
-        "the waiting order was checked before its due time"
-    );
     // The waiting one is checked once due.
     let events = p.finals(&[waiting.order_id], Duration::from_secs(40)).await;
     assert_eq!(
