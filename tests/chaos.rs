@@ -1,5 +1,5 @@
 //! The reliability suite (issue 8): the whole pipeline under load while it is attacked,
-//! then checked against G1–G8 with figures that are counted, never assumed.
+//! then checked against G1–G9 with figures that are counted, never assumed.
 //!
 //! One test, `chaos_under_load_keeps_every_guarantee`, runs on a broker and a PostgreSQL
 //! server of its own (so it may restart them without touching other tests): two dispatch

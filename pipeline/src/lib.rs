@@ -1,7 +1,7 @@
 //! orderflow: places digital-goods orders with upstream providers exactly once and tracks
 //! them to a final state, on Kafka and PostgreSQL.
 //!
-//! A map for newcomers (`../shared/design/lifecycle.md` has the flow and guarantees G1–G8):
+//! A map for newcomers (`docs/design/lifecycle.md` has the flow and guarantees G1–G9):
 //!
 //! - [`core`]: the pure core, no IO. Event contracts, order lifecycle, offset watermark, the
 //!   consumer loop's state machine ([`core::engine`]),

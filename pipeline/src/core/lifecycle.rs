@@ -1,6 +1,6 @@
 //! Order states, the transitions between them and the shop's view of them.
 //!
-//! Owns the rules of `../shared/design/lifecycle.md` that do not need IO: which states are
+//! Owns the rules of `docs/design/lifecycle.md` that do not need IO: which states are
 //! final, how a state maps to the shop's `status` / `external_status` columns, and the
 //! `version` that orders state events so that an older event never overwrites a newer one
 //! (G3).

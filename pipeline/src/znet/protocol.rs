@@ -1,4 +1,4 @@
-//! znet's answers, parsed and classified (`../shared/design/znet-protocol.md`).
+//! znet's answers, parsed and classified (`docs/design/znet-protocol.md`).
 //!
 //! Pure functions from (HTTP status, body, the account's [`Codes`]) to a provider outcome.
 //! They are deliberately suspicious: anything that is not a documented shape is `Unknown`

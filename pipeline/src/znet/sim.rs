@@ -1,7 +1,7 @@
 //! A znet-compatible provider simulator with fault injection (`orderflow sim-znet`, and
 //! in-process for integration tests).
 //!
-//! Owns: the four `/servis/*.php` endpoints of `shared/design/znet-protocol.md` as our
+//! Owns: the four `/servis/*.php` endpoints of `docs/design/znet-protocol.md` as our
 //! parser (`super::protocol`) expects them, a small static catalog, the dealer balance,
 //! referans uniqueness (one purchase per referans, ever), seeded randomness (rejections,
 //! cancellations, faults, PINs), fault injection (scripted FIFO per call, then scripted
