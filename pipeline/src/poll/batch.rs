@@ -108,6 +108,7 @@ impl PollHandler {
                 )
                 .await;
                 if sent.is_ok() {
+                    me.count_dead_letter(&message).await;
                     ack.durable();
                 }
             }

@@ -333,6 +333,20 @@ impl PollHandler {
             .unwrap_or_default()
     }
 
+    /// Counts a dead-lettered message on its order's chain (by the message key), so that the
+    /// reconciler stops re-enqueueing a step that is only ever dead-lettered
+    /// ([`chains::record_dead_letter`]). Best effort: if the count is lost, the reconciler
+    /// sends one copy more.
+    async fn count_dead_letter(&self, message: &OwnedMessage) {
+        let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
+        let Some(order_id) = key.and_then(|k| k.parse::<Uuid>().ok()) else {
+            return;
+        };
+        if let Err(e) = chains::record_dead_letter(&self.pool, order_id).await {
+            tracing::warn!(%order_id, error = %e, "counting a dead-lettered check on its chain failed");
+        }
+    }
+
     /// The check a message asks for: the first one for a dispatched order.
     fn decode(&self, message: &OwnedMessage) -> Result<StatusCheck, InvalidEvent> {
         let payload = message.payload().unwrap_or_default();
@@ -379,10 +393,12 @@ impl PollHandler {
                     topic = message.topic(), partition = message.partition(), offset = message.offset(),
                     reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
                 );
-                return until_sent("dead-lettering an event", &self.backoff, shutdown, || {
+                until_sent("dead-lettering an event", &self.backoff, shutdown, || {
                     self.dead_letters.send(message, &why)
                 })
-                .await;
+                .await?;
+                self.count_dead_letter(message).await;
+                return Ok(());
             }
         };
         tracing::Span::current().record("order_id", tracing::field::display(check.order_id));
