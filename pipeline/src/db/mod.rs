@@ -162,7 +162,15 @@ fn redact_query(query: &str) -> String {
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_lowercase();
     [
-        "pass", "pwd", "sifre", "şifre", "secret", "token", "key", "auth", "credential",
+        "pass",
+        "pwd",
+        "sifre",
+        "şifre",
+        "secret",
+        "token",
+        "key",
+        "auth",
+        "credential",
     ]
     .iter()
     .any(|word| key.contains(word))

@@ -326,7 +326,11 @@ impl PollHandler {
     /// How long a message of `topic` waits at most: its delay (the longest, should two
     /// tiers share a topic), or the longest of all for a topic this stage does not know.
     fn hold_of(&self, topic: &str) -> Duration {
-        let known = self.hold.iter().filter(|(t, _)| t == topic).map(|(_, d)| *d);
+        let known = self
+            .hold
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, d)| *d);
         known
             .max()
             .or_else(|| self.hold.iter().map(|(_, d)| *d).max())
@@ -789,7 +793,16 @@ mod tests {
         assert!(has_successor(&c).is_ok());
         // Attempts saturate instead of overflowing.
         let d = decide(&c, CheckOutcome::Pending, now, &Schedule::default());
-        assert!(matches!(d, Decision::Pending { attempts: i32::MAX, .. }), "{d:?}");
+        assert!(
+            matches!(
+                d,
+                Decision::Pending {
+                    attempts: i32::MAX,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
         c.seq = i64::MAX;
         assert!(has_successor(&c).is_err());
         c.seq = 3;
