@@ -266,3 +266,88 @@ fn topics_delete_needs_a_prefix_and_bench_names_bad_flags() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("name=pid"), "{stderr}");
 }
+
+/// The subcommands `help` (the output of `--help`) lists under "Commands:", without `help`.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// G5: `--help` of every subcommand names the environment variables that may hold a secret
+/// but never prints their values (clap shows an `env` argument's current value otherwise).
+#[test]
+fn help_never_prints_a_secret_from_the_environment() {
+    const MARKER: &str = "Zq7SECRETmarker";
+    let secret_env = [
+        (
+            "ORDERFLOW_DATABASE_URL",
+            format!("postgres://orderflow:{MARKER}@db.internal:5432/orderflow"),
+        ),
+        ("ORDERFLOW_SIM_KOD", format!("kod-{MARKER}")),
+        ("ORDERFLOW_SIM_SIFRE", format!("sifre-{MARKER}")),
+        (
+            "ORDERFLOW_KAFKA_PROPERTIES",
+            format!("sasl.password={MARKER}"),
+        ),
+        ("ORDERFLOW_PIN_KEYS", format!("k1:{MARKER}")),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            format!("authorization=Bearer {MARKER}"),
+        ),
+    ];
+    let env: Vec<(&str, &str)> = secret_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut pending: Vec<Vec<String>> = vec![vec![]];
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let (code, stdout, stderr, _) = orderflow(&args, &env);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        assert!(
+            !stdout.contains(MARKER) && !stderr.contains(MARKER),
+            "`orderflow {}` printed a secret from the environment:\n{stdout}",
+            args.join(" ")
+        );
+        for sub in subcommands(&stdout) {
+            let mut next = path.clone();
+            next.push(sub);
+            pending.push(next);
+        }
+        seen += 1;
+    }
+    // The walk reached the nested subcommands (topics apply, order show, bench …).
+    assert!(seen > 15, "only {seen} help pages");
+    // The variables are still named, so operators know where the value comes from.
+    let (_, stdout, _, _) = orderflow(&["sink", "--help"], &env);
+    assert!(stdout.contains("ORDERFLOW_DATABASE_URL"), "{stdout}");
+}
+
+#[test]
+fn a_huge_order_deadline_is_one_clear_line() {
+    let accounts = accounts_file();
+    for value in ["1000000000000000000", "18446744073709551615", "0"] {
+        let (code, _, stderr, took) = orderflow(
+            &[
+                "dispatch",
+                "--provider-accounts",
+                accounts.to_str().unwrap(),
+                "--database-url",
+                "postgres://orderflow:orderflow@127.0.0.1:1/x",
+            ],
+            &[("ORDERFLOW_ORDER_DEADLINE_SECS", value)],
+        );
+        assert_ne!(code, 0, "{value}");
+        let line = one_error_line(&stderr);
+        assert!(
+            line.contains("ORDERFLOW_ORDER_DEADLINE_SECS") && line.contains("at most"),
+            "{line}"
+        );
+        assert!(took < Duration::from_secs(15), "{took:?}");
+    }
+}

@@ -42,6 +42,9 @@ struct Poll {
 
 type Running = (shutdown::Trigger, tokio::task::JoinHandle<()>);
 
+/// The reconcilers' `max_dead_letters` in these tests.
+const GIVE_UP_AFTER: u32 = 2;
+
 impl Poll {
     async fn new(
         test: &str,
@@ -143,6 +146,7 @@ impl Poll {
             grace: grace.into(),
             batch: 100,
             lookback: "1h".into(),
+            max_dead_letters: GIVE_UP_AFTER,
             once: false,
             schedule: self.schedule(),
         };
@@ -740,6 +744,7 @@ async fn the_reconciler_starts_no_second_chain() {
         grace: "2s".into(),
         batch: 100,
         lookback: "1h".into(),
+        max_dead_letters: GIVE_UP_AFTER,
         once: true,
         schedule: p.schedule(),
     };
@@ -776,6 +781,76 @@ async fn the_reconciler_starts_no_second_chain() {
             .unwrap();
         assert_eq!(chain.requeued, requeued, "{chain:?}");
     }
+    stop(poll).await;
+    p.finish().await;
+}
+
+/// Issue 15 item 7: a chain whose step the poll stage dead-letters (here: its account was
+/// removed from the configuration) is re-enqueued by the reconciler only until the poll
+/// stage dead-lettered it `GIVE_UP_AFTER` times, not every pass forever; the order waits in
+/// orders.dlq, and the reconciler's gauge counts it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reconciler_stops_re_enqueueing_a_chain_the_poll_stage_keeps_dead_lettering() {
+    let p = Poll::new("poll-giveup", SimConfig::default(), "1s", "1s").await;
+    let order_id = Uuid::new_v4();
+    // The chain as its first step left it, overdue: an account the stages no longer know.
+    sqlx::query(
+        "INSERT INTO poll_chains (order_id, tenant_id, provider_account, provider_reference,
+                                  dispatched_at, deadline, seq, step_done, attempts,
+                                  version, next_check_at)
+         VALUES ($1, 'shop-1', 'znet-removed', '900000031', now() - interval '1 minute',
+                 now() + interval '1 hour', 1, true, 1, 3, now() - interval '30 seconds')",
+    )
+    .bind(order_id)
+    .execute(&p.h.db.pool)
+    .await
+    .unwrap();
+    let poll = p.start_poll(&common::unique("g-poll-"));
+    let reconciler = p.start_reconciler("1s");
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let chain = chains::get(&p.h.db.pool, order_id).await.unwrap().unwrap();
+        if chain.dead_lettered >= GIVE_UP_AFTER as i32 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the re-enqueued step was not dead-lettered: {chain:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Several more passes (every 500 ms, 1 s grace): none re-enqueues it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let chain = chains::get(&p.h.db.pool, order_id).await.unwrap().unwrap();
+    assert_eq!(
+        (chain.requeued, chain.dead_lettered),
+        (GIVE_UP_AFTER as i32, GIVE_UP_AFTER as i32),
+        "{chain:?}"
+    );
+    assert_eq!((chain.seq, chain.final_state.as_deref()), (1, None));
+    let dlq =
+        p.h.read_until(name::ORDERS_DLQ, Duration::from_secs(5), |seen| {
+            seen.len() > GIVE_UP_AFTER as usize
+        })
+        .await;
+    assert_eq!(dlq.len(), GIVE_UP_AFTER as usize, "one copy per re-enqueue");
+    assert!(dlq
+        .iter()
+        .all(|m| m.key() == Some(order_id.to_string().as_bytes())));
+    // The reconciler counts it as given up.
+    let pass = ReconcileConfig {
+        every: "1s".into(),
+        grace: "1s".into(),
+        batch: 100,
+        lookback: "1h".into(),
+        max_dead_letters: GIVE_UP_AFTER,
+        once: true,
+        schedule: p.schedule(),
+    }
+    .pass(&p.h.kafka)
+    .unwrap();
+    assert!(pass.given_up(&p.h.db.pool).await.unwrap() >= 1);
+    stop(reconciler).await;
     stop(poll).await;
     p.finish().await;
 }

@@ -619,6 +619,129 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Scaled-down `min.compaction.lag.ms` of the compaction test: the sink's outage there
+/// (`OUTAGE`) is shorter, as a real sink's outage must be shorter than the spec's lag.
+const TEST_COMPACTION_LAG: Duration = Duration::from_secs(20);
+const OUTAGE: Duration = Duration::from_secs(8);
+
+/// Issue 15 item 5: a late, older state produced after an order's final one never becomes
+/// what compaction leaves. orders.state is created with the spec's settings but cleaning
+/// fast (segments roll every 500 ms, any dirt is cleaned, the lag scaled down); the sink is
+/// down for a while after both records land, then reads them, writes the final row and
+/// publishes its copy; once the cleaner went over it all, a fresh consumer reading from the
+/// beginning finds the order's final state as its only record.
+///
+/// Without the lag (`min.compaction.lag.ms = 0`, the old setting) the cleaner drops the
+/// final record during the outage, because a later record of the order (the late one) is
+/// in a cleanable segment: the sink then never sees the final state, writes the late one,
+/// and the topic ends on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_stale_record_never_outlives_the_final_state_in_the_compacted_topic() {
+    let kafka = common::kafka("sink-compact");
+    let mut specs = common::test_specs();
+    let lag = TEST_COMPACTION_LAG.as_millis().to_string();
+    for t in &mut specs.topics {
+        if t.name == name::ORDERS_STATE {
+            // One partition, so that the filler records roll the order's segments.
+            t.partitions = 1;
+            for (key, value) in [
+                ("segment.ms", "500"),
+                ("min.cleanable.dirty.ratio", "0.01"),
+                ("min.compaction.lag.ms", lag.as_str()),
+                ("delete.retention.ms", "1000"),
+                ("file.delete.delay.ms", "1000"),
+            ] {
+                t.config.insert(key.into(), value.into());
+            }
+        }
+    }
+    let report = orderflow::kafka::topics::apply(&kafka, &specs)
+        .await
+        .expect("applying the topics");
+    assert!(report.is_clean(), "{report:?}");
+    let db = TestDb::new_migrated().await;
+    let keys = keys();
+    let order = Uuid::new_v4();
+    let events = journey(&keys, order, 2, true);
+    let final_state = events.last().unwrap().clone();
+    let late = events[2].clone(); // processing, an older version
+    assert!(!late.state.is_final() && late.version < final_state.version);
+    publish(&kafka, &events).await;
+    publish(&kafka, &[late]).await;
+
+    // Other orders keep the partition busy, so segments roll and become cleanable.
+    let filling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let filler = {
+        let (kafka, keys, filling) = (kafka.clone(), keys.clone(), filling.clone());
+        tokio::spawn(async move {
+            while filling.load(std::sync::atomic::Ordering::Relaxed) {
+                let other = journey(&keys, Uuid::new_v4(), 0, true).pop().unwrap();
+                publish(&kafka, &[other]).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    // The sink is down meanwhile (shorter than the lag, as in production).
+    tokio::time::sleep(OUTAGE).await;
+    let sink = start_sink(
+        &kafka,
+        &db.pool,
+        sink_config(&common::unique("g-sink-compact-"), 100),
+    );
+
+    // Wait until the cleaner has gone over the copy: the order has one record left.
+    let deadline = Instant::now() + TEST_COMPACTION_LAG + Duration::from_secs(60);
+    let records = loop {
+        let records: Vec<OrderStateEvent> =
+            common::pipeline::read_to_end(&kafka, name::ORDERS_STATE)
+                .await
+                .iter()
+                .map(common::pipeline::decode_state)
+                .filter(|e| e.order_id == order)
+                .collect();
+        if records.len() == 1 || Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    filling.store(false, std::sync::atomic::Ordering::Relaxed);
+    filler.await.unwrap();
+    let kept: Vec<(OrderState, i64)> = records.iter().map(|e| (e.state, e.version)).collect();
+    assert_eq!(
+        kept.last(),
+        Some(&(OrderState::Completed, final_state.version)),
+        "a fresh consumer of orders.state does not end on the final state; \
+         the order's records left by compaction: {kept:?}"
+    );
+    assert_eq!(
+        kept.len(),
+        1,
+        "compaction did not run within the test's time: {kept:?}"
+    );
+    assert_eq!(
+        table(&db.pool).await.get(&order),
+        Some(&("completed".to_owned(), final_state.version)),
+        "the sink did not write the final state"
+    );
+    stop(sink).await;
+    db.drop_now().await;
+}
+
+/// The spec's orders.state settings behind the test above: a lag long enough for a sink
+/// outage, measured with the broker's clock.
+#[test]
+fn the_state_topic_gives_the_sink_days_to_repair() {
+    let specs = orderflow::kafka::topics::TopicSpecs::load(None).unwrap();
+    let state = specs
+        .topics
+        .iter()
+        .find(|t| t.name == name::ORDERS_STATE)
+        .unwrap();
+    let lag: u64 = state.config["min.compaction.lag.ms"].parse().unwrap();
+    assert!(lag >= 24 * 3600 * 1000, "{lag}");
+    assert_eq!(state.config["message.timestamp.type"], "LogAppendTime");
+}
+
 #[test]
 fn the_expected_rows_follow_the_supersedes_rule() {
     // The workload's expectation (the journey's last event) is what the rule picks.

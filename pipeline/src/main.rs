@@ -188,14 +188,21 @@ struct SimArgs {
     #[arg(long, env = "ORDERFLOW_SIM_LISTEN", default_value = "127.0.0.1:8090")]
     listen: SocketAddr,
     /// Dealer code the simulator accepts.
-    #[arg(long, env = "ORDERFLOW_SIM_KOD", default_value = "sim-kod")]
+    // A credential like the password: `--help` names the variable, never its value (G5).
+    #[arg(
+        long,
+        env = "ORDERFLOW_SIM_KOD",
+        default_value = "sim-kod",
+        hide_env_values = true
+    )]
     kod: String,
     /// Password the simulator accepts.
     #[arg(
         long,
         env = "ORDERFLOW_SIM_SIFRE",
         default_value = "sim-sifre",
-        hide_default_value = true
+        hide_default_value = true,
+        hide_env_values = true
     )]
     sifre: String,
     /// Delay added to every answer, in milliseconds.
@@ -365,6 +372,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             dispatch,
             metrics,
         } => {
+            dispatch.default_deadline()?;
             let accounts = Accounts::load(&dispatch.accounts_file)?;
             let pool = db.connect().await?;
             let (trigger, shutdown) = shutdown::channel();

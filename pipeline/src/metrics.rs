@@ -102,6 +102,8 @@ pub struct Metrics {
     pub check_outcomes: Family<OutcomeLabel, Counter>,
     /// Orders the reconciler enqueued again.
     pub requeued: Counter,
+    /// Orders the reconciler no longer enqueues again: their checks are only dead-lettered.
+    pub reconciler_given_up: Gauge,
     /// Status checks the provider answered for an order, counted when it ends.
     pub check_attempts: Histogram,
     /// From the provider's acceptance to the final state, by outcome.
@@ -149,6 +151,7 @@ impl Metrics {
         let lateness = Family::new_with_constructor(lateness_histogram as fn() -> Histogram);
         let check_outcomes = Family::<OutcomeLabel, Counter>::default();
         let requeued = Counter::default();
+        let reconciler_given_up = Gauge::default();
         let check_attempts = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 10),
         );
@@ -207,6 +210,12 @@ impl Metrics {
             "reconciler_requeued",
             "Orders the reconciler enqueued again because their check was overdue",
             requeued.clone(),
+        );
+        registry.register(
+            "reconciler_given_up",
+            "Orders not final whose status check the poll stage keeps dead-lettering; the \
+             reconciler no longer enqueues them again",
+            reconciler_given_up.clone(),
         );
         registry.register(
             "check_attempts",
@@ -275,6 +284,7 @@ impl Metrics {
             lateness,
             check_outcomes,
             requeued,
+            reconciler_given_up,
             check_attempts,
             dispatch_to_final_seconds,
             created_to_final_seconds,

@@ -155,15 +155,23 @@ pub mod version {
     pub const DISPATCHED: i64 = 2;
     pub const PROCESSING_BASE: i64 = DISPATCHED;
 
-    /// The version of the state event that follows one of version `previous`.
+    /// The version of the state event that follows one of version `previous`. Saturating:
+    /// `previous` may come from a message, and a hostile `i64::MAX` must neither panic nor
+    /// wrap to a lowest version (the poll stage refuses such a message before it gets here).
     pub fn after(previous: i64) -> i64 {
-        previous + 1
+        previous.saturating_add(1)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_after_the_highest_is_still_the_highest() {
+        assert_eq!(version::after(version::DISPATCHED), 3);
+        assert_eq!(version::after(i64::MAX), i64::MAX);
+    }
 
     #[test]
     fn final_states_admit_no_transition() {

@@ -125,7 +125,7 @@ pub async fn finish_step(
         "UPDATE poll_chains
             SET step_done = true, attempts = $4, version = $5, next_check_at = $6,
                 final_state = $7, tier = $8, lease_owner = NULL, lease_until = NULL,
-                updated_at = now(), last_error = COALESCE($9, last_error),
+                dead_lettered = 0, updated_at = now(), last_error = COALESCE($9, last_error),
                 failing_since = CASE WHEN $9::text IS NULL THEN NULL
                                      ELSE COALESCE(failing_since, now()) END
           WHERE order_id = $1 AND seq = $2 AND lease_owner = $3 AND NOT step_done",
@@ -174,11 +174,13 @@ pub struct ChainRow {
     pub next_check_at: Option<DateTime<Utc>>,
     pub final_state: Option<String>,
     pub requeued: i32,
+    pub dead_lettered: i32,
 }
 
 pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<ChainRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT order_id, seq, step_done, attempts, version, next_check_at, final_state, requeued
+        "SELECT order_id, seq, step_done, attempts, version, next_check_at, final_state, requeued,
+                dead_lettered
            FROM poll_chains WHERE order_id = $1",
     )
     .bind(order_id)
@@ -212,13 +214,15 @@ struct OverdueRow {
 /// more than `grace`, or a step whose worker's lease ran out more than `grace` ago; and
 /// placed orders with no chain `first_check + grace` after their placement (their
 /// `orders.dispatched` message was lost). Orders placed more than `lookback` ago are not
-/// looked for. Each comes back as the step to enqueue again.
+/// looked for, nor chains whose steps the poll stage dead-lettered `max_dead_letters` times
+/// since the chain last moved ([`given_up`]). Each comes back as the step to enqueue again.
 pub async fn overdue(
     pool: &PgPool,
     grace: Duration,
     first_check: Duration,
     lookback: Duration,
     limit: i64,
+    max_dead_letters: i32,
 ) -> Result<Vec<Requeue>, sqlx::Error> {
     let now = Utc::now();
     let stalled: Vec<OverdueRow> = sqlx::query_as(
@@ -229,11 +233,13 @@ pub async fn overdue(
             AND ((step_done AND next_check_at < now() - $1 * interval '1 millisecond')
               OR (NOT step_done AND lease_until < now() - $1 * interval '1 millisecond'))
             AND (requeued_at IS NULL OR requeued_at < now() - $1 * interval '1 millisecond')
+            AND dead_lettered < $3
           ORDER BY requeued, next_check_at
           LIMIT $2",
     )
     .bind(millis(grace))
     .bind(limit)
+    .bind(max_dead_letters)
     .fetch_all(pool)
     .await?;
     let mut found: Vec<Requeue> = stalled
@@ -326,6 +332,45 @@ pub async fn mark_requeued(pool: &PgPool, requeue: &Requeue) -> Result<(), sqlx:
     Ok(())
 }
 
+/// Counts a message of `order_id`'s chain that the poll stage dead-lettered (unreadable, or
+/// refused: an account no longer configured, a step that cannot be numbered). A done step
+/// resets the count. Whatever message it was (a re-enqueued step, a broken copy with the
+/// order's key), the chain did not move: enough of them and the reconciler stops sending
+/// more ([`given_up`]).
+pub async fn record_dead_letter(pool: &PgPool, order_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE poll_chains SET dead_lettered = dead_lettered + 1, updated_at = now()
+          WHERE order_id = $1 AND final_state IS NULL",
+    )
+    .bind(order_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The chains [`overdue`] leaves out because the poll stage dead-lettered their steps
+/// `max_dead_letters` times without the chain moving: how many, and up to `sample` of their
+/// orders (the latest first), for the reconciler's log and metric.
+pub async fn given_up(
+    pool: &PgPool,
+    max_dead_letters: i32,
+    sample: i64,
+) -> Result<(i64, Vec<Uuid>), sqlx::Error> {
+    // `dead_lettered > 0` said as such so that the partial index applies.
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT order_id, count(*) OVER () FROM poll_chains
+          WHERE dead_lettered > 0 AND final_state IS NULL AND dead_lettered >= $1
+          ORDER BY updated_at DESC
+          LIMIT $2",
+    )
+    .bind(max_dead_letters)
+    .bind(sample)
+    .fetch_all(pool)
+    .await?;
+    let count = rows.first().map_or(0, |(_, n)| *n);
+    Ok((count, rows.into_iter().map(|(id, _)| id).collect()))
+}
+
 /// [`begin_step`] for the steps of a batch (one per order), in one statement: returns the
 /// orders whose step is now `owner`'s. The others (a copy, a step another worker holds)
 /// go through [`begin_step`] one by one, which says which. Rows are taken in order-id
@@ -416,7 +461,7 @@ pub async fn finish_steps(
         "UPDATE poll_chains c
             SET step_done = true, attempts = t.attempts, version = t.version,
                 next_check_at = t.next_check_at, final_state = t.final_state, tier = t.tier,
-                lease_owner = NULL, lease_until = NULL, updated_at = now(),
+                lease_owner = NULL, lease_until = NULL, dead_lettered = 0, updated_at = now(),
                 last_error = COALESCE(t.error, c.last_error),
                 failing_since = CASE WHEN t.error IS NULL THEN NULL
                                      ELSE COALESCE(c.failing_since, now()) END

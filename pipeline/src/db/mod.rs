@@ -21,11 +21,13 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 #[derive(Clone, Debug, clap::Args)]
 pub struct DbConfig {
     /// PostgreSQL connection URL.
+    // The environment's value may hold a password: `--help` names the variable only (G5).
     #[arg(
         long = "database-url",
         env = "ORDERFLOW_DATABASE_URL",
         default_value = "postgres://orderflow:orderflow@127.0.0.1:5432/orderflow",
-        hide_default_value = false
+        hide_default_value = false,
+        hide_env_values = true
     )]
     pub url: String,
 
@@ -111,22 +113,67 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
-/// The URL with its password replaced, for messages.
+/// The URL with its secrets replaced, for messages (G5): the password of the user info,
+/// and the value of every query parameter whose name looks like a secret (`password=`,
+/// `sslpassword=`, `sifre=`, `token=` …: libpq and sqlx take a password there too).
+///
+/// URLs in configuration are often not well formed (an `@` or `/` in a password left
+/// unencoded), so it errs on hiding: the user info ends at the last `@`, and a user info
+/// that holds a `/`, `?` or `#` (that `@` was not the user info's) is hidden whole.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
+    let (userinfo, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, after)) => {
             let user = userinfo.split(':').next().unwrap_or_default();
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}")
+            let shown = if user.contains(['/', '?', '#']) {
+                "***".to_owned()
+            } else if userinfo.contains(':') {
+                format!("{user}:***")
             } else {
-                format!("{scheme}://{user}@{host}")
-            }
+                user.to_owned()
+            };
+            (format!("{shown}@"), after)
         }
-        None => url.to_owned(),
-    }
+        None => (String::new(), rest),
+    };
+    let rest = match rest.split_once('?') {
+        Some((path, query)) => format!("{path}?{}", redact_query(query)),
+        None => rest.to_owned(),
+    };
+    format!("{scheme}://{userinfo}{rest}")
+}
+
+/// A URL's query with the values of secret-looking parameters replaced.
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if is_secret_key(key) => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Whether a query parameter's name says its value is a secret. Broad on purpose: hiding a
+/// harmless value costs a less useful message, showing a password costs the password.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_lowercase();
+    [
+        "pass",
+        "pwd",
+        "sifre",
+        "şifre",
+        "secret",
+        "token",
+        "key",
+        "auth",
+        "credential",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
 }
 
 #[cfg(test)]
@@ -142,5 +189,42 @@ mod tests {
         assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
         assert_eq!(redact_url("postgres://h/d"), "postgres://h/d");
         assert_eq!(redact_url("nonsense"), "nonsense");
+    }
+
+    #[test]
+    fn a_password_in_the_query_string_is_hidden() {
+        assert_eq!(
+            redact_url("postgres://h:5432/d?user=u&password=s3cret&sslmode=require"),
+            "postgres://h:5432/d?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@h/d?sslpassword=s3cret&PassWord=s3cret&sifre=s3cret"),
+            "postgres://u:***@h/d?sslpassword=***&PassWord=***&sifre=***"
+        );
+        // Nothing secret: the URL as it was.
+        assert_eq!(
+            redact_url("postgres://u@h/d?sslmode=require&application_name=orderflow"),
+            "postgres://u@h/d?sslmode=require&application_name=orderflow"
+        );
+    }
+
+    #[test]
+    fn a_malformed_url_errs_on_hiding() {
+        // An unencoded `/`, `?` or `@` in the password.
+        for url in [
+            "postgres://u:pa/ss3cret@h/d",
+            "postgres://u:pa?s3cret@h/d",
+            "postgres://u:p@s3cret@h/d",
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains("s3cret"), "{url} -> {shown}");
+            assert!(shown.starts_with("postgres://u:***@"), "{url} -> {shown}");
+        }
+        // An `@` in a query value: the last `@` is taken for the user info's, and what
+        // stands before it is hidden whole rather than shown.
+        let shown = redact_url("postgres://h/d?password=s3cret@x");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let shown = redact_url("postgres://h/d?password=s3cret#x&y=1");
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 }

@@ -65,7 +65,8 @@ pub struct DispatchConfig {
     #[arg(long = "max-event-bytes", env = "ORDERFLOW_MAX_EVENT_BYTES", default_value_t = crate::core::event::DEFAULT_MAX_EVENT_BYTES)]
     pub max_event_bytes: usize,
 
-    /// An order's deadline, in seconds after dispatch, unless its event sets one.
+    /// An order's deadline, in seconds after dispatch, unless its event sets one; at most
+    /// 2592000 (30 days).
     #[arg(
         long = "order-deadline-secs",
         env = "ORDERFLOW_ORDER_DEADLINE_SECS",
@@ -117,8 +118,18 @@ impl DispatchConfig {
     }
 }
 
+/// The longest default deadline: 30 days. Far past the 24 h the old system used, and small
+/// enough that every date computed from it stays in range (a value near `u64::MAX` would
+/// overflow the time arithmetic).
+pub const MAX_DEADLINE_SECS: u64 = 30 * 24 * 3600;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
+    #[error(
+        "ORDERFLOW_ORDER_DEADLINE_SECS (--order-deadline-secs) is {0}, but it must be from 1 \
+         to at most {MAX_DEADLINE_SECS} seconds (30 days)"
+    )]
+    DeadlineOutOfRange(u64),
     #[error(transparent)]
     Accounts(#[from] crate::provider::accounts::AccountsError),
     #[error(transparent)]
@@ -136,6 +147,18 @@ pub struct DispatchHandler {
     max_event_bytes: usize,
     default_deadline: chrono::Duration,
     announce: bool,
+}
+
+impl DispatchConfig {
+    /// The deadline of an order whose event sets none, checked to be in range.
+    pub fn default_deadline(&self) -> Result<chrono::Duration, DispatchError> {
+        let secs = self.deadline_secs;
+        if !(1..=MAX_DEADLINE_SECS).contains(&secs) {
+            return Err(DispatchError::DeadlineOutOfRange(secs));
+        }
+        // In range by the check above.
+        Ok(chrono::Duration::seconds(secs as i64))
+    }
 }
 
 impl DispatchHandler {
@@ -162,9 +185,7 @@ impl DispatchHandler {
             emitter,
             dead_letters,
             max_event_bytes: config.max_event_bytes,
-            default_deadline: chrono::Duration::seconds(
-                config.deadline_secs.min(i64::MAX as u64) as i64
-            ),
+            default_deadline: config.default_deadline()?,
             announce: config.announce,
         })
     }

@@ -21,7 +21,7 @@ use crate::shutdown::{Interrupted, Shutdown};
 use chrono::{DateTime, Utc};
 use futures::future::{join_all, BoxFuture};
 use futures::stream::FuturesUnordered;
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Message, OwnedMessage};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,8 +58,14 @@ impl Handler for PollHandler {
     }
 
     fn due_at(&self, message: &OwnedMessage) -> Option<DateTime<Utc>> {
-        super::due_at(message, &self.dispatched_topic, self.schedule.first_check)
-            .or_else(|| self.decode(message).ok().map(|check| check.due_at))
+        let due = super::due_at(message, &self.dispatched_topic, self.schedule.first_check)
+            .or_else(|| self.decode(message).ok().map(|check| check.due_at))?;
+        Some(super::hold_at_most(
+            due,
+            message.timestamp().to_millis(),
+            Utc::now(),
+            self.hold_of(message.topic()),
+        ))
     }
 }
 
@@ -102,6 +108,7 @@ impl PollHandler {
                 )
                 .await;
                 if sent.is_ok() {
+                    me.count_dead_letter(&message).await;
                     ack.durable();
                 }
             }

@@ -292,6 +292,8 @@ pub struct PollHandler {
     dispatched_topic: String,
     tier_topics: Vec<String>,
     tier_labels: Vec<String>,
+    /// Each consumed topic with the longest a message of it waits ([`hold_at_most`]).
+    hold: Vec<(String, Duration)>,
     backoff: Backoff,
     metrics: Arc<Metrics>,
 }
@@ -312,10 +314,16 @@ impl PollHandler {
             "poll",
             Arc::clone(&metrics),
         );
+        let topics = tier_topics(kafka, &schedule);
+        let mut hold = vec![(kafka.topic(name::ORDERS_DISPATCHED), schedule.first_check)];
+        for (topic, delay) in topics.iter().zip(&schedule.tiers) {
+            hold.push((topic.clone(), *delay));
+        }
         Ok(PollHandler {
             accounts,
             pool,
-            tier_topics: tier_topics(kafka, &schedule),
+            hold,
+            tier_topics: topics,
             tier_labels: schedule.tier_labels(),
             schedule,
             keys,
@@ -328,6 +336,34 @@ impl PollHandler {
             },
             metrics,
         })
+    }
+
+    /// How long a message of `topic` waits at most: its delay (the longest, should two
+    /// tiers share a topic), or the longest of all for a topic this stage does not know.
+    fn hold_of(&self, topic: &str) -> Duration {
+        let known = self
+            .hold
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, d)| *d);
+        known
+            .max()
+            .or_else(|| self.hold.iter().map(|(_, d)| *d).max())
+            .unwrap_or_default()
+    }
+
+    /// Counts a dead-lettered message on its order's chain (by the message key), so that the
+    /// reconciler stops re-enqueueing a step that is only ever dead-lettered
+    /// ([`chains::record_dead_letter`]). Best effort: if the count is lost, the reconciler
+    /// sends one copy more.
+    async fn count_dead_letter(&self, message: &OwnedMessage) {
+        let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
+        let Some(order_id) = key.and_then(|k| k.parse::<Uuid>().ok()) else {
+            return;
+        };
+        if let Err(e) = chains::record_dead_letter(&self.pool, order_id).await {
+            tracing::warn!(%order_id, error = %e, "counting a dead-lettered check on its chain failed");
+        }
     }
 
     /// The check a message asks for: the first one for a dispatched order.
@@ -345,6 +381,7 @@ impl PollHandler {
                 "seq must be at least 1 and attempts at least 0",
             ));
         }
+        has_successor(&check)?;
         if message.key() != Some(check.order_id.to_string().as_bytes()) {
             return Err(InvalidEvent::new(
                 InvalidKind::InvalidField,
@@ -375,10 +412,12 @@ impl PollHandler {
                     topic = message.topic(), partition = message.partition(), offset = message.offset(),
                     reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
                 );
-                return until_sent("dead-lettering an event", &self.backoff, shutdown, || {
+                until_sent("dead-lettering an event", &self.backoff, shutdown, || {
                     self.dead_letters.send(message, &why)
                 })
-                .await;
+                .await?;
+                self.count_dead_letter(message).await;
+                return Ok(());
             }
         };
         tracing::Span::current().record("order_id", tracing::field::display(check.order_id));
@@ -533,7 +572,8 @@ impl PollHandler {
         };
         let next = |attempts: i32, version: i64, due: DateTime<Utc>, tier: usize| {
             let next = StatusCheck {
-                seq: check.seq + 1,
+                // `decode` refused a check without a successor, so this never saturates.
+                seq: check.seq.saturating_add(1),
                 attempts,
                 due_at: due,
                 version,
@@ -607,6 +647,19 @@ impl PollHandler {
     }
 }
 
+/// Refuses a check whose next step or next state event could not be numbered: `seq` and
+/// `version` come from the message, and one at `i64::MAX` would overflow `seq + 1` here and
+/// in `poll_chains` (where the error would fail every reconciler pass, not just this order).
+fn has_successor(check: &StatusCheck) -> Result<(), InvalidEvent> {
+    if check.seq == i64::MAX || check.version == i64::MAX {
+        return Err(InvalidEvent::new(
+            InvalidKind::InvalidField,
+            "seq and version must be below 9223372036854775807 (they are counted up)",
+        ));
+    }
+    Ok(())
+}
+
 fn ended(attempts: i32, version: i64, state: OrderState) -> StepEnd {
     StepEnd {
         attempts,
@@ -635,6 +688,29 @@ pub fn due_at(
     let headers = message.headers()?;
     let due = crate::kafka::headers::get(headers, crate::kafka::headers::DUE_AT)?;
     DateTime::from_timestamp_millis(due.parse().ok()?)
+}
+
+/// The latest a message may be held: `delay` (its topic's: the first check's on
+/// `orders.dispatched`, its tier's on a tier topic) after it reached the broker. An honest
+/// message is due by then anyway (its producer set `due` to its own clock plus that delay);
+/// the bound keeps a producer whose clock runs ahead, or a hostile due time, from holding
+/// a partition for hours (G4). The broker's timestamp is the producer's clock too unless
+/// the topic says `LogAppendTime`, so one ahead of `received` (when this consumer got the
+/// message) counts as `received`; so does a message without one.
+pub fn hold_at_most(
+    due: DateTime<Utc>,
+    stamped: Option<i64>,
+    received: DateTime<Utc>,
+    delay: Duration,
+) -> DateTime<Utc> {
+    let reached = stamped
+        .and_then(DateTime::from_timestamp_millis)
+        .map_or(received, |at| at.min(received));
+    let latest = chrono::Duration::from_std(delay)
+        .ok()
+        .and_then(|d| reached.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    due.min(latest)
 }
 
 /// Runs the poll stage until `shutdown`.
@@ -701,6 +777,55 @@ mod tests {
             created_at: None,
         };
         (check, now)
+    }
+
+    #[test]
+    fn a_message_is_held_at_most_its_delay_past_the_broker_timestamp() {
+        let received = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let at = |secs: i64| received + chrono::Duration::seconds(secs);
+        let ms = |secs: i64| Some(at(secs).timestamp_millis());
+        let tier = Duration::from_secs(30);
+        // An honest message: stamped a little before it was received, due its delay after.
+        assert_eq!(hold_at_most(at(25), ms(-5), received, tier), at(25));
+        // A producer whose clock runs two hours ahead: due and stamp both ahead; it waits
+        // the tier's delay from when it arrived, not two hours.
+        assert_eq!(hold_at_most(at(7230), ms(7200), received, tier), at(30));
+        // A due time far past its stamp (a hostile or broken producer).
+        assert_eq!(hold_at_most(at(86_400), ms(-5), received, tier), at(25));
+        // No timestamp: counted from its arrival.
+        assert_eq!(hold_at_most(at(86_400), None, received, tier), at(30));
+        // Already due: unchanged.
+        assert_eq!(hold_at_most(at(-60), ms(-90), received, tier), at(-60));
+        // Extreme values neither panic nor wrap.
+        let max = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(
+            hold_at_most(max, Some(i64::MAX), received, Duration::MAX),
+            max
+        );
+        assert_eq!(hold_at_most(max, Some(i64::MIN), received, tier), at(30));
+    }
+
+    #[test]
+    fn a_check_whose_successor_cannot_be_numbered_is_refused() {
+        let (mut c, now) = check(i32::MAX, 3600);
+        assert!(has_successor(&c).is_ok());
+        // Attempts saturate instead of overflowing.
+        let d = decide(&c, CheckOutcome::Pending, now, &Schedule::default());
+        assert!(
+            matches!(
+                d,
+                Decision::Pending {
+                    attempts: i32::MAX,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        c.seq = i64::MAX;
+        assert!(has_successor(&c).is_err());
+        c.seq = 3;
+        c.version = i64::MAX;
+        assert!(has_successor(&c).is_err());
     }
 
     #[test]

@@ -7,6 +7,14 @@
 //! shortest tier. If the original message was only late, both copies carry the same step
 //! number and the chain continues once ([`crate::db::chains`]); an order on schedule is
 //! never touched.
+//!
+//! A chain whose step the poll stage dead-letters (its account no longer configured, a step
+//! it refuses) would come back every pass, each copy dead-lettered again. The poll stage
+//! counts those on the chain; after `max_dead_letters` without the chain moving, the
+//! reconciler leaves it alone, logs it and counts it in `orderflow_reconciler_given_up`. The
+//! order's answer is then its dead-lettered check in `orders.dlq` (G2, G8): replayed after
+//! a fix, the chain moves again (which resets the count). Nothing here fails the order: the
+//! provider may still deliver it, and only a check can say (G9).
 
 use crate::core::schedule::{self, ScheduleError};
 use crate::db::chains;
@@ -53,6 +61,15 @@ pub struct ReconcileConfig {
     )]
     pub lookback: String,
 
+    /// Dead-lettered steps after which a chain is no longer re-enqueued (the count restarts
+    /// when the chain moves).
+    #[arg(
+        long = "reconcile-max-dead-letters",
+        env = "ORDERFLOW_RECONCILE_MAX_DEAD_LETTERS",
+        default_value_t = 3
+    )]
+    pub max_dead_letters: u32,
+
     /// Run one pass and exit.
     #[arg(long)]
     pub once: bool,
@@ -80,6 +97,7 @@ pub struct Pass {
     pub first_check: Duration,
     pub lookback: Duration,
     pub batch: u32,
+    pub max_dead_letters: i32,
     /// The shortest tier's topic, with the environment's prefix.
     pub topic: String,
 }
@@ -93,6 +111,7 @@ impl ReconcileConfig {
             first_check: schedule.first_check,
             lookback: schedule::parse_duration(&self.lookback)?,
             batch: self.batch.max(1),
+            max_dead_letters: i32::try_from(self.max_dead_letters.max(1)).unwrap_or(i32::MAX),
             topic: tier_topics(kafka, &schedule)[shortest].clone(),
         })
     }
@@ -107,6 +126,7 @@ impl Pass {
             self.first_check,
             self.lookback,
             i64::from(self.batch),
+            self.max_dead_letters,
         )
         .await?;
         for requeue in &found {
@@ -120,6 +140,21 @@ impl Pass {
             );
         }
         Ok(found.len())
+    }
+
+    /// How many chains the reconciler gave up on ([`chains::given_up`]); logs a few.
+    pub async fn given_up(&self, pool: &PgPool) -> Result<i64, ReconcileError> {
+        let (count, sample) = chains::given_up(pool, self.max_dead_letters, 5).await?;
+        if count > 0 {
+            tracing::warn!(
+                chains = count,
+                orders = ?sample,
+                max_dead_letters = self.max_dead_letters,
+                "not re-enqueueing orders whose status check the poll stage keeps dead-lettering; \
+                 see orders.dlq, fix and replay"
+            );
+        }
+        Ok(count)
     }
 }
 
@@ -140,6 +175,13 @@ pub async fn run(
     let emitter = Emitter::new(&kafka)?.counted(Arc::clone(&metrics));
     tracing::info!(every = %config.every, grace = %config.grace, batch = pass.batch, "reconciler running");
     loop {
+        match pass.given_up(&pool).await {
+            Ok(n) => {
+                metrics.reconciler_given_up.set(n);
+            }
+            Err(e) if config.once => return Err(e),
+            Err(e) => tracing::warn!(error = %e, "counting the chains given up failed"),
+        }
         match pass.run(&pool, &emitter).await {
             Ok(n) => {
                 metrics.requeued.inc_by(n as u64);
