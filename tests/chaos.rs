@@ -58,7 +58,7 @@ use uuid::Uuid;
 const FIRST_CHECK: &str = "1s";
 const TIERS: &str = "1s,2s";
 /// The fault kinds of the waves, in order; each wave lasts `WAVE` at `WAVE_RATE`.
-const WAVES: [Fault; 7] = [
+const WAVES: [Fault; 10] = [
     Fault::ServerError,
     Fault::LostAnswer,
     Fault::Timeout,
@@ -66,7 +66,21 @@ const WAVES: [Fault; 7] = [
     Fault::EmptyBody,
     Fault::Garbage,
     Fault::Slow,
+    Fault::Forbidden,
+    Fault::UriTooLong,
+    Fault::UnknownCode,
 ];
+/// The provider shows a new order only this long after taking it; the accounts wait
+/// `VISIBILITY_WINDOW_MS` of "not found" before placing an unclear order again.
+const VISIBILITY_LAG: Duration = Duration::from_millis(1500);
+const VISIBILITY_WINDOW_MS: u64 = 3000;
+/// An account whose password is wrong (the provider answers code 8 to every call), beside
+/// the healthy ones: its orders must wait without holding the others up, never be bought,
+/// and fail at their deadline.
+const BROKEN_ACCOUNT: &str = "znet-broken";
+const BROKEN_ORDERS: usize = 12;
+/// The broken account's orders' deadline, after the start of the load.
+const BROKEN_DEADLINE: Duration = Duration::from_secs(45);
 const WAVE_RATE: f64 = 0.3;
 /// A wave ends once the simulator counted this many faults of its kind (or after
 /// `WAVE_MAX_TICKS` ticks).
@@ -695,6 +709,7 @@ async fn chaos_under_load_keeps_every_guarantee() {
         rejection_rate: 0.03,
         cancel_rate: 0.03,
         lost_answer_delay: Duration::from_millis(1500),
+        visibility_lag: VISIBILITY_LAG,
         seed: 8,
         initial_balance_kurus: 1_000_000_000_000,
         ..SimConfig::default()
@@ -709,15 +724,21 @@ async fn chaos_under_load_keeps_every_guarantee() {
         .unwrap();
     let sim_url = format!("http://{}", sim_handle.addr);
     let accounts_file = work.join("accounts.toml");
-    let account = |id: &str| {
+    let account = |id: &str, sifre: &str| {
         format!(
             "[[account]]\nid = \"{id}\"\nprovider = \"znet\"\nbase_url = \"{sim_url}\"\n\
-             kod = \"{KOD}\"\nsifre = \"{SIFRE}\"\nmax_concurrent = 8\nmax_per_second = 200\n\
+             kod = \"{KOD}\"\nsifre = \"{sifre}\"\nmax_concurrent = 8\nmax_per_second = 200\n\
              request_timeout_ms = 1000\nbreaker_failures = 5\nbreaker_open_ms = 1000\n\
-             visibility_window_ms = 0\n"
+             visibility_window_ms = {VISIBILITY_WINDOW_MS}\n"
         )
     };
-    std::fs::write(&accounts_file, account(ACCOUNT) + &account(OTHER_ACCOUNT)).unwrap();
+    std::fs::write(
+        &accounts_file,
+        account(ACCOUNT, SIFRE)
+            + &account(OTHER_ACCOUNT, SIFRE)
+            + &account(BROKEN_ACCOUNT, "yanlis-sifre"),
+    )
+    .unwrap();
     let key_line = PinKeys::generate_key_line("chaos1");
     let keys = PinKeys::parse(&key_line).unwrap();
     let keys_file = work.join("pin-keys");
@@ -844,13 +865,24 @@ async fn chaos_under_load_keeps_every_guarantee() {
     };
     let watcher = tokio::spawn(watch_final_rows(pool.clone(), Arc::clone(&stop)));
 
-    // The load: valid orders, every 20th sent twice, a round of hostile events per 80.
+    // The load: valid orders, every 20th sent twice, a round of hostile events per 80; the
+    // broken account's orders among the first, with a deadline inside the chaos.
+    let broken_deadline = Utc::now() + chrono::Duration::from_std(BROKEN_DEADLINE).unwrap();
     let mut valid: Vec<OrderCreated> = (0..orders_n)
         .map(|i| {
             let mut o = order(["25", "50", "100"][i % 3]);
             o.user_extra = format!("oyuncu#{i}");
+            if i % 4 == 1 && i / 4 < BROKEN_ORDERS {
+                o.provider_account = BROKEN_ACCOUNT.into();
+                o.deadline = Some(broken_deadline);
+            }
             o
         })
+        .collect();
+    let broken: HashSet<uuid::Uuid> = valid
+        .iter()
+        .filter(|o| o.provider_account == BROKEN_ACCOUNT)
+        .map(|o| o.order_id)
         .collect();
     let rounds = orders_n.div_ceil(80).max(1);
     let mut hostile: Vec<Hostile> = (0..rounds).flat_map(hostile_round).collect();
@@ -1126,7 +1158,7 @@ async fn chaos_under_load_keeps_every_guarantee() {
         failures.push(format!("{lost} valid orders not final, e.g. {some:?}"));
     }
     let mut mismatches = Vec::new();
-    let (mut completed, mut cancelled, mut rejected) = (0, 0, 0);
+    let (mut completed, mut cancelled, mut rejected, mut expired) = (0, 0, 0, 0);
     for (id, state, reason, reference, pin, error, _) in
         &finals.iter().map(|r| (*r).clone()).collect::<Vec<_>>()
     {
@@ -1148,6 +1180,8 @@ async fn chaos_under_load_keeps_every_guarantee() {
                 completed += 1;
             }
             ("failed", Some("cancelled"), Some(true)) => cancelled += 1,
+            // The broken account's orders: never bought, failed at their deadline.
+            ("failed", Some("deadline"), None) if !bought && broken.contains(id) => expired += 1,
             ("failed", Some("rejected"), None)
                 if !bought
                     && stats.placements.get(reference).copied().unwrap_or(0) >= 1
@@ -1405,7 +1439,7 @@ async fn chaos_under_load_keeps_every_guarantee() {
         ("valid orders published", format!("{}", published.valid)),
         ("exact re-sends (harmless)", format!("{}", published.exact_resends)),
         ("hostile events sent", format!("{}", hostile.len())),
-        ("final in PostgreSQL", format!("{} (completed {completed}, cancelled {cancelled}, rejected {rejected})", finals.len())),
+        ("final in PostgreSQL", format!("{} (completed {completed}, cancelled {cancelled}, rejected {rejected}, failed at the deadline on the broken account {expired} of {})", finals.len(), broken.len())),
         ("SIGKILLs", format!("{kills} ({kills_by_stage})")),
         ("stage exits on their own", format!("{exits}")),
         ("broker restarts", format!("1 ({:.1} s stop to ready)", broker_down_s.unwrap_or(0.0))),

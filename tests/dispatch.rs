@@ -986,3 +986,40 @@ async fn order_show_names_what_holds_a_stuck_order_up_and_since_when() {
     stop(trigger, task).await;
     h.finish().await;
 }
+
+/// An unclear placement (a 5xx) on an account that then answers every check with code 8:
+/// the provider cannot be asked whether the order went through. It is not left without an
+/// answer for ever (G2): once the deadline and the visibility window have passed, with no
+/// purchase known, it fails at its deadline and says the placement is unresolved.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unclear_placement_that_cannot_be_checked_fails_after_its_deadline() {
+    let h = Harness::with_settings(
+        "unclear-unanswered",
+        SimConfig::default(),
+        2_000,
+        "visibility_window_ms = 1000\n",
+    )
+    .await;
+    h.sim.script(SimCall::Place, vec![Fault::ServerError]);
+    h.sim.script_answers(
+        SimCall::Check,
+        vec!["8|Bağlantı Hatası,Kullanıcı Api Yetki".into(); 1_000],
+    );
+    let (trigger, task) = start_dispatch(&h);
+    let mut o = order("25");
+    o.deadline = Some(chrono::Utc::now() + chrono::Duration::seconds(2));
+    let end = publish_and_settle(&h, &o).await;
+    assert_eq!(end.state, OrderState::Failed);
+    let failure = end.failure.as_ref().unwrap();
+    assert_eq!(failure.reason, FailureReason::Deadline, "{failure:?}");
+    assert!(
+        failure
+            .message
+            .contains("could not say whether the unclear placement"),
+        "{}",
+        failure.message
+    );
+    assert!(h.stats().purchases.is_empty());
+    stop(trigger, task).await;
+    h.finish().await;
+}

@@ -455,6 +455,32 @@ impl Placer {
                     Err(e) => Step::backoff(format!("recording the not-found answer failed: {e}")),
                 }
             }
+            // The provider cannot be asked (an account problem, no answer) and the deadline
+            // passed more than a visibility window ago: no purchase is known, and waiting on
+            // would leave the order without an answer for ever (G2). It fails at the deadline
+            // like a check chain that never got an answer, saying that the placement is
+            // unresolved, so that support can look the reference up.
+            Err(Step::Retry { why, .. })
+                if Utc::now()
+                    > claim.deadline
+                        + chrono::Duration::from_std(work.account.visibility_window)
+                            .unwrap_or_default() =>
+            {
+                tracing::warn!(
+                    order_id = %work.order.order_id, reference = %claim.provider_reference,
+                    "failing an order at its deadline whose unclear placement the provider \
+                     could not be asked about: {why}"
+                );
+                Step::Settle {
+                    phase: Phase::Expired,
+                    code: None,
+                    message: Some(format!(
+                        "the deadline passed and the provider could not say whether the unclear \
+                         placement under reference {} went through ({why})",
+                        claim.provider_reference
+                    )),
+                }
+            }
             Err(step) => step,
         }
     }

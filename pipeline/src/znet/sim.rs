@@ -123,6 +123,14 @@ pub enum Fault {
     /// `lost_answer_delay` (slower than usual; within a client's timeout if that is longer).
     /// Never drawn by `fault_rate`: scripts and waves only.
     Slow,
+    /// HTTP 403 with an HTML page, as a web application firewall in front of the provider
+    /// answers; no effect. Scripts and waves only.
+    Forbidden,
+    /// HTTP 414 (the URL is too long for the front end); no effect. Scripts and waves only.
+    UriTooLong,
+    /// HTTP 200 with an error code no account lists (`99|...`, maintenance); no effect.
+    /// Scripts and waves only.
+    UnknownCode,
 }
 
 /// A wave of one kind of fault: while set, each place and check call gets `fault` with
@@ -144,6 +152,9 @@ impl Fault {
             Fault::Garbage => "garbage",
             Fault::LostAnswer => "lost_answer",
             Fault::Slow => "slow",
+            Fault::Forbidden => "forbidden",
+            Fault::UriTooLong => "uri_too_long",
+            Fault::UnknownCode => "unknown_code",
         }
     }
 
@@ -337,6 +348,10 @@ const CANCELLED: &str = "OK|3| |Stok yetersiz, iptal edildi";
 const GARBAGE: &str = "Sunucu meşgul, lütfen daha sonra tekrar deneyiniz.";
 const UNAVAILABLE_HTML: &str =
     "<html><head><title>503 Service Unavailable</title></head><body><h1>Service Unavailable</h1></body></html>";
+const FORBIDDEN_HTML: &str =
+    "<html><head><title>403 Forbidden</title></head><body><h1>Request blocked</h1></body></html>";
+/// A code no account lists: maintenance, say.
+const UNKNOWN_CODE: &str = "99|Sistem bakımda, lütfen daha sonra tekrar deneyin";
 const WRONG_URL_HTML: &str =
     "<!DOCTYPE html><html><head><title>Bayi Paneli</title></head><body>Giriş yapınız</body></html>";
 const NOT_FOUND_HTML: &str =
@@ -730,6 +745,9 @@ impl Sim {
         match fault {
             Fault::ServerError => html(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_HTML),
             Fault::Html => html(StatusCode::OK, WRONG_URL_HTML),
+            Fault::Forbidden => html(StatusCode::FORBIDDEN, FORBIDDEN_HTML),
+            Fault::UriTooLong => text(StatusCode::URI_TOO_LONG, "Request-URI Too Long"),
+            Fault::UnknownCode => text(StatusCode::OK, UNKNOWN_CODE),
             Fault::EmptyBody => text(StatusCode::OK, ""),
             Fault::Garbage => text(StatusCode::OK, GARBAGE),
             Fault::Timeout | Fault::LostAnswer => {
