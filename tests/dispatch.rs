@@ -990,7 +990,9 @@ async fn an_order_that_cannot_be_placed_is_answered_failed_invalid_once_and_only
     // Reusing a placed order's id: with a product the provider does not sell, or other
     // content.
     let mut unplaceable_copy = placed.clone();
-    unplaceable_copy.product.insert("kupur".into(), "999".into());
+    unplaceable_copy
+        .product
+        .insert("kupur".into(), "999".into());
     unplaceable_copy.product.remove("oyun");
     let mut other_content = placed.clone();
     other_content.user_extra = "someone else".into();
@@ -1056,7 +1058,11 @@ async fn an_order_that_cannot_be_placed_is_answered_failed_invalid_once_and_only
         Phase::Invalid
     );
     let stats = h.stats();
-    assert_eq!(stats.place_requests.values().sum::<u32>(), 1, "only `placed`");
+    assert_eq!(
+        stats.place_requests.values().sum::<u32>(),
+        1,
+        "only `placed`"
+    );
     stop(trigger, task).await;
     h.finish().await;
 }
@@ -1090,9 +1096,10 @@ async fn a_resend_of_a_final_order_puts_no_older_state_on_orders_state() {
         created_at: None,
     };
     let poller = uuid::Uuid::new_v4();
-    let begun = orderflow::db::chains::begin_step(&h.db.pool, &check, poller, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let begun =
+        orderflow::db::chains::begin_step(&h.db.pool, &check, poller, Duration::from_secs(30))
+            .await
+            .unwrap();
     assert_eq!(begun, orderflow::db::chains::Begun::Mine);
     let completed = OrderStateEvent {
         state: OrderState::Completed,
@@ -1131,13 +1138,12 @@ async fn a_resend_of_a_final_order_puts_no_older_state_on_orders_state() {
     )
     .await;
 
-    let states: Vec<OrderStateEvent> =
-        common::pipeline::read_to_end(&h.kafka, name::ORDERS_STATE)
-            .await
-            .iter()
-            .map(decode_state)
-            .filter(|s| s.order_id == o.order_id)
-            .collect();
+    let states: Vec<OrderStateEvent> = common::pipeline::read_to_end(&h.kafka, name::ORDERS_STATE)
+        .await
+        .iter()
+        .map(decode_state)
+        .filter(|s| s.order_id == o.order_id)
+        .collect();
     let last = states.last().expect("states");
     assert_eq!(
         (last.state, last.version),
@@ -1149,7 +1155,10 @@ async fn a_resend_of_a_final_order_puts_no_older_state_on_orders_state() {
         .skip_while(|s| s.state != OrderState::Completed)
         .filter(|s| s.version < completed.version)
         .count();
-    assert_eq!(after_final, 0, "an older state after the final one: {states:?}");
+    assert_eq!(
+        after_final, 0,
+        "an older state after the final one: {states:?}"
+    );
     assert_eq!(h.stats().place_requests.values().sum::<u32>(), 1);
     stop(trigger, task).await;
     h.finish().await;
@@ -1265,7 +1274,9 @@ async fn hostile_events_end_in_the_dlq_and_the_group_moves_past_them() {
         Some((big.len() + ids[3].len()).to_string().as_str())
     );
     let size = cut.payload().unwrap().len();
-    assert!(size <= orderflow::kafka::dlq::MAX_COPY_BYTES && big.starts_with(cut.payload().unwrap()));
+    assert!(
+        size <= orderflow::kafka::dlq::MAX_COPY_BYTES && big.starts_with(cut.payload().unwrap())
+    );
 
     common::pipeline::assert_committed_to_end(
         &h.kafka,

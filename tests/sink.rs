@@ -655,7 +655,11 @@ async fn hostile_state_events_are_dead_lettered_and_the_group_moves_past_them() 
     let dispatched = |id: Uuid| journey(&keys, id, 0, true)[1].clone();
     let mut long_reference = dispatched(Uuid::new_v4());
     // Hex of distinct UUIDs: too long for an index entry even compressed.
-    long_reference.provider_reference = Some((0..200).map(|_| Uuid::new_v4().simple().to_string()).collect());
+    long_reference.provider_reference = Some(
+        (0..200)
+            .map(|_| Uuid::new_v4().simple().to_string())
+            .collect(),
+    );
     let mut ancient = dispatched(Uuid::new_v4());
     let mut ancient_json = serde_json::to_value(&ancient).unwrap();
     ancient_json["deadline"] = serde_json::json!("-5000-01-01T00:00:00Z");

@@ -36,6 +36,9 @@ pub mod limits {
     pub const PROVIDER_ACCOUNT: usize = 128;
     /// znet's references are nine digits; indexed with the account.
     pub const PROVIDER_REFERENCE: usize = 128;
+    // The unique index on (provider_account, provider_reference) takes every pair decoding
+    // accepts, with room for the entry's own header.
+    const _: () = assert!(PROVIDER_ACCOUNT + PROVIDER_REFERENCE < 2704 - 64);
     pub const PRODUCT_ENTRIES: usize = 32;
     pub const PRODUCT_KEY: usize = 64;
     pub const PRODUCT_VALUE: usize = 256;
@@ -482,11 +485,7 @@ fn check_order_fields(
         limits::PROVIDER_ACCOUNT,
     )?;
     if let Some(reference) = provider_reference {
-        check_text(
-            "provider_reference",
-            reference,
-            limits::PROVIDER_REFERENCE,
-        )?;
+        check_text("provider_reference", reference, limits::PROVIDER_REFERENCE)?;
     }
     Ok(())
 }
@@ -535,11 +534,7 @@ impl Validate for OrderStateEvent {
             if let Some(code) = &failure.code {
                 check_text("failure.code", code, limits::FAILURE_CODE)?;
             }
-            check_text(
-                "failure.message",
-                &failure.message,
-                limits::FAILURE_MESSAGE,
-            )?;
+            check_text("failure.message", &failure.message, limits::FAILURE_MESSAGE)?;
         }
         if let Some(pin) = &self.pin {
             check_text("pin", pin.as_str(), limits::SEALED_PIN)?;
@@ -757,13 +752,6 @@ mod tests {
         assert_eq!(decode(&v).unwrap_err().kind, InvalidKind::InvalidField);
     }
 
-    /// The index on (provider_account, provider_reference) takes every pair decoding
-    /// accepts.
-    #[test]
-    fn the_indexed_fields_fit_a_btree_entry() {
-        assert!(limits::PROVIDER_ACCOUNT + limits::PROVIDER_REFERENCE < 2704 - 64);
-    }
-
     fn state_event() -> serde_json::Value {
         serde_json::json!({
             "schema_version": 1,
@@ -782,8 +770,9 @@ mod tests {
 
     #[test]
     fn the_pipelines_own_events_are_held_to_the_same_limits() {
-        let decode_state =
-            |v: &serde_json::Value| super::decode::<OrderStateEvent>(&serde_json::to_vec(v).unwrap(), 1 << 16);
+        let decode_state = |v: &serde_json::Value| {
+            super::decode::<OrderStateEvent>(&serde_json::to_vec(v).unwrap(), 1 << 16)
+        };
         assert!(decode_state(&state_event()).is_ok());
         let cases: [(&str, serde_json::Value); 7] = [
             ("/provider_reference", serde_json::json!("9".repeat(3000))),
@@ -819,8 +808,9 @@ mod tests {
             "due_at": "2026-11-28T10:01:00Z",
             "version": 2
         });
-        let decode_check =
-            |v: &serde_json::Value| super::decode::<StatusCheck>(&serde_json::to_vec(v).unwrap(), 1 << 14);
+        let decode_check = |v: &serde_json::Value| {
+            super::decode::<StatusCheck>(&serde_json::to_vec(v).unwrap(), 1 << 14)
+        };
         assert!(decode_check(&check).is_ok());
         for (field, bad) in [
             ("due_at", serde_json::json!("0001-01-01T00:00:00Z")),

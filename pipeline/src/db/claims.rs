@@ -517,12 +517,9 @@ pub async fn claim_invalid(
     if let Some(row) = inserted {
         return Ok(InvalidClaim::Answer(row.into_claim()?));
     }
-    let claim = get(pool, order_id)
-        .await?
-        .ok_or(sqlx::Error::RowNotFound)?;
+    let claim = get(pool, order_id).await?.ok_or(sqlx::Error::RowNotFound)?;
     Ok(
-        if claim.phase == Phase::Invalid
-            && claim.content_digest.as_deref() == Some(content_digest)
+        if claim.phase == Phase::Invalid && claim.content_digest.as_deref() == Some(content_digest)
         {
             InvalidClaim::Answer(claim)
         } else {

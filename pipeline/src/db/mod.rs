@@ -79,7 +79,9 @@ pub struct Refused {
 /// privilege) and XX (internal) are a bug or an operator's to fix, and dead-lettering
 /// every event until then would lose them all.
 pub fn is_data_sqlstate(code: &str) -> bool {
-    ["22", "23", "54"].iter().any(|class| code.starts_with(class))
+    ["22", "23", "54"]
+        .iter()
+        .any(|class| code.starts_with(class))
 }
 
 impl Refused {
@@ -207,10 +209,14 @@ mod tests {
 
     #[test]
     fn only_data_errors_are_refusals() {
-        for code in ["22008", "22021", "22P05", "23505", "23514", "23502", "54000"] {
+        for code in [
+            "22008", "22021", "22P05", "23505", "23514", "23502", "54000",
+        ] {
             assert!(is_data_sqlstate(code), "{code}");
         }
-        for code in ["40001", "40P01", "08006", "53100", "57P01", "42703", "42501", "XX000"] {
+        for code in [
+            "40001", "40P01", "08006", "53100", "57P01", "42703", "42501", "XX000",
+        ] {
             assert!(!is_data_sqlstate(code), "{code}");
         }
         assert!(super::Refused::of(&sqlx::Error::PoolTimedOut).is_none());

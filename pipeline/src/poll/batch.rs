@@ -126,13 +126,11 @@ impl PollHandler {
             .map(|i| (&i.check, self.lease_of(&i.check)))
             .collect();
         let begun_at = Instant::now();
-        let taken = crate::db::retry_unless_refused(
-            "taking check steps",
-            &self.backoff,
-            shutdown,
-            || chains::begin_steps(&self.pool, &steps, owner),
-        )
-        .await;
+        let taken =
+            crate::db::retry_unless_refused("taking check steps", &self.backoff, shutdown, || {
+                chains::begin_steps(&self.pool, &steps, owner)
+            })
+            .await;
         drop(steps);
         let Ok(taken) = taken else {
             return;
