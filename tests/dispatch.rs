@@ -1023,3 +1023,353 @@ async fn an_unclear_placement_that_cannot_be_checked_fails_after_its_deadline() 
     stop(trigger, task).await;
     h.finish().await;
 }
+
+/// The DLQ records whose key is `key`, once `count` records are in the DLQ.
+async fn dead_letters(h: &Harness, count: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    h.read_until(name::ORDERS_DLQ, Duration::from_secs(30), |seen| {
+        seen.len() >= count
+    })
+    .await
+}
+
+fn reason_of(m: &rdkafka::message::OwnedMessage) -> String {
+    headers::get(m.headers().expect("DLQ headers"), headers::DLQ_REASON)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Issue 15 item 4: a well-formed order that cannot be placed as given is dead-lettered and
+/// answered `failed` (invalid), so the shop can refund without reading the DLQ; its id stays
+/// answered (a later valid event with it is a conflict, never bought). A conflicting event
+/// for an order that exists is dead-lettered only: the order keeps its own state.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_that_cannot_be_placed_is_answered_failed_invalid_once_and_only_if_new() {
+    let h = Harness::new("answer-invalid", SimConfig::default(), 5_000).await;
+    let config = h.dispatch_config();
+    let group = config.group.clone();
+    let (trigger, task) = start_dispatch_with(&h, config);
+    let placed = order("50");
+    assert_eq!(
+        publish_and_settle(&h, &placed).await.state,
+        OrderState::Dispatched
+    );
+
+    let mut no_account = order("50");
+    no_account.provider_account = "znet-nobody".into();
+    let mut no_product = order("50");
+    no_product.product.remove("kupur");
+    // Reusing a placed order's id: with a product the provider does not sell, or other
+    // content.
+    let mut unplaceable_copy = placed.clone();
+    unplaceable_copy
+        .product
+        .insert("kupur".into(), "999".into());
+    unplaceable_copy.product.remove("oyun");
+    let mut other_content = placed.clone();
+    other_content.user_extra = "someone else".into();
+    for event in [&no_account, &no_product, &unplaceable_copy, &other_content] {
+        h.publish(event).await;
+    }
+    // The shop "fixes" the unknown account and sends the order again: the id was answered.
+    let mut fixed = no_account.clone();
+    fixed.provider_account = ACCOUNT.into();
+    h.publish(&fixed).await;
+
+    let dead = dead_letters(&h, 5).await;
+    let mut reasons: Vec<String> = dead.iter().map(reason_of).collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "account_conflict",
+            "conflicting_duplicate",
+            "invalid_product",
+            "invalid_product",
+            "unknown_provider_account"
+        ]
+    );
+    common::pipeline::assert_committed_to_end(
+        &h.kafka,
+        &group,
+        name::ORDERS_CREATED,
+        Duration::from_secs(10),
+    )
+    .await;
+
+    let states = common::pipeline::read_to_end(&h.kafka, name::ORDERS_STATE).await;
+    let of = |id| -> Vec<OrderStateEvent> {
+        states
+            .iter()
+            .map(decode_state)
+            .filter(|s| s.order_id == id)
+            .collect()
+    };
+    for unplaceable in [&no_account, &no_product] {
+        let answers = of(unplaceable.order_id);
+        assert_eq!(answers.len(), 1, "one answer: {answers:?}");
+        let answer = &answers[0];
+        assert_eq!(answer.state, OrderState::Failed);
+        let failure = answer.failure.as_ref().expect("a failure");
+        assert_eq!(failure.reason, FailureReason::Invalid);
+        assert!(!failure.message.is_empty());
+        assert_eq!(answer.provider_reference, None, "nothing was sent");
+        assert_eq!(answer.tenant_id, unplaceable.tenant_id);
+    }
+    let answers = of(placed.order_id);
+    assert!(
+        answers.iter().all(|s| !s.state.is_final()),
+        "the placed order keeps its own state: {answers:?}"
+    );
+    assert_eq!(
+        claims::get(&h.db.pool, no_account.order_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .phase,
+        Phase::Invalid
+    );
+    let stats = h.stats();
+    assert_eq!(
+        stats.place_requests.values().sum::<u32>(),
+        1,
+        "only `placed`"
+    );
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
+/// Issue 15 item 4: a re-send of an order whose status checks have started (here: done,
+/// the order completed) puts nothing older than its state on orders.state.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resend_of_a_final_order_puts_no_older_state_on_orders_state() {
+    let h = Harness::new("resend-final", SimConfig::default(), 5_000).await;
+    let config = h.dispatch_config();
+    let group = config.group.clone();
+    let (trigger, task) = start_dispatch_with(&h, config);
+    let o = order("50");
+    let dispatched = publish_and_settle(&h, &o).await;
+    assert_eq!(dispatched.state, OrderState::Dispatched);
+
+    // What the poll stage does when the first check finds the order completed: it takes
+    // the chain's step, publishes `completed`, records the step as done.
+    let check = orderflow::core::event::StatusCheck {
+        schema_version: orderflow::core::event::SCHEMA_VERSION,
+        order_id: o.order_id,
+        tenant_id: o.tenant_id.clone(),
+        provider_account: ACCOUNT.into(),
+        provider_reference: dispatched.provider_reference.clone().unwrap(),
+        dispatched_at: dispatched.changed_at,
+        deadline: dispatched.deadline.unwrap(),
+        seq: 1,
+        attempts: 0,
+        due_at: chrono::Utc::now(),
+        version: dispatched.version,
+        created_at: None,
+    };
+    let poller = uuid::Uuid::new_v4();
+    let begun =
+        orderflow::db::chains::begin_step(&h.db.pool, &check, poller, Duration::from_secs(30))
+            .await
+            .unwrap();
+    assert_eq!(begun, orderflow::db::chains::Begun::Mine);
+    let completed = OrderStateEvent {
+        state: OrderState::Completed,
+        attempts: 1,
+        version: dispatched.version + 1,
+        changed_at: chrono::Utc::now(),
+        ..dispatched.clone()
+    };
+    orderflow::kafka::emit::Emitter::new(&h.kafka)
+        .unwrap()
+        .state(&completed)
+        .await
+        .unwrap();
+    let end = orderflow::db::chains::StepEnd {
+        tier: None,
+        attempts: 1,
+        version: completed.version,
+        next_check_at: None,
+        final_state: Some(OrderState::Completed),
+        error: None,
+    };
+    assert!(
+        orderflow::db::chains::finish_step(&h.db.pool, o.order_id, 1, poller, &end)
+            .await
+            .unwrap()
+    );
+
+    // The shop sends the order again.
+    let mut resent = o.clone();
+    resent.created_at = chrono::Utc::now();
+    h.publish(&resent).await;
+    common::pipeline::assert_committed_to_end(
+        &h.kafka,
+        &group,
+        name::ORDERS_CREATED,
+        Duration::from_secs(10),
+    )
+    .await;
+
+    let states: Vec<OrderStateEvent> = common::pipeline::read_to_end(&h.kafka, name::ORDERS_STATE)
+        .await
+        .iter()
+        .map(decode_state)
+        .filter(|s| s.order_id == o.order_id)
+        .collect();
+    let last = states.last().expect("states");
+    assert_eq!(
+        (last.state, last.version),
+        (OrderState::Completed, completed.version),
+        "the log ends on the order's final state: {states:?}"
+    );
+    let after_final = states
+        .iter()
+        .skip_while(|s| s.state != OrderState::Completed)
+        .filter(|s| s.version < completed.version)
+        .count();
+    assert_eq!(
+        after_final, 0,
+        "an older state after the final one: {states:?}"
+    );
+    assert_eq!(h.stats().place_requests.values().sum::<u32>(), 1);
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
+/// Issue 15 item 3: values the database would refuse are refused at decoding, a value it
+/// refuses anyway (here a rule of the test's own on the claims table) dead-letters that one
+/// event, and a record too large for a DLQ copy is cut; each time the group's committed
+/// offset moves past the event within seconds and the other orders are placed.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_events_end_in_the_dlq_and_the_group_moves_past_them() {
+    let h = Harness::new("poison", SimConfig::default(), 5_000).await;
+    // A rule the decoder does not know: the database refuses claims of this tenant.
+    sqlx::query(
+        "ALTER TABLE dispatch_claims ADD CONSTRAINT test_refused_tenant
+           CHECK (tenant_id <> 'refused-by-db')",
+    )
+    .execute(&h.db.pool)
+    .await
+    .unwrap();
+    let config = h.dispatch_config();
+    let group = config.group.clone();
+
+    let valid = serde_json::to_value(order("50")).unwrap();
+    let hostile = |id: &str, field: &str, value: serde_json::Value| {
+        let mut v = valid.clone();
+        v["order_id"] = serde_json::json!(id);
+        v[field] = value;
+        serde_json::to_vec(&v).unwrap()
+    };
+    let ids: Vec<String> = (0..4).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        // Before 4713 BC: PostgreSQL's timestamptz cannot hold it.
+        (
+            &ids[0],
+            {
+                let mut v = valid.clone();
+                v["order_id"] = serde_json::json!(ids[0]);
+                v["created_at"] = serde_json::json!("-5000-01-01T00:00:00Z");
+                v["deadline"] = serde_json::json!("-4800-01-01T00:00:00Z");
+                serde_json::to_vec(&v).unwrap()
+            },
+            "invalid_field",
+        ),
+        (
+            &ids[1],
+            hostile(&ids[1], "tenant_id", serde_json::json!("t".repeat(3000))),
+            "invalid_field",
+        ),
+        (
+            &ids[2],
+            hostile(&ids[2], "tenant_id", serde_json::json!("refused-by-db")),
+            "database_refused",
+        ),
+    ];
+    // Valid orders around the hostile ones, in the same batches.
+    let mut good = Vec::new();
+    for (key, payload, _) in &cases {
+        let o = order("25");
+        h.publish(&o).await;
+        good.push(o);
+        h.publish_raw(Some(key), payload).await;
+    }
+    // A record near the broker's limit: its DLQ copy with headers would be refused.
+    let big_producer: rdkafka::producer::FutureProducer = h
+        .kafka
+        .client_config()
+        .set("message.max.bytes", "1048576")
+        .create()
+        .unwrap();
+    let big = vec![b'x'; 1_020_000];
+    big_producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&h.kafka.topic(name::ORDERS_CREATED))
+                .key(ids[3].as_str())
+                .payload(big.as_slice()),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let last = order("100");
+    h.publish(&last).await;
+    good.push(last);
+
+    let (trigger, task) = start_dispatch_with(&h, config);
+    let dead = dead_letters(&h, cases.len() + 1).await;
+    assert_eq!(dead.len(), cases.len() + 1, "one DLQ entry each");
+    for (key, _, reason) in &cases {
+        let m = dead
+            .iter()
+            .find(|m| m.key() == Some(key.as_bytes()))
+            .unwrap_or_else(|| panic!("{key} not in the DLQ"));
+        assert_eq!(reason_of(m), *reason, "{key}");
+    }
+    let refused = dead
+        .iter()
+        .find(|m| m.key() == Some(ids[2].as_bytes()))
+        .unwrap();
+    assert_eq!(
+        headers::get(refused.headers().unwrap(), headers::DLQ_SQLSTATE),
+        Some("23514")
+    );
+    let cut = dead
+        .iter()
+        .find(|m| m.key() == Some(ids[3].as_bytes()))
+        .expect("the large record in the DLQ");
+    assert_eq!(reason_of(cut), "oversized");
+    let hs = cut.headers().unwrap();
+    assert_eq!(headers::get(hs, headers::DLQ_CUT), Some("payload"));
+    assert_eq!(
+        headers::get(hs, headers::DLQ_ORIGINAL_BYTES),
+        Some((big.len() + ids[3].len()).to_string().as_str())
+    );
+    let size = cut.payload().unwrap().len();
+    assert!(
+        size <= orderflow::kafka::dlq::MAX_COPY_BYTES && big.starts_with(cut.payload().unwrap())
+    );
+
+    common::pipeline::assert_committed_to_end(
+        &h.kafka,
+        &group,
+        name::ORDERS_CREATED,
+        Duration::from_secs(10),
+    )
+    .await;
+    let ids: Vec<uuid::Uuid> = good.iter().map(|o| o.order_id).collect();
+    let states = h.settled_states(&ids, Duration::from_secs(30)).await;
+    for id in &ids {
+        assert_eq!(
+            last_state(&states[id]),
+            OrderState::Dispatched,
+            "the valid orders go on"
+        );
+    }
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
+fn last_state(states: &[OrderStateEvent]) -> OrderState {
+    last(states).state
+}

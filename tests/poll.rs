@@ -1038,3 +1038,93 @@ async fn an_orders_trace_runs_through_dispatch_and_checks_and_is_exported() {
     }
     p.finish().await;
 }
+
+/// Issue 15 item 3: a check step whose data the database refuses (here a rule of the test's
+/// own on `poll_chains`) is dead-lettered as `database_refused` with its SQLSTATE instead of
+/// being retried forever, a check naming a time PostgreSQL cannot hold is refused at
+/// decoding, the other checks of the batch go on, and the group's committed offset moves
+/// past them within seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_steps_the_database_refuses_are_dead_lettered_and_the_group_moves_on() {
+    let sim = SimConfig {
+        checks_until_complete: 0,
+        ..SimConfig::default()
+    };
+    let p = Poll::new("poll-poison", sim, "1s", "1s").await;
+    sqlx::query(
+        "ALTER TABLE poll_chains ADD CONSTRAINT test_refused_tenant
+           CHECK (tenant_id <> 'refused-by-db')",
+    )
+    .execute(&p.h.db.pool)
+    .await
+    .unwrap();
+    let good = placed(&p, "900000031", Utc::now()).await;
+    let refused = StatusCheck {
+        order_id: Uuid::new_v4(),
+        tenant_id: "refused-by-db".into(),
+        ..placed(&p, "900000032", Utc::now()).await
+    };
+    let mut too_early = serde_json::to_value(StatusCheck {
+        order_id: Uuid::new_v4(),
+        ..placed(&p, "900000033", Utc::now()).await
+    })
+    .unwrap();
+    too_early["dispatched_at"] = serde_json::json!("-5000-01-01T00:00:00Z");
+    let too_early_id = too_early["order_id"].as_str().unwrap().to_owned();
+    // One partition, so the three are one batch.
+    enqueue(&p, "1s", 0, &refused).await;
+    p.h.kafka
+        .producer()
+        .unwrap()
+        .send(
+            FutureRecord::to(&p.h.kafka.topic(&name::status_check("1s")))
+                .key(&too_early_id)
+                .payload(&serde_json::to_vec(&too_early).unwrap())
+                .partition(0),
+            Timeout::After(Duration::from_secs(10)),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    enqueue(&p, "1s", 0, &good).await;
+    let group = common::unique("g-poll-");
+    let poll = p.start_poll(&group);
+    let events = p.finals(&[good.order_id], Duration::from_secs(30)).await;
+    assert_eq!(
+        final_of(&events[&good.order_id]).state,
+        OrderState::Completed
+    );
+    let dlq =
+        p.h.read_until(name::ORDERS_DLQ, Duration::from_secs(20), |seen| {
+            seen.len() >= 2
+        })
+        .await;
+    assert_eq!(dlq.len(), 2);
+    let header = |key: &str, name: &str| {
+        let m = dlq
+            .iter()
+            .find(|m| m.key() == Some(key.as_bytes()))
+            .unwrap_or_else(|| panic!("{key} not in the DLQ"));
+        orderflow::kafka::headers::get(m.headers().unwrap(), name).map(str::to_owned)
+    };
+    use orderflow::kafka::headers::{DLQ_REASON, DLQ_SQLSTATE};
+    let refused_key = refused.order_id.to_string();
+    assert_eq!(
+        header(&refused_key, DLQ_REASON).as_deref(),
+        Some("database_refused")
+    );
+    assert_eq!(header(&refused_key, DLQ_SQLSTATE).as_deref(), Some("23514"));
+    assert_eq!(
+        header(&too_early_id, DLQ_REASON).as_deref(),
+        Some("invalid_field")
+    );
+    common::pipeline::assert_committed_to_end(
+        &p.h.kafka,
+        &group,
+        &name::status_check("1s"),
+        Duration::from_secs(10),
+    )
+    .await;
+    stop(poll).await;
+    p.finish().await;
+}

@@ -757,3 +757,93 @@ fn the_expected_rows_follow_the_supersedes_rule() {
         (events.last().unwrap().version, OrderState::Completed)
     );
 }
+
+/// Issue 15 item 3: a state event holding what the table cannot take is refused at
+/// decoding (a reference too long for the btree index, a time PostgreSQL cannot hold), a
+/// row the database refuses anyway (here a rule of the test's own) is dead-lettered as
+/// `database_refused` with its SQLSTATE, the batch's other rows are written, and the
+/// group's committed offset moves past them within seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_state_events_are_dead_lettered_and_the_group_moves_past_them() {
+    let kafka = common::kafka_with_topics("sink-poison").await;
+    let db = TestDb::new_migrated().await;
+    sqlx::query(
+        "ALTER TABLE orders ADD CONSTRAINT test_refused_tenant
+           CHECK (tenant_id <> 'refused-by-db')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let keys = keys();
+    let dispatched = |id: Uuid| journey(&keys, id, 0, true)[1].clone();
+    let mut long_reference = dispatched(Uuid::new_v4());
+    // Hex of distinct UUIDs: too long for an index entry even compressed.
+    long_reference.provider_reference = Some(
+        (0..200)
+            .map(|_| Uuid::new_v4().simple().to_string())
+            .collect(),
+    );
+    let mut ancient = dispatched(Uuid::new_v4());
+    let mut ancient_json = serde_json::to_value(&ancient).unwrap();
+    ancient_json["deadline"] = serde_json::json!("-5000-01-01T00:00:00Z");
+    ancient.tenant_id = "unused".into();
+    let mut refused = dispatched(Uuid::new_v4());
+    refused.tenant_id = "refused-by-db".into();
+    let good = journey(&keys, Uuid::new_v4(), 1, true);
+
+    publish(&kafka, &[long_reference.clone(), refused.clone()]).await;
+    let producer = kafka.producer().unwrap();
+    let ancient_key = ancient.order_id.to_string();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&kafka.topic(name::ORDERS_STATE))
+                .key(&ancient_key)
+                .payload(&serde_json::to_vec(&ancient_json).unwrap()),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    publish(&kafka, &good).await;
+    let group = common::unique("g-sink-");
+    let sink = start_sink(&kafka, &db.pool, sink_config(&group, 50));
+    let id = good[0].order_id;
+    let expected = BTreeMap::from([(id, ("completed".to_owned(), good.last().unwrap().version))]);
+    converges(&db.pool, &expected, Duration::from_secs(30)).await;
+    let dlq =
+        common::pipeline::read_all(&kafka, name::ORDERS_DLQ, 3, Duration::from_secs(20)).await;
+    assert_eq!(dlq.len(), 3, "each hostile event is dead-lettered once");
+    use orderflow::kafka::headers;
+    let header = |id: Uuid, name: &str| {
+        let m = dlq
+            .iter()
+            .find(|m| m.key() == Some(id.to_string().as_bytes()))
+            .unwrap_or_else(|| panic!("{id} not in the DLQ"));
+        headers::get(m.headers().unwrap(), name).map(str::to_owned)
+    };
+    assert_eq!(
+        header(long_reference.order_id, headers::DLQ_REASON).as_deref(),
+        Some("invalid_field")
+    );
+    assert_eq!(
+        header(ancient.order_id, headers::DLQ_REASON).as_deref(),
+        Some("invalid_field")
+    );
+    assert_eq!(
+        header(refused.order_id, headers::DLQ_REASON).as_deref(),
+        Some("database_refused")
+    );
+    assert_eq!(
+        header(refused.order_id, headers::DLQ_SQLSTATE).as_deref(),
+        Some("23514")
+    );
+    common::pipeline::assert_committed_to_end(
+        &kafka,
+        &group,
+        name::ORDERS_STATE,
+        Duration::from_secs(10),
+    )
+    .await;
+    stop(sink).await;
+    db.drop_now().await;
+}

@@ -359,3 +359,71 @@ pub fn order(kupur: &str) -> OrderCreated {
         deadline: None,
     }
 }
+
+/// Waits until consumer group `group` has committed, on every partition of `topic` (without
+/// prefix), the offset past the last record there now: the group has moved past whatever
+/// was published before the call. Fails after `within` with what it saw.
+pub async fn assert_committed_to_end(
+    kafka: &KafkaConfig,
+    group: &str,
+    topic: &str,
+    within: Duration,
+) {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::{Offset, TopicPartitionList};
+    let topic = kafka.topic(topic);
+    let config = kafka.client_config();
+    let group = group.to_owned();
+    tokio::task::spawn_blocking(move || {
+        // Not subscribed: it only asks the group coordinator, never joins the group.
+        let consumer: BaseConsumer = config
+            .clone()
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .unwrap();
+        let mut ends = TopicPartitionList::new();
+        for p in metadata.topics()[0].partitions() {
+            let (_, high) = consumer
+                .fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
+                .unwrap();
+            ends.add_partition_offset(&topic, p.id(), Offset::Offset(high))
+                .unwrap();
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let committed = consumer
+                .committed_offsets(ends.clone(), Duration::from_secs(10))
+                .unwrap();
+            let behind: Vec<(i32, Offset, Offset)> = ends
+                .elements()
+                .iter()
+                .filter_map(|end| {
+                    let Offset::Offset(high) = end.offset() else {
+                        return None;
+                    };
+                    let at = committed
+                        .find_partition(&topic, end.partition())
+                        .map(|c| c.offset())
+                        .unwrap_or(Offset::Invalid);
+                    let past = matches!(at, Offset::Offset(o) if o >= high);
+                    (high > 0 && !past).then_some((end.partition(), at, end.offset()))
+                })
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "group {group} has not committed past the end of {topic} within {within:?}: \
+                 (partition, committed, end) {behind:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+}

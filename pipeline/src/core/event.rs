@@ -19,6 +19,57 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// parsed (a shop bug, not an order).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 * 1024;
 
+/// What a field may hold, so that every value decoding accepts also fits where it goes:
+/// PostgreSQL's columns and indexes, and the broker. A value outside these limits is an
+/// `invalid_field` at decoding, never a statement that fails again on every redelivery.
+///
+/// Text lengths are in bytes of UTF-8. The binding one is the btree limit: an index entry
+/// holds at most about 2,704 bytes, and `orders` has a unique index on
+/// (`provider_account`, `provider_reference`); the other limits are generous for what the
+/// fields are (identifiers, short product codes, a phone number and player info) and keep
+/// one bad field from filling a row.
+pub mod limits {
+    use chrono::{DateTime, NaiveDate, Utc};
+
+    pub const TENANT_ID: usize = 256;
+    /// Also the id of a configured account; indexed with the reference.
+    pub const PROVIDER_ACCOUNT: usize = 128;
+    /// znet's references are nine digits; indexed with the account.
+    pub const PROVIDER_REFERENCE: usize = 128;
+    // The unique index on (provider_account, provider_reference) takes every pair decoding
+    // accepts, with room for the entry's own header.
+    const _: () = assert!(PROVIDER_ACCOUNT + PROVIDER_REFERENCE < 2704 - 64);
+    pub const PRODUCT_ENTRIES: usize = 32;
+    pub const PRODUCT_KEY: usize = 64;
+    pub const PRODUCT_VALUE: usize = 256;
+    pub const USER_IDENTIFIER: usize = 256;
+    pub const USER_EXTRA: usize = 1024;
+    pub const FAILURE_CODE: usize = 64;
+    /// The stages write scrubbed provider text of at most 200 characters and sentences of
+    /// their own; this leaves room for both.
+    pub const FAILURE_MESSAGE: usize = 4096;
+    /// A sealed PIN (key id, nonce, ciphertext in base64).
+    pub const SEALED_PIN: usize = 4096;
+
+    /// The earliest accepted time: the Unix epoch. PostgreSQL's `timestamptz` reaches back
+    /// to 4713 BC, but no order, deadline or check of this system is older than the epoch;
+    /// an earlier time is a zeroed or broken clock.
+    pub fn earliest() -> DateTime<Utc> {
+        DateTime::UNIX_EPOCH
+    }
+
+    /// The latest accepted time: the end of year 9999. PostgreSQL's `timestamptz` goes on to
+    /// 294276 AD, but RFC 3339 (the events' `date-time`) has four-digit years, and a time this
+    /// far out leaves every sum the stages make (a deadline plus hours) well inside the
+    /// database's range.
+    pub fn latest() -> DateTime<Utc> {
+        NaiveDate::from_ymd_opt(9999, 12, 31)
+            .and_then(|d| d.and_hms_micro_opt(23, 59, 59, 999_999))
+            .expect("a valid date")
+            .and_utc()
+    }
+}
+
 /// `orders.created` v1: a shop asks for an order to be placed with a provider.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OrderCreated {
@@ -47,6 +98,8 @@ pub struct OrderCreated {
 pub struct InvalidEvent {
     pub kind: InvalidKind,
     pub detail: String,
+    /// The SQLSTATE of the database's refusal, for `database_refused`.
+    pub sqlstate: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +115,10 @@ pub enum InvalidKind {
     /// The order id was first claimed with other content (product, user fields, tenant):
     /// the first event wins, this one is not placed.
     ConflictingDuplicate,
+    /// The database refused what the event holds (SQLSTATE class 22, 23 or 54): a value
+    /// decoding let through that a column, constraint or index does not take. Retrying the
+    /// same data cannot help.
+    DatabaseRefused,
 }
 
 impl InvalidKind {
@@ -75,6 +132,7 @@ impl InvalidKind {
             InvalidKind::InvalidProduct => "invalid_product",
             InvalidKind::AccountConflict => "account_conflict",
             InvalidKind::ConflictingDuplicate => "conflicting_duplicate",
+            InvalidKind::DatabaseRefused => "database_refused",
         }
     }
 }
@@ -90,8 +148,63 @@ impl InvalidEvent {
         InvalidEvent {
             kind,
             detail: detail.into(),
+            sqlstate: None,
         }
     }
+
+    /// A `database_refused` reason with the refusal's SQLSTATE, when the database gave one.
+    pub fn database_refused(detail: impl Into<String>, sqlstate: Option<String>) -> Self {
+        InvalidEvent {
+            sqlstate,
+            ..InvalidEvent::new(InvalidKind::DatabaseRefused, detail)
+        }
+    }
+}
+
+/// A field's text: no U+0000 (PostgreSQL text cannot hold it) and at most `max` bytes.
+/// The value is never quoted: it may be secret (G5) or personal.
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), InvalidEvent> {
+    if value.contains('\0') {
+        return Err(InvalidEvent::new(
+            InvalidKind::InvalidField,
+            format!("{field} contains a NUL character"),
+        ));
+    }
+    if value.len() > max {
+        return Err(InvalidEvent::new(
+            InvalidKind::InvalidField,
+            format!("{field} is {} bytes, the limit is {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// A time within [`limits::earliest`] ..= [`limits::latest`].
+fn check_time(field: &str, value: DateTime<Utc>) -> Result<(), InvalidEvent> {
+    if value < limits::earliest() || value > limits::latest() {
+        return Err(InvalidEvent::new(
+            InvalidKind::InvalidField,
+            format!("{field} is outside 1970-01-01 .. 9999-12-31"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether any string of `value`, or any object key, holds U+0000. The sink stores state
+/// events as `jsonb`, which refuses `\u0000` even in a field orderflow does not know.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
+/// The checks of one of the pipeline's own events beyond its types: what the database would
+/// refuse.
+pub trait Validate {
+    fn validate(&self) -> Result<(), InvalidEvent>;
 }
 
 /// Checks size, JSON, shape and `schema_version` of a payload, before its fields.
@@ -124,15 +237,22 @@ fn decode_object(bytes: &[u8], max_bytes: usize) -> Result<serde_json::Value, In
 }
 
 /// Decodes one of the pipeline's own events (`orders.dispatched`, `orders.status-check.*`,
-/// `orders.state`): written by this code, so no more than the types are checked.
+/// `orders.state`): written by this code, so beyond the types only what the database would
+/// refuse is checked ([`Validate`]), and no string anywhere in it may hold U+0000.
 /// Errors name a missing field but never quote a value, since a value may be a PIN that a
 /// broken producer put in the wrong place (G5).
-pub fn decode<T: serde::de::DeserializeOwned>(
+pub fn decode<T: serde::de::DeserializeOwned + Validate>(
     bytes: &[u8],
     max_bytes: usize,
 ) -> Result<T, InvalidEvent> {
     let value = decode_object(bytes, max_bytes)?;
-    serde_json::from_value(value).map_err(|e| {
+    if holds_nul(&value) {
+        return Err(InvalidEvent::new(
+            InvalidKind::InvalidField,
+            "a string contains a NUL character",
+        ));
+    }
+    let event: T = serde_json::from_value(value).map_err(|e| {
         let text = e.to_string();
         let detail = if text.starts_with("missing field") {
             text
@@ -140,7 +260,9 @@ pub fn decode<T: serde::de::DeserializeOwned>(
             "a field has a wrong type or value (not quoted: it may be secret)".to_owned()
         };
         InvalidEvent::new(InvalidKind::InvalidField, detail)
-    })
+    })?;
+    event.validate()?;
+    Ok(event)
 }
 
 impl OrderCreated {
@@ -172,29 +294,37 @@ impl OrderCreated {
         if self.provider_account.trim().is_empty() {
             return Err(blank("provider_account"));
         }
-        // PostgreSQL text cannot hold U+0000, and no shop field needs it: refused here, it
-        // cannot turn into a claim that fails forever.
-        let texts = [
-            ("tenant_id", &self.tenant_id),
-            ("provider_account", &self.provider_account),
-            ("user_identifier", &self.user_identifier),
-            ("user_extra", &self.user_extra),
-        ];
-        let product = self
-            .product
-            .iter()
-            .flat_map(|(k, v)| [("product", k), ("product", v)]);
-        if let Some((field, _)) = texts
-            .into_iter()
-            .chain(product)
-            .find(|(_, t)| t.contains('\0'))
-        {
+        // PostgreSQL text cannot hold U+0000, an index entry has a size limit, and no shop
+        // field needs either: refused here, nothing turns into a claim that fails forever.
+        check_text("tenant_id", &self.tenant_id, limits::TENANT_ID)?;
+        check_text(
+            "provider_account",
+            &self.provider_account,
+            limits::PROVIDER_ACCOUNT,
+        )?;
+        check_text(
+            "user_identifier",
+            &self.user_identifier,
+            limits::USER_IDENTIFIER,
+        )?;
+        check_text("user_extra", &self.user_extra, limits::USER_EXTRA)?;
+        if self.product.len() > limits::PRODUCT_ENTRIES {
             return Err(InvalidEvent::new(
                 InvalidKind::InvalidField,
-                format!("{field} contains a NUL character"),
+                format!(
+                    "product has {} entries, the limit is {}",
+                    self.product.len(),
+                    limits::PRODUCT_ENTRIES
+                ),
             ));
         }
+        for (key, value) in &self.product {
+            check_text("product", key, limits::PRODUCT_KEY)?;
+            check_text("product", value, limits::PRODUCT_VALUE)?;
+        }
+        check_time("created_at", self.created_at)?;
         if let Some(deadline) = self.deadline {
+            check_time("deadline", deadline)?;
             if deadline <= self.created_at {
                 return Err(InvalidEvent::new(
                     InvalidKind::InvalidField,
@@ -340,6 +470,83 @@ pub struct OrderStateEvent {
     /// Orders this order's state events; see [`crate::core::lifecycle::version`].
     pub version: i64,
     pub changed_at: DateTime<Utc>,
+}
+
+/// The fields an event shares with the order it is about, checked alike in every event.
+fn check_order_fields(
+    tenant_id: &str,
+    provider_account: &str,
+    provider_reference: Option<&str>,
+) -> Result<(), InvalidEvent> {
+    check_text("tenant_id", tenant_id, limits::TENANT_ID)?;
+    check_text(
+        "provider_account",
+        provider_account,
+        limits::PROVIDER_ACCOUNT,
+    )?;
+    if let Some(reference) = provider_reference {
+        check_text("provider_reference", reference, limits::PROVIDER_REFERENCE)?;
+    }
+    Ok(())
+}
+
+impl Validate for OrderDispatched {
+    fn validate(&self) -> Result<(), InvalidEvent> {
+        check_order_fields(
+            &self.tenant_id,
+            &self.provider_account,
+            Some(&self.provider_reference),
+        )?;
+        check_time("dispatched_at", self.dispatched_at)?;
+        check_time("deadline", self.deadline)?;
+        if let Some(created_at) = self.created_at {
+            check_time("created_at", created_at)?;
+        }
+        Ok(())
+    }
+}
+
+impl Validate for StatusCheck {
+    fn validate(&self) -> Result<(), InvalidEvent> {
+        check_order_fields(
+            &self.tenant_id,
+            &self.provider_account,
+            Some(&self.provider_reference),
+        )?;
+        check_time("dispatched_at", self.dispatched_at)?;
+        check_time("deadline", self.deadline)?;
+        check_time("due_at", self.due_at)?;
+        if let Some(created_at) = self.created_at {
+            check_time("created_at", created_at)?;
+        }
+        Ok(())
+    }
+}
+
+impl Validate for OrderStateEvent {
+    fn validate(&self) -> Result<(), InvalidEvent> {
+        check_order_fields(
+            &self.tenant_id,
+            &self.provider_account,
+            self.provider_reference.as_deref(),
+        )?;
+        if let Some(failure) = &self.failure {
+            if let Some(code) = &failure.code {
+                check_text("failure.code", code, limits::FAILURE_CODE)?;
+            }
+            check_text("failure.message", &failure.message, limits::FAILURE_MESSAGE)?;
+        }
+        if let Some(pin) = &self.pin {
+            check_text("pin", pin.as_str(), limits::SEALED_PIN)?;
+        }
+        if let Some(next) = self.next_check_at {
+            check_time("next_check_at", next)?;
+        }
+        if let Some(deadline) = self.deadline {
+            check_time("deadline", deadline)?;
+        }
+        check_time("changed_at", self.changed_at)
+    }
 }
 
 #[cfg(test)]
@@ -497,12 +704,169 @@ mod tests {
         assert_eq!(e.content_digest().len(), 64);
     }
 
+    #[test]
+    fn times_outside_the_accepted_window_are_invalid_fields() {
+        for (field, bad) in [
+            ("created_at", "1969-12-31T23:59:59Z"),
+            ("created_at", "0001-01-01T00:00:00Z"),
+            ("created_at", "-4714-11-24T00:00:00Z"),
+            ("deadline", "+10000-01-01T00:00:00Z"),
+            ("deadline", "+200000-01-01T00:00:00Z"),
+        ] {
+            let mut v = valid();
+            v[field] = serde_json::json!(bad);
+            let err = decode(&v).unwrap_err();
+            assert_eq!(err.kind, InvalidKind::InvalidField, "{field}={bad}");
+        }
+        let mut v = valid();
+        v["created_at"] = serde_json::json!("1970-01-01T00:00:00Z");
+        v["deadline"] = serde_json::json!("9999-12-31T23:59:59.999999Z");
+        assert!(decode(&v).is_ok(), "the window's ends are inside it");
+    }
+
+    #[test]
+    fn each_text_field_is_limited_at_its_documented_length() {
+        for (path, limit) in [
+            ("/tenant_id", limits::TENANT_ID),
+            ("/provider_account", limits::PROVIDER_ACCOUNT),
+            ("/user_identifier", limits::USER_IDENTIFIER),
+            ("/user_extra", limits::USER_EXTRA),
+            ("/product/kupur", limits::PRODUCT_VALUE),
+        ] {
+            let mut v = valid();
+            *v.pointer_mut(path).unwrap() = serde_json::json!("é".repeat(limit / 2));
+            assert!(decode(&v).is_ok(), "{path} at its limit");
+            *v.pointer_mut(path).unwrap() = serde_json::json!("x".repeat(limit + 1));
+            let err = decode(&v).unwrap_err();
+            assert_eq!(err.kind, InvalidKind::InvalidField, "{path}");
+            assert!(err.detail.contains("bytes, the limit is"), "{}", err.detail);
+            assert!(!err.detail.contains("xxxx"), "the value is not quoted");
+        }
+        let mut v = valid();
+        v["product"]["k".repeat(limits::PRODUCT_KEY + 1)] = serde_json::json!("1");
+        assert_eq!(decode(&v).unwrap_err().kind, InvalidKind::InvalidField);
+        let mut v = valid();
+        for i in 0..=limits::PRODUCT_ENTRIES {
+            v["product"][format!("k{i}")] = serde_json::json!("1");
+        }
+        assert_eq!(decode(&v).unwrap_err().kind, InvalidKind::InvalidField);
+    }
+
+    fn state_event() -> serde_json::Value {
+        serde_json::json!({
+            "schema_version": 1,
+            "order_id": "6f1d2c3e-8a4b-4c5d-9e6f-7a8b9c0d1e2f",
+            "tenant_id": "shop-1",
+            "provider_account": "znet-main",
+            "provider_reference": "100000042",
+            "state": "failed",
+            "failure": {"reason": "rejected", "code": "3", "message": "no stock"},
+            "attempts": 0,
+            "deadline": "2026-11-29T10:00:00Z",
+            "version": 2,
+            "changed_at": "2026-11-28T10:00:00Z"
+        })
+    }
+
+    #[test]
+    fn the_pipelines_own_events_are_held_to_the_same_limits() {
+        let decode_state = |v: &serde_json::Value| {
+            super::decode::<OrderStateEvent>(&serde_json::to_vec(v).unwrap(), 1 << 16)
+        };
+        assert!(decode_state(&state_event()).is_ok());
+        let cases: [(&str, serde_json::Value); 7] = [
+            ("/provider_reference", serde_json::json!("9".repeat(3000))),
+            ("/provider_account", serde_json::json!("a".repeat(200))),
+            ("/tenant_id", serde_json::json!("a\u{0}b")),
+            ("/failure/message", serde_json::json!("m".repeat(5000))),
+            ("/deadline", serde_json::json!("+10000-01-01T00:00:00Z")),
+            ("/changed_at", serde_json::json!("1900-01-01T00:00:00Z")),
+            // jsonb refuses U+0000 even in a field orderflow does not know.
+            ("/failure/extra", serde_json::json!("\u{0}")),
+        ];
+        for (path, bad) in cases {
+            let mut v = state_event();
+            let (parent, leaf) = path.rsplit_once('/').unwrap();
+            v.pointer_mut(if parent.is_empty() { "" } else { parent })
+                .unwrap()
+                .as_object_mut()
+                .unwrap()
+                .insert(leaf.to_owned(), bad);
+            let err = decode_state(&v).unwrap_err();
+            assert_eq!(err.kind, InvalidKind::InvalidField, "{path}");
+        }
+        let check = serde_json::json!({
+            "schema_version": 1,
+            "order_id": "6f1d2c3e-8a4b-4c5d-9e6f-7a8b9c0d1e2f",
+            "tenant_id": "shop-1",
+            "provider_account": "znet-main",
+            "provider_reference": "100000042",
+            "dispatched_at": "2026-11-28T10:00:00Z",
+            "deadline": "2026-11-29T10:00:00Z",
+            "seq": 1,
+            "attempts": 0,
+            "due_at": "2026-11-28T10:01:00Z",
+            "version": 2
+        });
+        let decode_check = |v: &serde_json::Value| {
+            super::decode::<StatusCheck>(&serde_json::to_vec(v).unwrap(), 1 << 14)
+        };
+        assert!(decode_check(&check).is_ok());
+        for (field, bad) in [
+            ("due_at", serde_json::json!("0001-01-01T00:00:00Z")),
+            ("provider_reference", serde_json::json!("1".repeat(129))),
+        ] {
+            let mut v = check.clone();
+            v[field] = bad;
+            assert_eq!(
+                decode_check(&v).unwrap_err().kind,
+                InvalidKind::InvalidField,
+                "{field}"
+            );
+        }
+    }
+
     proptest! {
         /// Whatever bytes arrive, decoding answers with an event or a reason; it never
         /// panics.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = OrderCreated::decode(&bytes, DEFAULT_MAX_EVENT_BYTES);
+        }
+
+        /// Whatever text fields an event has, decoding accepts it only if every field fits
+        /// its column: no NUL, within its limit.
+        #[test]
+        fn an_accepted_event_fits_the_database(
+            tenant in "[a-z\u{0}é]{0,300}",
+            extra in "[a-z\u{0}]{0,1100}",
+            reference_len in 0usize..2000,
+        ) {
+            let mut v = valid();
+            v["tenant_id"] = serde_json::json!(tenant);
+            v["user_extra"] = serde_json::json!(extra);
+            v["product"]["ref"] = serde_json::json!("1".repeat(reference_len));
+            if let Ok(e) = decode(&v) {
+                prop_assert!(e.tenant_id.len() <= limits::TENANT_ID && !e.tenant_id.contains('\0'));
+                prop_assert!(e.user_extra.len() <= limits::USER_EXTRA && !e.user_extra.contains('\0'));
+                prop_assert!(e.product.values().all(|p| p.len() <= limits::PRODUCT_VALUE));
+            } else {
+                let fits = tenant.trim().len() == tenant.len() && !tenant.trim().is_empty()
+                    && tenant.len() <= limits::TENANT_ID && !tenant.contains('\0')
+                    && extra.len() <= limits::USER_EXTRA && !extra.contains('\0')
+                    && reference_len <= limits::PRODUCT_VALUE;
+                prop_assert!(!fits, "a fitting event was refused");
+            }
+        }
+
+        /// Whatever time an event names, it is accepted only inside the window.
+        #[test]
+        fn an_accepted_time_is_inside_the_window(secs in -300_000_000_000i64..300_000_000_000i64) {
+            let Some(at) = DateTime::<Utc>::from_timestamp(secs, 0) else { return Ok(()); };
+            let mut v = valid();
+            v["created_at"] = serde_json::to_value(at).unwrap();
+            let inside = at >= limits::earliest() && at <= limits::latest();
+            prop_assert_eq!(decode(&v).is_ok(), inside, "{}", at);
         }
 
         #[test]

@@ -24,6 +24,9 @@ pub enum Phase {
     Placed,
     Rejected,
     Expired,
+    /// The first event of the order id could not be placed as given and was answered
+    /// `failed` (invalid); nothing is ever placed under the id.
+    Invalid,
 }
 
 impl Phase {
@@ -34,6 +37,7 @@ impl Phase {
             "placed" => Phase::Placed,
             "rejected" => Phase::Rejected,
             "expired" => Phase::Expired,
+            "invalid" => Phase::Invalid,
             other => {
                 return Err(sqlx::Error::Decode(
                     format!("unknown dispatch phase {other:?}").into(),
@@ -43,7 +47,10 @@ impl Phase {
     }
 
     pub fn is_settled(self) -> bool {
-        matches!(self, Phase::Placed | Phase::Rejected | Phase::Expired)
+        matches!(
+            self,
+            Phase::Placed | Phase::Rejected | Phase::Expired | Phase::Invalid
+        )
     }
 }
 
@@ -328,7 +335,9 @@ pub async fn settle(
         Phase::Placed => "placed",
         Phase::Rejected => "rejected",
         Phase::Expired => "expired",
-        Phase::New | Phase::Placing => unreachable!("settle takes a settled phase"),
+        Phase::New | Phase::Placing | Phase::Invalid => {
+            unreachable!("settle takes the outcome of a placement")
+        }
     };
     let row: Option<ClaimRow> = sqlx::query_as(concat!(
         "UPDATE dispatch_claims
@@ -458,7 +467,9 @@ pub async fn settle_batch(
             Phase::Placed => "placed",
             Phase::Rejected => "rejected",
             Phase::Expired => "expired",
-            Phase::New | Phase::Placing => unreachable!("settle takes a settled phase"),
+            Phase::New | Phase::Placing | Phase::Invalid => {
+                unreachable!("settle takes the outcome of a placement")
+            }
         })
         .collect();
     let codes: Vec<Option<&str>> = sorted.iter().map(|o| o.code).collect();
@@ -485,4 +496,55 @@ pub async fn settle_batch(
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(ClaimRow::into_claim).collect()
+}
+
+/// What [`claim_invalid`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InvalidClaim {
+    /// The order id is claimed as `invalid` by an event with this content (just now, or by
+    /// an earlier copy of it): answer it `failed` (invalid).
+    Answer(Claim),
+    /// The order id was claimed before by another event: it has an answer of its own.
+    Taken(Claim),
+}
+
+/// Claims an order id whose event cannot be placed as given, as `invalid` with `message`
+/// as its outcome, unless the id is claimed already. Nothing is ever placed under such a
+/// claim; it holds the id so that a later event with it is a conflict (see the migration
+/// `dispatch_claim_invalid`).
+pub async fn claim_invalid(
+    pool: &PgPool,
+    order_id: Uuid,
+    tenant_id: &str,
+    provider_account: &str,
+    content_digest: &str,
+    message: &str,
+) -> Result<InvalidClaim, sqlx::Error> {
+    let inserted: Option<ClaimRow> = sqlx::query_as(concat!(
+        "INSERT INTO dispatch_claims AS c (order_id, tenant_id, provider_account, deadline,
+                                           content_digest, phase, outcome_code, outcome_message)
+         VALUES ($1, $2, $3, now(), $4, 'invalid', 'invalid', $5)
+         ON CONFLICT (order_id) DO NOTHING
+         RETURNING ",
+        columns!()
+    ))
+    .bind(order_id)
+    .bind(tenant_id)
+    .bind(provider_account)
+    .bind(content_digest)
+    .bind(message)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(row) = inserted {
+        return Ok(InvalidClaim::Answer(row.into_claim()?));
+    }
+    let claim = get(pool, order_id).await?.ok_or(sqlx::Error::RowNotFound)?;
+    Ok(
+        if claim.phase == Phase::Invalid && claim.content_digest.as_deref() == Some(content_digest)
+        {
+            InvalidClaim::Answer(claim)
+        } else {
+            InvalidClaim::Taken(claim)
+        },
+    )
 }

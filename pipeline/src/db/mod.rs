@@ -61,6 +61,80 @@ pub enum DbError {
     Query(#[from] sqlx::Error),
 }
 
+/// The database refused a statement because of the data it was given, as opposed to being
+/// unreachable, busy or wrong itself: the same data would be refused again, so the event it
+/// came from is dead-lettered (reason `database_refused`) instead of retried forever.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the database refused the data{}: {message}", sqlstate.as_deref().map(|s| format!(" (SQLSTATE {s})")).unwrap_or_default())]
+pub struct Refused {
+    /// PostgreSQL's SQLSTATE; `None` when the driver refused to encode a value.
+    pub sqlstate: Option<String>,
+    /// The server's message, scrubbed: it may quote a value (G5).
+    pub message: String,
+}
+
+/// Whether a SQLSTATE is about the data: class 22 (data exception: a value out of range, a
+/// NUL byte, a bad encoding), 23 (integrity constraint violation: a check, a unique key, a
+/// not-null) or 54 (program limit exceeded: an index row too large). Everything else is
+/// retried: 08 (connection), 40 (serialization failure, deadlock), 53 (out of disk or
+/// memory), 57 (the server shutting down) pass; 42 (syntax, a missing column or
+/// privilege) and XX (internal) are a bug or an operator's to fix, and dead-lettering
+/// every event until then would lose them all.
+pub fn is_data_sqlstate(code: &str) -> bool {
+    ["22", "23", "54"]
+        .iter()
+        .any(|class| code.starts_with(class))
+}
+
+impl Refused {
+    /// `Some` when `error` says the data was refused; see [`is_data_sqlstate`].
+    pub fn of(error: &sqlx::Error) -> Option<Refused> {
+        match error {
+            sqlx::Error::Database(db) => {
+                let code = db.code()?;
+                is_data_sqlstate(&code).then(|| Refused {
+                    sqlstate: Some(code.into_owned()),
+                    message: crate::secret::scrub(db.message()),
+                })
+            }
+            // The driver could not encode a value (one the server's type cannot hold).
+            sqlx::Error::Encode(e) => Some(Refused {
+                sqlstate: None,
+                message: crate::secret::scrub(&e.to_string()),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// [`crate::shutdown::retry`] for a statement that carries an event's data: retries until it
+/// succeeds, except that a refusal of the data ends it with `Ok(Err(refused))`, for the
+/// caller to dead-letter the event.
+pub async fn retry_unless_refused<T, F, Fut>(
+    what: &str,
+    backoff: &crate::core::backoff::Backoff,
+    shutdown: &mut crate::shutdown::Shutdown,
+    mut call: F,
+) -> Result<Result<T, Refused>, crate::shutdown::Interrupted>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    crate::shutdown::retry(what, backoff, shutdown, || {
+        let done = call();
+        async move {
+            match done.await {
+                Ok(value) => Ok(Ok(value)),
+                Err(e) => match Refused::of(&e) {
+                    Some(refused) => Ok(Err(refused)),
+                    None => Err(e),
+                },
+            }
+        }
+    })
+    .await
+}
+
 impl DbConfig {
     pub fn for_tests(url: &str) -> Self {
         DbConfig {
@@ -178,7 +252,22 @@ fn is_secret_key(key: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{is_data_sqlstate, redact_url};
+
+    #[test]
+    fn only_data_errors_are_refusals() {
+        for code in [
+            "22008", "22021", "22P05", "23505", "23514", "23502", "54000",
+        ] {
+            assert!(is_data_sqlstate(code), "{code}");
+        }
+        for code in [
+            "40001", "40P01", "08006", "53100", "57P01", "42703", "42501", "XX000",
+        ] {
+            assert!(!is_data_sqlstate(code), "{code}");
+        }
+        assert!(super::Refused::of(&sqlx::Error::PoolTimedOut).is_none());
+    }
 
     #[test]
     fn passwords_never_reach_messages() {

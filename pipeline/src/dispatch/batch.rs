@@ -19,9 +19,12 @@
 //! Orders that already had a claim (a redelivery, a re-send, a crash between claim and
 //! settlement) and a second event of one order in the same batch take the one-order path,
 //! which answers a settled claim with its recorded outcome and a conflict with the DLQ.
+//! So do all of a batch's orders when the database refuses the batch's claim statement
+//! for one event's data: claimed one at a time, the refused one is dead-lettered
+//! (`database_refused`) and the others go on.
 
 use super::placement::Settled;
-use super::DispatchHandler;
+use super::{DispatchHandler, Refusal};
 use crate::core::backoff::random_fraction;
 use crate::core::event::OrderCreated;
 use crate::core::lifecycle::{version, OrderState};
@@ -77,7 +80,13 @@ impl DispatchHandler {
         for delivery in batch {
             let (message, ack) = delivery.into_parts();
             match self.validate(&message) {
-                Err(why) => invalid.push((message, ack, why)),
+                // An order that cannot be placed claims its id (to be answered): after an
+                // earlier event of the id in this batch, and before a later one, so the
+                // first in the log wins.
+                Err(Refusal::Unplaceable(order, _)) if !seen.insert(order.order_id) => {
+                    again.push((message, ack))
+                }
+                Err(refusal) => invalid.push((message, ack, refusal)),
                 Ok(order) if seen.insert(order.order_id) => {
                     let span = message_span(&message);
                     span.record("order_id", tracing::field::display(order.order_id));
@@ -92,11 +101,11 @@ impl DispatchHandler {
                 Ok(_) => again.push((message, ack)),
             }
         }
-        let dead = join_all(invalid.into_iter().map(|(message, ack, why)| {
+        let dead = join_all(invalid.into_iter().map(|(message, ack, refusal)| {
             let mut shutdown = shutdown.clone();
             let me = &self;
             async move {
-                if me.dead_letter(&message, why, &mut shutdown).await.is_ok() {
+                if me.refuse(&message, refusal, &mut shutdown).await.is_ok() {
                     ack.durable();
                 }
             }
@@ -129,7 +138,7 @@ impl DispatchHandler {
             })
             .collect();
         let claimed_at = Instant::now();
-        let claimed = crate::shutdown::retry(
+        let claimed = crate::db::retry_unless_refused(
             "claiming a batch of orders",
             &self.placer.backoff,
             shutdown,
@@ -139,6 +148,19 @@ impl DispatchHandler {
         drop(new);
         let Ok(claimed) = claimed else {
             return; // shutdown: nothing was called; the acks report the batch interrupted
+        };
+        // One event's data refused fails the batch's statement, which is one commit: nothing
+        // is claimed. Each order goes the one-order path, which claims it alone, so the
+        // refused one is dead-lettered and the others are placed.
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            Err(refused) => {
+                tracing::warn!(orders = items.len(), error = %refused, "the database refused a batch's claims; claiming its orders one by one");
+                for item in items {
+                    self.one_by_one(item.message, item.ack, Duration::ZERO, shutdown);
+                }
+                return;
+            }
         };
         crate::crash::point("dispatch.after_claim");
         let mut claimed: HashMap<Uuid, Claim> =

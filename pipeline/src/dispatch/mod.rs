@@ -5,6 +5,25 @@
 //! `orders.dlq` with its reason), settle the placement ([`placement::Placer`]), then publish
 //! the outcome. The message's offset is committed only after the outcome is on the broker,
 //! by the shared consumer loop in [`crate::kafka::stage`].
+//!
+//! Every order gets an answer. A well-formed order that cannot be placed as given (its
+//! provider account is not configured, its product is not one the provider sells) is
+//! dead-lettered *and* answered `failed` (reason `invalid`) on `orders.state`, so that the
+//! shop can refund without reading the DLQ; its order id is claimed as `invalid` first, so
+//! the answer is final for the id. It is answered only when its order id was not claimed
+//! before: a conflicting duplicate of an existing order (other content, another account,
+//! or an unplaceable event reusing its id) is dead-lettered only, because the order it
+//! collides with has an answer of its own, and a `failed` under that order id would
+//! overwrite it on the compacted topic. An event whose fields cannot be read, or whose key
+//! is not its order id, names no order to answer for: the DLQ only. So does an event whose
+//! claim the database refuses (`database_refused`): without a claim an answer could be
+//! contradicted by a later event.
+//!
+//! A re-send of an order whose claim is settled never puts an older state on
+//! `orders.state`: once its status checks have started (the poll stage has a chain for it,
+//! and publishes its later states), the re-send is answered with nothing new; before that
+//! (a redelivery after a crash between settling and publishing) the settled outcome is
+//! published as the first time.
 
 mod batch;
 pub mod placement;
@@ -15,7 +34,7 @@ use crate::core::event::{
     SCHEMA_VERSION,
 };
 use crate::core::lifecycle::{version, FailureReason, OrderState};
-use crate::db::claims::Claim;
+use crate::db::claims::{self, Claim, InvalidClaim};
 use crate::kafka::dlq::DeadLetters;
 use crate::kafka::emit::{until_sent, Emitter};
 use crate::kafka::stage::{self, BatchArgs, StageOptions};
@@ -204,7 +223,7 @@ impl DispatchHandler {
     ) -> Result<(), Interrupted> {
         let order = match self.validate(message) {
             Ok(order) => order,
-            Err(why) => return self.dead_letter(message, why, shutdown).await,
+            Err(refusal) => return self.refuse(message, refusal, shutdown).await,
         };
         tracing::Span::current().record("order_id", tracing::field::display(order.order_id));
         let account = self
@@ -260,7 +279,101 @@ impl DispatchHandler {
             );
             return self.dead_letter(message, why, shutdown).await;
         }
+        if let Settled::Refused(refused) = settled {
+            let why = InvalidEvent::database_refused(
+                format!("claiming order {} failed: {refused}", order.order_id),
+                refused.sqlstate,
+            );
+            return self.dead_letter(message, why, shutdown).await;
+        }
         self.publish(&order, &settled, shutdown).await
+    }
+
+    /// Dead-letters an event that is not placed and, if it is an order that cannot be
+    /// placed as given, answers it `failed` (invalid) unless its order id is claimed
+    /// already (see the module header).
+    async fn refuse(
+        &self,
+        message: &OwnedMessage,
+        refusal: Refusal,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        match refusal {
+            Refusal::Unusable(why) => self.dead_letter(message, why, shutdown).await,
+            Refusal::Unplaceable(order, why) => {
+                self.answer_invalid(&order, &why, shutdown).await?;
+                self.dead_letter(message, why, shutdown).await
+            }
+        }
+    }
+
+    /// Claims `order`'s id as `invalid` and publishes `failed` (invalid) for it, unless the
+    /// id was claimed before by another event.
+    async fn answer_invalid(
+        &self,
+        order: &OrderCreated,
+        why: &InvalidEvent,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        // The shop's own values (an account id, a product check's sentence), no secret; cut
+        // so the event stays within what the sink takes.
+        let text: String = format!("the order cannot be placed as given: {}", why.detail)
+            .chars()
+            .take(1000)
+            .collect();
+        let digest = order.content_digest();
+        let claimed = crate::db::retry_unless_refused(
+            "claiming an order that cannot be placed",
+            &self.placer.backoff,
+            shutdown,
+            || {
+                claims::claim_invalid(
+                    &self.placer.pool,
+                    order.order_id,
+                    &order.tenant_id,
+                    &order.provider_account,
+                    &digest,
+                    &text,
+                )
+            },
+        )
+        .await?;
+        let claim = match claimed {
+            Ok(InvalidClaim::Answer(claim)) => claim,
+            Ok(InvalidClaim::Taken(_)) => {
+                tracing::info!(order_id = %order.order_id, "the order id is claimed by another event, which has its own answer; not answering this one");
+                return Ok(());
+            }
+            Err(refused) => {
+                tracing::warn!(order_id = %order.order_id, error = %refused, "the database refused to claim the order id; dead-lettering without an answer");
+                return Ok(());
+            }
+        };
+        let state = invalid_event(order, &claim);
+        until_sent(
+            "publishing an order that cannot be placed",
+            &self.placer.backoff,
+            shutdown,
+            || self.emitter.state(&state),
+        )
+        .await
+    }
+
+    /// Whether the poll stage has started the order's status checks: then its later states
+    /// are on `orders.state` or on their way, and `dispatched` would be an older one.
+    async fn checks_started(
+        &self,
+        order: &OrderCreated,
+        shutdown: &mut Shutdown,
+    ) -> Result<bool, Interrupted> {
+        let chain = crate::shutdown::retry(
+            "reading an order's check chain",
+            &self.placer.backoff,
+            shutdown,
+            || crate::db::chains::get(&self.placer.pool, order.order_id),
+        )
+        .await?;
+        Ok(chain.is_some())
     }
 
     async fn dead_letter(
@@ -282,9 +395,29 @@ impl DispatchHandler {
         .await
     }
 
-    fn validate(&self, message: &OwnedMessage) -> Result<OrderCreated, InvalidEvent> {
+    /// The order a message asks for, or why it is not placed.
+    fn validate(&self, message: &OwnedMessage) -> Result<OrderCreated, Refusal> {
         let order =
-            OrderCreated::decode(message.payload().unwrap_or_default(), self.max_event_bytes)?;
+            OrderCreated::decode(message.payload().unwrap_or_default(), self.max_event_bytes)
+                .map_err(Refusal::Unusable)?;
+        // The key decides the partition, and so the order of one order's events: an event
+        // under another key is not answered under its order id.
+        let keyed = message
+            .key()
+            .is_none_or(|key| key == order.order_id.to_string().as_bytes());
+        match (self.placeable(&order), keyed) {
+            (Ok(()), true) => Ok(order),
+            (Ok(()), false) => Err(Refusal::Unusable(InvalidEvent::new(
+                InvalidKind::InvalidField,
+                "the message key is not the event's order_id",
+            ))),
+            (Err(why), true) => Err(Refusal::Unplaceable(Box::new(order), why)),
+            (Err(why), false) => Err(Refusal::Unusable(why)),
+        }
+    }
+
+    /// Whether the order's account is configured and sells its product.
+    fn placeable(&self, order: &OrderCreated) -> Result<(), InvalidEvent> {
         let account = self.accounts.get(&order.provider_account).ok_or_else(|| {
             InvalidEvent::new(
                 InvalidKind::UnknownProviderAccount,
@@ -297,17 +430,7 @@ impl DispatchHandler {
         account
             .provider
             .validate_product(&order.product)
-            .map_err(|why| InvalidEvent::new(InvalidKind::InvalidProduct, why))?;
-        // The key decides the partition, and so the order of one order's events.
-        if let Some(key) = message.key() {
-            if key != order.order_id.to_string().as_bytes() {
-                return Err(InvalidEvent::new(
-                    InvalidKind::InvalidField,
-                    "the message key is not the event's order_id",
-                ));
-            }
-        }
-        Ok(order)
+            .map_err(|why| InvalidEvent::new(InvalidKind::InvalidProduct, why))
     }
 
     async fn publish(
@@ -316,6 +439,18 @@ impl DispatchHandler {
         settled: &Settled,
         shutdown: &mut Shutdown,
     ) -> Result<(), Interrupted> {
+        let settled = match settled {
+            Settled::Earlier(recorded) => {
+                if matches!(**recorded, Settled::Placed(_))
+                    && self.checks_started(order, shutdown).await?
+                {
+                    tracing::debug!(order_id = %order.order_id, "a re-send of an order whose checks have started; its states come from the poll stage");
+                    return Ok(());
+                }
+                &**recorded
+            }
+            settled => settled,
+        };
         match settled {
             Settled::Placed(claim) => {
                 tracing::debug!(order_id = %order.order_id, reference = %claim.provider_reference, "order placed");
@@ -377,9 +512,20 @@ impl DispatchHandler {
                 )
                 .await
             }
-            Settled::AccountConflict(_) | Settled::ContentConflict(_) => {
+            Settled::Invalid(claim) => {
+                let state = invalid_event(order, claim);
+                until_sent(
+                    "publishing an order that cannot be placed",
+                    &self.placer.backoff,
+                    shutdown,
+                    || self.emitter.state(&state),
+                )
+                .await
+            }
+            Settled::AccountConflict(_) | Settled::ContentConflict(_) | Settled::Refused(_) => {
                 unreachable!("dead-lettered before publishing")
             }
+            Settled::Earlier(_) => unreachable!("a recorded outcome is never an earlier one"),
             Settled::Expired(claim) => {
                 tracing::info!(order_id = %order.order_id, reference = %claim.provider_reference, "order expired before placement");
                 // The code is the provider's last refusal, when it kept refusing (G9: not a
@@ -408,6 +554,42 @@ impl DispatchHandler {
                 .await
             }
         }
+    }
+}
+
+/// Why an event is not placed.
+enum Refusal {
+    /// The DLQ only: the event names no order it could be answered for.
+    Unusable(InvalidEvent),
+    /// A well-formed order that cannot be placed as given: the DLQ, and `failed` (invalid)
+    /// unless its order id is claimed already.
+    Unplaceable(Box<OrderCreated>, InvalidEvent),
+}
+
+/// `failed` (invalid) for an order whose id is claimed as `invalid`. No reference: nothing
+/// was ever sent to the provider.
+fn invalid_event(order: &OrderCreated, claim: &Claim) -> OrderStateEvent {
+    OrderStateEvent {
+        schema_version: SCHEMA_VERSION,
+        order_id: order.order_id,
+        tenant_id: order.tenant_id.clone(),
+        provider_account: claim.provider_account.clone(),
+        provider_reference: None,
+        state: OrderState::Failed,
+        failure: Some(Failure {
+            reason: FailureReason::Invalid,
+            code: None,
+            message: claim
+                .outcome_message
+                .clone()
+                .unwrap_or_else(|| "the order cannot be placed as given".into()),
+        }),
+        pin: None,
+        attempts: 0,
+        next_check_at: None,
+        deadline: None,
+        version: version::DISPATCHED,
+        changed_at: Utc::now(),
     }
 }
 

@@ -55,6 +55,15 @@ pub enum Settled {
     /// The order was first claimed by an event with other content (product, user fields,
     /// tenant); nothing was done for this event.
     ContentConflict(Claim),
+    /// The order id was claimed as `invalid` (its first event could not be placed as given)
+    /// by an event with this content: an account or a product that was unknown then is
+    /// known now. The answer given then stands; nothing is placed.
+    Invalid(Claim),
+    /// The claim was settled before this event came (a redelivery or a re-send): what it
+    /// recorded, which may have been published and followed by later states already.
+    Earlier(Box<Settled>),
+    /// The database refused to claim the order with this event's data: nothing was done.
+    Refused(crate::db::Refused),
 }
 
 impl Settled {
@@ -72,6 +81,7 @@ impl Settled {
                 }
             }
             Phase::Expired => Settled::Expired(claim),
+            Phase::Invalid => Settled::Invalid(claim),
             Phase::New | Phase::Placing => unreachable!("only a settled claim has an outcome"),
         }
     }
@@ -212,6 +222,11 @@ impl Placer {
                     continue;
                 }
                 Err(e) => {
+                    // The event's data (tenant, account, deadline) is what the database
+                    // refuses: the same claim would be refused forever.
+                    if let Some(refused) = crate::db::Refused::of(&e) {
+                        return Ok(Settled::Refused(refused));
+                    }
                     tracing::warn!(order_id = %order.order_id, error = %e, "claiming the order failed; retrying");
                     shutdown
                         .sleep(self.backoff.delay(failures, random_fraction()))
@@ -233,8 +248,8 @@ impl Placer {
                 return Ok(Settled::ContentConflict(claim));
             }
             let step = match claim.phase {
-                Phase::Placed | Phase::Expired | Phase::Rejected => {
-                    return Ok(Settled::from_recorded(claim))
+                Phase::Placed | Phase::Expired | Phase::Rejected | Phase::Invalid => {
+                    return Ok(Settled::Earlier(Box::new(Settled::from_recorded(claim))))
                 }
                 Phase::New => {
                     if !announced {

@@ -26,6 +26,13 @@ pub const DLQ_SOURCE_PARTITION: &str = "orderflow.dlq.source.partition";
 pub const DLQ_SOURCE_OFFSET: &str = "orderflow.dlq.source.offset";
 /// DLQ: when it was dead-lettered (RFC 3339).
 pub const DLQ_AT: &str = "orderflow.dlq.at";
+/// DLQ: the SQLSTATE of the database's refusal (reason `database_refused`).
+pub const DLQ_SQLSTATE: &str = "orderflow.dlq.sqlstate";
+/// DLQ: on a copy cut to fit the broker, what was cut (`payload`, `key`, `headers`,
+/// comma-separated); the copy is not the original and cannot be replayed as it is.
+pub const DLQ_CUT: &str = "orderflow.dlq.cut";
+/// DLQ: on a cut copy, the original record's size in bytes (key, payload and headers).
+pub const DLQ_ORIGINAL_BYTES: &str = "orderflow.dlq.original_bytes";
 
 /// Builds headers from name/value pairs.
 pub fn build<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> OwnedHeaders {

@@ -5,12 +5,15 @@
 //! 1. Each message is decoded once; unreadable ones are dead-lettered together.
 //! 2. The steps are taken in one statement ([`chains::begin_steps`]); a step it could not
 //!    take (a copy of a step already taken, a step another worker holds) goes the one-step
-//!    path ([`PollHandler::process`]), which drops copies and waits for busy steps.
+//!    path ([`PollHandler::process`]), which drops copies and waits for busy steps. When
+//!    the database refuses the statement for one step's data, every step of the batch goes
+//!    the one-step path, where only the refused one is dead-lettered.
 //! 3. Each order is checked within its account's caps and breaker. The step's lease is
 //!    renewed only when the wait for a permit took more than half of it.
 //! 4. Answers are handled as they arrive, in groups: the state events and next steps of a
 //!    group are published together, the group's steps recorded in one statement
-//!    ([`chains::finish_steps`]), and then each message is acknowledged.
+//!    ([`chains::finish_steps`]), and then each message is acknowledged. A refused
+//!    statement is redone step by step, and a step the database refuses is dead-lettered.
 
 use super::PollHandler;
 use crate::core::event::{OrderStateEvent, StatusCheck};
@@ -130,13 +133,24 @@ impl PollHandler {
             .map(|i| (&i.check, self.lease_of(&i.check)))
             .collect();
         let begun_at = Instant::now();
-        let taken = crate::shutdown::retry("taking check steps", &self.backoff, shutdown, || {
-            chains::begin_steps(&self.pool, &steps, owner)
-        })
-        .await;
+        let taken =
+            crate::db::retry_unless_refused("taking check steps", &self.backoff, shutdown, || {
+                chains::begin_steps(&self.pool, &steps, owner)
+            })
+            .await;
         drop(steps);
         let Ok(taken) = taken else {
             return;
+        };
+        let taken = match taken {
+            Ok(taken) => taken,
+            Err(refused) => {
+                tracing::warn!(steps = items.len(), error = %refused, "the database refused a batch's check steps; taking them one by one");
+                for item in items {
+                    self.one_by_one(item.message, item.ack, shutdown);
+                }
+                return;
+            }
         };
         let taken: HashSet<Uuid> = taken.into_iter().collect();
         let running = FuturesUnordered::new();
@@ -275,21 +289,62 @@ impl PollHandler {
             .iter()
             .map(|(item, end)| (item.check.order_id, item.check.seq, end))
             .collect();
-        let recorded =
-            crate::shutdown::retry("recording check steps", &self.backoff, shutdown, || {
-                chains::finish_steps(&self.pool, owner, &steps)
-            })
-            .await;
+        let recorded = crate::db::retry_unless_refused(
+            "recording check steps",
+            &self.backoff,
+            shutdown,
+            || chains::finish_steps(&self.pool, owner, &steps),
+        )
+        .await;
         drop(steps);
         let Ok(recorded) = recorded else {
             return; // shutdown: the steps are redone; their successors are dropped as copies
         };
-        let recorded: HashSet<Uuid> = recorded.into_iter().collect();
+        let recorded: HashSet<Uuid> = match recorded {
+            Ok(recorded) => recorded.into_iter().collect(),
+            Err(refused) => {
+                tracing::warn!(steps = done.len(), error = %refused, "the database refused a group's step records; recording them one by one");
+                self.finish_one_by_one(done, owner, shutdown).await;
+                return;
+            }
+        };
         for (item, _) in done {
             if !recorded.contains(&item.check.order_id) {
                 tracing::warn!(order_id = %item.check.order_id, seq = item.check.seq, "the check step was taken over by another worker; its next step will run once");
             }
             item.ack.durable();
+        }
+    }
+
+    /// Records a group's steps one at a time, after the database refused them together: a
+    /// refused one is dead-lettered (its outcome is on the broker already), the others are
+    /// recorded and acknowledged.
+    async fn finish_one_by_one(
+        &self,
+        done: Vec<(Item, StepEnd)>,
+        owner: Uuid,
+        shutdown: &mut Shutdown,
+    ) {
+        for (item, end) in done {
+            let check = &item.check;
+            let recorded = crate::db::retry_unless_refused(
+                "recording a check step",
+                &self.backoff,
+                shutdown,
+                || chains::finish_step(&self.pool, check.order_id, check.seq, owner, &end),
+            )
+            .await;
+            let sent = match recorded {
+                Err(Interrupted) => return,
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(refused)) => {
+                    let why = super::refused_step(check, "recording", refused);
+                    self.dead_letter(&item.message, why, shutdown).await
+                }
+            };
+            if sent.is_ok() {
+                item.ack.durable();
+            }
         }
     }
 

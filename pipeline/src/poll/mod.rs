@@ -18,6 +18,11 @@
 //! | not-found for the account     |                        |                             |
 //!
 //! [`reconcile`] is the safety net that brings back chains that stopped.
+//!
+//! A step whose data the database refuses (SQLSTATE class 22, 23 or 54, see
+//! [`crate::db::Refused`]) is dead-lettered as `database_refused` instead of being retried
+//! forever; when a batch's statement is refused, its steps are taken one at a time so that
+//! only the refused one is.
 
 mod batch;
 pub mod reconcile;
@@ -407,18 +412,7 @@ impl PollHandler {
     ) -> Result<(), Interrupted> {
         let check = match self.decode(message) {
             Ok(check) => check,
-            Err(why) => {
-                tracing::warn!(
-                    topic = message.topic(), partition = message.partition(), offset = message.offset(),
-                    reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
-                );
-                until_sent("dead-lettering an event", &self.backoff, shutdown, || {
-                    self.dead_letters.send(message, &why)
-                })
-                .await?;
-                self.count_dead_letter(message).await;
-                return Ok(());
-            }
+            Err(why) => return self.dead_letter(message, why, shutdown).await,
         };
         tracing::Span::current().record("order_id", tracing::field::display(check.order_id));
         let account = self
@@ -428,11 +422,20 @@ impl PollHandler {
         let owner = Uuid::new_v4();
         let lease = account.lease();
         loop {
-            let begun =
-                crate::shutdown::retry("taking a check step", &self.backoff, shutdown, || {
-                    chains::begin_step(&self.pool, &check, owner, lease)
-                })
-                .await?;
+            let begun = crate::db::retry_unless_refused(
+                "taking a check step",
+                &self.backoff,
+                shutdown,
+                || chains::begin_step(&self.pool, &check, owner, lease),
+            )
+            .await?;
+            let begun = match begun {
+                Ok(begun) => begun,
+                Err(refused) => {
+                    let why = refused_step(&check, "taking", refused);
+                    return self.dead_letter(message, why, shutdown).await;
+                }
+            };
             match begun {
                 Begun::Mine => break,
                 Begun::Stale => {
@@ -447,7 +450,7 @@ impl PollHandler {
                 }
             }
         }
-        let stepped = self.step(&check, account, owner, shutdown).await;
+        let stepped = self.step(message, &check, account, owner, shutdown).await;
         if stepped.is_err() {
             // Let the next owner take the step at once instead of waiting the lease out.
             let _ = chains::release(&self.pool, check.order_id, check.seq, owner).await;
@@ -458,6 +461,7 @@ impl PollHandler {
     /// Checks the order and publishes what follows, then records the step as done.
     async fn step(
         &self,
+        message: &OwnedMessage,
         check: &StatusCheck,
         account: &Account,
         owner: Uuid,
@@ -507,14 +511,43 @@ impl PollHandler {
             },
         )
         .await?;
-        let finished =
-            crate::shutdown::retry("recording a check step", &self.backoff, shutdown, || {
-                chains::finish_step(&self.pool, check.order_id, check.seq, owner, &end)
-            })
-            .await?;
+        let finished = crate::db::retry_unless_refused(
+            "recording a check step",
+            &self.backoff,
+            shutdown,
+            || chains::finish_step(&self.pool, check.order_id, check.seq, owner, &end),
+        )
+        .await?;
+        let finished = match finished {
+            Ok(finished) => finished,
+            Err(refused) => {
+                let why = refused_step(check, "recording", refused);
+                return self.dead_letter(message, why, shutdown).await;
+            }
+        };
         if !finished {
             tracing::warn!(order_id = %check.order_id, seq = check.seq, "the check step was taken over by another worker; its next step will run once");
         }
+        Ok(())
+    }
+
+    /// Copies `message` to the DLQ with `why`, once the broker has it.
+    async fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        why: InvalidEvent,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        tracing::warn!(
+            topic = message.topic(), partition = message.partition(), offset = message.offset(),
+            reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
+        );
+        until_sent("dead-lettering an event", &self.backoff, shutdown, || {
+            self.dead_letters.send(message, &why)
+        })
+        .await?;
+        // The reconciler gives up on a chain whose steps keep being dead-lettered.
+        self.count_dead_letter(message).await;
         Ok(())
     }
 
@@ -658,6 +691,17 @@ fn has_successor(check: &StatusCheck) -> Result<(), InvalidEvent> {
         ));
     }
     Ok(())
+}
+
+/// The DLQ reason of a step whose data the database refused while `doing` it.
+fn refused_step(check: &StatusCheck, doing: &str, refused: crate::db::Refused) -> InvalidEvent {
+    InvalidEvent::database_refused(
+        format!(
+            "{doing} step {} of order {}'s check chain failed: {refused}",
+            check.seq, check.order_id
+        ),
+        refused.sqlstate,
+    )
 }
 
 fn ended(attempts: i32, version: i64, state: OrderState) -> StepEnd {

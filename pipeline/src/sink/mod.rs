@@ -8,8 +8,9 @@
 //! statement whose guard applies the same rule against the table. A message's handler
 //! returns only once its batch is committed, so offsets move after the database commit. A
 //! database outage is retried with backoff while nothing is acknowledged; a row the
-//! database refuses (a constraint) is found by upserting that batch row by row, and its
-//! event is dead-lettered.
+//! database refuses (SQLSTATE class 22, 23 or 54, see [`crate::db::Refused`]) is found by
+//! upserting that batch row by row, and its event is dead-lettered as `database_refused`
+//! with the SQLSTATE, while the batch's other rows are written.
 //!
 //! Compaction keeps the last record per order, which is not always the newest state: a
 //! slow worker may publish an older state after the final one, a redone check may publish
@@ -31,6 +32,7 @@ use crate::core::backoff::{random_fraction, Backoff};
 use crate::core::event::{self, InvalidEvent, InvalidKind, OrderStateEvent};
 use crate::core::lifecycle::{supersedes, OrderState};
 use crate::db::orders::{self, OrderRow};
+use crate::db::Refused;
 use crate::kafka::dlq::DeadLetters;
 use crate::kafka::emit::{until_sent, Emitter};
 use crate::kafka::stage::{self, BatchArgs, MessageHandler, PerMessage, StageOptions};
@@ -128,7 +130,7 @@ struct Pending {
     /// A copy the sink itself published: never answered with another copy.
     copy: bool,
     /// `Ok` once committed, or why the database refused the row.
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), Refused>>,
 }
 
 /// Ends the log of an order on its final row again (see the module header).
@@ -339,7 +341,10 @@ impl Batcher {
                     }
                     return Ok(());
                 }
-                Err(e) if is_refusal(&e) => return self.write_one_by_one(batch, shutdown).await,
+                Err(e) if Refused::of(&e).is_some() => {
+                    tracing::warn!(error = %e, rows = rows.len(), "the database refused a batch; writing it row by row to find the refused rows");
+                    return self.write_one_by_one(batch, shutdown).await;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, rows = rows.len(), "writing a batch failed; retrying");
                     shutdown
@@ -370,14 +375,16 @@ impl Batcher {
                 .await
                 {
                     Ok(_) => break Ok(()),
-                    Err(e) if is_refusal(&e) => break Err(e.to_string()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "writing a row failed; retrying");
-                        shutdown
-                            .sleep(self.backoff.delay(attempt, random_fraction()))
-                            .await?;
-                        attempt += 1;
-                    }
+                    Err(e) => match Refused::of(&e) {
+                        Some(refused) => break Err(refused),
+                        None => {
+                            tracing::warn!(error = %e, "writing a row failed; retrying");
+                            shutdown
+                                .sleep(self.backoff.delay(attempt, random_fraction()))
+                                .await?;
+                            attempt += 1;
+                        }
+                    },
                 }
             };
             outcomes.push(outcome);
@@ -390,17 +397,6 @@ impl Batcher {
             let _ = item.done.send(outcome);
         }
         Ok(())
-    }
-}
-
-/// The database refused the data (a constraint or a bad value), as opposed to being
-/// unreachable: retrying the same rows cannot help.
-fn is_refusal(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("23") || code.starts_with("22")),
-        _ => false,
     }
 }
 
@@ -417,7 +413,7 @@ fn merge(batch: &[Pending]) -> (Vec<OrderRow>, Vec<String>) {
 /// What became of a message when it was handed over.
 enum Queued {
     /// Waiting for its batch.
-    Batched(oneshot::Receiver<Result<(), String>>),
+    Batched(oneshot::Receiver<Result<(), Refused>>),
     Unusable(InvalidEvent),
     Tombstone,
     /// The batcher has stopped.
@@ -479,9 +475,9 @@ impl SinkHandler {
             Queued::Closed => return stopped(shutdown),
             Queued::Batched(committed) => match committed.await {
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(refused)) => InvalidEvent::new(
-                    InvalidKind::InvalidField,
-                    format!("the database refused the row: {refused}"),
+                Ok(Err(refused)) => InvalidEvent::database_refused(
+                    format!("the orders table refused the row: {refused}"),
+                    refused.sqlstate,
                 ),
                 Err(_) => return stopped(shutdown),
             },
