@@ -174,6 +174,8 @@ impl Harness {
             ("ORDERFLOW_DISPATCH_MAX_IN_FLIGHT".into(), "32".into()),
             ("ORDERFLOW_DISPATCH_RETRY_MIN_MS".into(), "200".into()),
             ("ORDERFLOW_DISPATCH_RETRY_MAX_MS".into(), "2000".into()),
+            ("ORDERFLOW_DISPATCH_PARK_MIN_MS".into(), "1000".into()),
+            ("ORDERFLOW_DISPATCH_PARK_MAX_MS".into(), "5000".into()),
             (
                 "ORDERFLOW_LOG".into(),
                 "debug,librdkafka=info,sqlx=warn,h2=info,hyper=info,reqwest=info,rdkafka=info"
