@@ -775,6 +775,9 @@ async fn chaos_under_load_keeps_every_guarantee() {
         ("ORDERFLOW_SINK_GROUP", common::unique("g-chaos-sink-")),
         ("ORDERFLOW_DISPATCH_RETRY_MIN_MS", "200".into()),
         ("ORDERFLOW_DISPATCH_RETRY_MAX_MS", "2000".into()),
+        // Orders parked during a provider wave come back within seconds of its end.
+        ("ORDERFLOW_DISPATCH_PARK_MIN_MS", "500".into()),
+        ("ORDERFLOW_DISPATCH_PARK_MAX_MS", "5000".into()),
         ("ORDERFLOW_FIRST_CHECK", FIRST_CHECK.into()),
         ("ORDERFLOW_CHECK_TIERS", TIERS.into()),
         ("ORDERFLOW_RECONCILE_EVERY", "2s".into()),

@@ -253,6 +253,11 @@ fn metric_names() -> BTreeSet<String> {
             account: "a".into(),
         })
         .set(1);
+    m.dispatch_parked
+        .get_or_create(&AccountLabel {
+            account: "a".into(),
+        })
+        .inc();
     m.consumer_lag
         .get_or_create(&PartitionLabels {
             group: "g".into(),
@@ -321,7 +326,10 @@ fn topic_partitions() -> BTreeMap<String, i32> {
 /// The topics a stage's consumer group reads (without prefix).
 fn consumed_topics(inv: &Invocation, env: &BTreeMap<String, String>) -> Vec<String> {
     match inv.stage().as_str() {
-        "dispatch" => vec![name::ORDERS_CREATED.to_owned()],
+        "dispatch" => vec![
+            name::ORDERS_CREATED.to_owned(),
+            name::ORDERS_DISPATCH_RETRY.to_owned(),
+        ],
         "sink" => vec![name::ORDERS_STATE.to_owned()],
         "poll" => {
             let mut topics = vec![name::ORDERS_DISPATCHED.to_owned()];

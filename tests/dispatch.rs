@@ -6,6 +6,7 @@ mod common;
 
 use common::pipeline::{
     decode_state, order, Harness, ACCOUNT, DOWN_ACCOUNT, KOD, OTHER_ACCOUNT, SIFRE,
+    WRONG_CREDENTIALS_ACCOUNT,
 };
 use orderflow::core::event::OrderStateEvent;
 use orderflow::core::lifecycle::{FailureReason, OrderState};
@@ -27,11 +28,20 @@ fn start_dispatch_with(
     h: &Harness,
     config: orderflow::dispatch::DispatchConfig,
 ) -> (shutdown::Trigger, tokio::task::JoinHandle<()>) {
+    start_dispatch_metered(h, config, Default::default())
+}
+
+/// [`start_dispatch_with`], counting in `metrics`.
+fn start_dispatch_metered(
+    h: &Harness,
+    config: orderflow::dispatch::DispatchConfig,
+    metrics: std::sync::Arc<orderflow::metrics::Metrics>,
+) -> (shutdown::Trigger, tokio::task::JoinHandle<()>) {
     common::logs::capture();
     let (trigger, signal) = shutdown::channel();
     let (accounts, kafka, pool) = (h.accounts(), h.kafka.clone(), h.db.pool.clone());
     let task = tokio::spawn(async move {
-        orderflow::dispatch::run(config, accounts, kafka, pool, Default::default(), signal)
+        orderflow::dispatch::run(config, accounts, kafka, pool, metrics, signal)
             .await
             .expect("the dispatch stage");
     });
@@ -1372,4 +1382,222 @@ async fn hostile_events_end_in_the_dlq_and_the_group_moves_past_them() {
 
 fn last_state(states: &[OrderStateEvent]) -> OrderState {
     last(states).state
+}
+
+/// Publishes 64 orders of `stuck_account` (whose placements can never succeed), waits until
+/// they fill the stage's in-flight bound (32), then publishes one order of the healthy
+/// account: it must be dispatched within seconds, not after the stuck ones' deadline.
+async fn a_healthy_order_goes_past(
+    h: &Harness,
+    stuck_account: &str,
+) -> Vec<orderflow::core::event::OrderCreated> {
+    let stuck: Vec<_> = (0..64)
+        .map(|i| {
+            let mut o = order(["25", "50", "100"][i % 3]);
+            o.provider_account = stuck_account.into();
+            o
+        })
+        .collect();
+    for o in &stuck {
+        h.publish(o).await;
+    }
+    // The stuck orders are being worked on (claimed) before the healthy one arrives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let claimed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM dispatch_claims WHERE provider_account = $1")
+                .bind(stuck_account)
+                .fetch_one(&h.db.pool)
+                .await
+                .unwrap();
+        if claimed >= 32 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{claimed} claimed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let healthy = order("50");
+    let published = std::time::Instant::now();
+    h.publish(&healthy).await;
+    let states = h
+        .settled_states(&[healthy.order_id], Duration::from_secs(10))
+        .await;
+    let took = published.elapsed();
+    let end = states.get(&healthy.order_id).map(|s| last(s).state);
+    assert_eq!(
+        end,
+        Some(OrderState::Dispatched),
+        "the healthy order was not dispatched within 10 s ({took:?})"
+    );
+    stuck
+}
+
+/// 64 orders of an account whose provider cannot be reached (connection refused, then an
+/// open breaker) and one order of a healthy account: the healthy one is dispatched within
+/// seconds; the 64 are parked on the retry topic, none lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_orders_are_parked_and_a_healthy_order_goes_past_them() {
+    let h = Harness::new("isolate-down", SimConfig::default(), 2_000).await;
+    let metrics = std::sync::Arc::new(orderflow::metrics::Metrics::new());
+    let (trigger, task) = start_dispatch_metered(&h, h.dispatch_config(), metrics.clone());
+    let stuck = a_healthy_order_goes_past(&h, DOWN_ACCOUNT).await;
+    assert_parked_not_lost(&h, &stuck).await;
+    let text = metrics.render();
+    let parked = text
+        .lines()
+        .find(|l| {
+            l.starts_with("orderflow_dispatch_parked_total{")
+                && l.contains(&format!("account=\"{DOWN_ACCOUNT}\""))
+        })
+        .unwrap_or_else(|| panic!("no parked count for {DOWN_ACCOUNT}:\n{text}"));
+    let count: f64 = parked.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 64.0, "{parked}");
+    assert!(
+        !text.contains(&format!(
+            "orderflow_dispatch_parked_total{{account=\"{ACCOUNT}\"}}"
+        )),
+        "the healthy account's order was not parked"
+    );
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
+/// The same with 64 orders of an account answering code 8 (wrong credentials), its breaker
+/// kept closed so that the orders keep retrying: the per-account budget and the bound on
+/// retrying in process park them.
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_of_an_account_answering_code_8_are_parked_and_a_healthy_order_goes_past_them() {
+    let h = Harness::with_settings(
+        "isolate-code-8",
+        SimConfig::default(),
+        2_000,
+        "breaker_failures = 100000\nvisibility_window_ms = 0\n",
+    )
+    .await;
+    let (trigger, task) = start_dispatch(&h);
+    let stuck = a_healthy_order_goes_past(&h, WRONG_CREDENTIALS_ACCOUNT).await;
+    assert_parked_not_lost(&h, &stuck).await;
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
+/// Every stuck order is parked on the retry topic byte for byte, still unsettled and
+/// claimed (nothing lost, nothing failed, nothing bought).
+async fn assert_parked_not_lost(h: &Harness, stuck: &[orderflow::core::event::OrderCreated]) {
+    let want: std::collections::HashMap<String, Vec<u8>> = stuck
+        .iter()
+        .map(|o| (o.order_id.to_string(), o.encode()))
+        .collect();
+    let parked = h
+        .read_until(
+            name::ORDERS_DISPATCH_RETRY,
+            Duration::from_secs(30),
+            |seen| {
+                let ids: std::collections::HashSet<&[u8]> =
+                    seen.iter().filter_map(|m| m.key()).collect();
+                want.keys().all(|id| ids.contains(id.as_bytes()))
+            },
+        )
+        .await;
+    let mut seen = std::collections::HashSet::new();
+    for m in &parked {
+        let key = std::str::from_utf8(m.key().expect("a key")).unwrap();
+        let payload = want.get(key).expect("only stuck orders are parked");
+        assert_eq!(m.payload(), Some(payload.as_slice()), "byte for byte");
+        let headers = m.headers().expect("headers");
+        let due: i64 = headers::get(headers, headers::DUE_AT)
+            .expect("a due time")
+            .parse()
+            .unwrap();
+        assert!(due > 0);
+        let times: u32 = headers::get(headers, headers::DISPATCH_PARKED)
+            .expect("a parking count")
+            .parse()
+            .unwrap();
+        assert!(times >= 1);
+        seen.insert(key.to_owned());
+    }
+    assert_eq!(seen.len(), stuck.len(), "every stuck order parked");
+    for o in stuck {
+        let claim = claims::get(&h.db.pool, o.order_id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("order {} has no claim", o.order_id));
+        assert!(
+            matches!(claim.phase, Phase::New | Phase::Placing),
+            "order {} is {:?}",
+            o.order_id,
+            claim.phase
+        );
+    }
+    let states = common::pipeline::read_to_end(&h.kafka, name::ORDERS_STATE).await;
+    for m in &states {
+        let s = decode_state(m);
+        if want.contains_key(&s.order_id.to_string()) {
+            assert_eq!(s.state, OrderState::Dispatching, "{s:?}");
+        }
+    }
+    assert_eq!(
+        h.stats().purchases.len(),
+        1,
+        "only the healthy order bought"
+    );
+}
+
+/// An order parked while its account answered code 8 comes back and, once the account
+/// answers again, is dispatched exactly once: one purchase, one `orders.dispatched`, never
+/// a failed state.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parked_order_comes_back_and_is_dispatched_once_when_its_account_recovers() {
+    let h = Harness::with_settings(
+        "park-return",
+        SimConfig::default(),
+        2_000,
+        "breaker_open_ms = 1000\nvisibility_window_ms = 0\n",
+    )
+    .await;
+    h.sim.script_answers(
+        SimCall::Place,
+        vec!["8|Bağlantı Hatası,Kullanıcı Api Yetki".into(); 6],
+    );
+    let mut config = h.dispatch_config();
+    config.park_after_ms = 1_000;
+    config.park_min_ms = 500;
+    config.park_max_ms = 1_000;
+    let (trigger, task) = start_dispatch_with(&h, config);
+    let o = order("25");
+    h.publish(&o).await;
+    let states = states_of(&h, &o).await;
+    never_failed(&states);
+    let end = last(&states);
+    assert_eq!(end.state, OrderState::Dispatched);
+    let reference = end.provider_reference.clone().unwrap();
+
+    let parked = h
+        .read_until(
+            name::ORDERS_DISPATCH_RETRY,
+            Duration::from_secs(10),
+            |seen| !seen.is_empty(),
+        )
+        .await;
+    assert!(!parked.is_empty(), "the order was parked on the way");
+    assert!(parked
+        .iter()
+        .all(|m| m.payload() == Some(o.encode().as_slice())
+            && m.key() == Some(o.order_id.to_string().as_bytes())));
+    // One `dispatched`, however many times it was parked (a late duplicate would show
+    // within seconds).
+    let dispatched = h
+        .read_until(name::ORDERS_DISPATCHED, Duration::from_secs(4), |_| false)
+        .await;
+    assert_eq!(dispatched.len(), 1, "dispatched exactly once");
+    let stats = h.stats();
+    assert_eq!(stats.scripted_answers, 6, "{stats:?}");
+    assert_eq!(stats.place_requests.get(&reference), Some(&7), "{stats:?}");
+    assert_eq!(stats.purchases.get(&reference), Some(&1));
+    assert_eq!(stats.purchases.len(), 1);
+    let claim = claims::get(&h.db.pool, o.order_id).await.unwrap().unwrap();
+    assert_eq!(claim.phase, Phase::Placed);
+    stop(trigger, task).await;
+    h.finish().await;
 }

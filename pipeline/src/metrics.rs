@@ -120,6 +120,9 @@ pub struct Metrics {
     pub provider_call_seconds: Family<CallLabels, Histogram, fn() -> Histogram>,
     /// 1 while an account's circuit breaker stops calls.
     pub breaker_open: Family<AccountLabel, Gauge>,
+    /// Orders the dispatch stage parked on `orders.dispatch-retry` instead of retrying
+    /// them in process, by account.
+    pub dispatch_parked: Family<AccountLabel, Counter>,
     /// Rows per sink statement, and how long it took.
     pub sink_batch_rows: Histogram,
     pub sink_batch_seconds: Histogram,
@@ -165,6 +168,7 @@ impl Metrics {
         let provider_call_seconds =
             Family::new_with_constructor(seconds_histogram as fn() -> Histogram);
         let breaker_open = Family::<AccountLabel, Gauge>::default();
+        let dispatch_parked = Family::<AccountLabel, Counter>::default();
         let sink_batch_rows = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 14),
         );
@@ -258,6 +262,12 @@ impl Metrics {
             breaker_open.clone(),
         );
         registry.register(
+            "dispatch_parked",
+            "Orders parked on orders.dispatch-retry (their provider account kept failing, \
+             or had too many orders retrying), by account",
+            dispatch_parked.clone(),
+        );
+        registry.register(
             "sink_batch_rows",
             "Rows written by one sink statement",
             sink_batch_rows.clone(),
@@ -293,6 +303,7 @@ impl Metrics {
             provider_calls,
             provider_call_seconds,
             breaker_open,
+            dispatch_parked,
             sink_batch_rows,
             sink_batch_seconds,
             consumer_lag,

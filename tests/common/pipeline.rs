@@ -24,6 +24,9 @@ pub const SIFRE: &str = "SIFRE-b2c4d8";
 pub const ACCOUNT: &str = "znet-test";
 pub const OTHER_ACCOUNT: &str = "znet-other";
 pub const DOWN_ACCOUNT: &str = "znet-down";
+/// An account at the simulator with a wrong password: every call is answered with code 8
+/// (credentials, IP whitelist or API permission).
+pub const WRONG_CREDENTIALS_ACCOUNT: &str = "znet-wrong-credentials";
 
 /// Account settings of most tests: the simulator shows a new order to checks at once
 /// unless a test gives it a visibility lag, so an unclear placement need not wait the
@@ -105,9 +108,13 @@ impl Harness {
         };
         // A third account whose provider cannot be reached: nothing listens on port 1.
         let down = account(DOWN_ACCOUNT).replace(&sim_url, "http://127.0.0.1:1");
+        let wrong = account(WRONG_CREDENTIALS_ACCOUNT).replace(
+            &format!("sifre = \"{SIFRE}\""),
+            "sifre = \"not-the-password\"",
+        );
         std::fs::write(
             &accounts_file,
-            account(ACCOUNT) + &account(OTHER_ACCOUNT) + &down,
+            account(ACCOUNT) + &account(OTHER_ACCOUNT) + &down + &wrong,
         )
         .unwrap();
         Harness {
@@ -139,6 +146,10 @@ impl Harness {
             deadline_secs: 3600,
             retry_min_ms: 200,
             retry_max_ms: 2_000,
+            // Parked orders come back within seconds, so a test need not wait minutes.
+            park_after_ms: 10_000,
+            park_min_ms: 1_000,
+            park_max_ms: 5_000,
             shutdown_grace_ms: 5_000,
             batch: Default::default(),
             // The happy-path test follows the informational state too.
@@ -163,6 +174,8 @@ impl Harness {
             ("ORDERFLOW_DISPATCH_MAX_IN_FLIGHT".into(), "32".into()),
             ("ORDERFLOW_DISPATCH_RETRY_MIN_MS".into(), "200".into()),
             ("ORDERFLOW_DISPATCH_RETRY_MAX_MS".into(), "2000".into()),
+            ("ORDERFLOW_DISPATCH_PARK_MIN_MS".into(), "1000".into()),
+            ("ORDERFLOW_DISPATCH_PARK_MAX_MS".into(), "5000".into()),
             (
                 "ORDERFLOW_LOG".into(),
                 "debug,librdkafka=info,sqlx=warn,h2=info,hyper=info,reqwest=info,rdkafka=info"

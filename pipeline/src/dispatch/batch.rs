@@ -17,10 +17,12 @@
 //!    acknowledged once its events are on the broker.
 //!
 //! Orders that already had a claim (a redelivery, a re-send, a crash between claim and
-//! settlement) and a second event of one order in the same batch take the one-order path,
-//! which answers a settled claim with its recorded outcome and a conflict with the DLQ.
-//! So do all of a batch's orders when the database refuses the batch's claim statement
-//! for one event's data: claimed one at a time, the refused one is dead-lettered
+//! settlement, a parked order come back) and a second event of one order in the same
+//! batch take the one-order path, which answers a settled claim with its recorded outcome
+//! and a conflict with the DLQ. An order whose account takes no call within the lease's
+//! half (an open breaker, a full cap) goes there at once, uncalled, to be parked. So do
+//! all of a batch's orders when the database refuses the batch's claim statement for one
+//! event's data: claimed one at a time, the refused one is dead-lettered
 //! (`database_refused`) and the others go on.
 
 use super::placement::Settled;
@@ -35,7 +37,7 @@ use crate::shutdown::Shutdown;
 use chrono::Utc;
 use futures::future::{join_all, BoxFuture};
 use futures::stream::FuturesUnordered;
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Message, OwnedMessage};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,6 +70,16 @@ enum Placed {
 impl Handler for DispatchHandler {
     fn handle(self: Arc<Self>, batch: Vec<Delivery>, shutdown: Shutdown) -> BoxFuture<'static, ()> {
         Box::pin(self.handle_batch(batch, shutdown))
+    }
+
+    /// A parked order waits for its due time without a place in flight; new orders are
+    /// due at once (a header on them is not ours to trust).
+    fn due_at(&self, message: &OwnedMessage) -> Option<chrono::DateTime<Utc>> {
+        if message.topic() == self.retry_topic {
+            super::park::due_at(message)
+        } else {
+            None
+        }
     }
 }
 
@@ -212,10 +224,29 @@ impl DispatchHandler {
             return (item, claim, end);
         }
         let account = Arc::clone(self.account(&item.order));
+        let patience = (account.lease() / 2).saturating_sub(claimed_at.elapsed());
         let permit = tokio::select! {
-            permit = account.permit() => permit,
+            permit = account.permit_within(patience) => permit,
             _ = shutdown.wait() => {
                 let end = Placed::Fallback { wait: Duration::ZERO, release: true };
+                return (item, claim, end);
+            }
+        };
+        let permit = match permit {
+            Ok(permit) => permit,
+            // The account takes no call for now (its breaker is open): no call under this
+            // fresh reference was made, so the order is `new` again, and the one-order path
+            // parks it without checking anything.
+            Err(_) => {
+                if let Err(e) =
+                    claims::unmark_placing(&self.placer.pool, item.order.order_id, owner).await
+                {
+                    tracing::debug!(order_id = %item.order.order_id, error = %e, "could not reset the placement mark");
+                }
+                let end = Placed::Fallback {
+                    wait: Duration::ZERO,
+                    release: true,
+                };
                 return (item, claim, end);
             }
         };

@@ -24,11 +24,17 @@
 //! and publishes its later states), the re-send is answered with nothing new; before that
 //! (a redelivery after a crash between settling and publishing) the settled outcome is
 //! published as the first time.
+//!
+//! An order that cannot settle soon (its account down, refusing its credentials, its
+//! breaker open) does not keep its place: past a bound it is parked on
+//! `orders.dispatch-retry` ([`park`]) with a due time, which this stage also consumes, so
+//! healthy orders keep flowing while it waits.
 
 mod batch;
+pub mod park;
 pub mod placement;
 
-use crate::core::backoff::Backoff;
+use crate::core::backoff::{random_fraction, Backoff};
 use crate::core::event::{
     Failure, InvalidEvent, InvalidKind, OrderCreated, OrderDispatched, OrderStateEvent,
     SCHEMA_VERSION,
@@ -40,11 +46,12 @@ use crate::kafka::emit::{until_sent, Emitter};
 use crate::kafka::stage::{self, BatchArgs, StageOptions};
 use crate::kafka::topics::name;
 use crate::kafka::KafkaConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{AccountLabel, Metrics};
 use crate::provider::accounts::Accounts;
 use crate::shutdown::{Interrupted, Shutdown};
 use chrono::Utc;
-use placement::{Placer, Settled};
+use park::ParkBackoff;
+use placement::{Parked, Placer, Settled};
 use rdkafka::message::{Message, OwnedMessage};
 use sqlx::PgPool;
 use std::path::PathBuf;
@@ -72,7 +79,8 @@ pub struct DispatchConfig {
     )]
     pub group: String,
 
-    /// Orders worked on at once by this process.
+    /// Orders worked on at once by this process, per topic it consumes (orders.created,
+    /// orders.dispatch-retry); parked orders waiting for their due time do not count.
     #[arg(
         long = "dispatch-max-in-flight",
         env = "ORDERFLOW_DISPATCH_MAX_IN_FLIGHT",
@@ -110,6 +118,32 @@ pub struct DispatchConfig {
     )]
     pub retry_max_ms: u64,
 
+    /// How long one order may be retried in this process, its waits included, before it is
+    /// parked on orders.dispatch-retry (freeing its place) instead of waiting again.
+    #[arg(
+        long = "dispatch-park-after-ms",
+        env = "ORDERFLOW_DISPATCH_PARK_AFTER_MS",
+        default_value_t = 10_000
+    )]
+    pub park_after_ms: u64,
+
+    /// How long an order parked for the first time waits on orders.dispatch-retry, in
+    /// milliseconds; each further parking doubles it, up to the maximum.
+    #[arg(
+        long = "dispatch-park-min-ms",
+        env = "ORDERFLOW_DISPATCH_PARK_MIN_MS",
+        default_value_t = 5_000
+    )]
+    pub park_min_ms: u64,
+
+    /// Longest wait of a parked order, in milliseconds.
+    #[arg(
+        long = "dispatch-park-max-ms",
+        env = "ORDERFLOW_DISPATCH_PARK_MAX_MS",
+        default_value_t = 600_000
+    )]
+    pub park_max_ms: u64,
+
     /// Publish the informational `dispatching` state before placing (off: it costs a send
     /// on the critical path, and `dispatched` follows within the provider's answer time).
     #[arg(
@@ -134,6 +168,13 @@ impl DispatchConfig {
             min: Duration::from_millis(self.retry_min_ms.max(1)),
             max: Duration::from_millis(self.retry_max_ms.max(self.retry_min_ms).max(1)),
         }
+    }
+
+    fn park_backoff(&self) -> ParkBackoff {
+        ParkBackoff(Backoff {
+            min: Duration::from_millis(self.park_min_ms.max(1)),
+            max: Duration::from_millis(self.park_max_ms.max(self.park_min_ms).max(1)),
+        })
     }
 }
 
@@ -166,6 +207,10 @@ pub struct DispatchHandler {
     max_event_bytes: usize,
     default_deadline: chrono::Duration,
     announce: bool,
+    /// `orders.dispatch-retry` with the environment's prefix.
+    retry_topic: String,
+    park_backoff: ParkBackoff,
+    metrics: Arc<Metrics>,
 }
 
 impl DispatchConfig {
@@ -193,19 +238,23 @@ impl DispatchHandler {
             emitter.producer().clone(),
             kafka.topic(name::ORDERS_DLQ),
             "dispatch",
-            metrics,
+            Arc::clone(&metrics),
         );
         Ok(DispatchHandler {
             accounts,
             placer: Placer {
                 pool,
                 backoff: config.backoff(),
+                park_after: Duration::from_millis(config.park_after_ms),
             },
             emitter,
             dead_letters,
             max_event_bytes: config.max_event_bytes,
             default_deadline: config.default_deadline()?,
             announce: config.announce,
+            retry_topic: kafka.topic(name::ORDERS_DISPATCH_RETRY),
+            park_backoff: config.park_backoff(),
+            metrics,
         })
     }
 
@@ -231,6 +280,8 @@ impl DispatchHandler {
             .get(&order.provider_account)
             .expect("validated above");
         let emitter = &self.emitter;
+        // A parked order was announced before it was first placed.
+        let announce = self.announce && message.topic() != self.retry_topic;
         let settled = self
             .placer
             .settle(
@@ -238,7 +289,6 @@ impl DispatchHandler {
                 account,
                 self.default_deadline,
                 |claim: &Claim| {
-                    let announce = self.announce;
                     let event = state_event(&order, claim, OrderState::Dispatching, None, version::DISPATCHING);
                     // Informational: wait for it briefly, never hold the placement up for
                     // long. A record already handed to the producer still goes out, ahead
@@ -257,6 +307,9 @@ impl DispatchHandler {
                 shutdown,
             )
                         .await?;
+        if let Settled::Parked(parked) = &settled {
+            return self.park(message, &order, parked, shutdown).await;
+        }
         if let Settled::AccountConflict(claim) = &settled {
             let why = InvalidEvent::new(
                 InvalidKind::AccountConflict,
@@ -374,6 +427,38 @@ impl DispatchHandler {
         )
         .await?;
         Ok(chain.is_some())
+    }
+
+    /// Parks the order: its record goes to the retry topic, due after a wait that grows
+    /// with each parking; the original is acknowledged (by the caller) once the copy is on
+    /// the broker.
+    async fn park(
+        &self,
+        message: &OwnedMessage,
+        order: &OrderCreated,
+        parked: &Parked,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        let times = park::times_parked(message).saturating_add(1);
+        let now = Utc::now();
+        let due = self.park_backoff.due(times, parked, now, random_fraction());
+        let producer = self.emitter.producer();
+        until_sent("parking an order", &self.placer.backoff, shutdown, || {
+            park::send(producer, &self.retry_topic, message, due, times)
+        })
+        .await?;
+        self.metrics
+            .dispatch_parked
+            .get_or_create(&AccountLabel {
+                account: order.provider_account.clone(),
+            })
+            .inc();
+        tracing::info!(
+            order_id = %order.order_id, account = %order.provider_account, times_parked = times,
+            due_in_ms = park::millis_until(due, now), "order parked on {}: {}",
+            name::ORDERS_DISPATCH_RETRY, parked.why
+        );
+        Ok(())
     }
 
     async fn dead_letter(
@@ -522,8 +607,11 @@ impl DispatchHandler {
                 )
                 .await
             }
-            Settled::AccountConflict(_) | Settled::ContentConflict(_) | Settled::Refused(_) => {
-                unreachable!("dead-lettered before publishing")
+            Settled::AccountConflict(_)
+            | Settled::ContentConflict(_)
+            | Settled::Refused(_)
+            | Settled::Parked(_) => {
+                unreachable!("dead-lettered or parked before publishing")
             }
             Settled::Earlier(_) => unreachable!("a recorded outcome is never an earlier one"),
             Settled::Expired(claim) => {
@@ -630,6 +718,7 @@ pub async fn run(
         .check_topics_off_runtime(
             [
                 name::ORDERS_CREATED,
+                name::ORDERS_DISPATCH_RETRY,
                 name::ORDERS_DISPATCHED,
                 name::ORDERS_STATE,
                 name::ORDERS_DLQ,
@@ -648,14 +737,19 @@ pub async fn run(
     )?);
     let options = StageOptions {
         group: config.group.clone(),
-        topics: vec![kafka.topic(name::ORDERS_CREATED)],
+        // Parked orders come back on their own topic, with an in-flight bound of their own:
+        // a crowd of them coming back cannot starve new orders, nor new orders them.
+        topics: vec![
+            kafka.topic(name::ORDERS_CREATED),
+            kafka.topic(name::ORDERS_DISPATCH_RETRY),
+        ],
         max_in_flight: config.max_in_flight.max(1),
         batch: config.batch,
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
         metrics,
     };
     let consumer = stage::consumer(&kafka, &options)?;
-    tracing::info!(group = %options.group, topic = %options.topics[0], "dispatch stage running");
+    tracing::info!(group = %options.group, topics = ?options.topics, "dispatch stage running");
     stage::run(consumer, handler, options, shutdown).await?;
     tracing::info!("dispatch stage stopped");
     Ok(())

@@ -20,6 +20,15 @@
 //! order over. Transient failures and account problems wait with backoff while other
 //! orders go on; an answer that was lost is settled by a check, never by a new reference.
 //!
+//! Retrying in process is bounded, because the order holds one of the stage's in-flight
+//! places and its partition's commit point meanwhile: an order is **parked** instead
+//! ([`Settled::Parked`], re-published by the stage with a due time) when the next wait
+//! (a backoff, an open breaker, a full concurrency cap, another worker's lease) would take
+//! its time in this process past [`Placer::park_after`], or when it would wait and its
+//! account already has `max_retrying` orders waiting ([`Account::try_retrying`]). Parking
+//! leaves the claim as it is (reference fixed, phase kept, the lease given up), so the
+//! order comes back to exactly the step it left.
+//!
 //! What fails an order (G9): a permanent code of the account answered to the first call
 //! under the reference (`rejected`), or the deadline with no purchase known (`expired`,
 //! with the last refusal's code when the provider kept refusing). A refusal with any other
@@ -33,10 +42,11 @@ use crate::db::claims::{self, Begin, Claim, Claimed, Phase};
 use crate::provider::accounts::Account;
 use crate::provider::{CheckOutcome, PlaceOutcome, Placement};
 use crate::shutdown::{Interrupted, Shutdown};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 /// What became of an order.
@@ -64,6 +74,22 @@ pub enum Settled {
     Earlier(Box<Settled>),
     /// The database refused to claim the order with this event's data: nothing was done.
     Refused(crate::db::Refused),
+    /// Not settled, and not worth waiting for in this process: the stage parks the order
+    /// and tries it again later.
+    Parked(Parked),
+}
+
+/// Why and for how long an order is parked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parked {
+    /// What holds the order up and which bound parked it, for the log.
+    pub why: String,
+    /// The wait the order was about to start (a backoff, an open breaker's remaining time,
+    /// the rest of a visibility window): it need not come back sooner.
+    pub wait: Duration,
+    /// The claim's deadline, when the order was claimed: it comes back by then, so that the
+    /// deadline still ends it on time.
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 impl Settled {
@@ -100,6 +126,10 @@ enum Step {
         after: Option<Duration>,
         within: Option<Duration>,
         why: String,
+        /// Whether `why` is what `order show` should name as holding the order up; not
+        /// for a wait on the account's breaker, whose cause the failed calls before it
+        /// already recorded.
+        noted: bool,
     },
 }
 
@@ -117,6 +147,7 @@ impl Step {
             after: None,
             within: None,
             why,
+            noted: true,
         }
     }
 
@@ -125,6 +156,7 @@ impl Step {
             after: Some(Duration::ZERO),
             within: None,
             why: why.into(),
+            noted: true,
         }
     }
 }
@@ -141,11 +173,16 @@ struct Work<'a> {
     /// The last code and message the provider refused a placement with, for the failure
     /// that ends an order the provider kept refusing until its deadline.
     refused: Mutex<Option<(String, String)>>,
+    /// When this settling began: its time in process counts against `park_after`.
+    started: Instant,
 }
 
 pub struct Placer {
     pub pool: PgPool,
     pub backoff: Backoff,
+    /// How long one order may be worked on in this process, its waits included, before
+    /// it is parked instead of waiting again.
+    pub park_after: Duration,
 }
 
 impl Placer {
@@ -169,15 +206,59 @@ impl Placer {
             owner: Uuid::new_v4(),
             digest: order.content_digest(),
             refused: Mutex::new(None),
+            started: Instant::now(),
         };
         let settled = self
             .settle_loop(&work, default_deadline, announce, shutdown)
             .await;
-        if settled.is_err() {
-            // Let the next owner start at once instead of waiting the lease out.
+        if matches!(settled, Err(_) | Ok(Settled::Parked(_))) {
+            // Let the next owner (or this order's parked copy) start at once instead of
+            // waiting the lease out.
             let _ = claims::release(&self.pool, order.order_id, work.owner).await;
         }
         settled
+    }
+
+    /// How long a wait in this settling may still take before the order is parked.
+    fn patience(&self, work: &Work<'_>) -> Duration {
+        self.park_after.saturating_sub(work.started.elapsed())
+    }
+
+    /// Whether to park the order rather than wait `wait` in process, and why: the wait
+    /// would take it past `park_after`, or its account has no place left for another
+    /// order waiting to be retried. A place taken here is kept in `retrying` until the
+    /// settling ends.
+    fn park_instead(
+        &self,
+        work: &Work<'_>,
+        wait: Duration,
+        retrying: &mut Option<OwnedSemaphorePermit>,
+    ) -> Option<String> {
+        if wait.is_zero() {
+            return None;
+        }
+        let spent = work.started.elapsed();
+        if spent + wait > self.park_after {
+            return Some(format!(
+                "parked: waiting {} ms more would keep it in this process past {} ms \
+                 (it has been here {} ms)",
+                wait.as_millis(),
+                self.park_after.as_millis(),
+                spent.as_millis()
+            ));
+        }
+        if retrying.is_none() {
+            *retrying = work.account.try_retrying();
+            if retrying.is_none() {
+                return Some(format!(
+                    "parked: account {} already has {} orders waiting to be retried \
+                     (max_retrying)",
+                    work.account.id,
+                    work.account.max_retrying()
+                ));
+            }
+        }
+        None
     }
 
     async fn settle_loop<F, Fut>(
@@ -197,6 +278,7 @@ impl Placer {
             .unwrap_or_else(|| Utc::now() + default_deadline);
         let mut failures = 0u32;
         let mut announced = false;
+        let mut retrying = None;
         loop {
             if shutdown.is_set() {
                 return Err(Interrupted);
@@ -216,6 +298,15 @@ impl Placer {
                 Ok(Claimed::Held(claim)) => claim,
                 Ok(Claimed::Busy { until }) => {
                     let wait = (until - Utc::now()).to_std().unwrap_or_default();
+                    // Another worker holds the order (a copy of it, a worker that stopped
+                    // without letting go): its lease may run for a while.
+                    if let Some(bound) = self.park_instead(work, wait, &mut retrying) {
+                        return Ok(Settled::Parked(Parked {
+                            why: format!("another worker holds the order; {bound}"),
+                            wait,
+                            deadline: None,
+                        }));
+                    }
                     shutdown
                         .sleep(wait.clamp(Duration::from_millis(100), Duration::from_secs(1)))
                         .await?;
@@ -289,7 +380,12 @@ impl Placer {
                         }
                     }
                 }
-                Step::Retry { after, within, why } => {
+                Step::Retry {
+                    after,
+                    within,
+                    why,
+                    noted,
+                } => {
                     let after = after.unwrap_or_else(|| {
                         failures += 1;
                         self.backoff.delay(failures - 1, random_fraction())
@@ -297,10 +393,19 @@ impl Placer {
                     let after = within.map_or(after, |within| after.min(within));
                     // For `order show`: what holds the order up, and since when. Best
                     // effort: the retry goes on without it.
-                    if let Err(e) =
-                        claims::note_error(&self.pool, order.order_id, work.owner, &why).await
-                    {
-                        tracing::debug!(order_id = %order.order_id, error = %e, "could not record why the order waits");
+                    if noted {
+                        if let Err(e) =
+                            claims::note_error(&self.pool, order.order_id, work.owner, &why).await
+                        {
+                            tracing::debug!(order_id = %order.order_id, error = %e, "could not record why the order waits");
+                        }
+                    }
+                    if let Some(bound) = self.park_instead(work, after, &mut retrying) {
+                        return Ok(Settled::Parked(Parked {
+                            why: format!("{why}; {bound}"),
+                            wait: after,
+                            deadline: Some(claim.deadline),
+                        }));
                     }
                     tracing::info!(order_id = %order.order_id, reference = %claim.provider_reference, retry_in_ms = after.as_millis() as u64, "{why}");
                     shutdown.sleep(after).await?;
@@ -316,7 +421,11 @@ impl Placer {
             return Self::expired(work);
         }
         let order = work.order;
-        let permit = work.account.permit().await;
+        let permit = match work.account.permit_within(self.patience(work)).await {
+            Ok(permit) => permit,
+            // Nothing was called: the wait decides whether the order is parked.
+            Err(wait) => return Self::account_busy(work, wait),
+        };
         let lease = work.account.lease();
         let before =
             match claims::begin_placing(&self.pool, order.order_id, work.owner, lease).await {
@@ -397,6 +506,22 @@ impl Placer {
         }
     }
 
+    /// The account would keep the order waiting `wait` before a call (its breaker is open, or
+    /// its concurrency cap stayed full): a retry after that wait, which parks the order
+    /// when it is long.
+    fn account_busy(work: &Work<'_>, wait: Duration) -> Step {
+        Step::Retry {
+            after: Some(wait.max(Duration::from_millis(1))),
+            within: None,
+            noted: false,
+            why: format!(
+                "account {} takes no call for now (its circuit breaker is open or its calls \
+                 are all busy)",
+                work.account.id
+            ),
+        }
+    }
+
     /// The order's deadline passed and nothing is known to be bought. If the provider kept
     /// refusing it, the failure says so, with the last code: not a rejection (G9), but not a
     /// silent expiry either.
@@ -458,6 +583,7 @@ impl Placer {
                     Ok(Some(unseen)) => Step::Retry {
                         after: None,
                         within: Some(window - unseen),
+                        noted: true,
                         why: format!(
                             "the provider does not show the reference yet (not found for {} ms \
                              of a {} ms visibility window); checking it again before placing \
@@ -503,7 +629,11 @@ impl Placer {
     /// Whether the provider has an order under the claim's reference; `Err` when it could not
     /// say.
     async fn check(&self, work: &Work<'_>, claim: &Claim) -> Result<bool, Step> {
-        match work.account.check(&claim.provider_reference).await {
+        let permit = match work.account.permit_within(self.patience(work)).await {
+            Ok(permit) => permit,
+            Err(wait) => return Err(Self::account_busy(work, wait)),
+        };
+        match permit.check(&claim.provider_reference).await {
             CheckOutcome::Pending
             | CheckOutcome::Completed { .. }
             | CheckOutcome::Cancelled { .. }

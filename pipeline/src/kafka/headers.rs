@@ -10,9 +10,12 @@ pub const SCHEMA_VERSION: &str = "orderflow.schema_version";
 /// an order's final state (value `sink`); such a copy is never answered with another.
 pub const COPY: &str = "orderflow.copy";
 
-/// On a status check: when it is due, in Unix milliseconds, so the consumer loop can hold
-/// it without decoding the payload.
+/// On a status check or a parked order (`orders.dispatch-retry`): when it is due, in Unix
+/// milliseconds, so the consumer loop can hold it without decoding the payload.
 pub const DUE_AT: &str = "orderflow.due_at";
+/// On a parked order: how many times the dispatch stage has parked it, so each parking
+/// waits longer.
+pub const DISPATCH_PARKED: &str = "orderflow.dispatch.parked";
 
 /// DLQ: machine-readable reason, e.g. `invalid_field` (see `InvalidKind`).
 pub const DLQ_REASON: &str = "orderflow.dlq.reason";

@@ -22,6 +22,8 @@ pub mod name {
     pub const ORDERS_DISPATCHED: &str = "orders.dispatched";
     pub const ORDERS_STATE: &str = "orders.state";
     pub const ORDERS_DLQ: &str = "orders.dlq";
+    /// Orders the dispatch stage parked until a due time, byte for byte as received.
+    pub const ORDERS_DISPATCH_RETRY: &str = "orders.dispatch-retry";
     /// The `orderflow.event` header of status-check messages, whatever their tier.
     pub const STATUS_CHECK_EVENT: &str = "orders.status-check";
 
@@ -438,6 +440,7 @@ mod tests {
             name::ORDERS_DISPATCHED,
             name::ORDERS_STATE,
             name::ORDERS_DLQ,
+            name::ORDERS_DISPATCH_RETRY,
         ] {
             assert!(specs.get(name).is_some(), "{name}");
         }

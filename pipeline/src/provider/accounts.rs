@@ -25,6 +25,7 @@
 //! account_problem_codes = ["8"]   # credentials, IP whitelist or API permission
 //! not_found_codes = ["4"]         # a check of a referans the provider does not know
 //! visibility_window_ms = 300000   # how long a new order may stay invisible to checks
+//! max_retrying = 16           # orders the dispatch stage retries at once; more are parked
 //! ```
 //!
 //! A placement answered with a code in no list (maintenance, a rate limit, a code never
@@ -35,6 +36,11 @@
 //! new orders with a lag. Codes are digits, given as strings or numbers; one code means one
 //! thing (a placement code in two lists, or a check code that is both an account problem
 //! and not-found, is refused at load).
+//!
+//! `max_retrying` keeps one failing account from taking every order slot of a dispatch
+//! process: an order that would wait to be retried takes a place of its account's budget
+//! ([`Account::try_retrying`]), and one that finds none is parked on
+//! `orders.dispatch-retry` instead ([`crate::dispatch`]).
 
 use crate::core::breaker::{Breaker, BreakerConfig, BreakerState, Ticket};
 use crate::core::rate::TokenBucket;
@@ -104,6 +110,11 @@ pub struct AccountConfig {
     /// placed again, in milliseconds, e.g. `300000`.
     #[serde(default = "default_visibility_window_ms")]
     pub visibility_window_ms: u64,
+    /// Orders of this account the dispatch stage retries in process at once (per process),
+    /// e.g. `16`; an order that would retry beyond them is parked on
+    /// `orders.dispatch-retry`.
+    #[serde(default = "default_max_retrying")]
+    pub max_retrying: usize,
 }
 
 /// One provider error code in the accounts file: `"3"` or `3`.
@@ -165,6 +176,13 @@ fn default_not_found_codes() -> Vec<Code> {
 pub const DEFAULT_VISIBILITY_WINDOW_MS: u64 = 300_000;
 fn default_visibility_window_ms() -> u64 {
     DEFAULT_VISIBILITY_WINDOW_MS
+}
+/// Sixteen: two waves of the default `max_concurrent`, enough for a short hiccup to be
+/// retried in process, and a fraction of the stage's default in-flight bound (64), so one
+/// failing account leaves most slots to the others.
+pub const DEFAULT_MAX_RETRYING: usize = 16;
+fn default_max_retrying() -> usize {
+    DEFAULT_MAX_RETRYING
 }
 /// A longer window would outlast any order's deadline; it is surely a typo.
 const MAX_VISIBILITY_WINDOW_MS: u64 = 7 * 24 * 3_600_000;
@@ -259,6 +277,9 @@ pub struct Account {
     /// placed again (`visibility_window_ms`).
     pub visibility_window: Duration,
     concurrency: Arc<Semaphore>,
+    /// Places for orders the dispatch stage retries in process (`max_retrying`).
+    retrying: Arc<Semaphore>,
+    max_retrying: usize,
     bucket: Mutex<TokenBucket>,
     breaker: Mutex<Breaker>,
     /// Where calls and the breaker's state are counted, once a stage says so.
@@ -375,6 +396,8 @@ impl Account {
             request_timeout,
             visibility_window: Duration::from_millis(DEFAULT_VISIBILITY_WINDOW_MS),
             concurrency: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
+            retrying: Arc::new(Semaphore::new(DEFAULT_MAX_RETRYING)),
+            max_retrying: DEFAULT_MAX_RETRYING,
             bucket: Mutex::new(TokenBucket::new(
                 limits.max_per_second,
                 limits.max_per_second.ceil() as u32,
@@ -391,6 +414,27 @@ impl Account {
             visibility_window: window,
             ..self
         }
+    }
+
+    /// The same account with another `max_retrying`.
+    pub fn with_max_retrying(self, max_retrying: usize) -> Self {
+        let max_retrying = max_retrying.max(1);
+        Account {
+            retrying: Arc::new(Semaphore::new(max_retrying)),
+            max_retrying,
+            ..self
+        }
+    }
+
+    /// A place among the orders of this account retried in process, while one is free;
+    /// held until the order settles or is parked.
+    pub fn try_retrying(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.retrying).try_acquire_owned().ok()
+    }
+
+    /// How many orders of this account may be retried in process at once.
+    pub fn max_retrying(&self) -> usize {
+        self.max_retrying
     }
 
     /// How long a worker holds an order's lease (a dispatch claim, a check step): longer
@@ -434,6 +478,46 @@ impl Account {
         })
         .await;
         permit
+    }
+
+    /// As [`Account::permit`], but waits at most `patience` for the concurrency cap and
+    /// the breaker. `Err` says how long the caller would still have to wait (the open
+    /// breaker's remaining time, or `patience` when the cap stayed full), so that a caller
+    /// with other work to do (the dispatch stage) can step aside instead of holding its
+    /// place while an account is down.
+    pub async fn permit_within(&self, patience: Duration) -> Result<CallPermit<'_>, Duration> {
+        let start = Instant::now();
+        let slot = tokio::time::timeout(patience, Arc::clone(&self.concurrency).acquire_owned())
+            .await
+            .map_err(|_| patience)?
+            .expect("the account semaphore is never closed");
+        let ticket = loop {
+            let asked = self
+                .breaker
+                .lock()
+                .expect("breaker lock")
+                .try_call(Instant::now());
+            match asked {
+                Ok(ticket) => break ticket,
+                Err(wait) if start.elapsed() + wait > patience => return Err(wait),
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        };
+        let permit = CallPermit {
+            account: self,
+            _slot: slot,
+            ticket,
+            recorded: false,
+        };
+        // The rate cap's waits are a fraction of a second: not worth stepping aside for.
+        wait_until(|| {
+            self.bucket
+                .lock()
+                .expect("rate bucket lock")
+                .try_take(Instant::now())
+        })
+        .await;
+        Ok(permit)
     }
 
     fn record(&self, ticket: Ticket, healthy: bool) {
@@ -543,12 +627,13 @@ impl Accounts {
                 ));
             }
             if c.max_concurrent == 0
+                || c.max_retrying == 0
                 || c.max_per_second.is_nan()
                 || c.max_per_second <= 0.0
                 || c.request_timeout_ms == 0
             {
                 return Err(format!(
-                    "account {}: max_concurrent, max_per_second and request_timeout_ms must be positive",
+                    "account {}: max_concurrent, max_retrying, max_per_second and request_timeout_ms must be positive",
                     c.id
                 ));
             }
@@ -576,8 +661,11 @@ impl Accounts {
                 },
             };
             let window = Duration::from_millis(c.visibility_window_ms);
-            accounts
-                .push(Account::new(c.id, provider, timeout, limits).with_visibility_window(window));
+            accounts.push(
+                Account::new(c.id, provider, timeout, limits)
+                    .with_visibility_window(window)
+                    .with_max_retrying(c.max_retrying),
+            );
         }
         Ok(Self::from_accounts(accounts))
     }
@@ -644,6 +732,7 @@ mod tests {
         let accounts = Accounts::parse(FILE, |_| Some("x".into())).unwrap();
         let a = accounts.get("znet-main").unwrap();
         assert_eq!(a.visibility_window, Duration::from_secs(300));
+        assert_eq!(a.max_retrying(), DEFAULT_MAX_RETRYING);
         let with = |extra: &str| Accounts::parse(&format!("{FILE}{extra}"), |_| Some("x".into()));
         let a = with("permanent_codes = [\"3\", 77]\nvisibility_window_ms = 2000\n").unwrap();
         assert_eq!(
@@ -661,6 +750,18 @@ mod tests {
         assert!(err.contains("digits"), "{err}");
         let err = with("visibility_window_ms = 999999999999\n").unwrap_err();
         assert!(err.contains("visibility_window_ms"), "{err}");
+        let a = with("max_retrying = 2\n").unwrap();
+        let a = a.get("znet-main").unwrap();
+        let (first, second) = (a.try_retrying(), a.try_retrying());
+        assert!(first.is_some() && second.is_some());
+        assert!(
+            a.try_retrying().is_none(),
+            "a third order is parked instead"
+        );
+        drop(first);
+        assert!(a.try_retrying().is_some(), "a place is free again");
+        let err = with("max_retrying = 0\n").unwrap_err();
+        assert!(err.contains("max_retrying"), "{err}");
         let err = with("not_found_code = [\"4\"]\n").unwrap_err();
         assert!(err.contains("unknown field"), "{err}");
     }
@@ -745,5 +846,45 @@ mod tests {
             attempts, calls,
             "every attempt waited for the breaker, none was refused"
         );
+    }
+
+    #[tokio::test]
+    async fn a_caller_in_a_hurry_is_told_how_long_an_open_breaker_stays_open() {
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let limits = Limits {
+            max_concurrent: 1,
+            max_per_second: 1000.0,
+            breaker: BreakerConfig {
+                failures_to_open: 1,
+                open_for: Duration::from_secs(30),
+            },
+        };
+        let account = Account::new(
+            "a".into(),
+            Box::new(Down(Arc::clone(&calls))),
+            Duration::from_secs(1),
+            limits,
+        );
+        let placement = Placement {
+            reference: "1".into(),
+            product: Default::default(),
+            user_identifier: String::new(),
+            user_extra: String::new(),
+        };
+        let patience = Duration::from_millis(200);
+        let permit = account.permit_within(patience).await.expect("closed");
+        // The cap is full while the permit is held: the wait is the caller's patience.
+        let started = Instant::now();
+        assert_eq!(account.permit_within(patience).await.err(), Some(patience));
+        assert!(started.elapsed() >= patience);
+        permit.place(&placement).await;
+        let started = Instant::now();
+        let wait = account.permit_within(patience).await.err().expect("open");
+        assert!(wait > Duration::from_secs(29), "{wait:?}");
+        assert!(
+            started.elapsed() < patience,
+            "told at once, not after waiting"
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
