@@ -116,7 +116,12 @@ fn amount(field: Option<&&str>) -> Option<String> {
     ok.then(|| text.to_owned())
 }
 
-const HTML_DETAIL: &str = "HTML answer: wrong base URL or the server's IP is not whitelisted";
+/// An HTML page is not a znet answer: a maintenance or error page of a proxy or the
+/// provider's front end as often as a wrong base URL or a blocked IP. It is not counted as
+/// an account problem (which pages an operator): a wrong base URL shows as HTTP 404, a
+/// blocked IP as HTML on every call, which the breaker and the provider-errors alert see.
+const HTML_DETAIL: &str =
+    "HTML answer: a maintenance or error page, a wrong base URL or a blocked IP";
 
 /// Classifies the answer to `pin_ekle.php`.
 pub fn classify_place(http_status: u16, body: &str, codes: &Codes) -> PlaceOutcome {
@@ -171,9 +176,8 @@ pub fn classify_place(http_status: u16, body: &str, codes: &Codes) -> PlaceOutco
         },
         // Usually a wrong base URL or a blocked IP, but a PHP warning page printed after the
         // order was stored looks the same.
-        Body::Html => PlaceOutcome::AccountProblem {
+        Body::Html => PlaceOutcome::Unknown {
             detail: HTML_DETAIL.to_owned(),
-            not_placed: false,
         },
         Body::Empty => PlaceOutcome::Unknown {
             detail: "empty answer".to_owned(),
@@ -226,7 +230,7 @@ pub fn classify_check(http_status: u16, body: &str, codes: &Codes) -> CheckOutco
             code: code.to_owned(),
             message,
         },
-        Body::Html => CheckOutcome::AccountProblem {
+        Body::Html => CheckOutcome::Transient {
             detail: HTML_DETAIL.to_owned(),
         },
         Body::Empty => CheckOutcome::Transient {
@@ -259,7 +263,7 @@ pub fn classify_balance(http_status: u16, body: &str) -> BalanceOutcome {
             detail: "empty answer: wrong dealer code, API access disabled or IP mismatch"
                 .to_owned(),
         },
-        Body::Html => BalanceOutcome::AccountProblem {
+        Body::Html => BalanceOutcome::Transient {
             detail: HTML_DETAIL.to_owned(),
         },
         Body::Error { code, message } => BalanceOutcome::AccountProblem {
@@ -339,19 +343,15 @@ mod tests {
     }
 
     #[test]
-    fn html_is_an_account_problem_for_every_call() {
-        let html = "<!DOCTYPE html><html><body>403 Forbidden</body></html>";
-        assert!(matches!(
-            place(200, html),
-            PlaceOutcome::AccountProblem { .. }
-        ));
-        assert!(matches!(
-            check(200, html),
-            CheckOutcome::AccountProblem { .. }
-        ));
+    fn html_is_no_answer_and_no_account_problem() {
+        let html = "<!DOCTYPE html><html><body>Bakım çalışması</body></html>";
+        // A placement answered with a page may have been stored before the page was
+        // printed: unknown, settled by a check.
+        assert!(matches!(place(200, html), PlaceOutcome::Unknown { .. }));
+        assert!(matches!(check(200, html), CheckOutcome::Transient { .. }));
         assert!(matches!(
             classify_balance(200, html),
-            BalanceOutcome::AccountProblem { .. }
+            BalanceOutcome::Transient { .. }
         ));
     }
 
@@ -390,10 +390,7 @@ mod tests {
         ));
         assert!(matches!(
             place(200, "<html>Warning: mysql</html>"),
-            PlaceOutcome::AccountProblem {
-                not_placed: false,
-                ..
-            }
+            PlaceOutcome::Unknown { .. }
         ));
         for status in [403, 408, 429] {
             assert!(
