@@ -426,12 +426,14 @@ async fn a_long_delay_in_one_partition_does_not_hold_another() {
         checks_until_complete: 0,
         ..SimConfig::default()
     };
-    let p = Poll::new("poll-partitions", sim, "1s", "1s,2s").await;
+    // A 30 s tier: a message is held at most its tier's delay past its broker timestamp, so
+    // the 20 s wait must be on a tier at least that long.
+    let p = Poll::new("poll-partitions", sim, "1s", "1s,30s").await;
     let waiting = placed(&p, "900000001", Utc::now() + chrono::Duration::seconds(20)).await;
     let due = placed(&p, "900000002", Utc::now()).await;
     let poll = p.start_poll(&common::unique("g-poll-"));
-    enqueue(&p, "1s", 0, &waiting).await;
-    enqueue(&p, "1s", 1, &due).await;
+    enqueue(&p, "30s", 0, &waiting).await;
+    enqueue(&p, "30s", 1, &due).await;
     let events = p.finals(&[due.order_id], Duration::from_secs(30)).await;
     assert_eq!(
         final_of(&events[&due.order_id]).state,

@@ -474,7 +474,7 @@ pub async fn settle_batch(
         .collect();
     let codes: Vec<Option<&str>> = sorted.iter().map(|o| o.code).collect();
     let messages: Vec<Option<&str>> = sorted.iter().map(|o| o.message).collect();
-    let rows: Vec<ClaimRow> = sqlx::query_as(concat!(
+    let rows: Vec<ClaimRow> = sqlx::query_as(
         "UPDATE dispatch_claims c
             SET phase = t.phase, outcome_code = t.code, outcome_message = t.message,
                 lease_owner = NULL, lease_until = NULL, updated_at = now()
@@ -486,8 +486,8 @@ pub async fn settle_batch(
             AND c.order_id = ANY($2)
           RETURNING c.order_id, c.provider_account, c.provider_reference, c.phase,
                     c.place_calls, c.deadline, c.outcome_code, c.outcome_message,
-                    c.lease_until, c.content_digest, c.first_not_found_at"
-    ))
+                    c.lease_until, c.content_digest, c.first_not_found_at",
+    )
     .bind(owner)
     .bind(&ids)
     .bind(&phases)
