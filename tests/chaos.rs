@@ -196,7 +196,16 @@ impl Drop for PrivateBroker {
             .env("KAFKA_PORT", self.port.to_string())
             .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
             .output();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // A failed run keeps the broker's logs and data, to tell a record that never
+        // reached the log from one a consumer skipped.
+        if std::thread::panicking() {
+            eprintln!(
+                "chaos: the private broker's data and log are kept in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
