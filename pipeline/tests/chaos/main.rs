@@ -73,13 +73,13 @@ async fn chaos_under_load_keeps_every_guarantee() {
     // restarted, and 4. the provider fails in waves.
     let (mut load, publisher) = Load::publish(&bed.kafka, &size, &clock);
     let attacked = attack::run(&bed, &clock, &mut load, publisher, &size).await;
-    // 5. The conflicting copies of claimed orders; the drain; everything stopped.
+    // 5. The conflicting copies of claimed orders; 6. the drain, then everything stopped.
     drain::send_conflicts(&bed, &mut load).await;
     let drained = drain::until_final(&bed, &clock, &load, &size).await;
     let seen = drain::stop_everything(&bed, background).await;
     let stats = bed.sim.stats();
 
-    // 6. Each guarantee, order by order.
+    // 7. Each guarantee, order by order.
     let mut failures: Vec<String> = Vec::new();
     let ids = &drained.ids;
     let rows = checks::final_rows(&bed.pool, ids).await;
@@ -97,7 +97,7 @@ async fn chaos_under_load_keeps_every_guarantee() {
     };
     let scan = secrets::no_secret_anywhere(&bed, places, &stats, ids, &mut failures).await;
 
-    // 7. The figures.
+    // 8. The figures; then whether the chaos really came.
     let findings = Findings {
         size: &size,
         load: &load,
