@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reliability suite (tests/chaos.rs, docs/reliability.md) at a larger size: the whole
+# The reliability suite (pipeline/tests/chaos/, docs/reliability.md) at a larger size: the whole
 # pipeline under load while every stage is SIGKILLed again and again, the broker and
 # PostgreSQL are restarted once each (instances of the test's own), the provider fails in
 # waves and hostile events arrive; then every guarantee is checked and the figures table

@@ -12,7 +12,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/orderflow/target}"
 
 bash ops/kafka/broker.sh start
 bash ops/postgres/db.sh start
-# tests/cli.rs runs the shop guide's PIN example, which needs Python's cryptography.
+# pipeline/tests/cli.rs runs the shop guide's PIN example, which needs Python's cryptography.
 python3 -c 'import cryptography' 2>/dev/null ||
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-cryptography; }
 

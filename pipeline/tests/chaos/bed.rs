@@ -1,0 +1,185 @@
+//! Phase 1, the test bed: a broker and a PostgreSQL server of the run's own (so it may
+//! restart them), the topics with the scaled-down check tiers, the znet simulator with its
+//! accounts (one of them broken), the PIN keys, an OTLP receiver that keeps every trace
+//! export, and the six stages started.
+
+use crate::broker::PrivateBroker;
+use crate::common::pipeline::{ACCOUNT, KOD, OTHER_ACCOUNT, SIFRE};
+use crate::common::private_pg::PrivatePostgres;
+use crate::settings::{Clock, BROKEN_ACCOUNT, TIERS, VISIBILITY_LAG, VISIBILITY_WINDOW_MS};
+use crate::stages::{self, Stages};
+use orderflow::db::DbConfig;
+use orderflow::kafka::topics::{self, name, TopicSpec, TopicSpecs};
+use orderflow::kafka::KafkaConfig;
+use orderflow::pin::PinKeys;
+use orderflow::znet::sim::{Sim, SimConfig, SimHandle};
+use sqlx::PgPool;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Everything the run attacks and reads back; the servers and stages stop when it drops.
+pub struct Bed {
+    pub broker: Arc<PrivateBroker>,
+    pub pg: Arc<PrivatePostgres>,
+    pub pool: PgPool,
+    pub kafka: KafkaConfig,
+    pub sim: Sim,
+    /// The shop's keys, to open the delivered PINs.
+    pub keys: PinKeys,
+    /// Every OTLP/HTTP trace export the stages sent.
+    pub traces: Arc<Mutex<Vec<Vec<u8>>>>,
+    pub stages: Stages,
+    pub logs: PathBuf,
+    /// The simulator serves until this sender drops.
+    _sim: (tokio::sync::oneshot::Sender<()>, SimHandle),
+}
+
+impl Bed {
+    pub async fn start(clock: &Clock, work: &Path) -> Bed {
+        let (broker, pg, pool, db_url) = private_servers(clock, work).await;
+        let kafka = KafkaConfig::for_tests(
+            &broker.brokers(),
+            &format!("{}.", crate::common::unique("chaos-")),
+        );
+        create_topics(&kafka).await;
+        let (sim, sim_running) = start_provider().await;
+        let sim_url = format!("http://{}", sim_running.1.addr);
+        let accounts_file = write_accounts(work, &sim_url);
+        let key_line = PinKeys::generate_key_line("chaos1");
+        let keys = PinKeys::parse(&key_line).unwrap();
+        let keys_file = work.join("pin-keys");
+        std::fs::write(&keys_file, &key_line).unwrap();
+        let (traces, otlp) = otlp_receiver().await;
+        let logs = work.join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let env = stages::env(&kafka, &db_url, &accounts_file, &keys_file, &otlp);
+        let stages = stages::start_all(&env, &logs);
+        clock.say("six stages started");
+        Bed {
+            broker,
+            pg,
+            pool,
+            kafka,
+            sim,
+            keys,
+            traces,
+            stages,
+            logs,
+            _sim: sim_running,
+        }
+    }
+}
+
+/// The broker and the database of the run's own, the database migrated.
+async fn private_servers(
+    clock: &Clock,
+    work: &Path,
+) -> (Arc<PrivateBroker>, Arc<PrivatePostgres>, PgPool, String) {
+    let broker_dir = work.join("broker");
+    let broker = tokio::task::spawn_blocking(move || PrivateBroker::start(broker_dir))
+        .await
+        .unwrap();
+    let broker = Arc::new(broker);
+    clock.say(&format!("private broker on {}", broker.brokers()));
+    let pg = tokio::task::spawn_blocking(PrivatePostgres::start)
+        .await
+        .unwrap();
+    pg.psql("postgres", "CREATE DATABASE orderflow");
+    let db_url = pg.url("orderflow");
+    let pool = DbConfig::for_tests(&db_url).connect().await.unwrap();
+    orderflow::db::migrate(&pool).await.unwrap();
+    let pg = Arc::new(pg);
+    clock.say(&format!("private PostgreSQL on port {}", pg.port));
+    (broker, pg, pool, db_url)
+}
+
+/// The spec's topics, with the status-check tiers of [`TIERS`] in place of the spec's.
+async fn create_topics(kafka: &KafkaConfig) {
+    let mut specs = TopicSpecs::load(None).unwrap();
+    let template = specs
+        .topics
+        .iter()
+        .find(|t| t.name.starts_with("orders.status-check."))
+        .unwrap()
+        .clone();
+    specs.topics.extend(TIERS.split(',').map(|label| TopicSpec {
+        name: name::status_check(label),
+        ..template.clone()
+    }));
+    specs.topics.retain(|t| {
+        !t.name.starts_with("orders.status-check.")
+            || TIERS.split(',').any(|l| t.name == name::status_check(l))
+    });
+    let report = topics::apply(kafka, &specs).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}
+
+/// The provider: 3 % rejected, 3 % cancelled, one "processing" answer before the end;
+/// faults only in waves. A lost or timed-out answer hangs 1.5 s, the client gives up
+/// after 1 s; a slow answer takes 0.75 s.
+async fn start_provider() -> (Sim, (tokio::sync::oneshot::Sender<()>, SimHandle)) {
+    let sim = Sim::new(SimConfig {
+        kod: KOD.into(),
+        sifre: SIFRE.into(),
+        latency: Duration::from_millis(10),
+        checks_until_complete: 1,
+        rejection_rate: 0.03,
+        cancel_rate: 0.03,
+        lost_answer_delay: Duration::from_millis(1500),
+        visibility_lag: VISIBILITY_LAG,
+        seed: 8,
+        initial_balance_kurus: 1_000_000_000_000,
+        ..SimConfig::default()
+    });
+    let (sim_stop, sim_stopped) = tokio::sync::oneshot::channel::<()>();
+    let sim_handle = sim
+        .clone()
+        .serve("127.0.0.1:0".parse().unwrap(), async move {
+            let _ = sim_stopped.await;
+        })
+        .await
+        .unwrap();
+    (sim, (sim_stop, sim_handle))
+}
+
+/// The accounts file: two healthy accounts and the broken one (a wrong password).
+fn write_accounts(work: &Path, sim_url: &str) -> PathBuf {
+    let accounts_file = work.join("accounts.toml");
+    let account = |id: &str, sifre: &str| {
+        format!(
+            "[[account]]\nid = \"{id}\"\nprovider = \"znet\"\nbase_url = \"{sim_url}\"\n\
+             kod = \"{KOD}\"\nsifre = \"{sifre}\"\nmax_concurrent = 8\nmax_per_second = 200\n\
+             request_timeout_ms = 1000\nbreaker_failures = 5\nbreaker_open_ms = 1000\n\
+             visibility_window_ms = {VISIBILITY_WINDOW_MS}\n"
+        )
+    };
+    std::fs::write(
+        &accounts_file,
+        account(ACCOUNT, SIFRE)
+            + &account(OTHER_ACCOUNT, SIFRE)
+            + &account(BROKEN_ACCOUNT, "yanlis-sifre"),
+    )
+    .unwrap();
+    accounts_file
+}
+
+/// An OTLP/HTTP receiver that keeps every export; returns them and its endpoint.
+async fn otlp_receiver() -> (Arc<Mutex<Vec<Vec<u8>>>>, String) {
+    let traces: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let store = Arc::clone(&traces);
+    let router = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let store = Arc::clone(&store);
+            async move {
+                store.lock().unwrap().push(body.to_vec());
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (traces, otlp)
+}
