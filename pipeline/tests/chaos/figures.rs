@@ -104,6 +104,7 @@ fn rows(bed: &Bed, f: &Findings<'_>, clock: &Clock) -> Vec<(&'static str, String
         ("broker restarts", format!("1 ({:.1} s stop to ready)", f.attacked.broker_down_s.unwrap_or(0.0))),
         ("PostgreSQL restarts", format!("1 ({:.1} s down)", f.attacked.pg_down_s.unwrap_or(0.0))),
         ("faults injected", format!("{} ({})", stats.faults_injected, faults_by_kind(stats))),
+        ("checks during the visibility lag", format!("{} (answered not found: the order was not visible yet)", stats.unseen_checks)),
         ("publish retries", format!("{}", published.retries)),
         ("lost", format!("{}", truth.lost)),
         ("delivered to the publisher, not in orders.created", format!("{} {:?}", never_in_log.len(), never_in_log)),
