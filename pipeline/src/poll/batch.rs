@@ -15,10 +15,11 @@
 //!    ([`chains::finish_steps`]), and then each message is acknowledged. A refused
 //!    statement is redone step by step, and a step the database refuses is dead-lettered.
 
+use super::effects::Effects;
+use super::handler::refused_step;
 use super::PollHandler;
-use crate::core::event::{OrderStateEvent, StatusCheck};
+use crate::core::event::StatusCheck;
 use crate::db::chains::{self, Begun, StepEnd};
-use crate::kafka::emit::until_sent;
 use crate::kafka::stage::{in_groups, message_span, Ack, Delivery, Handler};
 use crate::shutdown::{Interrupted, Shutdown};
 use chrono::{DateTime, Utc};
@@ -47,11 +48,7 @@ struct Item {
 #[allow(clippy::large_enum_variant)]
 enum Stepped {
     /// The state event, the next step and the chain's record to write.
-    Effects(
-        Option<OrderStateEvent>,
-        Option<(String, StatusCheck)>,
-        StepEnd,
-    ),
+    Effects(Effects),
     /// Another worker took the step over while this one waited: nothing to do.
     TakenOver,
     Interrupted,
@@ -102,18 +99,7 @@ impl PollHandler {
             let mut shutdown = shutdown.clone();
             let me = &self;
             async move {
-                tracing::warn!(
-                    reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
-                );
-                let sent = until_sent(
-                    "dead-lettering an event",
-                    &me.backoff,
-                    &mut shutdown,
-                    || me.dead_letters.send(&message, &why),
-                )
-                .await;
-                if sent.is_ok() {
-                    me.count_dead_letter(&message).await;
+                if me.dead_letter(&message, why, &mut shutdown).await.is_ok() {
                     ack.durable();
                 }
             }
@@ -222,8 +208,8 @@ impl PollHandler {
         };
         let decision = super::decide(&item.check, outcome, Utc::now(), &self.schedule);
         self.observe(&item.check, &decision);
-        let (state, next, end) = self.effects(&item.check, decision);
-        (item, Stepped::Effects(state, next, end))
+        let made = self.effects(&item.check, decision);
+        (item, Stepped::Effects(made))
     }
 
     /// Publishes a group's outcomes together, records the steps in one statement, then
@@ -234,10 +220,24 @@ impl PollHandler {
         owner: Uuid,
         shutdown: &mut Shutdown,
     ) {
+        let effects = self.set_aside(group, owner).await;
+        if effects.is_empty() {
+            return;
+        }
+        let done = self.publish_group(effects, owner, shutdown).await;
+        if done.is_empty() {
+            return;
+        }
+        self.record_group(done, owner, shutdown).await;
+    }
+
+    /// The group's steps that have effects to publish; a step taken over is acknowledged,
+    /// an interrupted one released.
+    async fn set_aside(&self, group: Vec<(Item, Stepped)>, owner: Uuid) -> Vec<(Item, Effects)> {
         let mut effects = Vec::with_capacity(group.len());
         for (item, stepped) in group {
             match stepped {
-                Stepped::Effects(state, next, end) => effects.push((item, state, next, end)),
+                Stepped::Effects(made) => effects.push((item, made)),
                 Stepped::TakenOver => {
                     tracing::debug!(order_id = %item.check.order_id, seq = item.check.seq, "the check step was taken over while waiting for the provider");
                     item.ack.durable();
@@ -245,48 +245,39 @@ impl PollHandler {
                 Stepped::Interrupted => self.release(&item.check, owner).await,
             }
         }
-        if effects.is_empty() {
-            return;
-        }
-        let published = join_all(effects.iter().map(|(item, state, next, _)| {
+        effects
+    }
+
+    /// Publishes the group's state events and next steps together; the steps whose
+    /// outcome the broker has, with their chain records (an interrupted one is released).
+    async fn publish_group(
+        &self,
+        effects: Vec<(Item, Effects)>,
+        owner: Uuid,
+        shutdown: &Shutdown,
+    ) -> Vec<(Item, StepEnd)> {
+        let published = join_all(effects.iter().map(|(item, (state, next, _))| {
             let mut shutdown = shutdown.clone();
             async move {
-                until_sent(
-                    "publishing a check's outcome",
-                    &self.backoff,
-                    &mut shutdown,
-                    || async {
-                        let state_sent = async {
-                            match state {
-                                Some(state) => self.emitter.state(state).await,
-                                None => Ok(()),
-                            }
-                        };
-                        let next_sent = async {
-                            match next {
-                                Some((topic, next)) => self.emitter.status_check(topic, next).await,
-                                None => Ok(()),
-                            }
-                        };
-                        let (a, b) = futures::join!(state_sent, next_sent);
-                        a.and(b)
-                    },
-                )
-                .await
+                self.publish(state.as_ref(), next.as_ref(), &mut shutdown)
+                    .await
             }
             .instrument(item.span.clone())
         }))
         .await;
         let mut done = Vec::with_capacity(effects.len());
-        for ((item, _, _, end), sent) in effects.into_iter().zip(published) {
+        for ((item, (_, _, end)), sent) in effects.into_iter().zip(published) {
             match sent {
                 Ok(()) => done.push((item, end)),
                 Err(Interrupted) => self.release(&item.check, owner).await,
             }
         }
-        if done.is_empty() {
-            return;
-        }
+        done
+    }
+
+    /// Records the group's steps in one statement, then acknowledges their messages (a
+    /// refused statement is redone step by step).
+    async fn record_group(&self, done: Vec<(Item, StepEnd)>, owner: Uuid, shutdown: &mut Shutdown) {
         let steps: Vec<(Uuid, i64, &StepEnd)> = done
             .iter()
             .map(|(item, end)| (item.check.order_id, item.check.seq, end))
@@ -340,7 +331,7 @@ impl PollHandler {
                 Err(Interrupted) => return,
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(refused)) => {
-                    let why = super::refused_step(check, "recording", refused);
+                    let why = refused_step(check, "recording", refused);
                     self.dead_letter(&item.message, why, shutdown).await
                 }
             };

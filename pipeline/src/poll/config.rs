@@ -1,0 +1,108 @@
+//! The poll stage's settings: the check schedule (shared with the reconciler), the consumer
+//! group, how many checks run at once, the PIN keys' source and the shutdown grace.
+
+use super::PollError;
+use crate::core::schedule::{self, Schedule, ScheduleError};
+use crate::kafka::stage::BatchArgs;
+use crate::kafka::topics::name;
+use crate::kafka::KafkaConfig;
+use crate::pin::PinKeys;
+use std::path::PathBuf;
+
+/// The check schedule (flags or environment variables), shared by the poll stage and the
+/// reconciler.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ScheduleArgs {
+    /// Delay from the provider's acceptance to an order's first status check.
+    #[arg(long, env = "ORDERFLOW_FIRST_CHECK", default_value = "60s")]
+    pub first_check: String,
+
+    /// Delays between later checks, the last one repeating; each names its tier topic
+    /// orders.status-check.<delay>, which must exist.
+    #[arg(
+        long,
+        env = "ORDERFLOW_CHECK_TIERS",
+        default_value = DEFAULT_CHECK_TIERS
+    )]
+    pub check_tiers: String,
+
+    /// Answered checks after which a still-pending order fails (default: only the deadline
+    /// ends it).
+    #[arg(long, env = "ORDERFLOW_MAX_CHECK_ATTEMPTS")]
+    pub max_check_attempts: Option<u32>,
+}
+
+impl ScheduleArgs {
+    pub fn schedule(&self) -> Result<Schedule, ScheduleError> {
+        let first = schedule::parse_duration(&self.first_check)?;
+        let tiers = schedule::parse_tiers(&self.check_tiers)?;
+        Schedule::new(first, tiers, self.max_check_attempts)
+    }
+}
+
+/// The poll stage's consumer group unless configured otherwise.
+pub const DEFAULT_GROUP: &str = "orderflow.poll";
+/// The delays between checks unless configured otherwise (the last one repeats).
+pub const DEFAULT_CHECK_TIERS: &str = "30s,1m,2m,4m,8m,10m";
+
+/// The tier topics of `schedule`, with the environment's prefix, in tier order.
+pub fn tier_topics(kafka: &KafkaConfig, schedule: &Schedule) -> Vec<String> {
+    schedule
+        .tier_labels()
+        .iter()
+        .map(|label| kafka.topic(&name::status_check(label)))
+        .collect()
+}
+
+/// Settings of the poll stage (flags or environment variables).
+#[derive(Clone, Debug, clap::Args)]
+pub struct PollConfig {
+    #[command(flatten)]
+    pub batch: BatchArgs,
+
+    /// The provider accounts file (TOML, one [[account]] per account; see README).
+    #[arg(long = "provider-accounts", env = "ORDERFLOW_PROVIDER_ACCOUNTS")]
+    pub accounts_file: PathBuf,
+
+    /// Consumer group of the poll stage.
+    #[arg(
+        long = "poll-group",
+        env = "ORDERFLOW_POLL_GROUP",
+        default_value = DEFAULT_GROUP
+    )]
+    pub group: String,
+
+    /// Status checks worked on at once by this process, per topic it consumes (the first
+    /// checks, each tier); waiting messages do not count.
+    #[arg(
+        long = "poll-max-in-flight",
+        env = "ORDERFLOW_POLL_MAX_IN_FLIGHT",
+        default_value_t = 64
+    )]
+    pub max_in_flight: usize,
+
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+
+    /// A file with the PIN keys (`key_id:base64`, newest first); or set ORDERFLOW_PIN_KEYS.
+    #[arg(long = "pin-keys-file", env = "ORDERFLOW_PIN_KEYS_FILE")]
+    pub pin_keys_file: Option<PathBuf>,
+
+    /// How long checks in flight may take to finish when the stage is asked to stop.
+    #[arg(
+        long = "shutdown-grace-ms",
+        env = "ORDERFLOW_SHUTDOWN_GRACE_MS",
+        default_value_t = 15_000
+    )]
+    pub shutdown_grace_ms: u64,
+}
+
+impl PollConfig {
+    /// The PIN keys from ORDERFLOW_PIN_KEYS or the keys file; the poll stage cannot start
+    /// without one, because it must never publish a PIN in clear.
+    pub fn pin_keys(&self) -> Result<PinKeys, PollError> {
+        let env = std::env::var("ORDERFLOW_PIN_KEYS").ok();
+        PinKeys::from_env_or_file(env.as_deref(), self.pin_keys_file.as_deref())?
+            .ok_or(PollError::NoPinKeys)
+    }
+}

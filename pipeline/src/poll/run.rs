@@ -1,0 +1,56 @@
+//! Running the poll stage: checks its topics exist, builds the [`PollHandler`] and hands
+//! it to the shared consumer loop ([`crate::kafka::stage`]) until shutdown.
+
+use super::{tier_topics, PollConfig, PollError, PollHandler};
+use crate::kafka::stage::{self, StageOptions};
+use crate::kafka::topics::name;
+use crate::kafka::KafkaConfig;
+use crate::metrics::Metrics;
+use crate::provider::accounts::Accounts;
+use crate::shutdown::Shutdown;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs the poll stage until `shutdown`.
+pub async fn run(
+    config: PollConfig,
+    accounts: Accounts,
+    kafka: KafkaConfig,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> Result<(), PollError> {
+    let schedule = config.schedule.schedule()?;
+    let keys = config.pin_keys()?;
+    let mut topics = vec![kafka.topic(name::ORDERS_DISPATCHED)];
+    topics.extend(tier_topics(&kafka, &schedule));
+    let mut needed = topics.clone();
+    needed.extend([
+        kafka.topic(name::ORDERS_STATE),
+        kafka.topic(name::ORDERS_DLQ),
+    ]);
+    kafka.check_topics_off_runtime(needed).await?;
+    accounts.observe(Arc::clone(&metrics));
+    let handler = Arc::new(PollHandler::new(
+        &kafka,
+        pool,
+        accounts,
+        schedule,
+        keys,
+        Arc::clone(&metrics),
+    )?);
+    let options = StageOptions {
+        group: config.group.clone(),
+        topics,
+        max_in_flight: config.max_in_flight.max(1),
+        batch: config.batch,
+        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+        metrics,
+    };
+    let consumer = stage::consumer(&kafka, &options)?;
+    tracing::info!(group = %options.group, topics = ?options.topics, "poll stage running");
+    stage::run(consumer, handler, options, shutdown).await?;
+    tracing::info!("poll stage stopped");
+    Ok(())
+}

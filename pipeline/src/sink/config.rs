@@ -1,0 +1,43 @@
+//! The sink's settings: consumer group, batch size and linger, shutdown grace.
+
+use crate::kafka::stage::BatchArgs;
+
+/// Settings of the sink (flags or environment variables).
+#[derive(Clone, Debug, clap::Args)]
+pub struct SinkConfig {
+    #[command(flatten)]
+    pub batch: BatchArgs,
+
+    /// Consumer group of the sink.
+    #[arg(
+        long = "sink-group",
+        env = "ORDERFLOW_SINK_GROUP",
+        default_value = "orderflow.sink"
+    )]
+    pub group: String,
+
+    /// Most rows upserted in one statement.
+    #[arg(
+        long = "sink-batch-rows",
+        env = "ORDERFLOW_SINK_BATCH_ROWS",
+        default_value_t = 1000
+    )]
+    pub batch_rows: usize,
+
+    /// How long a batch waits for more rows before it is written, in milliseconds.
+    #[arg(
+        long = "sink-batch-linger-ms",
+        env = "ORDERFLOW_SINK_BATCH_LINGER_MS",
+        default_value_t = 50
+    )]
+    pub batch_linger_ms: u64,
+
+    /// How long state events in flight may take to be written when the sink is asked to
+    /// stop.
+    #[arg(
+        long = "shutdown-grace-ms",
+        env = "ORDERFLOW_SHUTDOWN_GRACE_MS",
+        default_value_t = 15_000
+    )]
+    pub shutdown_grace_ms: u64,
+}
