@@ -1,6 +1,6 @@
 //! The consumer loop's decisions, without a broker: which fetched message is handed to the
 //! handler and when, in which batches, which partitions are paused, and which offsets may
-//! be stored (G2, G4). [`crate::kafka::stage`] drives it with a real consumer; the tests
+//! be stored (G2, G4). The `kafka::stage` loop drives it with a real consumer; the tests
 //! below drive it with messages, completions, rebalances and clock ticks.
 //!
 //! - **Watermark per partition.** Every fetched message begins in its partition's

@@ -460,7 +460,7 @@ pub struct OrderStateEvent {
     pub failure: Option<Failure>,
     /// A completed order's PIN, sealed under the shop's key (G5); never in clear.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pin: Option<crate::pin::SealedPin>,
+    pub pin: Option<crate::core::sealed_pin::SealedPin>,
     /// Status checks made so far.
     pub attempts: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
