@@ -288,7 +288,7 @@ impl Account {
                 account: self.id.clone(),
             };
             metrics
-                .breaker_open
+                .provider_breaker_open
                 .get_or_create(&label)
                 .set(i64::from(is_open));
         }

@@ -162,7 +162,7 @@ impl Accounts {
             let label = AccountLabel {
                 account: account.id.clone(),
             };
-            metrics.breaker_open.get_or_create(&label).set(0);
+            metrics.provider_breaker_open.get_or_create(&label).set(0);
         }
     }
 
