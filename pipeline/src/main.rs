@@ -18,6 +18,7 @@ use orderflow::poll::PollConfig;
 use orderflow::provider::accounts::Accounts;
 use orderflow::shutdown;
 use orderflow::sink::SinkConfig;
+use orderflow::znet;
 use orderflow::znet::sim::{Sim, SimConfig, DEFAULT_BALANCE_KURUS};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -373,7 +374,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             metrics,
         } => {
             dispatch.default_deadline()?;
-            let accounts = Accounts::load(&dispatch.accounts_file)?;
+            let accounts = Accounts::load(&dispatch.accounts_file, znet::connect)?;
             let pool = db.connect().await?;
             let (trigger, shutdown) = shutdown::channel();
             tokio::spawn(shutdown::on_signals(trigger));
@@ -388,7 +389,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             poll,
             metrics,
         } => {
-            let accounts = Accounts::load(&poll.accounts_file)?;
+            let accounts = Accounts::load(&poll.accounts_file, znet::connect)?;
             poll.schedule.schedule()?;
             poll.pin_keys()?;
             let pool = db.connect().await?;

@@ -3,23 +3,22 @@
 //! A sealed PIN is `v1.<key id>.<base64url(nonce || ciphertext+tag)>`, AES-256-GCM with the
 //! order id in the associated data, so it opens only with a key of the ring and only for the
 //! order it was sealed for. The first key of the ring seals; every key opens, which lets keys
-//! rotate. Everything here is pure except [`PinKeys::from_env_or_file`].
+//! rotate. Everything here is pure except [`PinKeys::from_env_or_file`]. The sealed value
+//! itself, [`SealedPin`], is a pure type of the core ([`crate::core::sealed_pin`]).
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::Path;
 use uuid::Uuid;
 
+use crate::core::sealed_pin::{valid_key_id, NONCE_LEN};
+pub use crate::core::sealed_pin::{PinError, SealedPin};
 use crate::secret::Secret;
 
-const VERSION_PREFIX: &str = "v1.";
 const AAD_DOMAIN: &[u8] = b"orderflow.pin.v1";
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinKeyError {
@@ -42,20 +41,6 @@ pub enum PinKeyError {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PinError {
-    #[error("the sealed PIN is malformed: {0}")]
-    Malformed(&'static str),
-    #[error("the sealed PIN names key {0}, which is not in the PIN key ring")]
-    UnknownKey(String),
-    #[error(
-        "the sealed PIN does not authenticate: wrong key, altered text, or another order's PIN"
-    )]
-    Authentication,
-    #[error("the opened PIN is not UTF-8")]
-    NotUtf8,
-}
-
 /// The PIN key ring: the first key seals, all keys open. Never empty.
 #[derive(Clone)]
 pub struct PinKeys {
@@ -67,13 +52,6 @@ impl fmt::Debug for PinKeys {
         let ids: Vec<&str> = self.keys.iter().map(|(id, _)| id.as_str()).collect();
         f.debug_struct("PinKeys").field("key_ids", &ids).finish()
     }
-}
-
-fn valid_key_id(id: &str) -> bool {
-    (1..=32).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn aad(order_id: Uuid) -> Vec<u8> {
@@ -183,87 +161,6 @@ impl PinKeys {
         String::from_utf8(plain)
             .map(Secret::new)
             .map_err(|_| PinError::NotUtf8)
-    }
-}
-
-/// A sealed PIN, `v1.<key id>.<base64url(nonce || ciphertext+tag)>`; its shape is checked
-/// whenever one is built. Serialized as that plain string.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct SealedPin(String);
-
-impl SealedPin {
-    /// Checks the shape (version, key id, payload length) without any key.
-    pub fn parse(s: &str) -> Result<SealedPin, PinError> {
-        let sealed = SealedPin(s.to_string());
-        sealed.split()?;
-        Ok(sealed)
-    }
-
-    fn from_parts(key_id: &str, payload: &[u8]) -> SealedPin {
-        let encoded = URL_SAFE_NO_PAD.encode(payload);
-        SealedPin(format!("{VERSION_PREFIX}{key_id}.{encoded}"))
-    }
-
-    /// The key id and the decoded payload (nonce, ciphertext and tag).
-    fn split(&self) -> Result<(&str, Vec<u8>), PinError> {
-        let rest = self
-            .0
-            .strip_prefix(VERSION_PREFIX)
-            .ok_or(PinError::Malformed("it does not start with v1."))?;
-        let (key_id, encoded) = rest
-            .split_once('.')
-            .ok_or(PinError::Malformed("it has no payload"))?;
-        if !valid_key_id(key_id) {
-            return Err(PinError::Malformed("its key id is invalid"));
-        }
-        let bytes = URL_SAFE_NO_PAD
-            .decode(encoded)
-            .map_err(|_| PinError::Malformed("its payload is not base64url"))?;
-        if bytes.len() < NONCE_LEN + TAG_LEN {
-            return Err(PinError::Malformed("its payload is too short"));
-        }
-        Ok((key_id, bytes))
-    }
-
-    pub fn key_id(&self) -> &str {
-        let rest = self.0.strip_prefix(VERSION_PREFIX).unwrap_or_default();
-        rest.split('.').next().unwrap_or_default()
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn into_string(self) -> String {
-        self.0
-    }
-}
-
-impl TryFrom<String> for SealedPin {
-    type Error = PinError;
-    fn try_from(s: String) -> Result<Self, PinError> {
-        SealedPin::parse(&s)
-    }
-}
-
-impl From<SealedPin> for String {
-    fn from(sealed: SealedPin) -> String {
-        sealed.0
-    }
-}
-
-impl fmt::Debug for SealedPin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let prefix_len = VERSION_PREFIX.len() + self.key_id().len() + 1;
-        let bytes = self.0.len().saturating_sub(prefix_len) * 3 / 4;
-        write!(f, "SealedPin(v1.{}, {bytes} bytes)", self.key_id())
-    }
-}
-
-impl fmt::Display for SealedPin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
     }
 }
 
@@ -385,7 +282,10 @@ mod tests {
         assert_eq!(json, format!("\"{}\"", sealed.as_str()));
         assert_eq!(serde_json::from_str::<SealedPin>(&json).unwrap(), sealed);
         assert_eq!(format!("{sealed:?}"), "SealedPin(v1.k1, 37 bytes)");
-        let short = format!("v1.k1.{}", URL_SAFE_NO_PAD.encode([0u8; 27]));
+        let short = format!(
+            "v1.k1.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 27])
+        );
         for bad in [
             "",
             "v2.k1.AAAA",

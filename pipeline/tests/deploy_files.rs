@@ -227,11 +227,13 @@ fn metric_names() -> BTreeSet<String> {
         outcome: "o",
         class: "k",
     };
-    m.handled.get_or_create(&topic).inc();
-    m.fetched.get_or_create(&topic).inc();
-    m.waiting.get_or_create(&topic).set(1);
-    m.oldest_due.get_or_create(&topic).set(1.0);
-    m.lateness.get_or_create(&topic).observe(1.0);
+    m.messages_handled.get_or_create(&topic).inc();
+    m.messages_fetched.get_or_create(&topic).inc();
+    m.messages_waiting.get_or_create(&topic).set(1);
+    m.oldest_waiting_due_timestamp_seconds
+        .get_or_create(&topic)
+        .set(1.0);
+    m.check_lateness_seconds.get_or_create(&topic).observe(1.0);
     m.check_outcomes.get_or_create(&outcome).inc();
     m.dispatch_to_final_seconds
         .get_or_create(&outcome)
@@ -248,7 +250,7 @@ fn metric_names() -> BTreeSet<String> {
         .inc();
     m.provider_calls.get_or_create(&call).inc();
     m.provider_call_seconds.get_or_create(&call).observe(1.0);
-    m.breaker_open
+    m.provider_breaker_open
         .get_or_create(&AccountLabel {
             account: "a".into(),
         })

@@ -9,5 +9,6 @@ pub mod event;
 pub mod lifecycle;
 pub mod rate;
 pub mod schedule;
+pub mod sealed_pin;
 pub mod seeded;
 pub mod watermark;

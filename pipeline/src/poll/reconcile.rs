@@ -184,7 +184,7 @@ pub async fn run(
         }
         match pass.run(&pool, &emitter).await {
             Ok(n) => {
-                metrics.requeued.inc_by(n as u64);
+                metrics.reconciler_requeued.inc_by(n as u64);
                 metrics.set_ready(true);
                 tracing::info!(requeued = n, "reconciler pass done")
             }

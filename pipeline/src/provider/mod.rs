@@ -10,6 +10,7 @@
 //! the order. Details and messages never carry a PIN or a credential (G5).
 
 pub mod accounts;
+pub mod codes;
 
 use crate::secret::Secret;
 use futures::future::BoxFuture;

@@ -134,7 +134,8 @@ impl Harness {
     }
 
     pub fn accounts(&self) -> Accounts {
-        Accounts::load(&self.accounts_file).expect("the test accounts file")
+        Accounts::load(&self.accounts_file, orderflow::znet::connect)
+            .expect("the test accounts file")
     }
 
     pub fn dispatch_config(&self) -> DispatchConfig {

@@ -1,0 +1,30 @@
+//! The provider calls' metrics, by account: calls and their duration, the circuit
+//! breaker, and the orders the dispatch stage parked because of their account.
+
+use super::Metrics;
+use prometheus_client::registry::Registry;
+
+/// Registers these metrics of `m` in `registry`.
+pub(super) fn register(registry: &mut Registry, m: &Metrics) {
+    registry.register(
+        "provider_calls",
+        "Provider calls by account, call (place, check) and outcome (answered, failed)",
+        m.provider_calls.clone(),
+    );
+    registry.register(
+        "provider_call_seconds",
+        "Provider call duration by account, call and outcome",
+        m.provider_call_seconds.clone(),
+    );
+    registry.register(
+        "provider_breaker_open",
+        "1 while the account's circuit breaker stops calls, else 0",
+        m.provider_breaker_open.clone(),
+    );
+    registry.register(
+        "dispatch_parked",
+        "Orders parked on orders.dispatch-retry (their provider account kept failing, \
+         or had too many orders retrying), by account",
+        m.dispatch_parked.clone(),
+    );
+}

@@ -1,0 +1,311 @@
+//! One configured account, ready to call: its concurrency cap, calls-per-second cap and
+//! circuit breaker (G6), and the [`CallPermit`] every call goes through, which counts the
+//! call and feeds the breaker.
+
+use super::{DEFAULT_MAX_RETRYING, DEFAULT_VISIBILITY_WINDOW_MS};
+use crate::core::breaker::{Breaker, BreakerConfig, BreakerState, Ticket};
+use crate::core::rate::TokenBucket;
+use crate::metrics::{AccountLabel, CallLabels, Metrics};
+use crate::provider::{CheckOutcome, PlaceOutcome, Placement, Provider};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How politely an account is called (G6).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    pub max_concurrent: usize,
+    pub max_per_second: f64,
+    pub breaker: BreakerConfig,
+}
+
+/// A configured account, ready to call. Calls go through a [`CallPermit`] from
+/// [`Account::permit`], which holds the account's caps and feeds its circuit breaker.
+pub struct Account {
+    pub id: String,
+    pub provider: Box<dyn Provider>,
+    pub request_timeout: Duration,
+    /// How long a reference must stay not-found after an unclear placement before it is
+    /// placed again (`visibility_window_ms`).
+    pub visibility_window: Duration,
+    concurrency: Arc<Semaphore>,
+    /// Places for orders the dispatch stage retries in process (`max_retrying`).
+    retrying: Arc<Semaphore>,
+    max_retrying: usize,
+    bucket: Mutex<TokenBucket>,
+    breaker: Mutex<Breaker>,
+    /// Where calls and the breaker's state are counted, once a stage says so.
+    pub(super) metrics: std::sync::OnceLock<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Permission for one provider call, within the account's caps; held for the length of the
+/// call, whose outcome feeds the breaker. A permit dropped without a call (or whose call was
+/// cancelled) tells the breaker nothing, except that its probe, if it was one, is free.
+pub struct CallPermit<'a> {
+    account: &'a Account,
+    _slot: OwnedSemaphorePermit,
+    ticket: Ticket,
+    recorded: bool,
+}
+
+impl CallPermit<'_> {
+    pub async fn place(mut self, placement: &Placement) -> PlaceOutcome {
+        let started = Instant::now();
+        let outcome = self.account.provider.place(placement).await;
+        // A refusal with a code is an answer: the provider is up. Counting it as a failure
+        // would let one product's refusals (say, out of stock) pause every other order of
+        // the account; refused orders back off one by one instead.
+        let healthy = matches!(
+            outcome,
+            PlaceOutcome::Accepted { .. }
+                | PlaceOutcome::Rejected { .. }
+                | PlaceOutcome::Refused { .. }
+                | PlaceOutcome::Duplicate { .. }
+        );
+        let class = match outcome {
+            PlaceOutcome::Accepted { .. } => "accepted",
+            PlaceOutcome::Rejected { .. } => "rejected",
+            PlaceOutcome::Refused { .. } => "refused",
+            PlaceOutcome::Duplicate { .. } => "duplicate",
+            PlaceOutcome::AccountProblem { .. } => "account_problem",
+            PlaceOutcome::Transient { .. } => "transient",
+            PlaceOutcome::Unknown { .. } => "unknown",
+        };
+        self.record("place", class, started, healthy);
+        outcome
+    }
+
+    pub async fn check(mut self, reference: &str) -> CheckOutcome {
+        let started = Instant::now();
+        let outcome = self.account.provider.check(reference).await;
+        let healthy = !matches!(
+            outcome,
+            CheckOutcome::AccountProblem { .. } | CheckOutcome::Transient { .. }
+        );
+        let class = match outcome {
+            CheckOutcome::Pending => "pending",
+            CheckOutcome::Completed { .. } => "completed",
+            CheckOutcome::Cancelled { .. } => "cancelled",
+            CheckOutcome::Unclear { .. } => "unclear",
+            CheckOutcome::NotFound { .. } => "not_found",
+            CheckOutcome::Refused { .. } => "refused",
+            CheckOutcome::AccountProblem { .. } => "account_problem",
+            CheckOutcome::Transient { .. } => "transient",
+        };
+        self.record("check", class, started, healthy);
+        outcome
+    }
+
+    pub(super) fn record(
+        &mut self,
+        call: &'static str,
+        class: &'static str,
+        started: Instant,
+        healthy: bool,
+    ) {
+        self.recorded = true;
+        self.account.record(self.ticket, healthy);
+        if let Some(metrics) = self.account.metrics.get() {
+            let labels = CallLabels {
+                account: self.account.id.clone(),
+                call,
+                outcome: if healthy { "answered" } else { "failed" },
+                class,
+            };
+            metrics.provider_calls.get_or_create(&labels).inc();
+            metrics
+                .provider_call_seconds
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Drop for CallPermit<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.account
+                .breaker
+                .lock()
+                .expect("breaker lock")
+                .abandon(Instant::now(), self.ticket);
+        }
+    }
+}
+
+impl Account {
+    pub fn new(
+        id: String,
+        provider: Box<dyn Provider>,
+        request_timeout: Duration,
+        limits: Limits,
+    ) -> Self {
+        Account {
+            id,
+            provider,
+            request_timeout,
+            visibility_window: Duration::from_millis(DEFAULT_VISIBILITY_WINDOW_MS),
+            concurrency: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
+            retrying: Arc::new(Semaphore::new(DEFAULT_MAX_RETRYING)),
+            max_retrying: DEFAULT_MAX_RETRYING,
+            bucket: Mutex::new(TokenBucket::new(
+                limits.max_per_second,
+                limits.max_per_second.ceil() as u32,
+                Instant::now(),
+            )),
+            breaker: Mutex::new(Breaker::new(limits.breaker)),
+            metrics: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The same account with another visibility window.
+    pub fn with_visibility_window(self, window: Duration) -> Self {
+        Account {
+            visibility_window: window,
+            ..self
+        }
+    }
+
+    /// The same account with another `max_retrying`.
+    pub fn with_max_retrying(self, max_retrying: usize) -> Self {
+        let max_retrying = max_retrying.max(1);
+        Account {
+            retrying: Arc::new(Semaphore::new(max_retrying)),
+            max_retrying,
+            ..self
+        }
+    }
+
+    /// A place among the orders of this account retried in process, while one is free;
+    /// held until the order settles or is parked.
+    pub fn try_retrying(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.retrying).try_acquire_owned().ok()
+    }
+
+    /// How many orders of this account may be retried in process at once.
+    pub fn max_retrying(&self) -> usize {
+        self.max_retrying
+    }
+
+    /// How long a worker holds an order's lease (a dispatch claim, a check step): longer
+    /// than any call to this account, short enough that a crashed worker's orders resume
+    /// soon. Renewed right before each call.
+    pub fn lease(&self) -> Duration {
+        self.request_timeout * 2 + Duration::from_secs(5)
+    }
+
+    /// Checks an order under `reference`, within the account's caps.
+    pub async fn check(&self, reference: &str) -> CheckOutcome {
+        self.permit().await.check(reference).await
+    }
+
+    /// Waits until the breaker lets a call through and the call is within both caps.
+    pub async fn permit(&self) -> CallPermit<'_> {
+        let slot = Arc::clone(&self.concurrency)
+            .acquire_owned()
+            .await
+            .expect("the account semaphore is never closed");
+        let ticket = wait_until(|| {
+            self.breaker
+                .lock()
+                .expect("breaker lock")
+                .try_call(Instant::now())
+        })
+        .await;
+        // Build the permit now, so that a cancellation while waiting for the rate cap frees
+        // a probe.
+        let permit = CallPermit {
+            account: self,
+            _slot: slot,
+            ticket,
+            recorded: false,
+        };
+        wait_until(|| {
+            self.bucket
+                .lock()
+                .expect("rate bucket lock")
+                .try_take(Instant::now())
+        })
+        .await;
+        permit
+    }
+
+    /// As [`Account::permit`], but waits at most `patience` for the concurrency cap and
+    /// the breaker. `Err` says how long the caller would still have to wait (the open
+    /// breaker's remaining time, or `patience` when the cap stayed full), so that a caller
+    /// with other work to do (the dispatch stage) can step aside instead of holding its
+    /// place while an account is down.
+    pub async fn permit_within(&self, patience: Duration) -> Result<CallPermit<'_>, Duration> {
+        let start = Instant::now();
+        let slot = tokio::time::timeout(patience, Arc::clone(&self.concurrency).acquire_owned())
+            .await
+            .map_err(|_| patience)?
+            .expect("the account semaphore is never closed");
+        let ticket = loop {
+            let asked = self
+                .breaker
+                .lock()
+                .expect("breaker lock")
+                .try_call(Instant::now());
+            match asked {
+                Ok(ticket) => break ticket,
+                Err(wait) if start.elapsed() + wait > patience => return Err(wait),
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        };
+        let permit = CallPermit {
+            account: self,
+            _slot: slot,
+            ticket,
+            recorded: false,
+        };
+        // The rate cap's waits are a fraction of a second: not worth stepping aside for.
+        wait_until(|| {
+            self.bucket
+                .lock()
+                .expect("rate bucket lock")
+                .try_take(Instant::now())
+        })
+        .await;
+        Ok(permit)
+    }
+
+    fn record(&self, ticket: Ticket, healthy: bool) {
+        let mut breaker = self.breaker.lock().expect("breaker lock");
+        let was_open = !matches!(breaker.state(), BreakerState::Closed { .. });
+        breaker.record(Instant::now(), ticket, healthy);
+        let is_open = !matches!(breaker.state(), BreakerState::Closed { .. });
+        if let Some(metrics) = self.metrics.get() {
+            let label = AccountLabel {
+                account: self.id.clone(),
+            };
+            metrics
+                .provider_breaker_open
+                .get_or_create(&label)
+                .set(i64::from(is_open));
+        }
+        if is_open && !was_open {
+            tracing::warn!(account = %self.id, "provider failing: circuit breaker open, calls paused");
+        } else if was_open && !is_open {
+            tracing::info!(account = %self.id, "provider answering again: circuit breaker closed");
+        }
+    }
+}
+
+/// Asks `try_now` until it says yes, sleeping as long as each "no" says to.
+async fn wait_until<T>(mut try_now: impl FnMut() -> Result<T, Duration>) -> T {
+    loop {
+        match try_now() {
+            Ok(granted) => return granted,
+            Err(wait) => tokio::time::sleep(wait).await,
+        }
+    }
+}
