@@ -45,7 +45,7 @@ pub struct PollHandler {
     /// Each consumed topic with the longest a message of it waits ([`super::hold_at_most`]).
     hold: Vec<(String, Duration)>,
     pub(super) backoff: Backoff,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl PollHandler {
