@@ -32,19 +32,19 @@
 //!
 //! The folder, by role:
 //!
-//! | file           | what it owns                                                          |
-//! |----------------|-----------------------------------------------------------------------|
-//! | `config.rs`    | [`DispatchConfig`]: flags, defaults and their checks                  |
-//! | `error.rs`     | [`DispatchError`]: what stops the stage from starting                 |
-//! | `run.rs`       | [`run`]: topics checked, handler built, the consumer loop run         |
-//! | `handler.rs`   | [`DispatchHandler`]: the `Handler` seam and the one-order path        |
-//! | `batch.rs`     | the batched path: one claim statement per batch, settled in groups    |
-//! | `placement.rs` | [`placement::Placer`]: settling one order from its claim (G1)         |
-//! | `placement/`   | `step.rs`: one step of that, a placement or a check, and its answer  |
-//! | `decide.rs`    | pure decisions: placed or refused, what a conflict dead-letters       |
-//! | `refuse.rs`    | what is not placed: validation, the DLQ, the `failed` (invalid) answer |
-//! | `publish.rs`   | what is emitted for an outcome, and the events it is built from       |
-//! | `park.rs`      | [`park`]: an order waiting on `orders.dispatch-retry`                 |
+//! | file                | what it owns                                                           |
+//! |---------------------|------------------------------------------------------------------------|
+//! | `config.rs`         | [`DispatchConfig`]: flags, defaults and their checks                   |
+//! | `error.rs`          | [`DispatchError`]: what stops the stage from starting                  |
+//! | `run.rs`            | [`run()`]: topics checked, handler built, the consumer loop run        |
+//! | `handler.rs`        | [`DispatchHandler`]: the `Handler` seam and the one-order path         |
+//! | `batch.rs`          | the batched path: one claim statement per batch, settled in groups     |
+//! | `placement.rs`      | [`placement::Placer`]: settling one order from its claim (G1)          |
+//! | `placement/step.rs` | one step of that: a placement or a check, and what its answer means    |
+//! | `decide.rs`         | pure decisions: placed or refused, what a conflict dead-letters        |
+//! | `refuse.rs`         | what is not placed: validation, the DLQ, the `failed` (invalid) answer |
+//! | `publish.rs`        | what is emitted for an outcome, and the events it is built from        |
+//! | `park.rs`           | [`park`]: an order waiting on `orders.dispatch-retry` until it is due  |
 
 mod batch;
 mod config;
