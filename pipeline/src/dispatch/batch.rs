@@ -25,19 +25,22 @@
 //! event's data: claimed one at a time, the refused one is dead-lettered
 //! (`database_refused`) and the others go on.
 
+use super::decide::Refusal;
+use super::handler::DispatchHandler;
 use super::placement::Settled;
-use super::{DispatchHandler, Refusal};
+use super::publish::{state_event, ANNOUNCE_WAIT};
 use crate::core::backoff::random_fraction;
 use crate::core::event::OrderCreated;
 use crate::core::lifecycle::{version, OrderState};
 use crate::db::claims::{self, Claim, NewClaim, Phase};
-use crate::kafka::stage::{in_groups, message_span, Ack, Delivery, Handler};
+use crate::kafka::stage::{in_groups, message_span, Ack, Delivery};
+use crate::provider::accounts::Account;
 use crate::provider::{PlaceOutcome, Placement};
 use crate::shutdown::Shutdown;
 use chrono::Utc;
-use futures::future::{join_all, BoxFuture};
+use futures::future::join_all;
 use futures::stream::FuturesUnordered;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,24 +70,22 @@ enum Placed {
     Fallback { wait: Duration, release: bool },
 }
 
-impl Handler for DispatchHandler {
-    fn handle(self: Arc<Self>, batch: Vec<Delivery>, shutdown: Shutdown) -> BoxFuture<'static, ()> {
-        Box::pin(self.handle_batch(batch, shutdown))
-    }
-
-    /// A parked order waits for its due time without a place in flight; new orders are
-    /// due at once (a header on them is not ours to trust).
-    fn due_at(&self, message: &OwnedMessage) -> Option<chrono::DateTime<Utc>> {
-        if message.topic() == self.retry_topic {
-            super::park::due_at(message)
-        } else {
-            None
+impl Placed {
+    /// The one-order path takes over after `wait`, with the lease given up first.
+    fn fallback(wait: Duration) -> Placed {
+        Placed::Fallback {
+            wait,
+            release: true,
         }
     }
 }
 
 impl DispatchHandler {
-    async fn handle_batch(self: Arc<Self>, batch: Vec<Delivery>, mut shutdown: Shutdown) {
+    pub(super) async fn handle_batch(
+        self: Arc<Self>,
+        batch: Vec<Delivery>,
+        mut shutdown: Shutdown,
+    ) {
         let mut items = Vec::with_capacity(batch.len());
         let mut invalid = Vec::new();
         let mut again = Vec::new();
@@ -227,10 +228,7 @@ impl DispatchHandler {
         let patience = (account.lease() / 2).saturating_sub(claimed_at.elapsed());
         let permit = tokio::select! {
             permit = account.permit_within(patience) => permit,
-            _ = shutdown.wait() => {
-                let end = Placed::Fallback { wait: Duration::ZERO, release: true };
-                return (item, claim, end);
-            }
+            _ = shutdown.wait() => return (item, claim, Placed::fallback(Duration::ZERO)),
         };
         let permit = match permit {
             Ok(permit) => permit,
@@ -238,16 +236,8 @@ impl DispatchHandler {
             // fresh reference was made, so the order is `new` again, and the one-order path
             // parks it without checking anything.
             Err(_) => {
-                if let Err(e) =
-                    claims::unmark_placing(&self.placer.pool, item.order.order_id, owner).await
-                {
-                    tracing::debug!(order_id = %item.order.order_id, error = %e, "could not reset the placement mark");
-                }
-                let end = Placed::Fallback {
-                    wait: Duration::ZERO,
-                    release: true,
-                };
-                return (item, claim, end);
+                self.unmark(&item, owner).await;
+                return (item, claim, Placed::fallback(Duration::ZERO));
             }
         };
         // The claim's lease covers the call only while it has half its length left; a long
@@ -255,11 +245,7 @@ impl DispatchHandler {
         // renews the lease (or finds it taken) and checks the reference before any call.
         if claimed_at.elapsed() > account.lease() / 2 || Utc::now() >= claim.deadline {
             drop(permit);
-            let end = Placed::Fallback {
-                wait: Duration::ZERO,
-                release: true,
-            };
-            return (item, claim, end);
+            return (item, claim, Placed::fallback(Duration::ZERO));
         }
         let placement = Placement {
             reference: claim.provider_reference.clone(),
@@ -272,8 +258,26 @@ impl DispatchHandler {
             // The call may have landed: the one-order path checks the reference first.
             _ = shutdown.wait() => PlaceOutcome::Unknown { detail: "interrupted by shutdown".into() },
         };
+        let end = self
+            .first_answer(&item, &claim, owner, &account, outcome)
+            .await;
+        (item, claim, end)
+    }
+
+    /// What the answer to the first call under a fresh reference means: accepted or
+    /// rejected (a permanent code, or a reference another system uses) settles the order;
+    /// anything else hands it to the one-order path after a backoff, `new` again when the
+    /// call certainly bought nothing.
+    async fn first_answer(
+        &self,
+        item: &Item,
+        claim: &Claim,
+        owner: Uuid,
+        account: &Account,
+        outcome: PlaceOutcome,
+    ) -> Placed {
         let backoff = || self.placer.backoff.delay(0, random_fraction());
-        let end = match outcome {
+        match outcome {
             PlaceOutcome::Accepted { .. } => Placed::Settle {
                 phase: Phase::Placed,
                 code: None,
@@ -301,16 +305,9 @@ impl DispatchHandler {
             // Maintenance, a rate limit, a code never seen: this first call bought nothing.
             // The one-order path places it again after a backoff, until its deadline.
             PlaceOutcome::Refused { code, .. } => {
-                if let Err(e) =
-                    claims::unmark_placing(&self.placer.pool, item.order.order_id, owner).await
-                {
-                    tracing::debug!(order_id = %item.order.order_id, error = %e, "could not reset the placement mark");
-                }
+                self.unmark(item, owner).await;
                 tracing::info!(order_id = %item.order.order_id, code = %code, "the provider refused the order for now; placing it again later");
-                Placed::Fallback {
-                    wait: backoff(),
-                    release: true,
-                }
+                Placed::fallback(backoff())
             }
             PlaceOutcome::Transient { detail }
             | PlaceOutcome::AccountProblem {
@@ -318,26 +315,24 @@ impl DispatchHandler {
                 not_placed: true,
             } => {
                 // Nothing was bought: back to `new`, so the deadline can still end it cleanly.
-                if let Err(e) =
-                    claims::unmark_placing(&self.placer.pool, item.order.order_id, owner).await
-                {
-                    tracing::debug!(order_id = %item.order.order_id, error = %e, "could not reset the placement mark");
-                }
+                self.unmark(item, owner).await;
                 tracing::info!(order_id = %item.order.order_id, "placement did not reach the provider ({detail}); retrying");
-                Placed::Fallback {
-                    wait: backoff(),
-                    release: true,
-                }
+                Placed::fallback(backoff())
             }
             PlaceOutcome::AccountProblem { detail, .. } | PlaceOutcome::Unknown { detail } => {
                 tracing::info!(order_id = %item.order.order_id, reference = %claim.provider_reference, "placement outcome unknown ({detail}); checking the reference next");
-                Placed::Fallback {
-                    wait: backoff(),
-                    release: true,
-                }
+                Placed::fallback(backoff())
             }
-        };
-        (item, claim, end)
+        }
+    }
+
+    /// Takes a freshly claimed order back to `new`: no call under its reference bought
+    /// anything. Harmless if it fails: `placing` only costs a check before the next attempt.
+    async fn unmark(&self, item: &Item, owner: Uuid) {
+        if let Err(e) = claims::unmark_placing(&self.placer.pool, item.order.order_id, owner).await
+        {
+            tracing::debug!(order_id = %item.order.order_id, error = %e, "could not reset the placement mark");
+        }
     }
 
     /// Records a group of answers in one statement, then publishes and acknowledges them.
@@ -418,7 +413,7 @@ impl DispatchHandler {
     /// it costs a send before the calls), waiting for it a bounded time.
     async fn announce(&self, fresh: &[(Item, Claim)]) {
         let sends = fresh.iter().map(|(item, claim)| {
-            let event = super::state_event(
+            let event = state_event(
                 &item.order,
                 claim,
                 OrderState::Dispatching,
@@ -427,7 +422,7 @@ impl DispatchHandler {
             );
             async move { self.emitter.state(&event).await }.instrument(item.span.clone())
         });
-        match tokio::time::timeout(super::ANNOUNCE_WAIT, join_all(sends)).await {
+        match tokio::time::timeout(ANNOUNCE_WAIT, join_all(sends)).await {
             Ok(results) => {
                 if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
                     tracing::warn!(error = %e, "publishing the dispatching state failed");

@@ -10,11 +10,20 @@
 //! one-order path, which finds its claim as it was left. The copy is on the broker
 //! (acks=all) before the original is acknowledged; a crash in between only leaves two
 //! copies, which the claim makes harmless (G1).
+//!
+//! [`DispatchHandler::park`] is the stage's side: it copies the record, counts the parking
+//! and logs when the order is due.
 
-use crate::core::backoff::Backoff;
+use super::handler::DispatchHandler;
+use crate::core::backoff::{random_fraction, Backoff};
+use crate::core::event::OrderCreated;
 use crate::dispatch::placement::Parked;
+use crate::kafka::emit::until_sent;
 use crate::kafka::headers;
+use crate::kafka::topics::name;
 use crate::kafka::Context;
+use crate::metrics::AccountLabel;
+use crate::shutdown::{Interrupted, Shutdown};
 use chrono::{DateTime, Utc};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
@@ -121,6 +130,40 @@ pub fn millis_until(due: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
         .unwrap_or(Duration::ZERO)
         .as_millis()
         .min(u128::from(u64::MAX)) as u64
+}
+
+impl DispatchHandler {
+    /// Parks the order: its record goes to the retry topic, due after a wait that grows
+    /// with each parking; the original is acknowledged (by the caller) once the copy is on
+    /// the broker.
+    pub(super) async fn park(
+        &self,
+        message: &OwnedMessage,
+        order: &OrderCreated,
+        parked: &Parked,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        let times = times_parked(message).saturating_add(1);
+        let now = Utc::now();
+        let due = self.park_backoff.due(times, parked, now, random_fraction());
+        let producer = self.emitter.producer();
+        until_sent("parking an order", &self.placer.backoff, shutdown, || {
+            send(producer, &self.retry_topic, message, due, times)
+        })
+        .await?;
+        self.metrics
+            .dispatch_parked
+            .get_or_create(&AccountLabel {
+                account: order.provider_account.clone(),
+            })
+            .inc();
+        tracing::info!(
+            order_id = %order.order_id, account = %order.provider_account, times_parked = times,
+            due_in_ms = millis_until(due, now), "order parked on {}: {}",
+            name::ORDERS_DISPATCH_RETRY, parked.why
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,121 @@
+//! Events the dispatch stage does not place: each is dead-lettered on `orders.dlq` with its
+//! reason, and an order that cannot be placed as given (its account not configured, its
+//! product not one the provider sells) is also answered `failed` (invalid) on
+//! `orders.state`, after its order id is claimed as `invalid` so that the answer is final
+//! for the id (G2). An order id claimed before gets no second answer: the order it
+//! collides with has its own (see the module header of [`super`]).
+
+use super::decide::{self, Refusal};
+use super::handler::DispatchHandler;
+use crate::core::event::{InvalidEvent, InvalidKind, OrderCreated};
+use crate::db::claims::{self, InvalidClaim};
+use crate::kafka::emit::until_sent;
+use crate::shutdown::{Interrupted, Shutdown};
+use rdkafka::message::{Message, OwnedMessage};
+
+impl DispatchHandler {
+    /// The order a message asks for, or why it is not placed.
+    pub(super) fn validate(&self, message: &OwnedMessage) -> Result<OrderCreated, Refusal> {
+        let order =
+            OrderCreated::decode(message.payload().unwrap_or_default(), self.max_event_bytes)
+                .map_err(Refusal::Unusable)?;
+        let keyed = decide::keyed(message.key(), order.order_id);
+        let placeable = self.placeable(&order);
+        decide::admit(order, placeable, keyed)
+    }
+
+    /// Whether the order's account is configured and sells its product.
+    fn placeable(&self, order: &OrderCreated) -> Result<(), InvalidEvent> {
+        let account = self.accounts.get(&order.provider_account).ok_or_else(|| {
+            InvalidEvent::new(
+                InvalidKind::UnknownProviderAccount,
+                format!(
+                    "provider_account {:?} is not configured",
+                    order.provider_account
+                ),
+            )
+        })?;
+        account
+            .provider
+            .validate_product(&order.product)
+            .map_err(|why| InvalidEvent::new(InvalidKind::InvalidProduct, why))
+    }
+
+    /// Dead-letters an event that is not placed and, if it is an order that cannot be
+    /// placed as given, answers it `failed` (invalid) unless its order id is claimed
+    /// already (see the module header).
+    pub(super) async fn refuse(
+        &self,
+        message: &OwnedMessage,
+        refusal: Refusal,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        match refusal {
+            Refusal::Unusable(why) => self.dead_letter(message, why, shutdown).await,
+            Refusal::Unplaceable(order, why) => {
+                self.answer_invalid(&order, &why, shutdown).await?;
+                self.dead_letter(message, why, shutdown).await
+            }
+        }
+    }
+
+    /// Claims `order`'s id as `invalid` and publishes `failed` (invalid) for it, unless the
+    /// id was claimed before by another event.
+    async fn answer_invalid(
+        &self,
+        order: &OrderCreated,
+        why: &InvalidEvent,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        let text = decide::invalid_message(why);
+        let digest = order.content_digest();
+        let claimed = crate::db::retry_unless_refused(
+            "claiming an order that cannot be placed",
+            &self.placer.backoff,
+            shutdown,
+            || {
+                claims::claim_invalid(
+                    &self.placer.pool,
+                    order.order_id,
+                    &order.tenant_id,
+                    &order.provider_account,
+                    &digest,
+                    &text,
+                )
+            },
+        )
+        .await?;
+        let claim = match claimed {
+            Ok(InvalidClaim::Answer(claim)) => claim,
+            Ok(InvalidClaim::Taken(_)) => {
+                tracing::info!(order_id = %order.order_id, "the order id is claimed by another event, which has its own answer; not answering this one");
+                return Ok(());
+            }
+            Err(refused) => {
+                tracing::warn!(order_id = %order.order_id, error = %refused, "the database refused to claim the order id; dead-lettering without an answer");
+                return Ok(());
+            }
+        };
+        self.publish_invalid(order, &claim, shutdown).await
+    }
+
+    /// Puts the event on `orders.dlq` with its reason, until the broker has it.
+    pub(super) async fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        why: InvalidEvent,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        tracing::warn!(
+            topic = message.topic(), partition = message.partition(), offset = message.offset(),
+            reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
+        );
+        until_sent(
+            "dead-lettering an event",
+            &self.placer.backoff,
+            shutdown,
+            || self.dead_letters.send(message, &why),
+        )
+        .await
+    }
+}

@@ -1,0 +1,67 @@
+//! Start-up of the dispatch stage: its topics checked, the accounts observed, the handler
+//! built, then the shared consumer loop ([`crate::kafka::stage`]) run on `orders.created`
+//! and `orders.dispatch-retry` until shutdown, committing an offset only once its outcome is
+//! on the broker (G2).
+
+use super::config::DispatchConfig;
+use super::error::DispatchError;
+use super::handler::DispatchHandler;
+use crate::kafka::stage::{self, StageOptions};
+use crate::kafka::topics::name;
+use crate::kafka::KafkaConfig;
+use crate::metrics::Metrics;
+use crate::provider::accounts::Accounts;
+use crate::shutdown::Shutdown;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs the dispatch stage until `shutdown`.
+pub async fn run(
+    config: DispatchConfig,
+    accounts: Accounts,
+    kafka: KafkaConfig,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> Result<(), DispatchError> {
+    kafka
+        .check_topics_off_runtime(
+            [
+                name::ORDERS_CREATED,
+                name::ORDERS_DISPATCH_RETRY,
+                name::ORDERS_DISPATCHED,
+                name::ORDERS_STATE,
+                name::ORDERS_DLQ,
+            ]
+            .map(|topic| kafka.topic(topic))
+            .to_vec(),
+        )
+        .await?;
+    accounts.observe(Arc::clone(&metrics));
+    let handler = Arc::new(DispatchHandler::new(
+        &config,
+        &kafka,
+        pool,
+        accounts,
+        Arc::clone(&metrics),
+    )?);
+    let options = StageOptions {
+        group: config.group.clone(),
+        // Parked orders come back on their own topic, with an in-flight bound of their own:
+        // a crowd of them coming back cannot starve new orders, nor new orders them.
+        topics: vec![
+            kafka.topic(name::ORDERS_CREATED),
+            kafka.topic(name::ORDERS_DISPATCH_RETRY),
+        ],
+        max_in_flight: config.max_in_flight.max(1),
+        batch: config.batch,
+        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+        metrics,
+    };
+    let consumer = stage::consumer(&kafka, &options)?;
+    tracing::info!(group = %options.group, topics = ?options.topics, "dispatch stage running");
+    stage::run(consumer, handler, options, shutdown).await?;
+    tracing::info!("dispatch stage stopped");
+    Ok(())
+}
