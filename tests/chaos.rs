@@ -42,7 +42,7 @@ use orderflow::kafka::headers;
 use orderflow::kafka::topics::{self, name, TopicSpec, TopicSpecs};
 use orderflow::kafka::KafkaConfig;
 use orderflow::pin::{PinKeys, SealedPin};
-use orderflow::znet::sim::{Fault, FaultWave, Sim, SimConfig, SimStats};
+use orderflow::testbed::sim::{Fault, FaultWave, Sim, SimConfig, SimStats};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;

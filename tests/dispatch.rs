@@ -14,7 +14,7 @@ use orderflow::db::claims::{self, Phase};
 use orderflow::kafka::headers;
 use orderflow::kafka::topics::name;
 use orderflow::shutdown;
-use orderflow::znet::sim::{Fault, SimCall, SimConfig};
+use orderflow::testbed::sim::{Fault, SimCall, SimConfig};
 use rdkafka::message::Message;
 use std::time::Duration;
 

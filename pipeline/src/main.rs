@@ -4,13 +4,13 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use orderflow::bench::{self, BenchCommand};
+use orderflow::testbed::bench::{self, BenchCommand};
 use orderflow::core::schedule;
 use orderflow::db::{self, journey, DbConfig};
 use orderflow::dispatch::{self, DispatchConfig};
 use orderflow::kafka::topics::{self, TopicSpecs};
 use orderflow::kafka::KafkaConfig;
-use orderflow::load::{self, LoadConfig};
+use orderflow::testbed::load::{self, LoadConfig};
 use orderflow::metrics::{self, Metrics, MetricsConfig};
 use orderflow::pin::PinKeys;
 use orderflow::poll::reconcile::{self, ReconcileConfig};
@@ -18,7 +18,7 @@ use orderflow::poll::PollConfig;
 use orderflow::provider::accounts::Accounts;
 use orderflow::shutdown;
 use orderflow::sink::SinkConfig;
-use orderflow::znet::sim::{Sim, SimConfig, DEFAULT_BALANCE_KURUS};
+use orderflow::testbed::sim::{Sim, SimConfig, DEFAULT_BALANCE_KURUS};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

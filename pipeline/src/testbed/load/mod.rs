@@ -16,7 +16,7 @@
 //! PostgreSQL's `orders` table is, at the row's `updated_at` (the sink's write); the
 //! final state event read from `orders.state` is then reported alongside. Once a second a
 //! [`Snapshot`] (counts so far, and the orders waiting per tier, read from the poll
-//! group's lag) feeds the progress line and [`crate::bench`].
+//! group's lag) feeds the progress line and [`crate::testbed::bench`].
 
 use crate::core::event::{OrderCreated, OrderStateEvent, SCHEMA_VERSION};
 use crate::core::lifecycle::OrderState;

@@ -3,7 +3,7 @@
 //! their processes (`--process name=pid`) for CPU and memory to be read from `/proc`.
 //!
 //! - `bench throughput`: a load of orders (at a rate or `max`) followed until each one's
-//!   row in PostgreSQL is final ([`crate::load`], latencies from each order's intended
+//!   row in PostgreSQL is final ([`crate::testbed::load`], latencies from each order's intended
 //!   send time), then the raw Kafka ceiling ([`ceiling`]) sustained over a comparable
 //!   span. Reports sustained and steady orders/s, created-to-dispatched and
 //!   created-to-final percentiles, CPU seconds and CPU per order and peak RSS of every
@@ -24,7 +24,7 @@ use crate::core::seeded::Seeded;
 use crate::db::{DbConfig, DbError};
 use crate::kafka::topics::name;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
-use crate::load::{self, percentile, DepthArgs, LoadConfig, LoadError, Observer, Snapshot};
+use crate::testbed::load::{self, percentile, DepthArgs, LoadConfig, LoadError, Observer, Snapshot};
 use crate::shutdown::Shutdown;
 use chart::{Line, Panel};
 use chrono::Utc;

@@ -2,7 +2,7 @@
 //! in-process for integration tests).
 //!
 //! Owns: the four `/servis/*.php` endpoints of `docs/design/znet-protocol.md` as our
-//! parser (`super::protocol`) expects them, a small static catalog, the dealer balance,
+//! parser (`crate::znet::protocol`) expects them, a small static catalog, the dealer balance,
 //! referans uniqueness (one purchase per referans, ever), seeded randomness (rejections,
 //! cancellations, faults, PINs), fault injection (scripted FIFO per call, then scripted
 //! `<code>|<message>` answers, then the current wave of one kind, then random), a visibility
