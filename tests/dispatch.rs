@@ -981,7 +981,7 @@ async fn order_show_names_what_holds_a_stuck_order_up_and_since_when() {
             .await
             .unwrap();
         if let Some(j) = journey.filter(|j| j.claim_failing_since.is_some()) {
-            break orderflow::db::journey::render(&j, chrono::Utc::now(), None).unwrap();
+            break orderflow::cli::order::render(&j, chrono::Utc::now(), None).unwrap();
         }
         assert!(
             std::time::Instant::now() < deadline,

@@ -26,9 +26,11 @@
 //!   (`testbed::load`), and `orderflow bench` (`testbed::bench`: throughput against the
 //!   raw Kafka ceiling, memory while checks wait, CPU and memory read from `/proc`).
 //!   Production modules never import it.
-//!
-//! The `orderflow` binary (`src/main.rs`) wires these into subcommands.
+//! - [`cli`]: the `orderflow` command's subcommands, one module each (the stages' shared
+//!   start-up in [`cli::stage`], `order show`'s rendering in [`cli::order`]); the binary
+//!   (`src/main.rs`) only parses, sets up logging and the runtime, and hands over.
 
+pub mod cli;
 pub mod core;
 pub mod crash;
 pub mod db;

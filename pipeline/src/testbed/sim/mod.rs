@@ -30,6 +30,9 @@ use tracing::debug;
 
 use crate::core::seeded::Seeded;
 
+mod args;
+pub use args::{ShareError, SimArgs};
+
 // ----- public types -------------------------------------------------------------------
 
 #[derive(Clone)]
