@@ -8,7 +8,7 @@
 //!   check schedule, backoff, rate limiting and the breaker; unit- and property-tested.
 //! - [`provider`]: what a provider is asked and how its answers are classified; provider
 //!   accounts with their concurrency and rate caps.
-//! - [`znet`]: the first provider: answer parsing (pure), HTTP client, and a simulator.
+//! - [`znet`]: the first provider: answer parsing (pure) and HTTP client.
 //! - [`kafka`]: client settings, topic specs, the shared consumer loop ([`kafka::stage`]),
 //!   event publishing and the dead-letter queue.
 //! - [`db`]: PostgreSQL: migrations, the `orders` table and the dispatch claims.
@@ -16,24 +16,26 @@
 //! - [`sink`]: the sink, `orders.state` into the `orders` table in batches.
 //! - [`poll`]: the poll stage (status checks on delay-topic tiers) and its reconciler.
 //! - [`pin`]: sealing PIN codes under the shop's rotating keys (AES-256-GCM).
-//! - [`load`]: the load generator behind the demo and the benchmarks.
-//! - [`bench`]: `orderflow bench`, throughput against the raw Kafka ceiling, and memory
-//!   while checks wait; CPU and memory read from `/proc`.
 //! - [`metrics`]: Prometheus metrics and the /metrics, /healthz, /readyz server.
 //! - [`telemetry`]: OpenTelemetry traces across stages through Kafka headers (off unless
 //!   an OTLP endpoint is configured).
 //! - [`secret`], [`shutdown`]: values that never print; the shutdown signal.
 //! - [`crash`]: crash points for the kill tests (`ORDERFLOW_CRASH_AT`).
-//!
-//! The `orderflow` binary (`src/main.rs`) wires these into subcommands.
+//! - `testbed` (feature `testbed`, on by default): the test bed, not production. The znet
+//!   simulator (`testbed::sim`), the load generator behind the demo and the benchmarks
+//!   (`testbed::load`), and `orderflow bench` (`testbed::bench`: throughput against the
+//!   raw Kafka ceiling, memory while checks wait, CPU and memory read from `/proc`).
+//!   Production modules never import it.
+//! - [`cli`]: the `orderflow` command's subcommands, one module each (the stages' shared
+//!   start-up in [`cli::stage`], `order show`'s rendering in [`cli::order`]); the binary
+//!   (`src/main.rs`) only parses, sets up logging and the runtime, and hands over.
 
-pub mod bench;
+pub mod cli;
 pub mod core;
 pub mod crash;
 pub mod db;
 pub mod dispatch;
 pub mod kafka;
-pub mod load;
 pub mod metrics;
 pub mod pin;
 pub mod poll;
@@ -42,4 +44,6 @@ pub mod secret;
 pub mod shutdown;
 pub mod sink;
 pub mod telemetry;
+#[cfg(feature = "testbed")]
+pub mod testbed;
 pub mod znet;

@@ -14,7 +14,7 @@ use orderflow::db::claims::{self, Phase};
 use orderflow::kafka::headers;
 use orderflow::kafka::topics::name;
 use orderflow::shutdown;
-use orderflow::znet::sim::{Fault, SimCall, SimConfig};
+use orderflow::testbed::sim::{Fault, SimCall, SimConfig};
 use rdkafka::message::Message;
 use std::time::Duration;
 
@@ -981,7 +981,7 @@ async fn order_show_names_what_holds_a_stuck_order_up_and_since_when() {
             .await
             .unwrap();
         if let Some(j) = journey.filter(|j| j.claim_failing_since.is_some()) {
-            break orderflow::db::journey::render(&j, chrono::Utc::now(), None).unwrap();
+            break orderflow::cli::order::render(&j, chrono::Utc::now(), None).unwrap();
         }
         assert!(
             std::time::Instant::now() < deadline,

@@ -15,7 +15,7 @@ use orderflow::pin::PinKeys;
 use orderflow::poll::reconcile::{self, ReconcileConfig};
 use orderflow::poll::{PollConfig, ScheduleArgs};
 use orderflow::shutdown;
-use orderflow::znet::sim::SimConfig;
+use orderflow::testbed::sim::SimConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;

@@ -12,7 +12,7 @@ use common::pipeline::{order, Harness};
 use orderflow::kafka::lag::GroupLag;
 use orderflow::kafka::topics::{self, name, TopicSpecs};
 use orderflow::pin::PinKeys;
-use orderflow::znet::sim::SimConfig;
+use orderflow::testbed::sim::SimConfig;
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use std::collections::BTreeMap;

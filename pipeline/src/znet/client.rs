@@ -155,10 +155,11 @@ impl Provider for ZnetClient {
     }
 }
 
-#[cfg(test)]
+// The tests run the client against the simulator, which the `testbed` feature brings.
+#[cfg(all(test, feature = "testbed"))]
 mod tests {
     use super::*;
-    use crate::znet::sim::{Fault, Sim, SimCall, SimConfig};
+    use crate::testbed::sim::{Fault, Sim, SimCall, SimConfig};
 
     /// A call that runs out of time says "timeout", for a placement and for a check; a
     /// refused connection is "not sent", not a timeout.

@@ -1,6 +1,6 @@
-//! The znet provider: its answers parsed (`protocol`), its HTTP client (`client`) and a
-//! simulator that speaks the same protocol with fault injection (`sim`).
-
+//! The znet provider: its answers parsed (`protocol`) and its HTTP client (`client`). Its
+//! simulator, which speaks the same protocol with fault injection, is test bed
+//! (`crate::testbed::sim`).
 //!
 //! The dependency goes one way: znet implements [`crate::provider`]'s trait and reads its
 //! types; `provider` knows no provider. [`connect`] is what a command passes to
@@ -8,7 +8,6 @@
 
 pub mod client;
 pub mod protocol;
-pub mod sim;
 
 use crate::provider::accounts::{Endpoint, ProviderKind};
 use crate::provider::Provider;

@@ -10,7 +10,7 @@ use crate::load::{self, Load, Published};
 use crate::settings::{
     provider_calls, Clock, Size, TICK, WAVES, WAVE_MAX_TICKS, WAVE_MIN, WAVE_RATE,
 };
-use orderflow::znet::sim::{Fault, FaultWave};
+use orderflow::testbed::sim::{Fault, FaultWave};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;

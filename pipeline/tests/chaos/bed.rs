@@ -12,7 +12,7 @@ use orderflow::db::DbConfig;
 use orderflow::kafka::topics::{self, name, TopicSpec, TopicSpecs};
 use orderflow::kafka::KafkaConfig;
 use orderflow::pin::PinKeys;
-use orderflow::znet::sim::{Sim, SimConfig, SimHandle};
+use orderflow::testbed::sim::{Sim, SimConfig, SimHandle};
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

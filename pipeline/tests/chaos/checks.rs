@@ -13,7 +13,7 @@ use crate::stages::Stages;
 use orderflow::kafka::headers;
 use orderflow::kafka::topics::name;
 use orderflow::pin::SealedPin;
-use orderflow::znet::sim::SimStats;
+use orderflow::testbed::sim::SimStats;
 use rdkafka::message::{Message, OwnedMessage};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};

@@ -11,7 +11,7 @@ use crate::secrets::SecretScan;
 use crate::settings::{Clock, Size};
 use crate::stages::Stages;
 use chrono::Utc;
-use orderflow::znet::sim::SimStats;
+use orderflow::testbed::sim::SimStats;
 use std::collections::BTreeMap;
 use std::path::Path;
 

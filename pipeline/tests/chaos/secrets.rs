@@ -5,7 +5,7 @@
 
 use crate::bed::Bed;
 use crate::common::pipeline::{KOD, SIFRE};
-use orderflow::znet::sim::SimStats;
+use orderflow::testbed::sim::SimStats;
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use std::collections::HashSet;
 use std::sync::Arc;

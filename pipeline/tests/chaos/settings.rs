@@ -2,7 +2,7 @@
 //! scaled-down check schedule, the fault waves, the broken account, the tick; where the
 //! run writes (its figures, its scratch directory) and the clock its progress lines use.
 
-use orderflow::znet::sim::{Fault, SimStats};
+use orderflow::testbed::sim::{Fault, SimStats};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,7 @@ use orderflow::dispatch::DispatchConfig;
 use orderflow::kafka::topics::name;
 use orderflow::kafka::KafkaConfig;
 use orderflow::provider::accounts::Accounts;
-use orderflow::znet::sim::{Sim, SimConfig, SimStats};
+use orderflow::testbed::sim::{Sim, SimConfig, SimStats};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureRecord;

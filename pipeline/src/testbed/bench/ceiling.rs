@@ -107,20 +107,7 @@ async fn run(
     min_span: Duration,
     shutdown: &Shutdown,
 ) -> Result<Ceiling, CeilingError> {
-    let consumer: StreamConsumer<Context> = kafka
-        .client_config()
-        .set(
-            "group.id",
-            format!("orderflow.bench-ceiling.{}", Uuid::new_v4()),
-        )
-        .set("enable.auto.commit", "false")
-        .create_with_context(Context)
-        .map_err(KafkaSetupError::Client)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    consumer.assign(&tpl)?;
+    let consumer = from_the_beginning(kafka, topic, partitions)?;
     // A topic created a moment ago may not have leaders yet: the first send waits for them.
     let producer = kafka.producer()?;
     let first = events.first().map_or(&[][..], |(_, p)| p.as_slice());
@@ -134,28 +121,9 @@ async fn run(
 
     // The reader learns the total once the producer is done; it gives up after a minute
     // without a message.
-    let (total_tx, mut total_rx) = tokio::sync::watch::channel(usize::MAX);
+    let (total_tx, total_rx) = tokio::sync::watch::channel(usize::MAX);
     let idle = Duration::from_secs(60);
-    let reader = tokio::spawn(async move {
-        let mut read = 0usize;
-        let mut last = Instant::now();
-        // The warm-up message is read too and not counted.
-        while read < total_rx.borrow().saturating_add(1) {
-            tokio::select! {
-                received = tokio::time::timeout(idle, consumer.recv()) => match received {
-                    Ok(Ok(_)) => {
-                        read += 1;
-                        last = Instant::now();
-                    }
-                    Ok(Err(e)) => tracing::debug!(error = %e, "ceiling consumer"),
-                    Err(_) => break,
-                },
-                // The producer gave up (its error is reported): so does the reader.
-                changed = total_rx.changed() => if changed.is_err() { break },
-            }
-        }
-        (read.saturating_sub(1), last)
-    });
+    let reader = read_all(consumer, total_rx, idle);
 
     let start = Instant::now();
     let n = events.len().max(1);
@@ -186,5 +154,58 @@ async fn run(
         consume_s: consumed.as_secs_f64(),
         produce_per_s: messages as f64 / produced.as_secs_f64().max(1e-9),
         consume_per_s: messages as f64 / consumed.as_secs_f64().max(1e-9),
+    })
+}
+
+/// A consumer of every partition of `topic`, from its beginning, in a group of its own.
+fn from_the_beginning(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partitions: i32,
+) -> Result<StreamConsumer<Context>, CeilingError> {
+    let consumer: StreamConsumer<Context> = kafka
+        .client_config()
+        .set(
+            "group.id",
+            format!("orderflow.bench-ceiling.{}", Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .create_with_context(Context)
+        .map_err(KafkaSetupError::Client)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    Ok(consumer)
+}
+
+/// Reads until it has the total the producer announces (plus the warm-up message), or
+/// for `idle` reads nothing; returns the messages read, the warm-up left out, and when the
+/// last one came.
+fn read_all(
+    consumer: StreamConsumer<Context>,
+    mut total_rx: tokio::sync::watch::Receiver<usize>,
+    idle: Duration,
+) -> tokio::task::JoinHandle<(usize, Instant)> {
+    tokio::spawn(async move {
+        let mut read = 0usize;
+        let mut last = Instant::now();
+        // The warm-up message is read too and not counted.
+        while read < total_rx.borrow().saturating_add(1) {
+            tokio::select! {
+                received = tokio::time::timeout(idle, consumer.recv()) => match received {
+                    Ok(Ok(_)) => {
+                        read += 1;
+                        last = Instant::now();
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "ceiling consumer"),
+                    Err(_) => break,
+                },
+                // The producer gave up (its error is reported): so does the reader.
+                changed = total_rx.changed() => if changed.is_err() { break },
+            }
+        }
+        (read.saturating_sub(1), last)
     })
 }
