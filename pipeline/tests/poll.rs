@@ -9,11 +9,12 @@ use orderflow::core::event::{OrderCreated, OrderStateEvent, StatusCheck, SCHEMA_
 use orderflow::core::lifecycle::{FailureReason, OrderState};
 use orderflow::db::chains;
 use orderflow::kafka::emit::Emitter;
+use orderflow::kafka::stage::StageConfig;
 use orderflow::kafka::topics::{self, name, TopicSpec, TopicSpecs};
 use orderflow::metrics::Metrics;
 use orderflow::pin::PinKeys;
 use orderflow::poll::reconcile::{self, ReconcileConfig};
-use orderflow::poll::{PollConfig, ScheduleArgs};
+use orderflow::poll::{PollConfig, ScheduleConfig};
 use orderflow::shutdown;
 use orderflow::testbed::sim::SimConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -84,8 +85,8 @@ impl Poll {
         }
     }
 
-    fn schedule(&self) -> ScheduleArgs {
-        ScheduleArgs {
+    fn schedule(&self) -> ScheduleConfig {
+        ScheduleConfig {
             first_check: self.first_check.into(),
             check_tiers: self.tiers.into(),
             max_check_attempts: self.max_attempts,
@@ -99,8 +100,10 @@ impl Poll {
             max_in_flight: 32,
             schedule: self.schedule(),
             pin_keys_file: Some(self.keys_file.clone()),
-            shutdown_grace_ms: 5_000,
-            batch: Default::default(),
+            stage: StageConfig {
+                shutdown_grace_ms: 5_000,
+                ..Default::default()
+            },
         }
     }
 
@@ -502,7 +505,7 @@ async fn sigkill_while_checks_wait_then_restart_loses_nothing() {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let stepped: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM poll_chains WHERE attempts >= 1")
+            sqlx::query_scalar("SELECT count(*) FROM check_chains WHERE attempts >= 1")
                 .fetch_one(&p.h.db.pool)
                 .await
                 .unwrap();
@@ -519,7 +522,7 @@ async fn sigkill_while_checks_wait_then_restart_loses_nothing() {
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let finals_before: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM poll_chains WHERE final_state IS NOT NULL")
+        sqlx::query_scalar("SELECT count(*) FROM check_chains WHERE final_state IS NOT NULL")
             .fetch_one(&p.h.db.pool)
             .await
             .unwrap();
@@ -726,7 +729,7 @@ async fn the_reconciler_starts_no_second_chain() {
     for check in [&late, &on_time] {
         // The chain as the dispatched order's step 0 leaves it: step 1 due at due_at.
         sqlx::query(
-            "INSERT INTO poll_chains (order_id, tenant_id, provider_account, provider_reference,
+            "INSERT INTO check_chains (order_id, tenant_id, provider_account, provider_reference,
                                       dispatched_at, deadline, seq, step_done, attempts,
                                       version, next_check_at)
              VALUES ($1, 'shop-1', $2, $3, now(), $4, 0, true, 0, 2, $5)",
@@ -797,7 +800,7 @@ async fn the_reconciler_stops_re_enqueueing_a_chain_the_poll_stage_keeps_dead_le
     let order_id = Uuid::new_v4();
     // The chain as its first step left it, overdue: an account the stages no longer know.
     sqlx::query(
-        "INSERT INTO poll_chains (order_id, tenant_id, provider_account, provider_reference,
+        "INSERT INTO check_chains (order_id, tenant_id, provider_account, provider_reference,
                                   dispatched_at, deadline, seq, step_done, attempts,
                                   version, next_check_at)
          VALUES ($1, 'shop-1', 'znet-removed', '900000031', now() - interval '1 minute',
@@ -1042,7 +1045,7 @@ async fn an_orders_trace_runs_through_dispatch_and_checks_and_is_exported() {
 }
 
 /// Issue 15 item 3: a check step whose data the database refuses (here a rule of the test's
-/// own on `poll_chains`) is dead-lettered as `database_refused` with its SQLSTATE instead of
+/// own on `check_chains`) is dead-lettered as `database_refused` with its SQLSTATE instead of
 /// being retried forever, a check naming a time PostgreSQL cannot hold is refused at
 /// decoding, the other checks of the batch go on, and the group's committed offset moves
 /// past them within seconds.
@@ -1054,7 +1057,7 @@ async fn check_steps_the_database_refuses_are_dead_lettered_and_the_group_moves_
     };
     let p = Poll::new("poll-poison", sim, "1s", "1s").await;
     sqlx::query(
-        "ALTER TABLE poll_chains ADD CONSTRAINT test_refused_tenant
+        "ALTER TABLE check_chains ADD CONSTRAINT test_refused_tenant
            CHECK (tenant_id <> 'refused-by-db')",
     )
     .execute(&p.h.db.pool)

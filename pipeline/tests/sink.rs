@@ -13,6 +13,7 @@ use orderflow::core::lifecycle::{supersedes, version, FailureReason, OrderState}
 use orderflow::db::orders::OrderRow;
 use orderflow::db::DbConfig;
 use orderflow::kafka::emit::Emitter;
+use orderflow::kafka::stage::StageConfig;
 use orderflow::kafka::topics::name;
 use orderflow::kafka::KafkaConfig;
 use orderflow::pin::PinKeys;
@@ -32,8 +33,10 @@ fn sink_config(group: &str, batch_rows: usize) -> SinkConfig {
         group: group.into(),
         batch_rows,
         batch_linger_ms: 20,
-        shutdown_grace_ms: 5_000,
-        batch: Default::default(),
+        stage: StageConfig {
+            shutdown_grace_ms: 5_000,
+            ..Default::default()
+        },
     }
 }
 

@@ -136,7 +136,7 @@ pub enum Command {
     },
     /// Serve a znet-compatible provider simulator with fault injection (for tests and the demo).
     #[cfg(feature = "testbed")]
-    SimZnet(crate::testbed::sim::SimArgs),
+    SimZnet(crate::testbed::sim::SimServerConfig),
 }
 
 impl Command {

@@ -7,7 +7,7 @@ use crate::kafka::KafkaConfig;
 use crate::shutdown::{self, Shutdown};
 use crate::testbed::bench::{self, BenchCommand, BenchError};
 use crate::testbed::load::{self, LoadConfig, LoadError};
-use crate::testbed::sim::{ShareError, Sim, SimArgs};
+use crate::testbed::sim::{ShareError, Sim, SimServerConfig};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -59,7 +59,7 @@ pub async fn bench(command: BenchCommand) -> Result<ExitCode, CliError> {
 }
 
 /// `orderflow sim-znet`: serves until the shutdown signal.
-pub async fn sim_znet(args: SimArgs) -> Result<ExitCode, CliError> {
+pub async fn sim_znet(args: SimServerConfig) -> Result<ExitCode, CliError> {
     let config = args.config().map_err(TestbedError::from)?;
     let mut shutdown = on_signals();
     let handle = Sim::new(config)

@@ -1,4 +1,4 @@
-//! The `poll_chains` table: one status-check chain per order (G2, G4).
+//! The `check_chains` table: one status-check chain per order (G2, G4).
 //!
 //! Every `orders.status-check.*` message is one step of its order's chain, numbered by
 //! `seq`. A poll worker works on a step only after [`begin_step`] gave it the step: the
@@ -58,7 +58,7 @@ pub async fn begin_step(
     // one takes it only if its predecessor is done (or its worker's lease ran out), or if it
     // is this very step and no one else holds it.
     let taken = sqlx::query(
-        "INSERT INTO poll_chains AS c (order_id, tenant_id, provider_account, provider_reference,
+        "INSERT INTO check_chains AS c (order_id, tenant_id, provider_account, provider_reference,
                                        dispatched_at, deadline, seq, step_done, attempts, version,
                                        next_check_at, lease_owner, lease_until)
          VALUES ($1, $2, $3, $4, $5, $6, $7, false, $8, $9, $10, $11,
@@ -95,7 +95,7 @@ pub async fn begin_step(
         Option<String>,
         Option<DateTime<Utc>>,
     ) = sqlx::query_as(
-        "SELECT seq, step_done, final_state, lease_until FROM poll_chains WHERE order_id = $1",
+        "SELECT seq, step_done, final_state, lease_until FROM check_chains WHERE order_id = $1",
     )
     .bind(check.order_id)
     .fetch_one(pool)
@@ -122,7 +122,7 @@ pub async fn finish_step(
     end: &StepEnd,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE poll_chains
+        "UPDATE check_chains
             SET step_done = true, attempts = $4, version = $5, next_check_at = $6,
                 final_state = $7, tier = $8, lease_owner = NULL, lease_until = NULL,
                 dead_lettered = 0, updated_at = now(), last_error = COALESCE($9, last_error),
@@ -152,7 +152,7 @@ pub async fn release(
     owner: Uuid,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE poll_chains SET lease_until = now()
+        "UPDATE check_chains SET lease_until = now()
           WHERE order_id = $1 AND seq = $2 AND lease_owner = $3 AND NOT step_done",
     )
     .bind(order_id)
@@ -181,7 +181,7 @@ pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<ChainRow>, sqlx
     sqlx::query_as(
         "SELECT order_id, seq, step_done, attempts, version, next_check_at, final_state, requeued,
                 dead_lettered
-           FROM poll_chains WHERE order_id = $1",
+           FROM check_chains WHERE order_id = $1",
     )
     .bind(order_id)
     .fetch_optional(pool)
@@ -228,7 +228,7 @@ pub async fn overdue(
     let stalled: Vec<OverdueRow> = sqlx::query_as(
         "SELECT order_id, tenant_id, provider_account, provider_reference, dispatched_at,
                 deadline, CASE WHEN step_done THEN seq + 1 ELSE seq END AS seq, attempts, version
-           FROM poll_chains
+           FROM check_chains
           WHERE final_state IS NULL
             AND ((step_done AND next_check_at < now() - $1 * interval '1 millisecond')
               OR (NOT step_done AND lease_until < now() - $1 * interval '1 millisecond'))
@@ -256,7 +256,7 @@ pub async fn overdue(
                     c.provider_reference, c.updated_at AS dispatched_at, c.deadline,
                     1::bigint AS seq, 0 AS attempts, $4::bigint AS version
                FROM dispatch_claims c
-               LEFT JOIN poll_chains p ON p.order_id = c.order_id
+               LEFT JOIN check_chains p ON p.order_id = c.order_id
               WHERE c.phase = 'placed' AND p.order_id IS NULL
                 AND c.updated_at < now() - $1 * interval '1 millisecond'
                 AND c.updated_at > now() - $2 * interval '1 millisecond'
@@ -304,7 +304,7 @@ pub async fn mark_requeued(pool: &PgPool, requeue: &Requeue) -> Result<(), sqlx:
     let c = &requeue.check;
     if requeue.first {
         sqlx::query(
-            "INSERT INTO poll_chains (order_id, tenant_id, provider_account, provider_reference,
+            "INSERT INTO check_chains (order_id, tenant_id, provider_account, provider_reference,
                                       dispatched_at, deadline, seq, step_done, attempts,
                                       version, next_check_at, requeued, requeued_at)
              VALUES ($1, $2, $3, $4, $5, $6, 0, true, 0, $7, now(), 1, now())
@@ -321,7 +321,7 @@ pub async fn mark_requeued(pool: &PgPool, requeue: &Requeue) -> Result<(), sqlx:
         .await?;
     } else {
         sqlx::query(
-            "UPDATE poll_chains
+            "UPDATE check_chains
                 SET requeued = requeued + 1, requeued_at = now(), updated_at = now()
               WHERE order_id = $1",
         )
@@ -339,7 +339,7 @@ pub async fn mark_requeued(pool: &PgPool, requeue: &Requeue) -> Result<(), sqlx:
 /// more ([`given_up`]).
 pub async fn record_dead_letter(pool: &PgPool, order_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE poll_chains SET dead_lettered = dead_lettered + 1, updated_at = now()
+        "UPDATE check_chains SET dead_lettered = dead_lettered + 1, updated_at = now()
           WHERE order_id = $1 AND final_state IS NULL",
     )
     .bind(order_id)
@@ -358,7 +358,7 @@ pub async fn given_up(
 ) -> Result<(i64, Vec<Uuid>), sqlx::Error> {
     // `dead_lettered > 0` said as such so that the partial index applies.
     let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT order_id, count(*) OVER () FROM poll_chains
+        "SELECT order_id, count(*) OVER () FROM check_chains
           WHERE dead_lettered > 0 AND final_state IS NULL AND dead_lettered >= $1
           ORDER BY updated_at DESC
           LIMIT $2",
@@ -399,7 +399,7 @@ pub async fn begin_steps(
     let leases: Vec<f64> = sorted.iter().map(|(_, l)| millis(*l)).collect();
     // The conditions of `begin_step`, row by row.
     sqlx::query_scalar(
-        "INSERT INTO poll_chains AS c (order_id, tenant_id, provider_account, provider_reference,
+        "INSERT INTO check_chains AS c (order_id, tenant_id, provider_account, provider_reference,
                                        dispatched_at, deadline, seq, step_done, attempts, version,
                                        next_check_at, lease_owner, lease_until)
          SELECT t.order_id, t.tenant_id, t.provider_account, t.provider_reference,
@@ -458,7 +458,7 @@ pub async fn finish_steps(
     let tiers: Vec<Option<&str>> = sorted.iter().map(|(.., e)| e.tier.as_deref()).collect();
     let errors: Vec<Option<&str>> = sorted.iter().map(|(.., e)| e.error.as_deref()).collect();
     sqlx::query_scalar(
-        "UPDATE poll_chains c
+        "UPDATE check_chains c
             SET step_done = true, attempts = t.attempts, version = t.version,
                 next_check_at = t.next_check_at, final_state = t.final_state, tier = t.tier,
                 lease_owner = NULL, lease_until = NULL, dead_lettered = 0, updated_at = now(),

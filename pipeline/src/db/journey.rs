@@ -1,6 +1,6 @@
 //! One order's journey (`orderflow order show`, which renders it in `crate::cli::order`):
 //! what the shop sees in `orders`, how placement went in `dispatch_claims`, and where its
-//! status checks are in `poll_chains`. The PIN stays sealed here (G5).
+//! status checks are in `check_chains`. The PIN stays sealed here (G5).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -29,7 +29,7 @@ pub struct Journey {
     pub placement: Option<String>,
     pub place_calls: Option<i32>,
     pub deadline: Option<DateTime<Utc>>,
-    // poll_chains
+    // check_chains
     pub chain_seq: Option<i64>,
     pub chain_attempts: Option<i32>,
     pub chain_next_check_at: Option<DateTime<Utc>>,
@@ -63,7 +63,7 @@ pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<Journey>, sqlx:
            FROM (SELECT $1::uuid AS id) k
            LEFT JOIN orders o ON o.order_id = k.id
            LEFT JOIN dispatch_claims d ON d.order_id = k.id
-           LEFT JOIN poll_chains c ON c.order_id = k.id",
+           LEFT JOIN check_chains c ON c.order_id = k.id",
     )
     .bind(order_id)
     .fetch_one(pool)

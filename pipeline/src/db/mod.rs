@@ -2,7 +2,7 @@
 //!
 //! `orders` holds each order's latest state for the shop (written from `orders.state`);
 //! `dispatch_claims` is the dispatch stage's durable memory of each order's provider
-//! reference and placement progress (G1); `poll_chains` is the poll stage's record of each
+//! reference and placement progress (G1); `check_chains` is the poll stage's record of each
 //! order's status-check chain, which the reconciler reads.
 
 pub mod chains;

@@ -5,7 +5,7 @@
 use super::error::DispatchError;
 use super::park::ParkBackoff;
 use crate::core::backoff::Backoff;
-use crate::kafka::stage::BatchArgs;
+use crate::kafka::stage::StageConfig;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 #[derive(Clone, Debug, clap::Args)]
 pub struct DispatchConfig {
     #[command(flatten)]
-    pub batch: BatchArgs,
+    pub stage: StageConfig,
 
     /// The provider accounts file (TOML, one [[account]] per account; see README).
     #[arg(long = "provider-accounts", env = "ORDERFLOW_PROVIDER_ACCOUNTS")]
@@ -100,14 +100,6 @@ pub struct DispatchConfig {
         default_value_t = false
     )]
     pub announce: bool,
-
-    /// How long orders in flight may take to finish when the stage is asked to stop.
-    #[arg(
-        long = "shutdown-grace-ms",
-        env = "ORDERFLOW_SHUTDOWN_GRACE_MS",
-        default_value_t = 15_000
-    )]
-    pub shutdown_grace_ms: u64,
 }
 
 /// The longest default deadline: 30 days. Far past the 24 h the old system used, and small

@@ -6,7 +6,7 @@
 use super::config::DispatchConfig;
 use super::error::DispatchError;
 use super::handler::DispatchHandler;
-use crate::kafka::stage::{self, StageOptions};
+use crate::kafka::stage::{self, LoopConfig};
 use crate::kafka::topics::name;
 use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;
@@ -14,7 +14,6 @@ use crate::provider::accounts::Accounts;
 use crate::shutdown::Shutdown;
 use sqlx::PgPool;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Runs the dispatch stage until `shutdown`.
 pub async fn run(
@@ -46,7 +45,7 @@ pub async fn run(
         accounts,
         Arc::clone(&metrics),
     )?);
-    let options = StageOptions {
+    let options = LoopConfig {
         group: config.group.clone(),
         // Parked orders come back on their own topic, with an in-flight bound of their own:
         // a crowd of them coming back cannot starve new orders, nor new orders them.
@@ -55,8 +54,7 @@ pub async fn run(
             kafka.topic(name::ORDERS_DISPATCH_RETRY),
         ],
         max_in_flight: config.max_in_flight.max(1),
-        batch: config.batch,
-        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+        stage: config.stage,
         metrics,
     };
     let consumer = stage::consumer(&kafka, &options)?;

@@ -3,7 +3,7 @@
 
 use super::PollError;
 use crate::core::schedule::{self, Schedule, ScheduleError};
-use crate::kafka::stage::BatchArgs;
+use crate::kafka::stage::StageConfig;
 use crate::kafka::topics::name;
 use crate::kafka::KafkaConfig;
 use crate::pin::PinKeys;
@@ -12,7 +12,7 @@ use std::path::PathBuf;
 /// The check schedule (flags or environment variables), shared by the poll stage and the
 /// reconciler.
 #[derive(Clone, Debug, clap::Args)]
-pub struct ScheduleArgs {
+pub struct ScheduleConfig {
     /// Delay from the provider's acceptance to an order's first status check.
     #[arg(long, env = "ORDERFLOW_FIRST_CHECK", default_value = "60s")]
     pub first_check: String,
@@ -32,7 +32,7 @@ pub struct ScheduleArgs {
     pub max_check_attempts: Option<u32>,
 }
 
-impl ScheduleArgs {
+impl ScheduleConfig {
     pub fn schedule(&self) -> Result<Schedule, ScheduleError> {
         let first = schedule::parse_duration(&self.first_check)?;
         let tiers = schedule::parse_tiers(&self.check_tiers)?;
@@ -58,7 +58,7 @@ pub fn tier_topics(kafka: &KafkaConfig, schedule: &Schedule) -> Vec<String> {
 #[derive(Clone, Debug, clap::Args)]
 pub struct PollConfig {
     #[command(flatten)]
-    pub batch: BatchArgs,
+    pub stage: StageConfig,
 
     /// The provider accounts file (TOML, one [[account]] per account; see README).
     #[arg(long = "provider-accounts", env = "ORDERFLOW_PROVIDER_ACCOUNTS")]
@@ -82,19 +82,11 @@ pub struct PollConfig {
     pub max_in_flight: usize,
 
     #[command(flatten)]
-    pub schedule: ScheduleArgs,
+    pub schedule: ScheduleConfig,
 
     /// A file with the PIN keys (`key_id:base64`, newest first); or set ORDERFLOW_PIN_KEYS.
     #[arg(long = "pin-keys-file", env = "ORDERFLOW_PIN_KEYS_FILE")]
     pub pin_keys_file: Option<PathBuf>,
-
-    /// How long checks in flight may take to finish when the stage is asked to stop.
-    #[arg(
-        long = "shutdown-grace-ms",
-        env = "ORDERFLOW_SHUTDOWN_GRACE_MS",
-        default_value_t = 15_000
-    )]
-    pub shutdown_grace_ms: u64,
 }
 
 impl PollConfig {

@@ -126,7 +126,7 @@ pub fn decide(
 
 /// Refuses a check whose next step or next state event could not be numbered: `seq` and
 /// `version` come from the message, and one at `i64::MAX` would overflow `seq + 1` here and
-/// in `poll_chains` (where the error would fail every reconciler pass, not just this order).
+/// in `check_chains` (where the error would fail every reconciler pass, not just this order).
 pub(super) fn has_successor(check: &StatusCheck) -> Result<(), InvalidEvent> {
     if check.seq == i64::MAX || check.version == i64::MAX {
         return Err(InvalidEvent::new(

@@ -4,7 +4,7 @@
 //! It consumes `orders.dispatched` (the first check, `first_check` after dispatch) and the
 //! tier topics `orders.status-check.<tier>`. The shared consumer loop holds each message
 //! until it is due, pausing only its partition ([`crate::kafka::stage`]). A due message is
-//! one step of its order's check chain: the step is taken in `poll_chains`
+//! one step of its order's check chain: the step is taken in `check_chains`
 //! ([`crate::db::chains`]) so that a copy of it is dropped, the provider is asked within the
 //! account's caps and breaker, and the outcome is published before the offset moves:
 //!
@@ -29,7 +29,7 @@
 //!
 //! | file           | owns                                                              |
 //! |----------------|-------------------------------------------------------------------|
-//! | `config.rs`    | [`PollConfig`], [`ScheduleArgs`], defaults, the tier topics       |
+//! | `config.rs`    | [`PollConfig`], [`ScheduleConfig`], defaults, the tier topics       |
 //! | `error.rs`     | [`PollError`], the stage's start-up errors                        |
 //! | `decide.rs`    | [`decide`]: the table above, pure                                 |
 //! | `effects.rs`   | what a decision makes: state event, next step, chain record; pure |
@@ -51,7 +51,7 @@ pub mod reconcile;
 mod run;
 mod step;
 
-pub use config::{tier_topics, PollConfig, ScheduleArgs, DEFAULT_CHECK_TIERS, DEFAULT_GROUP};
+pub use config::{tier_topics, PollConfig, ScheduleConfig, DEFAULT_CHECK_TIERS, DEFAULT_GROUP};
 pub use decide::{decide, Decision};
 pub use due::{due_at, hold_at_most};
 pub use error::PollError;

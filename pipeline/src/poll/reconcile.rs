@@ -1,6 +1,6 @@
 //! The reconciler: a safety net that brings back orders whose status checks stopped.
 //!
-//! Every `every`, one pass asks `poll_chains` and `dispatch_claims` for up to `batch` orders
+//! Every `every`, one pass asks `check_chains` and `dispatch_claims` for up to `batch` orders
 //! that are not final and whose next check is overdue by more than `grace` (a tier message
 //! lost to an operator's mistake, a poll worker that died mid-step, an `orders.dispatched`
 //! message that never arrived), and enqueues each one's next step again, due now, on the
@@ -21,7 +21,7 @@ use crate::db::chains;
 use crate::kafka::emit::Emitter;
 use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;
-use crate::poll::{tier_topics, ScheduleArgs};
+use crate::poll::{tier_topics, ScheduleConfig};
 use crate::shutdown::{Interrupted, Shutdown};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -75,7 +75,7 @@ pub struct ReconcileConfig {
     pub once: bool,
 
     #[command(flatten)]
-    pub schedule: ScheduleArgs,
+    pub schedule: ScheduleConfig,
 }
 
 #[derive(Debug, thiserror::Error)]

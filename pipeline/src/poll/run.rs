@@ -2,7 +2,7 @@
 //! it to the shared consumer loop ([`crate::kafka::stage`]) until shutdown.
 
 use super::{tier_topics, PollConfig, PollError, PollHandler};
-use crate::kafka::stage::{self, StageOptions};
+use crate::kafka::stage::{self, LoopConfig};
 use crate::kafka::topics::name;
 use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;
@@ -10,7 +10,6 @@ use crate::provider::accounts::Accounts;
 use crate::shutdown::Shutdown;
 use sqlx::PgPool;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Runs the poll stage until `shutdown`.
 pub async fn run(
@@ -40,12 +39,11 @@ pub async fn run(
         keys,
         Arc::clone(&metrics),
     )?);
-    let options = StageOptions {
+    let options = LoopConfig {
         group: config.group.clone(),
         topics,
         max_in_flight: config.max_in_flight.max(1),
-        batch: config.batch,
-        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+        stage: config.stage,
         metrics,
     };
     let consumer = stage::consumer(&kafka, &options)?;

@@ -1,5 +1,5 @@
 //! The poll stage's one-step path: one message, one check step, taken alone in
-//! `poll_chains` (a copy of a taken step is dropped, a step another worker holds is waited
+//! `check_chains` (a copy of a taken step is dropped, a step another worker holds is waited
 //! for), checked within its account's caps and breaker, its outcome published before the
 //! step is recorded as done (G2, G4, G6). The batched path (`batch.rs`) falls back to it
 //! for steps it cannot take together.

@@ -1,12 +1,12 @@
 //! The sink's settings: consumer group, batch size and linger, shutdown grace.
 
-use crate::kafka::stage::BatchArgs;
+use crate::kafka::stage::StageConfig;
 
 /// Settings of the sink (flags or environment variables).
 #[derive(Clone, Debug, clap::Args)]
 pub struct SinkConfig {
     #[command(flatten)]
-    pub batch: BatchArgs,
+    pub stage: StageConfig,
 
     /// Consumer group of the sink.
     #[arg(
@@ -31,13 +31,4 @@ pub struct SinkConfig {
         default_value_t = 50
     )]
     pub batch_linger_ms: u64,
-
-    /// How long state events in flight may take to be written when the sink is asked to
-    /// stop.
-    #[arg(
-        long = "shutdown-grace-ms",
-        env = "ORDERFLOW_SHUTDOWN_GRACE_MS",
-        default_value_t = 15_000
-    )]
-    pub shutdown_grace_ms: u64,
 }

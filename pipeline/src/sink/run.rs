@@ -7,7 +7,7 @@ use super::{SinkConfig, SinkError, SinkHandler};
 use crate::core::backoff::Backoff;
 use crate::kafka::dlq::DeadLetters;
 use crate::kafka::emit::Emitter;
-use crate::kafka::stage::{self, PerMessage, StageOptions};
+use crate::kafka::stage::{self, LoopConfig, PerMessage};
 use crate::kafka::topics::name;
 use crate::kafka::KafkaConfig;
 use crate::metrics::Metrics;
@@ -61,13 +61,12 @@ pub async fn run(
         ),
         backoff,
     });
-    let options = StageOptions {
+    let options = LoopConfig {
         group: config.group.clone(),
         topics: vec![topic],
         // Enough in flight to fill two batches while one is written.
         max_in_flight: rows * 2,
-        batch: config.batch,
-        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+        stage: config.stage,
         metrics,
     };
     let consumer = stage::consumer(&kafka, &options)?;

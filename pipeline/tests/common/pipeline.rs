@@ -5,6 +5,7 @@ use super::{kafka_with_topics, unique, TestDb};
 use chrono::Utc;
 use orderflow::core::event::{OrderCreated, OrderDispatched, OrderStateEvent, SCHEMA_VERSION};
 use orderflow::dispatch::DispatchConfig;
+use orderflow::kafka::stage::StageConfig;
 use orderflow::kafka::topics::name;
 use orderflow::kafka::KafkaConfig;
 use orderflow::provider::accounts::Accounts;
@@ -151,8 +152,10 @@ impl Harness {
             park_after_ms: 10_000,
             park_min_ms: 1_000,
             park_max_ms: 5_000,
-            shutdown_grace_ms: 5_000,
-            batch: Default::default(),
+            stage: StageConfig {
+                shutdown_grace_ms: 5_000,
+                ..Default::default()
+            },
             // The happy-path test follows the informational state too.
             announce: true,
         }

@@ -42,7 +42,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 /// The loop's state: see the module documentation.
 pub struct Engine<M> {
-    settings: Settings,
+    settings: EngineConfig,
     parts: HashMap<PartitionId, Part<M>>,
     next_generation: u64,
     /// Due and not handed out, per topic, in fetch order.
@@ -57,8 +57,8 @@ pub struct Engine<M> {
 }
 
 impl<M> Engine<M> {
-    pub fn new(settings: Settings, topics: usize) -> Self {
-        let settings = Settings {
+    pub fn new(settings: EngineConfig, topics: usize) -> Self {
+        let settings = EngineConfig {
             batch_max: settings.batch_max.max(1),
             max_in_flight: settings.max_in_flight.max(1),
             buffer_messages: settings.buffer_messages.max(1),
@@ -79,7 +79,7 @@ impl<M> Engine<M> {
         }
     }
 
-    pub fn settings(&self) -> &Settings {
+    pub fn settings(&self) -> &EngineConfig {
         &self.settings
     }
 

@@ -11,8 +11,8 @@ fn p(topic: usize, partition: i32) -> PartitionId {
     PartitionId { topic, partition }
 }
 
-fn settings() -> Settings {
-    Settings {
+fn settings() -> EngineConfig {
+    EngineConfig {
         batch_max: 3,
         batch_linger_ms: 5,
         max_in_flight: 4,
@@ -59,7 +59,7 @@ fn a_batch_goes_out_when_full_or_after_the_linger() {
 #[test]
 fn under_a_backlog_a_batch_waits_for_room_for_half_the_bound() {
     let mut e = Engine::new(
-        Settings {
+        EngineConfig {
             batch_max: 8,
             max_in_flight: 8,
             ..settings()
@@ -82,7 +82,7 @@ fn under_a_backlog_a_batch_waits_for_room_for_half_the_bound() {
     assert_eq!(offsets(&e.batch(1000).unwrap()), vec![8, 9, 10, 11]);
     // A short queue goes out once it lingered, if it all fits.
     let mut e = Engine::new(
-        Settings {
+        EngineConfig {
             batch_max: 8,
             max_in_flight: 8,
             ..settings()
@@ -272,7 +272,7 @@ fn a_topic_whose_queue_reaches_its_bound_is_paused_until_half() {
 #[test]
 fn a_backlog_on_one_topic_does_not_starve_another() {
     let mut e = Engine::new(
-        Settings {
+        EngineConfig {
             batch_max: 4,
             max_in_flight: 100,
             ..settings()

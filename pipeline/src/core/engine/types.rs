@@ -39,7 +39,7 @@ pub enum Outcome {
 
 /// The loop's bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Settings {
+pub struct EngineConfig {
     /// Most messages in one batch.
     pub batch_max: usize,
     /// How long a due message may wait for its batch to fill.
@@ -56,9 +56,9 @@ pub struct Settings {
     pub queue_min: usize,
 }
 
-impl Default for Settings {
+impl Default for EngineConfig {
     fn default() -> Self {
-        Settings {
+        EngineConfig {
             batch_max: 256,
             batch_linger_ms: 5,
             max_in_flight: 1024,

@@ -2,7 +2,7 @@
 //! and its context, which records rebalances for the loop and turns librdkafka's
 //! statistics into the fetched-messages and lag metrics.
 
-use super::options::StageOptions;
+use super::options::LoopConfig;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
 use crate::metrics::{Metrics, PartitionLabels};
 use rdkafka::client::ClientContext;
@@ -114,7 +114,7 @@ impl ConsumerContext for StageContext {
 /// background and on shutdown or revoke.
 pub fn consumer(
     kafka: &KafkaConfig,
-    options: &StageOptions,
+    options: &LoopConfig,
 ) -> Result<StreamConsumer<StageContext>, KafkaSetupError> {
     let mut config = kafka.client_config();
     config

@@ -9,7 +9,7 @@
 //! message that is not due yet ([`Handler::due_at`], read from a header without decoding
 //! the payload) waits in its partition's buffer while the partition keeps being fetched;
 //! only a full buffer pauses it, so each delayed message is fetched about once. Due
-//! messages go to the handler in batches ([`BatchArgs`]), each batch in a task of its own;
+//! messages go to the handler in batches ([`StageConfig`]), each batch in a task of its own;
 //! every message of a batch is acknowledged on its own ([`Ack`]), so one slow order holds
 //! back only its partition's commit point, not its batch's. On a revoke the loop forgets
 //! the revoked partitions: work still running for them finishes but moves no offset, and
@@ -31,7 +31,7 @@ mod run;
 
 pub use consumer::{consumer, StageContext};
 pub use handler::{in_groups, message_span, Ack, Delivery, Handler, MessageHandler, PerMessage};
-pub use options::{BatchArgs, StageOptions};
+pub use options::{LoopConfig, StageConfig};
 pub use run::run;
 
 use crate::core::engine::{Outcome, Token};

@@ -1,5 +1,5 @@
-//! How a stage consumes: its batching and wait-buffer flags ([`BatchArgs`], shared by
-//! every stage) and the rest of its settings ([`StageOptions`]).
+//! How a stage consumes: its batching and wait-buffer flags ([`StageConfig`], shared by
+//! every stage) and the rest of its settings ([`LoopConfig`]).
 
 use crate::core::engine;
 use crate::metrics::Metrics;
@@ -9,7 +9,7 @@ use std::time::Duration;
 /// How a stage batches its work and how much may wait for its due time (flags or
 /// environment variables, shared by every stage).
 #[derive(Clone, Copy, Debug, clap::Args)]
-pub struct BatchArgs {
+pub struct StageConfig {
     /// Most messages handed to the stage's handler at once.
     #[arg(
         id = "stage_batch_max",
@@ -46,40 +46,53 @@ pub struct BatchArgs {
         default_value_t = 32 * 1024 * 1024
     )]
     pub wait_buffer_bytes: usize,
+
+    /// How long work in flight may take to finish when the stage is asked to stop, in
+    /// milliseconds (what does not finish is redone by the next owner of its partition).
+    #[arg(
+        long = "shutdown-grace-ms",
+        env = "ORDERFLOW_SHUTDOWN_GRACE_MS",
+        default_value_t = 15_000
+    )]
+    pub shutdown_grace_ms: u64,
 }
 
-impl Default for BatchArgs {
+impl Default for StageConfig {
     fn default() -> Self {
-        BatchArgs {
+        StageConfig {
             batch_max: 256,
             batch_linger_ms: 5,
             wait_buffer_messages: 100_000,
             wait_buffer_bytes: 32 * 1024 * 1024,
+            shutdown_grace_ms: 15_000,
         }
     }
 }
 
 /// How a stage consumes.
 #[derive(Clone, Debug)]
-pub struct StageOptions {
+pub struct LoopConfig {
     pub group: String,
     pub topics: Vec<String>,
     /// Messages worked on at once, per topic.
     pub max_in_flight: usize,
-    pub batch: BatchArgs,
-    /// How long work in flight may take to finish after shutdown is requested.
-    pub shutdown_grace: Duration,
+    pub stage: StageConfig,
     pub metrics: Arc<Metrics>,
 }
 
-impl StageOptions {
-    pub(super) fn engine(&self) -> engine::Settings {
-        engine::Settings {
-            batch_max: self.batch.batch_max,
-            batch_linger_ms: self.batch.batch_linger_ms.min(60_000) as i64,
+impl LoopConfig {
+    /// How long work in flight may take to finish after shutdown is requested.
+    pub(super) fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.stage.shutdown_grace_ms)
+    }
+
+    pub(super) fn engine(&self) -> engine::EngineConfig {
+        engine::EngineConfig {
+            batch_max: self.stage.batch_max,
+            batch_linger_ms: self.stage.batch_linger_ms.min(60_000) as i64,
             max_in_flight: self.max_in_flight,
-            buffer_messages: self.batch.wait_buffer_messages,
-            buffer_bytes: self.batch.wait_buffer_bytes,
+            buffer_messages: self.stage.wait_buffer_messages,
+            buffer_bytes: self.stage.wait_buffer_bytes,
             queue_min: engine::QUEUE_PER_TOPIC,
         }
     }

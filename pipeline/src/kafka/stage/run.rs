@@ -6,7 +6,7 @@
 use super::commit::{apply, final_commit};
 use super::consumer::StageContext;
 use super::handler::{Ack, Delivery, Handler};
-use super::options::StageOptions;
+use super::options::LoopConfig;
 use super::{Done, StageError};
 use crate::core::engine::{Engine, Handout, Millis, Outcome, PartitionId};
 use crate::metrics::{Metrics, PartitionLabels, TopicLabel};
@@ -59,7 +59,7 @@ fn now_millis() -> Millis {
 pub async fn run<H: Handler>(
     consumer: StreamConsumer<StageContext>,
     handler: Arc<H>,
-    options: StageOptions,
+    options: LoopConfig,
     mut shutdown: Shutdown,
 ) -> Result<(), StageError> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
@@ -119,7 +119,7 @@ pub async fn run<H: Handler>(
         &topics,
         &mut engine,
         &mut done_rx,
-        options.shutdown_grace,
+        options.shutdown_grace(),
     )
     .await;
     final_commit(&consumer);

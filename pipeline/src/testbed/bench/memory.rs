@@ -11,7 +11,7 @@ use crate::kafka::lag::GroupLag;
 use crate::kafka::topics::name;
 use crate::kafka::KafkaConfig;
 use crate::shutdown::Shutdown;
-use crate::testbed::load::{DepthArgs, LoadError};
+use crate::testbed::load::{DepthConfig, LoadError};
 use chrono::Utc;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -45,7 +45,7 @@ struct Readings {
 
 pub(super) async fn memory(
     kafka: &KafkaConfig,
-    depth: &DepthArgs,
+    depth: &DepthConfig,
     output: &Output,
     fill: &Fill,
     settle: Duration,

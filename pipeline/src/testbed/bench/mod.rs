@@ -33,7 +33,7 @@ use crate::core::schedule;
 use crate::db::{DbConfig, DbError};
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
 use crate::shutdown::Shutdown;
-use crate::testbed::load::{percentile, DepthArgs, LoadConfig, LoadError};
+use crate::testbed::load::{percentile, DepthConfig, LoadConfig, LoadError};
 use chart::{Line, Panel};
 use futures::stream::{FuturesUnordered, StreamExt};
 use procs::{Usage, Watched};
@@ -75,7 +75,7 @@ pub enum BenchCommand {
         #[command(flatten)]
         kafka: KafkaConfig,
         #[command(flatten)]
-        depth: DepthArgs,
+        depth: DepthConfig,
         #[command(flatten)]
         output: Output,
         /// Status checks to leave waiting in the tier topics.

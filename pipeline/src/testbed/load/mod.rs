@@ -69,13 +69,13 @@ pub struct LoadConfig {
     #[arg(long, value_enum, default_value_t = Until::Final)]
     pub until: Until,
     #[command(flatten)]
-    pub depth: DepthArgs,
+    pub depth: DepthConfig,
 }
 
 /// Where the orders waiting for a status check are counted: the poll group's lag on
 /// `orders.dispatched` (label `first`) and on each tier topic.
 #[derive(Clone, Debug, clap::Args)]
-pub struct DepthArgs {
+pub struct DepthConfig {
     /// Consumer group of the poll stage.
     #[arg(long = "poll-group", env = "ORDERFLOW_POLL_GROUP", default_value = crate::poll::DEFAULT_GROUP)]
     pub poll_group: String,
@@ -84,7 +84,7 @@ pub struct DepthArgs {
     pub check_tiers: String,
 }
 
-impl DepthArgs {
+impl DepthConfig {
     /// The poll group's lag reader, labels `first` then one per tier.
     pub fn lag(&self, kafka: &KafkaConfig) -> Result<GroupLag, LoadError> {
         let tiers = schedule::parse_tiers(&self.check_tiers)

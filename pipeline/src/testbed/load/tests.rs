@@ -12,7 +12,7 @@ fn config(invalid: f64, reject: f64) -> LoadConfig {
         invalid_share: invalid,
         wait_secs: 1,
         until: Until::Final,
-        depth: DepthArgs {
+        depth: DepthConfig {
             poll_group: crate::poll::DEFAULT_GROUP.into(),
             check_tiers: crate::poll::DEFAULT_CHECK_TIERS.into(),
         },

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 #[derive(clap::Args)]
-pub struct SimArgs {
+pub struct SimServerConfig {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "ORDERFLOW_SIM_LISTEN", default_value = "127.0.0.1:8090")]
     pub listen: SocketAddr,
@@ -74,7 +74,7 @@ pub struct ShareError {
     pub value: f64,
 }
 
-impl SimArgs {
+impl SimServerConfig {
     /// The simulator's settings; every share must be between 0 and 1.
     pub fn config(&self) -> Result<SimConfig, ShareError> {
         Ok(SimConfig {

@@ -28,7 +28,7 @@ mod args;
 mod server;
 mod state;
 
-pub use args::{ShareError, SimArgs};
+pub use args::{ShareError, SimServerConfig};
 use state::Inner;
 
 // ----- public types -------------------------------------------------------------------
