@@ -2,7 +2,7 @@
 //! and its context, which records rebalances for the loop and turns librdkafka's
 //! statistics into the fetched-messages and lag metrics.
 
-use super::options::LoopConfig;
+use super::config::LoopConfig;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
 use crate::metrics::{Metrics, PartitionLabels};
 use rdkafka::client::ClientContext;

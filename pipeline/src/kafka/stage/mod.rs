@@ -18,7 +18,7 @@
 //! loop's pause state. On shutdown it stops taking messages, waits a grace period for work
 //! in flight, commits, and leaves the group.
 //!
-//! The files: [`handler`] is what a stage implements and what it is handed, [`options`]
+//! The files: [`handler`] is what a stage implements and what it is handed, [`config`]
 //! how it consumes, [`consumer`] the librdkafka consumer and its rebalance and statistics
 //! callbacks, `run` the loop itself, and `commit` what the loop tells the consumer (pauses
 //! and offsets to store).
@@ -26,12 +26,12 @@
 mod commit;
 pub mod consumer;
 pub mod handler;
-pub mod options;
+pub mod config;
 mod run;
 
 pub use consumer::{consumer, StageContext};
 pub use handler::{in_groups, message_span, Ack, Delivery, Handler, MessageHandler, PerMessage};
-pub use options::{LoopConfig, StageConfig};
+pub use config::{LoopConfig, StageConfig};
 pub use run::run;
 
 use crate::core::engine::{Outcome, Token};

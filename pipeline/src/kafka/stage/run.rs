@@ -6,7 +6,7 @@
 use super::commit::{apply, final_commit};
 use super::consumer::StageContext;
 use super::handler::{Ack, Delivery, Handler};
-use super::options::LoopConfig;
+use super::config::LoopConfig;
 use super::{Done, StageError};
 use crate::core::engine::{Engine, Handout, Millis, Outcome, PartitionId};
 use crate::metrics::{Metrics, PartitionLabels, TopicLabel};

@@ -1,5 +1,8 @@
-//! How a stage consumes: its batching and wait-buffer flags ([`StageConfig`], shared by
-//! every stage) and the rest of its settings ([`LoopConfig`]).
+//! How a stage consumes. [`StageConfig`] is the one set of flags every stage flattens into
+//! its own settings (batching, the wait buffer, the shutdown grace); [`LoopConfig`] is what
+//! a stage hands the shared loop (its group, topics and in-flight bound besides). The
+//! group and the in-flight bound stay per stage (`ORDERFLOW_DISPATCH_GROUP`, ...), so one
+//! environment can configure every stage.
 
 use crate::core::engine;
 use crate::metrics::Metrics;
