@@ -9,7 +9,6 @@ use super::decide::{self, Refusal};
 use super::handler::DispatchHandler;
 use crate::core::event::{InvalidEvent, InvalidKind, OrderCreated};
 use crate::db::claims::{self, InvalidClaim};
-use crate::kafka::emit::until_sent;
 use crate::shutdown::{Interrupted, Shutdown};
 use rdkafka::message::{Message, OwnedMessage};
 
@@ -106,16 +105,8 @@ impl DispatchHandler {
         why: InvalidEvent,
         shutdown: &mut Shutdown,
     ) -> Result<(), Interrupted> {
-        tracing::warn!(
-            topic = message.topic(), partition = message.partition(), offset = message.offset(),
-            reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
-        );
-        until_sent(
-            "dead-lettering an event",
-            &self.placer.backoff,
-            shutdown,
-            || self.dead_letters.send(message, &why),
-        )
-        .await
+        self.dead_letters
+            .put(message, &why, &self.placer.backoff, shutdown)
+            .await
     }
 }

@@ -11,10 +11,13 @@
 //! [`MAX_COPY_BYTES`] and marked with `orderflow.dlq.cut` and the original size: a copy the
 //! broker refuses would be retried forever and hold its partition up.
 
+use crate::core::backoff::Backoff;
 use crate::core::event::InvalidEvent;
+use crate::kafka::emit::until_sent;
 use crate::kafka::headers;
 use crate::kafka::Context;
 use crate::metrics::{DeadLetterLabels, Metrics};
+use crate::shutdown::{Interrupted, Shutdown};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -136,6 +139,26 @@ impl DeadLetters {
             stage,
             metrics,
         }
+    }
+
+    /// Logs that `message` is dead-lettered (position and reason, never its content) and
+    /// copies it to the DLQ with `why`, retrying with `backoff` until the broker has it or
+    /// shutdown interrupts. What every stage does with an event it cannot take (G8).
+    pub async fn put<M: Message>(
+        &self,
+        message: &M,
+        why: &InvalidEvent,
+        backoff: &Backoff,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        tracing::warn!(
+            topic = message.topic(), partition = message.partition(), offset = message.offset(),
+            reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
+        );
+        until_sent("dead-lettering an event", backoff, shutdown, || {
+            self.send(message, why)
+        })
+        .await
     }
 
     /// Copies `message` to the DLQ with `why`, and returns once the broker has it.

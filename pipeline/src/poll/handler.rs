@@ -157,14 +157,9 @@ impl PollHandler {
         why: InvalidEvent,
         shutdown: &mut Shutdown,
     ) -> Result<(), Interrupted> {
-        tracing::warn!(
-            topic = message.topic(), partition = message.partition(), offset = message.offset(),
-            reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
-        );
-        until_sent("dead-lettering an event", &self.backoff, shutdown, || {
-            self.dead_letters.send(message, &why)
-        })
-        .await?;
+        self.dead_letters
+            .put(message, &why, &self.backoff, shutdown)
+            .await?;
         // The reconciler gives up on a chain whose steps keep being dead-lettered.
         self.count_dead_letter(message).await;
         Ok(())

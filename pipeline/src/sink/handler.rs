@@ -10,7 +10,6 @@ use crate::core::event::{self, InvalidEvent, OrderStateEvent};
 use crate::db::orders::OrderRow;
 use crate::db::Refused;
 use crate::kafka::dlq::DeadLetters;
-use crate::kafka::emit::until_sent;
 use crate::kafka::stage::MessageHandler;
 use crate::shutdown::{Interrupted, Shutdown};
 use futures::future::BoxFuture;
@@ -95,14 +94,9 @@ impl SinkHandler {
                 Err(_) => return stopped(shutdown),
             },
         };
-        tracing::warn!(
-            topic = message.topic(), partition = message.partition(), offset = message.offset(),
-            reason = why.kind.as_str(), detail = %why.detail, "event dead-lettered"
-        );
-        until_sent("dead-lettering an event", &self.backoff, shutdown, || {
-            self.dead_letters.send(message, &why)
-        })
-        .await?;
+        self.dead_letters
+            .put(message, &why, &self.backoff, shutdown)
+            .await?;
         // The dead-lettered record may now be its order's last one in the log.
         let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
         if let Some(id) = key.and_then(|k| k.parse::<Uuid>().ok()) {

@@ -24,14 +24,14 @@
 //! and offsets to store).
 
 mod commit;
+pub mod config;
 pub mod consumer;
 pub mod handler;
-pub mod config;
 mod run;
 
+pub use config::{LoopConfig, StageConfig};
 pub use consumer::{consumer, StageContext};
 pub use handler::{in_groups, message_span, Ack, Delivery, Handler, MessageHandler, PerMessage};
-pub use config::{LoopConfig, StageConfig};
 pub use run::run;
 
 use crate::core::engine::{Outcome, Token};

@@ -4,9 +4,9 @@
 //! rebalances between the consumer, the engine and the handler.
 
 use super::commit::{apply, final_commit};
+use super::config::LoopConfig;
 use super::consumer::StageContext;
 use super::handler::{Ack, Delivery, Handler};
-use super::config::LoopConfig;
 use super::{Done, StageError};
 use crate::core::engine::{Engine, Handout, Millis, Outcome, PartitionId};
 use crate::metrics::{Metrics, PartitionLabels, TopicLabel};
