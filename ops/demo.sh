@@ -12,7 +12,8 @@
 # orders are for a denomination it does not sell (rejected), 2 % are cancelled, 5 % are
 # slow (three more "processing" answers), and 2 % of events are broken (dead-lettered).
 # The schedule is scaled down so the demo ends in minutes: first check 10 s after
-# dispatch, then tiers of 5 s, 10 s, 20 s, 40 s (production: 60 s, then 30 s to 10 m).
+# dispatch, then tiers of 5 s, 10 s, 20 s, 40 s (production: 60 s, then 30 s to 10 m), and
+# the order deadline is 4 min (production: 24 h).
 #
 # Env: ORDERFLOW_DEMO_PROFILE (release; `debug` reuses the test build), and those of
 # ops/kafka/broker.sh and ops/postgres/db.sh. Each run starts afresh: its own topics
@@ -49,6 +50,11 @@ start_sim "${ORDERFLOW_DEMO_SIM_PORT:-18090}" --latency-ms 40 --fault-rate 0.02 
 write_accounts 32 1000
 ensure_pin_key
 export ORDERFLOW_DISPATCH_RETRY_MIN_MS=250 ORDERFLOW_DISPATCH_RETRY_MAX_MS=4000
+# The order deadline scaled down with the schedule (production: 24 h). An order whose first
+# placement call went unanswered (a fault) and whose placement again is then refused is not
+# failed as a rejection (the unclear call may have bought it: G9); it keeps being checked
+# and ends at its deadline, which the demo must see within its run.
+export ORDERFLOW_ORDER_DEADLINE_SECS=240
 start_stage dispatch-1 dispatch
 start_stage dispatch-2 dispatch
 start_stage poll-1 poll
