@@ -21,7 +21,6 @@ use super::PollHandler;
 use crate::core::event::StatusCheck;
 use crate::db::chains::{self, Begun, StepEnd};
 use crate::kafka::stage::{in_groups, message_span, Ack, Delivery, Handler};
-use crate::metrics::Metrics;
 use crate::shutdown::{Interrupted, Shutdown};
 use chrono::{DateTime, Utc};
 use futures::future::{join_all, BoxFuture};
@@ -60,10 +59,7 @@ impl Handler for PollHandler {
         // How late each check was handed over (G4): the poll stage's metric, not the loop's.
         for delivery in &batch {
             if let Some(late) = delivery.late {
-                self.metrics
-                    .check_lateness_seconds
-                    .get_or_create(&Metrics::topic(delivery.message.topic()))
-                    .observe(late.as_secs_f64());
+                self.observe_lateness(delivery.message.topic(), late);
             }
         }
         Box::pin(self.handle_batch(batch, shutdown))

@@ -22,6 +22,7 @@ use crate::pin::PinKeys;
 use crate::provider::accounts::Accounts;
 use crate::shutdown::{Interrupted, Shutdown};
 use chrono::Utc;
+use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::message::{Message, OwnedMessage};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -44,8 +45,10 @@ pub struct PollHandler {
     tier_labels: Vec<String>,
     /// Each consumed topic with the longest a message of it waits ([`super::hold_at_most`]).
     hold: Vec<(String, Duration)>,
+    /// Each consumed topic's lateness histogram, looked up once here, not per message.
+    lateness: Vec<(String, Histogram)>,
     pub(super) backoff: Backoff,
-    pub(super) metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
 }
 
 impl PollHandler {
@@ -69,10 +72,20 @@ impl PollHandler {
         for (topic, delay) in topics.iter().zip(&schedule.tiers) {
             hold.push((topic.clone(), *delay));
         }
+        let lateness = hold
+            .iter()
+            .map(|(topic, _)| {
+                let histogram = metrics
+                    .check_lateness_seconds
+                    .get_or_create(&Metrics::topic(topic));
+                (topic.clone(), histogram.clone())
+            })
+            .collect();
         Ok(PollHandler {
             accounts,
             pool,
             hold,
+            lateness,
             tier_topics: topics,
             tier_labels: schedule.tier_labels(),
             schedule,
@@ -86,6 +99,18 @@ impl PollHandler {
             },
             metrics,
         })
+    }
+
+    /// Records how late a check of `topic` was handed over (G4).
+    pub(super) fn observe_lateness(&self, topic: &str, late: Duration) {
+        match self.lateness.iter().find(|(t, _)| t == topic) {
+            Some((_, histogram)) => histogram.observe(late.as_secs_f64()),
+            None => self
+                .metrics
+                .check_lateness_seconds
+                .get_or_create(&Metrics::topic(topic))
+                .observe(late.as_secs_f64()),
+        }
     }
 
     /// How long a message of `topic` waits at most: its delay (the longest, should two
