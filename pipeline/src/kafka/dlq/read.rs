@@ -163,7 +163,9 @@ impl Entry {
                 order_id: Uuid,
             }
             let payload = self.payload.as_deref()?;
-            serde_json::from_slice::<Id>(payload).ok().map(|p| p.order_id)
+            serde_json::from_slice::<Id>(payload)
+                .ok()
+                .map(|p| p.order_id)
         })
     }
 
@@ -193,8 +195,8 @@ pub struct Filter {
 
 impl Filter {
     pub fn matches(&self, entry: &Entry) -> bool {
-        let reason = self.reasons.is_empty()
-            || self.reasons.iter().any(|r| r.as_str() == entry.reason);
+        let reason =
+            self.reasons.is_empty() || self.reasons.iter().any(|r| r.as_str() == entry.reason);
         let topic = self.source_topic.as_ref().is_none_or(|topic| {
             entry
                 .source
@@ -207,9 +209,7 @@ impl Filter {
         let until = self
             .until
             .is_none_or(|until| entry.at.is_some_and(|at| at < until));
-        let order = self
-            .order_id
-            .is_none_or(|id| entry.order_id() == Some(id));
+        let order = self.order_id.is_none_or(|id| entry.order_id() == Some(id));
         reason && topic && since && until && order
     }
 }
@@ -255,9 +255,13 @@ pub async fn counts_per_reason(
     filter: &Filter,
     within: Duration,
 ) -> Result<ReasonCounts, ReadError> {
-    fold(kafka, filter, within, ReasonCounts::new(), |counts, entry| {
-        *counts.entry(entry.reason).or_default() += 1
-    })
+    fold(
+        kafka,
+        filter,
+        within,
+        ReasonCounts::new(),
+        |counts, entry| *counts.entry(entry.reason).or_default() += 1,
+    )
     .await
 }
 
@@ -350,15 +354,13 @@ impl Reader {
             topic: topic.clone(),
             source,
         };
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), waited)
-            .map_err(|e| {
-                ReadError::Setup(KafkaSetupError::Unreachable {
-                    brokers: kafka.brokers.clone(),
-                    waited,
-                    reason: e.to_string(),
-                })
-            })?;
+        let metadata = consumer.fetch_metadata(Some(&topic), waited).map_err(|e| {
+            ReadError::Setup(KafkaSetupError::Unreachable {
+                brokers: kafka.brokers.clone(),
+                waited,
+                reason: e.to_string(),
+            })
+        })?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -418,7 +420,11 @@ impl Reader {
             if Instant::now() >= give_up {
                 return Err(ReadError::Timeout {
                     topic: self.topic.clone(),
-                    left: left.keys().map(i32::to_string).collect::<Vec<_>>().join(", "),
+                    left: left
+                        .keys()
+                        .map(i32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     within,
                     last,
                 });
