@@ -3,7 +3,7 @@
 //! `list` and `show` only read the DLQ topic ([`crate::kafka::dlq::read`]); `replay` also
 //! records what it sent in the database ([`crate::kafka::dlq::replay`]). Arguments are
 //! taken as text and checked here, so a bad one is answered with one sentence. The text is
-//! written by [`render`], which masks secret-named fields (G5).
+//! written by `render.rs`, which masks secret-named fields (G5).
 
 mod render;
 
