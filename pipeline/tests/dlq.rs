@@ -46,7 +46,7 @@ fn start_dispatch(h: &Harness, group: &str) -> Running {
     common::logs::capture();
     let (trigger, signal) = shutdown::channel();
     let mut config = h.dispatch_config();
-    config.group = group.into();
+    config.group = Some(group.into());
     let (accounts, kafka, pool) = (h.accounts(), h.kafka.clone(), h.db.pool.clone());
     let task = tokio::spawn(async move {
         orderflow::dispatch::run(config, accounts, kafka, pool, Default::default(), signal)
@@ -60,7 +60,7 @@ fn start_poll(h: &Harness, keys_file: &Path, group: &str) -> Running {
     let (trigger, signal) = shutdown::channel();
     let config = PollConfig {
         accounts_file: h.accounts_file.clone(),
-        group: group.into(),
+        group: Some(group.into()),
         max_in_flight: 32,
         schedule: ScheduleConfig {
             first_check: "1s".into(),
@@ -85,7 +85,7 @@ fn start_poll(h: &Harness, keys_file: &Path, group: &str) -> Running {
 fn start_sink(h: &Harness) -> Running {
     let (trigger, signal) = shutdown::channel();
     let config = SinkConfig {
-        group: common::unique("g-sink-"),
+        group: Some(common::unique("g-sink-")),
         batch_rows: 100,
         batch_linger_ms: 20,
         stage: StageConfig {
