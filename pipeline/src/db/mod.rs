@@ -7,6 +7,7 @@
 
 pub mod chains;
 pub mod claims;
+pub mod find;
 pub mod journey;
 pub mod orders;
 
