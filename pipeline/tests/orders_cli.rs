@@ -405,8 +405,16 @@ async fn submit_waits_for_the_final_state_and_show_finds_it_by_reference_and_pho
         ])
         .await;
     assert_eq!(out.code, 4, "{out:?}");
-    let line = one_sentence(&out);
-    assert!(line.contains("is not final after 2s"), "{line}");
+    // The states it saw, then the one sentence that says why it gave up.
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: order ") && last.contains("is not final after 2s"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("held up by"),
+        "its journey so far: {out:?}"
+    );
 
     stop(sink).await;
     stop(poll).await;
@@ -523,7 +531,7 @@ async fn list_filters_by_state_account_tenant_age_and_stuck() {
     bed.h.publish(&down).await;
     wait_listed(
         &bed,
-        &["--state", "received"],
+        &["--account", DOWN_ACCOUNT],
         &[down.order_id],
         Duration::from_secs(30),
     )
@@ -547,7 +555,8 @@ async fn list_filters_by_state_account_tenant_age_and_stuck() {
     let stuck = json_lines(&out);
     assert_eq!(ids(&stuck), [down.order_id], "{out:?}");
     assert_eq!(stuck[0]["stuck"]["step"], "placement");
-    assert_eq!(stuck[0]["state"], "received");
+    // Announced (the harness's dispatch publishes `dispatching`), never placed.
+    assert_eq!(stuck[0]["state"], "dispatching");
     // With the dispatch stage's own parking maximum (10 min) it is not stuck yet.
     let out = bed
         .run(&[
