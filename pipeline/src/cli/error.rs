@@ -62,6 +62,8 @@ pub enum CliError {
     Submit(#[from] SubmitError),
     #[error(transparent)]
     Kafka(#[from] crate::kafka::KafkaSetupError),
+    #[error("cannot write the output ({0})")]
+    Output(std::io::Error),
     #[cfg(feature = "testbed")]
     #[error(transparent)]
     Testbed(#[from] super::testbed::TestbedError),
