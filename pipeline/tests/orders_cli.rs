@@ -89,7 +89,7 @@ impl Bed {
         let (trigger, signal) = shutdown::channel();
         let config = PollConfig {
             accounts_file: self.h.accounts_file.clone(),
-            group: common::unique("g-poll-"),
+            group: Some(common::unique("g-poll-")),
             max_in_flight: 32,
             schedule: ScheduleConfig {
                 first_check: FIRST_CHECK.into(),
@@ -118,7 +118,7 @@ impl Bed {
     fn start_sink(&self) -> Running {
         let (trigger, signal) = shutdown::channel();
         let config = SinkConfig {
-            group: common::unique("g-sink-"),
+            group: Some(common::unique("g-sink-")),
             batch_rows: 100,
             batch_linger_ms: 20,
             stage: StageConfig {
