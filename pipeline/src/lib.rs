@@ -16,6 +16,7 @@
 //! - [`sink`]: the sink, `orders.state` into the `orders` table in batches.
 //! - [`poll`]: the poll stage (status checks on delay-topic tiers) and its reconciler.
 //! - [`pin`]: sealing PIN codes under the shop's rotating keys (AES-256-GCM).
+//! - [`lookup`]: keyed digests of customers' phone numbers, for `order show --phone`.
 //! - [`metrics`]: Prometheus metrics and the /metrics, /healthz, /readyz server.
 //! - [`telemetry`]: OpenTelemetry traces across stages through Kafka headers (off unless
 //!   an OTLP endpoint is configured).
@@ -27,7 +28,7 @@
 //!   raw Kafka ceiling, memory while checks wait, CPU and memory read from `/proc`).
 //!   Production modules never import it.
 //! - [`cli`]: the `orderflow` command's subcommands, one module each (the stages' shared
-//!   start-up in [`cli::stage`], `order show`'s rendering in [`cli::order`], `dlq
+//!   start-up in [`cli::stage`]; `order show`, `list` and `submit` in [`cli::order`]; `dlq
 //!   list|show|replay` in [`cli::dlq`]); the binary
 //!   (`src/main.rs`) only parses, sets up logging and the runtime, and hands over.
 
@@ -37,6 +38,7 @@ pub mod crash;
 pub mod db;
 pub mod dispatch;
 pub mod kafka;
+pub mod lookup;
 pub mod metrics;
 pub mod pin;
 pub mod poll;
