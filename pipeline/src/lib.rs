@@ -16,6 +16,9 @@
 //! - [`sink`]: the sink, `orders.state` into the `orders` table in batches.
 //! - [`poll`]: the poll stage (status checks on delay-topic tiers) and its reconciler.
 //! - [`pin`]: sealing PIN codes under the shop's rotating keys (AES-256-GCM).
+//! - [`account_status`]: the provider accounts watched from the stages: each process's view
+//!   of each account (balance, breaker, caps, recent answers) written to PostgreSQL for
+//!   `orderflow accounts`, and the scheduled balance checks.
 //! - [`metrics`]: Prometheus metrics and the /metrics, /healthz, /readyz server.
 //! - [`telemetry`]: OpenTelemetry traces across stages through Kafka headers (off unless
 //!   an OTLP endpoint is configured).
@@ -30,6 +33,7 @@
 //!   start-up in [`cli::stage`], `order show`'s rendering in [`cli::order`]); the binary
 //!   (`src/main.rs`) only parses, sets up logging and the runtime, and hands over.
 
+pub mod account_status;
 pub mod cli;
 pub mod core;
 pub mod crash;

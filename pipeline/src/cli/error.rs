@@ -13,6 +13,7 @@ use crate::poll::PollError;
 use crate::provider::accounts::AccountsError;
 use crate::sink::SinkError;
 
+use super::accounts::AccountsCliError;
 use super::order::RevealError;
 
 /// A command's failure. The binary prints it and its causes on one line and exits 1.
@@ -45,6 +46,8 @@ pub enum CliError {
     PinKey(#[from] PinKeyError),
     #[error(transparent)]
     Reveal(#[from] RevealError),
+    #[error(transparent)]
+    AccountsCommand(#[from] AccountsCliError),
     /// `order show` for an id no table knows.
     #[error("no order {0} is known to this database")]
     NoOrder(uuid::Uuid),

@@ -1,6 +1,7 @@
 //! The `orderflow` command's subcommands, one module each: [`topics`], [`migrate`], the
 //! four stages ([`stage`]: dispatch, poll, reconcile, sink, with their shared start-up),
-//! [`order`] (`order show` and its rendering), [`pin_key`], and, with the `testbed`
+//! [`order`] (`order show` and its rendering), [`accounts`] (the provider accounts'
+//! status, credentials check and product list), [`pin_key`], and, with the `testbed`
 //! feature, the test bed's `load`, `bench` and `sim-znet` (`testbed`).
 //!
 //! Owns the clap types ([`Cli`], [`Command`]) and hands each command to its module. The
@@ -8,6 +9,7 @@
 //! [`CliError`] as one sentence. Configuration comes from flags or the environment
 //! variables named in `--help`, which never prints a secret's value (G5).
 
+pub mod accounts;
 mod error;
 pub mod migrate;
 pub mod order;
@@ -114,6 +116,12 @@ pub enum Command {
         #[command(subcommand)]
         command: order::OrderCommand,
     },
+    /// See the provider accounts: balance, breaker, caps and recent answers; check their
+    /// credentials; list their products.
+    Accounts {
+        #[command(subcommand)]
+        command: accounts::AccountsCommand,
+    },
     /// Manage the keys that seal PIN codes.
     PinKey {
         #[command(subcommand)]
@@ -150,6 +158,7 @@ impl Command {
             Command::Reconcile { .. } => "reconcile",
             Command::Sink { .. } => "sink",
             Command::Order { .. } => "order",
+            Command::Accounts { .. } => "accounts",
             Command::PinKey { .. } => "pin-key",
             #[cfg(feature = "testbed")]
             Command::Load { .. } => "load",
@@ -191,6 +200,7 @@ pub async fn run(command: Command) -> Result<ExitCode, CliError> {
             metrics,
         } => stage::sink(kafka, db, sink, metrics).await,
         Command::Order { command } => order::run(command).await,
+        Command::Accounts { command } => accounts::run(command).await,
         Command::PinKey { command } => pin_key::run(command),
         #[cfg(feature = "testbed")]
         Command::Load { kafka, load } => testbed::load(kafka, load).await,

@@ -3,8 +3,11 @@
 //! `orders` holds each order's latest state for the shop (written from `orders.state`);
 //! `dispatch_claims` is the dispatch stage's durable memory of each order's provider
 //! reference and placement progress (G1); `check_chains` is the poll stage's record of each
-//! order's status-check chain, which the reconciler reads.
+//! order's status-check chain, which the reconciler reads; `account_status` is what each
+//! stage process sees of each provider account (balance, breaker, caps, recent answers),
+//! read by `orderflow accounts` and the status page.
 
+pub mod account_status;
 pub mod chains;
 pub mod claims;
 pub mod journey;

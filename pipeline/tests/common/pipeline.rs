@@ -158,6 +158,8 @@ impl Harness {
             },
             // The happy-path test follows the informational state too.
             announce: true,
+            balance_check_interval_secs: 300,
+            account_status: Default::default(),
         }
     }
 
