@@ -256,7 +256,7 @@ async fn the_dispatch_stage_exports_the_balance_and_writes_each_accounts_status(
     );
     assert!(stdout.contains("breaker         closed"), "{stdout}");
 
-    let _ = trigger.fire();
+    trigger.fire();
     task.await.unwrap();
     let logs = common::logs::text();
     assert!(

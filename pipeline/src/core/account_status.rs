@@ -56,6 +56,9 @@ impl AnswerWindow {
     }
 }
 
+/// The least time between the first and the last reading for a spending rate.
+pub const MIN_SPAN: Duration = Duration::from_secs(60);
+
 /// Money spent per hour over the last `span` of balance readings. Only drops count: a
 /// rise is a top-up, not negative spending, so a top-up does not hide the rate.
 #[derive(Clone, Debug)]
@@ -93,12 +96,13 @@ impl SpendRate {
     }
 
     /// Spending per hour over the readings kept; `None` with fewer than two readings or
-    /// less than a second between the first and the last.
+    /// less than [`MIN_SPAN`] between the first and the last (a rate from a few seconds of
+    /// placements is mostly noise).
     pub fn per_hour(&self) -> Option<f64> {
         let (first, _) = *self.readings.front()?;
         let (last, _) = *self.readings.back()?;
         let elapsed = last.duration_since(first).as_secs_f64();
-        if elapsed < 1.0 {
+        if elapsed < MIN_SPAN.as_secs_f64() {
             return None;
         }
         let spent: f64 = self
@@ -155,6 +159,8 @@ mod tests {
         assert_eq!(r.per_hour(), None);
         r.push(t0, 1000.0);
         assert_eq!(r.per_hour(), None, "one reading");
+        r.push(t0 + Duration::from_secs(30), 990.0);
+        assert_eq!(r.per_hour(), None, "too short a span");
         r.push(t0 + Duration::from_secs(900), 900.0);
         r.push(t0 + Duration::from_secs(1000), 5000.0); // a top-up
         r.push(t0 + Duration::from_secs(1800), 4900.0);

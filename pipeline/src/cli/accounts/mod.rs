@@ -11,6 +11,7 @@
 //! answers are the classifier's details, with provider text scrubbed.
 
 mod provider;
+mod render;
 mod status;
 
 use super::CliError;

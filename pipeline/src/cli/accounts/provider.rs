@@ -2,12 +2,12 @@
 //! credentials, outside the stages (their caps and breakers are the stages' own); neither
 //! buys anything.
 
+use super::render::table;
 use super::AccountsCliError;
 use crate::cli::CliError;
 use crate::provider::accounts::{Account, Accounts};
 use crate::provider::{BalanceOutcome, Product, ProductsOutcome};
 use crate::znet;
-use std::fmt::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -159,35 +159,6 @@ pub(super) fn products_json(products: &[Product]) -> String {
         })
         .collect();
     serde_json::to_string_pretty(&list).unwrap_or_else(|_| "[]".into())
-}
-
-/// Left-aligned columns two spaces apart, the header first; the last column is not padded.
-pub(super) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
-    let width = |i: usize| {
-        rows.iter()
-            .map(|r| r[i].chars().count())
-            .chain([header[i].chars().count()])
-            .max()
-            .unwrap_or(0)
-    };
-    let widths: Vec<usize> = (0..N).map(width).collect();
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == N {
-                text.push_str(cell);
-            } else {
-                let _ = write!(text, "{cell:<w$}  ", w = widths[i]);
-            }
-        }
-        let _ = writeln!(out, "{}", text.trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-    out
 }
 
 #[cfg(test)]

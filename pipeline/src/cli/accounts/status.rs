@@ -3,16 +3,14 @@
 //! threshold) when it is given. Only rows written within [`FRESH`] count for the breaker,
 //! the processes and the answers; the balance is the last one any row knows, with its age.
 
-use super::provider::table;
+use super::render::{ago, list_json, list_table, show_text};
 use super::AccountsCliError;
 use crate::cli::CliError;
-use crate::core::account_status::lasts;
 use crate::db::account_status::{self as status_table, AccountStatus, AnswerCounts, BreakerStatus};
 use crate::db::DbConfig;
 use crate::provider::accounts::{AccountConfig, Accounts};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeSet;
-use std::fmt::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -29,24 +27,12 @@ pub struct Caps {
     pub breaker_open_ms: u64,
 }
 
-impl Caps {
-    fn text(&self) -> String {
-        format!(
-            "{} at once, {}/s, breaker after {} failures for {} s",
-            self.max_concurrent,
-            self.max_per_second,
-            self.breaker_failures,
-            self.breaker_open_ms / 1000
-        )
-    }
-}
-
 /// One account as `list` and `show` present it.
 #[derive(Clone, Debug)]
 pub struct Summary {
     pub account: String,
-    /// Listed in the accounts file (when one was given).
-    pub configured: bool,
+    /// Listed in the accounts file; `None` when no file was given.
+    pub configured: Option<bool>,
     /// From the accounts file, else from the freshest row.
     pub caps: Option<Caps>,
     pub balance_alert_below: Option<f64>,
@@ -68,10 +54,12 @@ pub struct Summary {
 
 /// One summary per account the file or the rows know, by id.
 pub fn summaries(
-    configs: &[AccountConfig],
+    configs: Option<&[AccountConfig]>,
     rows: &[AccountStatus],
     now: DateTime<Utc>,
 ) -> Vec<Summary> {
+    let file_given = configs.is_some();
+    let configs = configs.unwrap_or_default();
     let ids: BTreeSet<&str> = configs
         .iter()
         .map(|c| c.id.as_str())
@@ -82,7 +70,9 @@ pub fn summaries(
             let config = configs.iter().find(|c| c.id == id);
             let mine: Vec<AccountStatus> =
                 rows.iter().filter(|r| r.account == id).cloned().collect();
-            summary(id, config, mine, now)
+            let mut found = summary(id, config, mine, now);
+            found.configured = file_given.then_some(config.is_some());
+            found
         })
         .collect()
 }
@@ -93,7 +83,7 @@ fn summary(
     mut rows: Vec<AccountStatus>,
     now: DateTime<Utc>,
 ) -> Summary {
-    rows.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.updated_at));
     let fresh: Vec<&AccountStatus> = rows.iter().filter(|r| r.is_fresh(now, FRESH)).collect();
     let caps = match (config, fresh.first()) {
         (Some(c), _) => Some(Caps {
@@ -128,7 +118,7 @@ fn summary(
     }
     Summary {
         account: id.to_owned(),
-        configured: config.is_some(),
+        configured: None,
         caps,
         balance_alert_below: config.and_then(|c| c.balance_alert_below),
         balance: newest_balance
@@ -169,237 +159,13 @@ fn breaker(fresh: &[&AccountStatus], now: DateTime<Utc>) -> String {
     format!("{state} ({} of {} processes)", open.len(), fresh.len())
 }
 
-/// A duration as `12s`, `4m`, `3h` or `2d`.
-pub fn ago(d: chrono::Duration) -> String {
-    let s = d.num_seconds().max(0);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
-    }
-}
-
-/// `place accepted 12 refused 1; check pending 3`.
-pub fn answers_text(answers: &AnswerCounts) -> String {
-    if answers.is_empty() {
-        return "-".into();
-    }
-    answers
-        .iter()
-        .map(|(call, classes)| {
-            let classes: Vec<String> = classes.iter().map(|(k, n)| format!("{k} {n}")).collect();
-            format!("{call} {}", classes.join(" "))
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// `dispatch 2, poll 2`, and the stale rows.
-fn processes_text(s: &Summary) -> String {
-    let mut by_stage = std::collections::BTreeMap::<&str, usize>::new();
-    for row in s
-        .rows
-        .iter()
-        .filter(|r| s.processes.contains(&r.written_by))
-    {
-        *by_stage.entry(row.stage.as_str()).or_default() += 1;
-    }
-    let mut parts: Vec<String> = by_stage.iter().map(|(st, n)| format!("{st} {n}")).collect();
-    if parts.is_empty() {
-        parts.push("none".into());
-    }
-    if s.stale > 0 {
-        parts.push(format!("{} stale", s.stale));
-    }
-    parts.join(", ")
-}
-
-fn balance_text(s: &Summary, now: DateTime<Utc>) -> (String, String) {
-    match &s.balance {
-        Some((text, at, _)) => {
-            let low = match (text.parse::<f64>(), s.balance_alert_below) {
-                (Ok(v), Some(below)) if v < below => " (low)",
-                _ => "",
-            };
-            (format!("{text}{low}"), format!("{} ago", ago(now - *at)))
-        }
-        None => ("-".into(), "-".into()),
-    }
-}
-
-fn spend_text(s: &Summary) -> String {
-    let Some(per_hour) = s.spend_per_hour else {
-        return "-".into();
-    };
-    let left = s
-        .balance
-        .as_ref()
-        .and_then(|(text, _, _)| text.parse::<f64>().ok())
-        .and_then(|b| lasts(b, per_hour));
-    match left {
-        Some(left) => format!(
-            "{per_hour:.2}/h, lasts {}",
-            ago(chrono::Duration::from_std(left).unwrap_or(chrono::Duration::MAX))
-        ),
-        None => format!("{per_hour:.2}/h"),
-    }
-}
-
-/// The `list` table.
-pub fn list_table(summaries: &[Summary], now: DateTime<Utc>) -> String {
-    let window = summaries.iter().map(|s| s.window_secs).max().unwrap_or(0);
-    let rows: Vec<[String; 8]> = summaries
-        .iter()
-        .map(|s| {
-            let (balance, at) = balance_text(s, now);
-            [
-                s.account.clone(),
-                balance,
-                at,
-                spend_text(s),
-                s.breaker.clone(),
-                s.caps
-                    .as_ref()
-                    .map(Caps::text)
-                    .unwrap_or_else(|| "-".into()),
-                processes_text(s),
-                answers_text(&s.answers),
-            ]
-        })
-        .collect();
-    let answers = format!(
-        "ANSWERS (LAST {})",
-        ago(chrono::Duration::seconds(window.into()))
-    );
-    table(
-        &[
-            "ACCOUNT",
-            "BALANCE",
-            "AS OF",
-            "SPENDING",
-            "BREAKER",
-            "CAPS",
-            "PROCESSES",
-            &answers,
-        ],
-        &rows,
-    )
-}
-
-/// `show`: one fact per line, then each process's row.
-pub fn show_text(s: &Summary, now: DateTime<Utc>) -> String {
-    let mut out = String::new();
-    let mut line = |label: &str, value: String| {
-        let _ = writeln!(out, "{label:<16}{value}");
-    };
-    line("account", s.account.clone());
-    line(
-        "in the file",
-        if s.configured {
-            "yes"
-        } else {
-            "no (or no file given)"
-        }
-        .into(),
-    );
-    let (balance, at) = balance_text(s, now);
-    let by = s
-        .balance
-        .as_ref()
-        .map(|(_, _, by)| format!(", from {by}"))
-        .unwrap_or_default();
-    line(
-        "balance",
-        if s.balance.is_some() {
-            format!("{balance} ({at}{by})")
-        } else {
-            balance
-        },
-    );
-    line("spending", spend_text(s));
-    if let Some(below) = s.balance_alert_below {
-        line("alert below", below.to_string());
-    }
-    line("breaker", s.breaker.clone());
-    line(
-        "caps",
-        s.caps
-            .as_ref()
-            .map(Caps::text)
-            .unwrap_or_else(|| "-".into()),
-    );
-    line(
-        "answers",
-        format!(
-            "{} (last {})",
-            answers_text(&s.answers),
-            ago(chrono::Duration::seconds(s.window_secs.into()))
-        ),
-    );
-    line(
-        "last failure",
-        s.last_failure
-            .as_ref()
-            .map(|(text, at)| format!("{text} ({} ago)", ago(now - *at)))
-            .unwrap_or_else(|| "-".into()),
-    );
-    line("processes", processes_text(s));
-    for r in &s.rows {
-        let fresh = if r.is_fresh(now, FRESH) {
-            ""
-        } else {
-            " (stale)"
-        };
-        let _ = writeln!(
-            out,
-            "  {}{fresh}: updated {} ago, breaker {}, in flight {}, balance {}, answers {}",
-            r.written_by,
-            ago(now - r.updated_at),
-            r.breaker.as_str(),
-            r.in_flight,
-            r.balance.as_deref().unwrap_or("-"),
-            answers_text(&r.answers),
-        );
-    }
-    out
-}
-
-/// The summaries as JSON, for scripts.
-pub fn list_json(summaries: &[Summary]) -> String {
-    let list: Vec<serde_json::Value> = summaries
-        .iter()
-        .map(|s| {
-            serde_json::json!({
-                "account": s.account,
-                "configured": s.configured,
-                "balance": s.balance.as_ref().map(|(text, _, _)| text),
-                "balance_at": s.balance.as_ref().map(|(_, at, _)| at.to_rfc3339()),
-                "spend_per_hour": s.spend_per_hour,
-                "balance_alert_below": s.balance_alert_below,
-                "breaker": s.breaker,
-                "caps": s.caps.as_ref().map(|c| serde_json::json!({
-                    "max_concurrent": c.max_concurrent, "max_per_second": c.max_per_second,
-                    "breaker_failures": c.breaker_failures, "breaker_open_ms": c.breaker_open_ms,
-                })),
-                "processes": s.processes,
-                "stale_rows": s.stale,
-                "answers": s.answers,
-                "window_secs": s.window_secs,
-                "last_failure": s.last_failure.as_ref().map(|(text, _)| text),
-            })
-        })
-        .collect();
-    serde_json::to_string_pretty(&list).unwrap_or_else(|_| "[]".into())
-}
-
 async fn load(
     file: Option<&Path>,
     db: &DbConfig,
-) -> Result<(Vec<AccountConfig>, Vec<AccountStatus>), CliError> {
+) -> Result<(Option<Vec<AccountConfig>>, Vec<AccountStatus>), CliError> {
     let configs = match file {
-        Some(file) => Accounts::read_settings(file)?,
-        None => Vec::new(),
+        Some(file) => Some(Accounts::read_settings(file)?),
+        None => None,
     };
     let pool = db.connect().await?;
     let rows = status_table::read(&pool).await?;
@@ -413,7 +179,7 @@ pub(super) async fn list(
 ) -> Result<ExitCode, CliError> {
     let (configs, rows) = load(file, db).await?;
     let now = Utc::now();
-    let all = summaries(&configs, &rows, now);
+    let all = summaries(configs.as_deref(), &rows, now);
     if json {
         println!("{}", list_json(&all));
     } else {
@@ -429,7 +195,7 @@ pub(super) async fn show(
 ) -> Result<ExitCode, CliError> {
     let (configs, rows) = load(file, db).await?;
     let now = Utc::now();
-    let Some(found) = summaries(&configs, &rows, now)
+    let Some(found) = summaries(configs.as_deref(), &rows, now)
         .into_iter()
         .find(|s| s.account == name)
     else {
@@ -438,6 +204,7 @@ pub(super) async fn show(
                 name: name.to_owned(),
                 file: file.display().to_string(),
                 known: configs
+                    .unwrap_or_default()
                     .iter()
                     .map(|c| c.id.as_str())
                     .collect::<Vec<_>>()
@@ -449,4 +216,109 @@ pub(super) async fn show(
     };
     print!("{}", show_text(&found, now));
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::accounts::render::answers_text;
+
+    fn row(account: &str, by: &str, age_secs: i64, now: DateTime<Utc>) -> AccountStatus {
+        AccountStatus {
+            account: account.into(),
+            written_by: by.into(),
+            stage: by.split(' ').next().unwrap().into(),
+            balance: None,
+            balance_at: None,
+            spend_per_hour: None,
+            breaker: BreakerStatus::Closed,
+            breaker_failures: 0,
+            breaker_open_until: None,
+            max_concurrent: 4,
+            max_per_second: 5.0,
+            breaker_failures_to_open: 5,
+            breaker_open_ms: 30_000,
+            in_flight: 0,
+            answers: AnswerCounts::new(),
+            window_secs: 300,
+            last_failure: None,
+            last_failure_at: None,
+            updated_at: now - chrono::Duration::seconds(age_secs),
+        }
+    }
+
+    #[test]
+    fn fresh_rows_are_summed_and_the_newest_balance_wins() {
+        let now = Utc::now();
+        let mut a = row("znet-main", "dispatch h:1", 5, now);
+        a.balance = Some("900.00".into());
+        a.balance_at = Some(now - chrono::Duration::seconds(20));
+        a.answers = [("place".into(), [("accepted".into(), 3)].into())].into();
+        let mut b = row("znet-main", "poll h:2", 3, now);
+        b.answers = [("check".into(), [("pending".into(), 2)].into())].into();
+        // A stale row: its balance is older, its answers and breaker no longer count.
+        let mut old = row("znet-main", "dispatch h:0", 600, now);
+        old.balance = Some("1000.00".into());
+        old.balance_at = Some(now - chrono::Duration::seconds(700));
+        old.breaker = BreakerStatus::Open;
+        old.answers = [("place".into(), [("accepted".into(), 50)].into())].into();
+        let all = summaries(None, &[a, b, old], now);
+        assert_eq!(all.len(), 1);
+        let s = &all[0];
+        assert_eq!(s.balance.as_ref().unwrap().0, "900.00");
+        assert_eq!(s.breaker, "closed");
+        assert_eq!(
+            answers_text(&s.answers),
+            "check pending 2; place accepted 3"
+        );
+        assert_eq!(s.processes.len(), 2);
+        assert_eq!(s.stale, 1);
+        assert_eq!(s.configured, None);
+        assert_eq!(
+            s.caps.as_ref().unwrap().max_concurrent,
+            4,
+            "caps from the rows"
+        );
+    }
+
+    #[test]
+    fn an_open_breaker_in_any_process_shows() {
+        let now = Utc::now();
+        let mut open = row("znet-main", "dispatch h:1", 1, now);
+        open.breaker = BreakerStatus::Open;
+        open.breaker_open_until = Some(now + chrono::Duration::seconds(25));
+        let closed = row("znet-main", "dispatch h:2", 1, now);
+        let s = &summaries(None, &[open, closed], now)[0];
+        assert_eq!(s.breaker, "open for 25s more (1 of 2 processes)");
+        let s = &summaries(None, &[row("x", "poll h:3", 1000, now)], now)[0];
+        assert_eq!(s.breaker, "-", "no fresh row: nothing known");
+    }
+
+    #[test]
+    fn the_file_adds_accounts_no_stage_wrote_about() {
+        let now = Utc::now();
+        let file = "[[account]]\nid = \"znet-new\"\nprovider = \"znet\"\n\
+                    base_url = \"http://127.0.0.1:1\"\nkod_env = \"UNSET\"\nsifre_env = \"UNSET\"\n\
+                    max_concurrent = 2\nbalance_alert_below = 50\n";
+        let path = std::env::temp_dir().join(format!("accounts-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, file).unwrap();
+        let configs = Accounts::read_settings(&path).expect("no credential needed");
+        std::fs::remove_file(&path).ok();
+        let all = summaries(
+            Some(&configs),
+            &[row("znet-old", "dispatch h:1", 1, now)],
+            now,
+        );
+        let ids: Vec<&str> = all.iter().map(|s| s.account.as_str()).collect();
+        assert_eq!(ids, ["znet-new", "znet-old"]);
+        assert_eq!(all[0].configured, Some(true));
+        assert_eq!(
+            all[0].caps.as_ref().unwrap().max_concurrent,
+            2,
+            "caps from the file"
+        );
+        assert_eq!(all[0].balance_alert_below, Some(50.0));
+        assert_eq!(all[0].processes.len(), 0);
+        assert_eq!(all[1].configured, Some(false));
+    }
 }
