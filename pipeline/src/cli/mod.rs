@@ -1,8 +1,9 @@
 //! The `orderflow` command's subcommands, one module each: [`topics`], [`migrate`], the
 //! four stages ([`stage`]: dispatch, poll, reconcile, sink, with their shared start-up),
-//! [`order`] (`order show` and its rendering), [`accounts`] (the provider accounts'
-//! status, credentials check and product list), [`pin_key`], and, with the `testbed`
-//! feature, the test bed's `load`, `bench` and `sim-znet` (`testbed`).
+//! [`order`] (`order show` and its rendering), [`dlq`] (list, show and replay the
+//! dead-letter queue), [`accounts`] (the provider accounts' status, credentials check
+//! and product list), [`pin_key`], and, with the `testbed` feature, the test bed's
+//! `load`, `bench` and `sim-znet` (`testbed`).
 //!
 //! Owns the clap types ([`Cli`], [`Command`]) and hands each command to its module. The
 //! binary (`src/main.rs`) only parses, sets up logging and the runtime, and prints a
@@ -10,6 +11,7 @@
 //! variables named in `--help`, which never prints a secret's value (G5).
 
 pub mod accounts;
+pub mod dlq;
 mod error;
 pub mod migrate;
 pub mod order;
@@ -116,6 +118,11 @@ pub enum Command {
         #[command(subcommand)]
         command: order::OrderCommand,
     },
+    /// Inspect the dead-letter queue (orders.dlq) and replay its entries after a fix.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
     /// See the provider accounts: balance, breaker, caps and recent answers; check their
     /// credentials; list their products.
     Accounts {
@@ -159,6 +166,7 @@ impl Command {
             Command::Sink { .. } => "sink",
             Command::Order { .. } => "order",
             Command::Accounts { .. } => "accounts",
+            Command::Dlq { .. } => "dlq",
             Command::PinKey { .. } => "pin-key",
             #[cfg(feature = "testbed")]
             Command::Load { .. } => "load",
@@ -201,6 +209,7 @@ pub async fn run(command: Command) -> Result<ExitCode, CliError> {
         } => stage::sink(kafka, db, sink, metrics).await,
         Command::Order { command } => order::run(command).await,
         Command::Accounts { command } => accounts::run(command).await,
+        Command::Dlq { command } => dlq::run(command).await,
         Command::PinKey { command } => pin_key::run(command),
         #[cfg(feature = "testbed")]
         Command::Load { kafka, load } => testbed::load(kafka, load).await,

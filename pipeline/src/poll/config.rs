@@ -41,7 +41,7 @@ impl ScheduleConfig {
     }
 }
 
-/// The poll stage's consumer group unless configured otherwise.
+/// The poll stage's consumer group unless configured otherwise (after the topic prefix).
 pub const DEFAULT_GROUP: &str = "orderflow.poll";
 /// The delays between checks unless configured otherwise (the last one repeats).
 pub const DEFAULT_CHECK_TIERS: &str = "30s,1m,2m,4m,8m,10m";
@@ -65,13 +65,10 @@ pub struct PollConfig {
     #[arg(long = "provider-accounts", env = "ORDERFLOW_PROVIDER_ACCOUNTS")]
     pub accounts_file: PathBuf,
 
-    /// Consumer group of the poll stage.
-    #[arg(
-        long = "poll-group",
-        env = "ORDERFLOW_POLL_GROUP",
-        default_value = DEFAULT_GROUP
-    )]
-    pub group: String,
+    /// Consumer group of the poll stage; default `orderflow.poll` after the topic prefix
+    /// (ORDERFLOW_TOPIC_PREFIX), e.g. `staging.orderflow.poll`.
+    #[arg(long = "poll-group", env = "ORDERFLOW_POLL_GROUP")]
+    pub group: Option<String>,
 
     /// Status checks worked on at once by this process, per topic it consumes (the first
     /// checks, each tier); waiting messages do not count.

@@ -76,9 +76,9 @@ pub struct LoadConfig {
 /// `orders.dispatched` (label `first`) and on each tier topic.
 #[derive(Clone, Debug, clap::Args)]
 pub struct DepthConfig {
-    /// Consumer group of the poll stage.
-    #[arg(long = "poll-group", env = "ORDERFLOW_POLL_GROUP", default_value = crate::poll::DEFAULT_GROUP)]
-    pub poll_group: String,
+    /// Consumer group of the poll stage; default `orderflow.poll` after the topic prefix.
+    #[arg(long = "poll-group", env = "ORDERFLOW_POLL_GROUP")]
+    pub poll_group: Option<String>,
     /// The poll stage's tiers, to name their topics.
     #[arg(long = "check-tiers", env = "ORDERFLOW_CHECK_TIERS", default_value = crate::poll::DEFAULT_CHECK_TIERS)]
     pub check_tiers: String,
@@ -94,7 +94,11 @@ impl DepthConfig {
             let label = schedule::label(delay);
             topics.push((label.clone(), kafka.topic(&name::status_check(&label))));
         }
-        Ok(GroupLag::new(kafka, &self.poll_group, topics)?)
+        Ok(GroupLag::new(
+            kafka,
+            &kafka.group(self.poll_group.as_deref(), crate::poll::DEFAULT_GROUP),
+            topics,
+        )?)
     }
 }
 
