@@ -13,6 +13,7 @@ use crate::poll::PollError;
 use crate::provider::accounts::AccountsError;
 use crate::sink::SinkError;
 
+use super::accounts::AccountsCliError;
 use super::dlq::DlqError;
 use super::order::{RevealError, SubmitError};
 
@@ -46,6 +47,8 @@ pub enum CliError {
     PinKey(#[from] PinKeyError),
     #[error(transparent)]
     Reveal(#[from] RevealError),
+    #[error(transparent)]
+    AccountsCommand(#[from] AccountsCliError),
     #[error(transparent)]
     Dlq(#[from] DlqError),
     /// `order show` for an id no table knows.

@@ -1,14 +1,16 @@
 //! The `orderflow` command's subcommands, one module each: [`topics`], [`migrate`], the
 //! four stages ([`stage`]: dispatch, poll, reconcile, sink, with their shared start-up),
 //! [`order`] (`order show`, `list` and `submit`), [`dlq`] (list, show and replay the
-//! dead-letter queue), [`pin_key`], and, with the `testbed`
-//! feature, the test bed's `load`, `bench` and `sim-znet` (`testbed`).
+//! dead-letter queue), [`accounts`] (the provider accounts' status, credentials check
+//! and product list), [`pin_key`], and, with the `testbed` feature, the test bed's
+//! `load`, `bench` and `sim-znet` (`testbed`).
 //!
 //! Owns the clap types ([`Cli`], [`Command`]) and hands each command to its module. The
 //! binary (`src/main.rs`) only parses, sets up logging and the runtime, and prints a
 //! [`CliError`] as one sentence. Configuration comes from flags or the environment
 //! variables named in `--help`, which never prints a secret's value (G5).
 
+pub mod accounts;
 pub mod dlq;
 mod error;
 pub mod migrate;
@@ -121,6 +123,12 @@ pub enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
+    /// See the provider accounts: balance, breaker, caps and recent answers; check their
+    /// credentials; list their products.
+    Accounts {
+        #[command(subcommand)]
+        command: accounts::AccountsCommand,
+    },
     /// Manage the keys that seal PIN codes.
     PinKey {
         #[command(subcommand)]
@@ -157,6 +165,7 @@ impl Command {
             Command::Reconcile { .. } => "reconcile",
             Command::Sink { .. } => "sink",
             Command::Order { .. } => "order",
+            Command::Accounts { .. } => "accounts",
             Command::Dlq { .. } => "dlq",
             Command::PinKey { .. } => "pin-key",
             #[cfg(feature = "testbed")]
@@ -199,6 +208,7 @@ pub async fn run(command: Command) -> Result<ExitCode, CliError> {
             metrics,
         } => stage::sink(kafka, db, sink, metrics).await,
         Command::Order { command } => order::run(command).await,
+        Command::Accounts { command } => accounts::run(command).await,
         Command::Dlq { command } => dlq::run(command).await,
         Command::PinKey { command } => pin_key::run(command),
         #[cfg(feature = "testbed")]

@@ -5,7 +5,9 @@
 //! carries `kod` and `sifre` (G5). A request that may have reached znet and got no answer
 //! (a timeout after sending, a broken body) is `Unknown` for a placement.
 
-use crate::provider::{BalanceOutcome, CheckOutcome, PlaceOutcome, Placement, Provider};
+use crate::provider::{
+    BalanceOutcome, CheckOutcome, PlaceOutcome, Placement, ProductsOutcome, Provider,
+};
 use crate::secret::Secret;
 use crate::znet::protocol;
 use futures::future::BoxFuture;
@@ -83,7 +85,7 @@ impl ZnetClient {
                     Failure::NoAnswer(self.timed_out())
                 } else if e.is_connect() || e.is_builder() {
                     // A connect timeout lands here too: nothing was sent.
-                    Failure::NotSent(e.to_string())
+                    Failure::NotSent(with_cause(&e))
                 } else {
                     Failure::NoAnswer(e.to_string())
                 }
@@ -97,6 +99,22 @@ impl ZnetClient {
             }
         })?;
         Ok((status, body))
+    }
+}
+
+/// The error and its innermost cause (`error sending request: Connection refused (os error
+/// 111)`): reqwest's own text does not say why. The causes are the connector's and the
+/// operating system's, which carry no URL.
+fn with_cause(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let (text, why) = (e.to_string(), cause.to_string());
+    if why == text || text.contains(&why) {
+        text
+    } else {
+        format!("{text}: {why}")
     }
 }
 
@@ -149,6 +167,17 @@ impl Provider for ZnetClient {
                 Ok((status, body)) => protocol::classify_balance(status, &body),
                 Err(Failure::NotSent(detail) | Failure::NoAnswer(detail)) => {
                     BalanceOutcome::Transient { detail }
+                }
+            }
+        })
+    }
+
+    fn products(&self) -> BoxFuture<'_, ProductsOutcome> {
+        Box::pin(async move {
+            match self.call("pin_listesi", &[]).await {
+                Ok((status, body)) => protocol::classify_products(status, &body),
+                Err(Failure::NotSent(detail) | Failure::NoAnswer(detail)) => {
+                    ProductsOutcome::Transient { detail }
                 }
             }
         })
@@ -217,7 +246,11 @@ mod tests {
         )
         .unwrap();
         match down.place(&placement).await {
-            PlaceOutcome::Transient { detail } => assert!(!detail.contains("timeout"), "{detail}"),
+            PlaceOutcome::Transient { detail } => {
+                assert!(!detail.contains("timeout"), "{detail}");
+                assert!(detail.contains("refused"), "says why: {detail}");
+                assert!(!detail.contains("127.0.0.1"), "no URL: {detail}");
+            }
             other => panic!("{other:?}"),
         }
     }
