@@ -17,6 +17,8 @@
 //! - [`poll`]: the poll stage (status checks on delay-topic tiers) and its reconciler.
 //! - [`pin`]: sealing PIN codes under the shop's rotating keys (AES-256-GCM).
 //! - [`metrics`]: Prometheus metrics and the /metrics, /healthz, /readyz server.
+//! - [`status`]: the read-only status page (`orderflow status-page`): a snapshot of
+//!   PostgreSQL and Kafka, rendered for people, refreshed by a small script.
 //! - [`telemetry`]: OpenTelemetry traces across stages through Kafka headers (off unless
 //!   an OTLP endpoint is configured).
 //! - [`secret`], [`shutdown`]: values that never print; the shutdown signal.
@@ -43,6 +45,7 @@ pub mod provider;
 pub mod secret;
 pub mod shutdown;
 pub mod sink;
+pub mod status;
 pub mod telemetry;
 #[cfg(feature = "testbed")]
 pub mod testbed;

@@ -1,6 +1,7 @@
 //! The `orderflow` command's subcommands, one module each: [`topics`], [`migrate`], the
 //! four stages ([`stage`]: dispatch, poll, reconcile, sink, with their shared start-up),
-//! [`order`] (`order show` and its rendering), [`pin_key`], and, with the `testbed`
+//! [`order`] (`order show` and its rendering), [`pin_key`], [`status_page`] (the
+//! read-only status page), and, with the `testbed`
 //! feature, the test bed's `load`, `bench` and `sim-znet` (`testbed`).
 //!
 //! Owns the clap types ([`Cli`], [`Command`]) and hands each command to its module. The
@@ -13,6 +14,7 @@ pub mod migrate;
 pub mod order;
 pub mod pin_key;
 pub mod stage;
+pub mod status_page;
 #[cfg(feature = "testbed")]
 pub mod testbed;
 pub mod topics;
@@ -26,6 +28,7 @@ use crate::metrics::MetricsConfig;
 use crate::poll::reconcile::ReconcileConfig;
 use crate::poll::PollConfig;
 use crate::sink::SinkConfig;
+use crate::status::StatusPageConfig;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -119,6 +122,16 @@ pub enum Command {
         #[command(subcommand)]
         command: pin_key::PinKeyCommand,
     },
+    /// Serve a read-only status page: throughput, open orders, retry depth per tier, stuck
+    /// orders, dead letters by reason and the provider accounts (on 127.0.0.1 by default).
+    StatusPage {
+        #[command(flatten)]
+        kafka: KafkaConfig,
+        #[command(flatten)]
+        db: DbConfig,
+        #[command(flatten)]
+        page: StatusPageConfig,
+    },
     /// Publish a realistic load of orders and follow each until the pipeline answers it.
     #[cfg(feature = "testbed")]
     Load {
@@ -151,6 +164,7 @@ impl Command {
             Command::Sink { .. } => "sink",
             Command::Order { .. } => "order",
             Command::PinKey { .. } => "pin-key",
+            Command::StatusPage { .. } => "status-page",
             #[cfg(feature = "testbed")]
             Command::Load { .. } => "load",
             #[cfg(feature = "testbed")]
@@ -192,6 +206,7 @@ pub async fn run(command: Command) -> Result<ExitCode, CliError> {
         } => stage::sink(kafka, db, sink, metrics).await,
         Command::Order { command } => order::run(command).await,
         Command::PinKey { command } => pin_key::run(command),
+        Command::StatusPage { kafka, db, page } => status_page::run(kafka, db, page).await,
         #[cfg(feature = "testbed")]
         Command::Load { kafka, load } => testbed::load(kafka, load).await,
         #[cfg(feature = "testbed")]

@@ -9,6 +9,7 @@ pub mod chains;
 pub mod claims;
 pub mod journey;
 pub mod orders;
+pub mod overview;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
