@@ -350,7 +350,13 @@ fn group_of(inv: &Invocation, env: &BTreeMap<String, String>) -> Option<String> 
         return None;
     }
     let var = format!("ORDERFLOW_{}_GROUP", stage.to_uppercase());
-    Some(inv.setting(env, &format!("{stage}-group"), &var))
+    let group = inv.setting(env, &format!("{stage}-group"), &var);
+    if !group.is_empty() {
+        return Some(group);
+    }
+    // Unset, the group is the stage's default name under the topic prefix.
+    let prefix = inv.setting(env, "topic-prefix", "ORDERFLOW_TOPIC_PREFIX");
+    Some(format!("{prefix}orderflow.{stage}"))
 }
 
 fn str_of(v: &Value) -> String {

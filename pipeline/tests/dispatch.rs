@@ -1056,7 +1056,7 @@ fn reason_of(m: &rdkafka::message::OwnedMessage) -> String {
 async fn an_order_that_cannot_be_placed_is_answered_failed_invalid_once_and_only_if_new() {
     let h = Harness::new("answer-invalid", SimConfig::default(), 5_000).await;
     let config = h.dispatch_config();
-    let group = config.group.clone();
+    let group = config.group.clone().expect("the test names its group");
     let (trigger, task) = start_dispatch_with(&h, config);
     let placed = order("50");
     assert_eq!(
@@ -1154,7 +1154,7 @@ async fn an_order_that_cannot_be_placed_is_answered_failed_invalid_once_and_only
 async fn a_resend_of_a_final_order_puts_no_older_state_on_orders_state() {
     let h = Harness::new("resend-final", SimConfig::default(), 5_000).await;
     let config = h.dispatch_config();
-    let group = config.group.clone();
+    let group = config.group.clone().expect("the test names its group");
     let (trigger, task) = start_dispatch_with(&h, config);
     let o = order("50");
     let dispatched = publish_and_settle(&h, &o).await;
@@ -1262,7 +1262,7 @@ async fn hostile_events_end_in_the_dlq_and_the_group_moves_past_them() {
     .await
     .unwrap();
     let config = h.dispatch_config();
-    let group = config.group.clone();
+    let group = config.group.clone().expect("the test names its group");
 
     let valid = serde_json::to_value(order("50")).unwrap();
     let hostile = |id: &str, field: &str, value: serde_json::Value| {
@@ -1598,6 +1598,40 @@ async fn a_parked_order_comes_back_and_is_dispatched_once_when_its_account_recov
     assert_eq!(stats.purchases.len(), 1);
     let claim = claims::get(&h.db.pool, o.order_id).await.unwrap().unwrap();
     assert_eq!(claim.phase, Phase::Placed);
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
+/// Issue 17 item 5: with a topic prefix and no group setting, the stage's consumer group is
+/// its default name under the prefix, so two environments on one cluster never share one.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_group_setting_the_group_is_named_under_the_topic_prefix() {
+    let h = Harness::new("prefix-group", SimConfig::default(), 5_000).await;
+    let config = orderflow::dispatch::DispatchConfig {
+        group: None,
+        ..h.dispatch_config()
+    };
+    let (trigger, task) = start_dispatch_with(&h, config);
+    publish_and_settle(&h, &order("50")).await;
+
+    let expected = format!("{}orderflow.dispatch", h.kafka.topic_prefix);
+    let consumer: rdkafka::consumer::BaseConsumer = h.kafka.client_config().create().unwrap();
+    let groups = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::Consumer;
+        let list = consumer
+            .fetch_group_list(None, Duration::from_secs(10))
+            .expect("the broker's group list");
+        list.groups()
+            .iter()
+            .map(|g| g.name().to_owned())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(
+        groups.contains(&expected),
+        "no group {expected} among {groups:?}"
+    );
     stop(trigger, task).await;
     h.finish().await;
 }

@@ -96,7 +96,7 @@ impl Poll {
     fn config(&self, group: &str) -> PollConfig {
         PollConfig {
             accounts_file: self.h.accounts_file.clone(),
-            group: group.into(),
+            group: Some(group.into()),
             max_in_flight: 32,
             schedule: self.schedule(),
             pin_keys_file: Some(self.keys_file.clone()),

@@ -30,7 +30,7 @@ type Running = (shutdown::Trigger, tokio::task::JoinHandle<()>);
 
 fn sink_config(group: &str, batch_rows: usize) -> SinkConfig {
     SinkConfig {
-        group: group.into(),
+        group: Some(group.into()),
         batch_rows,
         batch_linger_ms: 20,
         stage: StageConfig {

@@ -83,7 +83,7 @@ impl Pipeline {
         let (trigger, signal) = shutdown::channel();
         let config = PollConfig {
             accounts_file: self.h.accounts_file.clone(),
-            group: self.poll_group.clone(),
+            group: Some(self.poll_group.clone()),
             max_in_flight: 32,
             schedule: ScheduleConfig {
                 first_check: "1s".into(),
@@ -112,7 +112,7 @@ impl Pipeline {
     fn sink(&self) -> Running {
         let (trigger, signal) = shutdown::channel();
         let config = SinkConfig {
-            group: common::unique("g-sink-"),
+            group: Some(common::unique("g-sink-")),
             batch_rows: 100,
             batch_linger_ms: 20,
             stage: StageConfig {

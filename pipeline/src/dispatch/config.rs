@@ -9,6 +9,9 @@ use crate::kafka::stage::StageConfig;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The dispatch stage's consumer group unless configured otherwise (after the topic prefix).
+pub const DEFAULT_GROUP: &str = "orderflow.dispatch";
+
 /// Settings of the dispatch stage (flags or environment variables).
 #[derive(Clone, Debug, clap::Args)]
 pub struct DispatchConfig {
@@ -19,13 +22,10 @@ pub struct DispatchConfig {
     #[arg(long = "provider-accounts", env = "ORDERFLOW_PROVIDER_ACCOUNTS")]
     pub accounts_file: PathBuf,
 
-    /// Consumer group of the dispatch stage.
-    #[arg(
-        long = "dispatch-group",
-        env = "ORDERFLOW_DISPATCH_GROUP",
-        default_value = "orderflow.dispatch"
-    )]
-    pub group: String,
+    /// Consumer group of the dispatch stage; default `orderflow.dispatch` after the topic prefix
+    /// (ORDERFLOW_TOPIC_PREFIX), e.g. `staging.orderflow.dispatch`.
+    #[arg(long = "dispatch-group", env = "ORDERFLOW_DISPATCH_GROUP")]
+    pub group: Option<String>,
 
     /// Orders worked on at once by this process, per topic it consumes (orders.created,
     /// orders.dispatch-retry); parked orders waiting for their due time do not count.

@@ -57,7 +57,7 @@ mod publish;
 mod refuse;
 mod run;
 
-pub use config::{DispatchConfig, MAX_DEADLINE_SECS};
+pub use config::{DispatchConfig, DEFAULT_GROUP, MAX_DEADLINE_SECS};
 pub use error::DispatchError;
 pub use handler::DispatchHandler;
 pub use run::run;

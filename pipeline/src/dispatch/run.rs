@@ -46,7 +46,7 @@ pub async fn run(
         Arc::clone(&metrics),
     )?);
     let options = LoopConfig {
-        group: config.group.clone(),
+        group: kafka.group(config.group.as_deref(), super::DEFAULT_GROUP),
         // Parked orders come back on their own topic, with an in-flight bound of their own:
         // a crowd of them coming back cannot starve new orders, nor new orders them.
         topics: vec![

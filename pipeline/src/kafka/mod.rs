@@ -152,6 +152,16 @@ impl KafkaConfig {
         format!("{}{}", self.topic_prefix, name)
     }
 
+    /// A stage's consumer group: the one set explicitly, or the stage's default name under
+    /// the topic prefix, so that two environments sharing a cluster by prefix never share
+    /// a group by accident.
+    pub fn group(&self, explicit: Option<&str>, default: &str) -> String {
+        match explicit {
+            Some(group) => group.to_owned(),
+            None => self.topic(default),
+        }
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
@@ -308,3 +318,20 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {}
+
+#[cfg(test)]
+mod tests {
+    use super::KafkaConfig;
+
+    #[test]
+    fn a_default_group_goes_under_the_topic_prefix_and_an_explicit_one_is_kept() {
+        let staging = KafkaConfig::for_tests("127.0.0.1:9092", "staging.");
+        assert_eq!(
+            staging.group(None, "orderflow.poll"),
+            "staging.orderflow.poll"
+        );
+        assert_eq!(staging.group(Some("shared"), "orderflow.poll"), "shared");
+        let plain = KafkaConfig::for_tests("127.0.0.1:9092", "");
+        assert_eq!(plain.group(None, "orderflow.poll"), "orderflow.poll");
+    }
+}

@@ -41,7 +41,7 @@ impl ScheduleConfig {
     }
 }
 
-/// The poll stage's consumer group unless configured otherwise.
+/// The poll stage's consumer group unless configured otherwise (after the topic prefix).
 pub const DEFAULT_GROUP: &str = "orderflow.poll";
 /// The delays between checks unless configured otherwise (the last one repeats).
 pub const DEFAULT_CHECK_TIERS: &str = "30s,1m,2m,4m,8m,10m";
@@ -60,9 +60,9 @@ pub fn tier_topics(kafka: &KafkaConfig, schedule: &Schedule) -> Vec<String> {
 /// status-page`, `load` and `bench`, which name the poll stage's group and tiers.
 #[derive(Clone, Debug, clap::Args)]
 pub struct DepthConfig {
-    /// Consumer group of the poll stage.
-    #[arg(long = "poll-group", env = "ORDERFLOW_POLL_GROUP", default_value = DEFAULT_GROUP)]
-    pub poll_group: String,
+    /// Consumer group of the poll stage; default `orderflow.poll` after the topic prefix.
+    #[arg(long = "poll-group", env = "ORDERFLOW_POLL_GROUP")]
+    pub poll_group: Option<String>,
     /// The poll stage's tiers, to name their topics.
     #[arg(long = "check-tiers", env = "ORDERFLOW_CHECK_TIERS", default_value = DEFAULT_CHECK_TIERS)]
     pub check_tiers: String,
@@ -89,9 +89,14 @@ impl DepthConfig {
         Ok(topics)
     }
 
+    /// The poll stage's consumer group: the one set, or the default after the topic prefix.
+    pub fn group(&self, kafka: &KafkaConfig) -> String {
+        kafka.group(self.poll_group.as_deref(), DEFAULT_GROUP)
+    }
+
     /// The poll group's lag reader, labels `first` then one per tier.
     pub fn lag(&self, kafka: &KafkaConfig) -> Result<GroupLag, DepthError> {
-        Ok(GroupLag::new(kafka, &self.poll_group, self.topics(kafka)?)?)
+        Ok(GroupLag::new(kafka, &self.group(kafka), self.topics(kafka)?)?)
     }
 }
 
@@ -105,13 +110,10 @@ pub struct PollConfig {
     #[arg(long = "provider-accounts", env = "ORDERFLOW_PROVIDER_ACCOUNTS")]
     pub accounts_file: PathBuf,
 
-    /// Consumer group of the poll stage.
-    #[arg(
-        long = "poll-group",
-        env = "ORDERFLOW_POLL_GROUP",
-        default_value = DEFAULT_GROUP
-    )]
-    pub group: String,
+    /// Consumer group of the poll stage; default `orderflow.poll` after the topic prefix
+    /// (ORDERFLOW_TOPIC_PREFIX), e.g. `staging.orderflow.poll`.
+    #[arg(long = "poll-group", env = "ORDERFLOW_POLL_GROUP")]
+    pub group: Option<String>,
 
     /// Status checks worked on at once by this process, per topic it consumes (the first
     /// checks, each tier); waiting messages do not count.

@@ -40,7 +40,7 @@ pub async fn run(
         Arc::clone(&metrics),
     )?);
     let options = LoopConfig {
-        group: config.group.clone(),
+        group: kafka.group(config.group.as_deref(), super::DEFAULT_GROUP),
         topics,
         max_in_flight: config.max_in_flight.max(1),
         stage: config.stage,

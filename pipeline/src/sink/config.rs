@@ -2,19 +2,19 @@
 
 use crate::kafka::stage::StageConfig;
 
+/// The sink's consumer group unless configured otherwise (after the topic prefix).
+pub const DEFAULT_GROUP: &str = "orderflow.sink";
+
 /// Settings of the sink (flags or environment variables).
 #[derive(Clone, Debug, clap::Args)]
 pub struct SinkConfig {
     #[command(flatten)]
     pub stage: StageConfig,
 
-    /// Consumer group of the sink.
-    #[arg(
-        long = "sink-group",
-        env = "ORDERFLOW_SINK_GROUP",
-        default_value = "orderflow.sink"
-    )]
-    pub group: String,
+    /// Consumer group of the sink; default `orderflow.sink` after the topic prefix
+    /// (ORDERFLOW_TOPIC_PREFIX), e.g. `staging.orderflow.sink`.
+    #[arg(long = "sink-group", env = "ORDERFLOW_SINK_GROUP")]
+    pub group: Option<String>,
 
     /// Most rows upserted in one statement.
     #[arg(

@@ -48,7 +48,7 @@ mod repair;
 mod run;
 mod write;
 
-pub use config::SinkConfig;
+pub use config::{SinkConfig, DEFAULT_GROUP};
 pub use decide::check;
 pub use error::SinkError;
 pub use handler::SinkHandler;

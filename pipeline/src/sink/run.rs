@@ -62,7 +62,7 @@ pub async fn run(
         backoff,
     });
     let options = LoopConfig {
-        group: config.group.clone(),
+        group: kafka.group(config.group.as_deref(), super::DEFAULT_GROUP),
         topics: vec![topic],
         // Enough in flight to fill two batches while one is written.
         max_in_flight: rows * 2,

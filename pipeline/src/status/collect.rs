@@ -93,7 +93,7 @@ impl Collector {
             lag,
             topics: depth.topics(kafka).unwrap_or_default(),
             topic_prefix: kafka.topic_prefix.clone(),
-            poll_group: depth.poll_group.clone(),
+            poll_group: depth.group(kafka),
         }
     }
 

@@ -142,7 +142,7 @@ impl Harness {
     pub fn dispatch_config(&self) -> DispatchConfig {
         DispatchConfig {
             accounts_file: self.accounts_file.clone(),
-            group: unique("g-dispatch-"),
+            group: Some(unique("g-dispatch-")),
             max_in_flight: 32,
             max_event_bytes: 4096,
             deadline_secs: 3600,

@@ -13,7 +13,7 @@ fn config(invalid: f64, reject: f64) -> LoadConfig {
         wait_secs: 1,
         until: Until::Final,
         depth: DepthConfig {
-            poll_group: crate::poll::DEFAULT_GROUP.into(),
+            poll_group: None,
             check_tiers: crate::poll::DEFAULT_CHECK_TIERS.into(),
         },
     }
