@@ -280,9 +280,12 @@ fn assert_shows(html: &str, truth: &Truth, what: &str) {
     let rejected = cells(html, "finished", "failed-rejected")
         .unwrap_or_else(|| panic!("{what}: no failed-rejected row"));
     assert_eq!(rejected[3], truth.rejected.to_string(), "{what}: rejected");
-    let processing = cells(html, "open", "processing")
-        .unwrap_or_else(|| panic!("{what}: no processing row"));
-    assert_eq!(processing[1], truth.processing.to_string(), "{what}: open");
+    let checking =
+        cells(html, "open", "checking").unwrap_or_else(|| panic!("{what}: no checking row"));
+    assert_eq!(checking[1], truth.processing.to_string(), "{what}: checking");
+    let placing =
+        cells(html, "open", "placing").unwrap_or_else(|| panic!("{what}: no placing row"));
+    assert_eq!(placing[1], "0", "{what}: being placed");
     let tier = cells(html, "tiers", TIER).unwrap_or_else(|| panic!("{what}: no {TIER} row"));
     assert!(tier[1].ends_with(&name::status_check(TIER)), "{what}: {tier:?}");
     assert_eq!(
@@ -413,10 +416,14 @@ async fn the_page_shows_the_running_pipeline_in_a_browser_and_no_secret() {
     let lag = snapshot["tier_lag"]["ok"].as_array().expect("Kafka answered");
     let on_tier = lag.iter().find(|t| t["tier"] == TIER).unwrap();
     assert_eq!(on_tier["waiting"], truth.in_tier_topic);
-    let open = snapshot["open"]["ok"].as_array().expect("PostgreSQL answered");
-    assert!(open
-        .iter()
-        .any(|o| o["state"] == "processing" && o["orders"] == truth.processing));
+    assert_eq!(snapshot["being_placed"]["ok"], 0, "{json}");
+    let chains = snapshot["tier_chains"]["ok"].as_array().expect("PostgreSQL answered");
+    assert!(
+        chains
+            .iter()
+            .any(|c| c["tier"] == TIER && c["chains"] == truth.processing),
+        "{json}"
+    );
 
     // Read-only: nothing but GET.
     for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE] {

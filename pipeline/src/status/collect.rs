@@ -8,7 +8,7 @@
 //! a page left open, or many of them, asks the database a few small questions every few
 //! seconds and no more.
 
-use crate::db::overview::{self, Finished, Open, TierChains};
+use crate::db::overview::{self, Finished, TierChains};
 use crate::kafka::lag::GroupLag;
 use crate::kafka::KafkaConfig;
 use crate::poll::DepthConfig;
@@ -66,8 +66,8 @@ pub struct Snapshot {
     pub poll_group: String,
     /// Orders that reached a final state in the last 1, 5 and 15 minutes.
     pub finished: Part<Vec<Finished>>,
-    /// Orders not final yet, per state.
-    pub open: Part<Vec<Open>>,
+    /// Orders whose placement is not settled yet.
+    pub being_placed: Part<i64>,
     /// Retry depth from Kafka: checks waiting per tier topic.
     pub tier_lag: Part<Vec<TierLag>>,
     /// Retry depth from PostgreSQL: open check chains per tier.
@@ -101,9 +101,9 @@ impl Collector {
     pub async fn collect(&self) -> Snapshot {
         let start = Instant::now();
         let taken_at = Utc::now();
-        let (finished, open, tier_chains, tier_lag) = tokio::join!(
+        let (finished, being_placed, tier_chains, tier_lag) = tokio::join!(
             query(overview::finished_recently(&self.pool)),
-            query(overview::open_by_state(&self.pool)),
+            query(overview::being_placed(&self.pool)),
             query(overview::open_chains_per_tier(&self.pool)),
             self.tier_lag(),
         );
@@ -113,7 +113,7 @@ impl Collector {
             topic_prefix: self.topic_prefix.clone(),
             poll_group: self.poll_group.clone(),
             finished,
-            open,
+            being_placed,
             tier_lag,
             tier_chains,
             taken: Some(start),

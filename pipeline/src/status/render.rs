@@ -77,14 +77,12 @@ fn num(title: &'static str) -> Column {
     Column { title, num: true }
 }
 
-fn unavailable<T>(parts: &[&Part<T>]) -> Vec<String> {
-    parts
-        .iter()
-        .filter_map(|p| match p {
-            Part::Unavailable(why) => Some(why.clone()),
-            Part::Ok(_) => None,
-        })
-        .collect()
+/// Why a source did not answer, if it did not.
+fn why<T>(part: &Part<T>) -> Option<String> {
+    match part {
+        Part::Unavailable(why) => Some(why.clone()),
+        Part::Ok(_) => None,
+    }
 }
 
 /// A count, or `-` when its source did not answer.
@@ -118,8 +116,13 @@ pub fn tiles(s: &Snapshot) -> Vec<Tile> {
         Tile {
             id: "open",
             label: "open orders",
-            value: count(&s.open, |rows| rows.iter().map(|r| r.orders).sum()),
-            note: "not final yet",
+            value: match (s.being_placed.ok(), s.tier_chains.ok()) {
+                (Some(placing), Some(chains)) => {
+                    (placing + chains.iter().map(|c| c.chains).sum::<i64>()).to_string()
+                }
+                _ => "-".into(),
+            },
+            note: "being placed, or between status checks",
         },
         Tile {
             id: "waiting",
@@ -169,27 +172,38 @@ fn finished(s: &Snapshot) -> Panel {
         ],
         rows,
         empty: "No order reached a final state in the last 15 minutes.",
-        unavailable: unavailable(&[&s.finished]),
+        unavailable: why(&s.finished).into_iter().collect(),
     }
 }
 
 fn open(s: &Snapshot) -> Panel {
-    let rows = s.open.ok().map_or_else(Vec::new, |rows| {
-        rows.iter()
-            .map(|r| Row {
-                key: r.state.clone(),
-                cells: vec![r.state.clone(), r.orders.to_string()],
-            })
-            .collect()
-    });
+    let mut rows = Vec::new();
+    if let Some(placing) = s.being_placed.ok() {
+        rows.push(Row {
+            key: "placing".into(),
+            cells: vec!["being placed".into(), placing.to_string()],
+        });
+    }
+    if let Some(chains) = s.tier_chains.ok() {
+        rows.push(Row {
+            key: "checking".into(),
+            cells: vec![
+                "between status checks".into(),
+                chains.iter().map(|c| c.chains).sum::<i64>().to_string(),
+            ],
+        });
+    }
     Panel {
         id: "open",
         title: "Open orders",
-        explain: "Orders not final yet, by their latest state in the orders table.",
-        columns: vec![col("state"), num("orders")],
+        explain: "Orders not final yet: being placed (their dispatch claim is new or placing), or placed and between status checks (an open check chain; per tier below).",
+        columns: vec![col("where"), num("orders")],
         rows,
         empty: "No open order.",
-        unavailable: unavailable(&[&s.open]),
+        unavailable: [why(&s.being_placed), why(&s.tier_chains)]
+            .into_iter()
+            .flatten()
+            .collect(),
     }
 }
 
@@ -241,7 +255,10 @@ fn tiers(s: &Snapshot) -> Panel {
         ],
         rows,
         empty: "No tier configured.",
-        unavailable: unavailable(&[&s.tier_lag]).into_iter().chain(unavailable(&[&s.tier_chains])).collect(),
+        unavailable: [why(&s.tier_lag), why(&s.tier_chains)]
+            .into_iter()
+            .flatten()
+            .collect(),
     }
 }
 
