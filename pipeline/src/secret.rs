@@ -46,6 +46,29 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// Whether a field, header or parameter name says its value is a secret: a password, a
+/// PIN, a token, a key, a credential. Broad on purpose: hiding a harmless value costs a
+/// less useful message, showing a password costs the password. Used on database URLs'
+/// query parameters and on what `orderflow dlq show` prints.
+pub fn names_a_secret(name: &str) -> bool {
+    let name = name.to_lowercase();
+    [
+        "pass",
+        "pwd",
+        "sifre",
+        "şifre",
+        "secret",
+        "token",
+        "key",
+        "auth",
+        "credential",
+        "pin",
+        "kod",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
+}
+
 /// Longest provider message kept, in characters: enough for any sentence znet sends.
 const MAX_PROVIDER_TEXT: usize = 200;
 

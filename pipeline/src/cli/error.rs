@@ -14,6 +14,7 @@ use crate::provider::accounts::AccountsError;
 use crate::sink::SinkError;
 use crate::status::StatusPageError;
 
+use super::dlq::DlqError;
 use super::order::RevealError;
 
 /// A command's failure. The binary prints it and its causes on one line and exits 1.
@@ -48,6 +49,8 @@ pub enum CliError {
     StatusPage(#[from] StatusPageError),
     #[error(transparent)]
     Reveal(#[from] RevealError),
+    #[error(transparent)]
+    Dlq(#[from] DlqError),
     /// `order show` for an id no table knows.
     #[error("no order {0} is known to this database")]
     NoOrder(uuid::Uuid),

@@ -1,7 +1,8 @@
 //! The `orderflow` command's subcommands, one module each: [`topics`], [`migrate`], the
 //! four stages ([`stage`]: dispatch, poll, reconcile, sink, with their shared start-up),
-//! [`order`] (`order show` and its rendering), [`pin_key`], [`status_page`] (the
-//! read-only status page), and, with the `testbed`
+//! [`order`] (`order show` and its rendering), [`dlq`] (list, show and replay the
+//! dead-letter queue), [`pin_key`], [`status_page`] (the read-only status page), and,
+//! with the `testbed`
 //! feature, the test bed's `load`, `bench` and `sim-znet` (`testbed`).
 //!
 //! Owns the clap types ([`Cli`], [`Command`]) and hands each command to its module. The
@@ -9,6 +10,7 @@
 //! [`CliError`] as one sentence. Configuration comes from flags or the environment
 //! variables named in `--help`, which never prints a secret's value (G5).
 
+pub mod dlq;
 mod error;
 pub mod migrate;
 pub mod order;
@@ -117,6 +119,11 @@ pub enum Command {
         #[command(subcommand)]
         command: order::OrderCommand,
     },
+    /// Inspect the dead-letter queue (orders.dlq) and replay its entries after a fix.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
     /// Manage the keys that seal PIN codes.
     PinKey {
         #[command(subcommand)]
@@ -163,6 +170,7 @@ impl Command {
             Command::Reconcile { .. } => "reconcile",
             Command::Sink { .. } => "sink",
             Command::Order { .. } => "order",
+            Command::Dlq { .. } => "dlq",
             Command::PinKey { .. } => "pin-key",
             Command::StatusPage { .. } => "status-page",
             #[cfg(feature = "testbed")]
@@ -205,6 +213,7 @@ pub async fn run(command: Command) -> Result<ExitCode, CliError> {
             metrics,
         } => stage::sink(kafka, db, sink, metrics).await,
         Command::Order { command } => order::run(command).await,
+        Command::Dlq { command } => dlq::run(command).await,
         Command::PinKey { command } => pin_key::run(command),
         Command::StatusPage { kafka, db, page } => status_page::run(kafka, db, page).await,
         #[cfg(feature = "testbed")]

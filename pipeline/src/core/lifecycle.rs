@@ -118,6 +118,37 @@ pub fn supersedes(
         && (version > current_version || (version == current_version && state.is_final()))
 }
 
+/// What the sink compares of a state event, or of the row it set: [`supersedes`]'s
+/// (version, state), and whether the event names a provider reference. Every state event
+/// of a placed (or claimed to be placed) order does; only the `failed` (invalid) answer to
+/// an order that could not be placed as given does not: nothing was ever sent for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rank {
+    pub version: i64,
+    pub state: OrderState,
+    pub placed: bool,
+}
+
+/// Whether a state event ranked `event` replaces a row ranked `current`: [`supersedes`],
+/// with one exception and its mirror (docs/design/lifecycle.md, G3). A row `failed` without
+/// a reference (the invalid answer) is replaced by an event with one: the order was placed
+/// after all, which only a replayed event of it can bring about. And an event without a
+/// reference never replaces a row with one, so that the invalid answer, republished or
+/// late, never ends an order placed after all. The sink's SQL guard and its in-batch merge
+/// both follow this rule.
+pub fn replaces(event: Rank, current: Rank) -> bool {
+    if current.state == OrderState::Failed && !current.placed {
+        return event.placed;
+    }
+    if !event.placed && current.placed {
+        return false;
+    }
+    supersedes(
+        (event.version, event.state),
+        (current.version, current.state),
+    )
+}
+
 impl std::str::FromStr for OrderState {
     type Err = String;
 
@@ -294,6 +325,47 @@ mod tests {
         assert!(supersedes((4, Completed), (4, Processing)));
         assert!(!supersedes((4, Processing), (4, Processing)));
         assert!(!supersedes((3, Processing), (4, Processing)));
+    }
+
+    #[test]
+    fn only_a_placed_order_replaces_the_invalid_answer() {
+        use OrderState::*;
+        let rank = |version, state, placed| Rank {
+            version,
+            state,
+            placed,
+        };
+        let invalid = rank(version::DISPATCHED, Failed, false);
+        // The replayed order's events, whatever their version, replace the answer.
+        for (v, state) in [
+            (1, Dispatching),
+            (2, Dispatched),
+            (3, Processing),
+            (4, Completed),
+        ] {
+            assert!(replaces(rank(v, state, true), invalid), "{state}");
+        }
+        // The answer again, or late, never replaces what the placed order reached.
+        assert!(!replaces(invalid, invalid));
+        for (v, state) in [(1, Dispatching), (2, Dispatched), (3, Processing)] {
+            assert!(!replaces(invalid, rank(v, state, true)), "{state}");
+        }
+        // Nothing else changes: final placed rows stay, versions rule among placed events.
+        assert!(!replaces(
+            rank(9, Processing, true),
+            rank(3, Completed, true)
+        ));
+        assert!(!replaces(rank(9, Failed, true), rank(3, Failed, true)));
+        assert!(replaces(
+            rank(4, Completed, true),
+            rank(4, Processing, true)
+        ));
+        assert!(!replaces(
+            rank(3, Processing, true),
+            rank(4, Processing, true)
+        ));
+        // A row never placed and not final (none is written so) follows the version rule.
+        assert!(replaces(invalid, rank(1, Received, false)));
     }
 
     #[test]

@@ -3,13 +3,15 @@
 //! `orders` holds each order's latest state for the shop (written from `orders.state`);
 //! `dispatch_claims` is the dispatch stage's durable memory of each order's provider
 //! reference and placement progress (G1); `check_chains` is the poll stage's record of each
-//! order's status-check chain, which the reconciler reads.
+//! order's status-check chain, which the reconciler reads; `dlq_replays` which DLQ entries
+//! `orderflow dlq replay` sent back.
 
 pub mod chains;
 pub mod claims;
 pub mod journey;
 pub mod orders;
 pub mod overview;
+pub mod replays;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -232,23 +234,9 @@ fn redact_query(query: &str) -> String {
         .join("&")
 }
 
-/// Whether a query parameter's name says its value is a secret. Broad on purpose: hiding a
-/// harmless value costs a less useful message, showing a password costs the password.
+/// Whether a query parameter's name says its value is a secret ([`crate::secret::names_a_secret`]).
 fn is_secret_key(key: &str) -> bool {
-    let key = key.to_lowercase();
-    [
-        "pass",
-        "pwd",
-        "sifre",
-        "şifre",
-        "secret",
-        "token",
-        "key",
-        "auth",
-        "credential",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
+    crate::secret::names_a_secret(key)
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //!
 //! Writes go through [`upsert`] or [`upsert_batch`], whose guard makes the table converge
 //! on the highest version of each order and leaves final rows alone (G3), whatever order
-//! or how many times state events arrive (the rule is
-//! [`crate::core::lifecycle::supersedes`]). The PIN is stored as it travels: sealed under
+//! or how many times state events arrive (the rule is [`crate::core::lifecycle::replaces`],
+//! whose one exception lets an order answered `failed` (invalid) move on once a replay of
+//! it was placed). The PIN is stored as it travels: sealed under
 //! the shop's key (G5), never in clear.
 
 use crate::core::event::OrderStateEvent;
@@ -51,7 +52,8 @@ impl OrderRow {
     }
 }
 
-/// The guard of both upserts, in SQL: see [`crate::core::lifecycle::supersedes`].
+/// The guard of both upserts, in SQL: see [`crate::core::lifecycle::replaces`] (the version
+/// rule, and the invalid answer replaced only by the events of an order placed after all).
 macro_rules! upsert_tail {
     () => {
         "ON CONFLICT (order_id) DO UPDATE SET
@@ -66,10 +68,16 @@ macro_rules! upsert_tail {
             version = EXCLUDED.version,
             state_event = EXCLUDED.state_event,
             updated_at = now()
-        WHERE orders.state NOT IN ('completed', 'failed')
-          AND (orders.version < EXCLUDED.version
-               OR (orders.version = EXCLUDED.version
-                   AND EXCLUDED.state IN ('completed', 'failed')))"
+        WHERE CASE
+            WHEN orders.state = 'failed' AND orders.provider_reference IS NULL
+                THEN EXCLUDED.provider_reference IS NOT NULL
+            WHEN EXCLUDED.provider_reference IS NULL AND orders.provider_reference IS NOT NULL
+                THEN false
+            ELSE orders.state NOT IN ('completed', 'failed')
+                 AND (orders.version < EXCLUDED.version
+                      OR (orders.version = EXCLUDED.version
+                          AND EXCLUDED.state IN ('completed', 'failed')))
+        END"
     };
 }
 

@@ -112,6 +112,7 @@ impl DispatchHandler {
             Err(refusal) => return self.refuse(message, refusal, shutdown).await,
         };
         tracing::Span::current().record("order_id", tracing::field::display(order.order_id));
+        self.reopen_if_replayed(message, &order, shutdown).await?;
         let account = self
             .accounts
             .get(&order.provider_account)

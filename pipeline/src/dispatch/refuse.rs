@@ -4,11 +4,19 @@
 //! `orders.state`, after its order id is claimed as `invalid` so that the answer is final
 //! for the id (G2). An order id claimed before gets no second answer: the order it
 //! collides with has its own (see the module header of [`super`]).
+//!
+//! The one way back: a *replayed* event (`orderflow dlq replay`, header
+//! `orderflow.replay.of`) of an order answered so, with the same account and content, once
+//! its account and product are known, turns the `invalid` claim back into a `new` one
+//! ([`DispatchHandler::reopen_if_replayed`]), and the order is placed as if it were new.
+//! Nothing was ever placed under the claim, so nothing can be bought twice (G1); only
+//! replayed events pay for the statement (docs/design/lifecycle.md, G3).
 
 use super::decide::{self, Refusal};
 use super::handler::DispatchHandler;
 use crate::core::event::{InvalidEvent, InvalidKind, OrderCreated};
 use crate::db::claims::{self, InvalidClaim};
+use crate::kafka::headers;
 use crate::shutdown::{Interrupted, Shutdown};
 use rdkafka::message::{Message, OwnedMessage};
 
@@ -21,6 +29,54 @@ impl DispatchHandler {
         let keyed = decide::keyed(message.key(), order.order_id);
         let placeable = self.placeable(&order);
         decide::admit(order, placeable, keyed)
+    }
+
+    /// For a replayed event of a placeable order: reopens its order id's `invalid` claim,
+    /// if that is what it has, so that the order is placed (see the module header). Costs
+    /// nothing for any other event.
+    pub(super) async fn reopen_if_replayed(
+        &self,
+        message: &OwnedMessage,
+        order: &OrderCreated,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), Interrupted> {
+        let Some(replay_of) = message
+            .headers()
+            .and_then(|h| headers::get(h, headers::REPLAY_OF))
+        else {
+            return Ok(());
+        };
+        let digest = order.content_digest();
+        let deadline = order
+            .deadline
+            .unwrap_or_else(|| chrono::Utc::now() + self.default_deadline);
+        let reopened = crate::db::retry_unless_refused(
+            "reopening a replayed order answered invalid",
+            &self.placer.backoff,
+            shutdown,
+            || {
+                claims::reopen_invalid(
+                    &self.placer.pool,
+                    order.order_id,
+                    &order.provider_account,
+                    &digest,
+                    deadline,
+                )
+            },
+        )
+        .await?;
+        match reopened {
+            Ok(true) => tracing::info!(
+                order_id = %order.order_id, replay_of,
+                "a replayed order that was answered failed (invalid) is placed now"
+            ),
+            Ok(false) => {}
+            Err(refused) => tracing::warn!(
+                order_id = %order.order_id, error = %refused,
+                "the database refused to reopen a replayed order's claim; it keeps its answer"
+            ),
+        }
+        Ok(())
     }
 
     /// Whether the order's account is configured and sells its product.

@@ -37,6 +37,11 @@ pub const DLQ_CUT: &str = "orderflow.dlq.cut";
 /// DLQ: on a cut copy, the original record's size in bytes (key, payload and headers).
 pub const DLQ_ORIGINAL_BYTES: &str = "orderflow.dlq.original_bytes";
 
+/// On a record `orderflow dlq replay` sent back to its source topic: the DLQ entry it
+/// replays, `TOPIC/PARTITION/OFFSET`. The dispatch stage places an order answered `failed`
+/// (invalid) only when its event carries this (docs/design/lifecycle.md, G3).
+pub const REPLAY_OF: &str = "orderflow.replay.of";
+
 /// Builds headers from name/value pairs.
 pub fn build<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> OwnedHeaders {
     pairs

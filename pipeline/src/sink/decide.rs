@@ -1,10 +1,10 @@
 //! The sink's pure decisions (G3): which events the table can take ([`check`]), and which
 //! event wins per order when a batch's events are applied in their log order, by the same
-//! rule as the table's guard ([`crate::core::lifecycle::supersedes`]).
+//! rule as the table's guard ([`crate::core::lifecycle::replaces`]).
 
 use super::write::Pending;
 use crate::core::event::{InvalidEvent, InvalidKind, OrderStateEvent};
-use crate::core::lifecycle::{supersedes, OrderState};
+use crate::core::lifecycle::{replaces, OrderState};
 use crate::db::orders::OrderRow;
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -58,7 +58,7 @@ fn pick<'a>(
     for p in order {
         best.entry(p.row.order_id)
             .and_modify(|current: &mut &Pending| {
-                if supersedes(p.rank, current.rank) {
+                if replaces(p.rank, current.rank) {
                     *current = p;
                 }
             })
@@ -95,7 +95,11 @@ mod tests {
         Pending {
             row: OrderRow::from_event(event),
             event: format!("{}@{offset}", event.version),
-            rank: (event.version, event.state),
+            rank: crate::core::lifecycle::Rank {
+                version: event.version,
+                state: event.state,
+                placed: event.provider_reference.is_some(),
+            },
             at: (0, offset),
             copy: false,
             done: oneshot::channel().0,

@@ -7,6 +7,7 @@ use super::repair::Repairer;
 use super::write::Pending;
 use crate::core::backoff::Backoff;
 use crate::core::event::{self, InvalidEvent, OrderStateEvent};
+use crate::core::lifecycle::Rank;
 use crate::db::orders::OrderRow;
 use crate::db::Refused;
 use crate::kafka::dlq::DeadLetters;
@@ -63,7 +64,11 @@ impl SinkHandler {
             row: OrderRow::from_event(&event),
             // Kept as it came (it decoded, so it is JSON).
             event: String::from_utf8_lossy(payload).into_owned(),
-            rank: (event.version, event.state),
+            rank: Rank {
+                version: event.version,
+                state: event.state,
+                placed: event.provider_reference.is_some(),
+            },
             at: (message.partition(), message.offset()),
             copy,
             done,

@@ -99,7 +99,7 @@ impl Repairer {
                 unknown.insert(id, serde_json::from_str(&p.event).ok());
                 continue;
             };
-            if !winner.rank.1.is_final() || winner.event == p.event {
+            if !winner.rank.state.is_final() || winner.event == p.event {
                 continue;
             }
             let Ok(event) = serde_json::from_str::<OrderStateEvent>(&winner.event) else {

@@ -7,7 +7,7 @@
 use super::decide::{merge, winners};
 use super::repair::Repairer;
 use crate::core::backoff::{random_fraction, Backoff};
-use crate::core::lifecycle::OrderState;
+use crate::core::lifecycle::Rank;
 use crate::db::orders::{self, OrderRow};
 use crate::db::Refused;
 use crate::metrics::Metrics;
@@ -23,7 +23,7 @@ pub(super) struct Pending {
     pub(super) row: OrderRow,
     /// The event as JSON, kept with the row it sets.
     pub(super) event: String,
-    pub(super) rank: (i64, OrderState),
+    pub(super) rank: Rank,
     /// Where the event came from, so a batch merges one order's events in their order.
     pub(super) at: (i32, i64),
     /// A copy the sink itself published: never answered with another copy.

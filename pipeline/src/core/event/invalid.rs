@@ -32,6 +32,19 @@ pub enum InvalidKind {
 }
 
 impl InvalidKind {
+    /// Every reason, in the order of the enum.
+    pub const ALL: [InvalidKind; 9] = [
+        InvalidKind::Oversized,
+        InvalidKind::UnreadableJson,
+        InvalidKind::InvalidField,
+        InvalidKind::UnsupportedVersion,
+        InvalidKind::UnknownProviderAccount,
+        InvalidKind::InvalidProduct,
+        InvalidKind::AccountConflict,
+        InvalidKind::ConflictingDuplicate,
+        InvalidKind::DatabaseRefused,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             InvalidKind::Oversized => "oversized",
@@ -46,6 +59,22 @@ impl InvalidKind {
         }
     }
 }
+
+impl std::str::FromStr for InvalidKind {
+    type Err = UnknownReason;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        InvalidKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == s)
+            .ok_or_else(|| UnknownReason(s.to_owned()))
+    }
+}
+
+/// A word that is not one of the DLQ's reasons.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{word:?} is not a DLQ reason (one of: {})", InvalidKind::ALL.map(InvalidKind::as_str).join(", "), word = .0)]
+pub struct UnknownReason(pub String);
 
 impl std::fmt::Display for InvalidKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,5 +97,19 @@ impl InvalidEvent {
             sqlstate,
             ..InvalidEvent::new(InvalidKind::DatabaseRefused, detail)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_reads_back_from_its_word() {
+        for kind in InvalidKind::ALL {
+            assert_eq!(kind.as_str().parse::<InvalidKind>(), Ok(kind));
+        }
+        let unknown = "no_such".parse::<InvalidKind>().unwrap_err().to_string();
+        assert!(unknown.starts_with("\"no_such\" is not a DLQ reason (one of: oversized,"));
     }
 }

@@ -14,7 +14,7 @@ mod invalid;
 pub mod limits;
 mod validate;
 
-pub use invalid::{InvalidEvent, InvalidKind};
+pub use invalid::{InvalidEvent, InvalidKind, UnknownReason};
 pub use validate::{decode, Validate};
 
 use crate::core::lifecycle::{FailureReason, OrderState};

@@ -1,5 +1,6 @@
 //! The `dispatch_claims` statements over a batch of orders, one statement (so one commit)
-//! each: claiming new orders, settling placed ones, and claiming an invalid event's order id.
+//! each: claiming new orders, settling placed ones, claiming an invalid event's order id,
+//! and reopening such a claim for a replayed event.
 //! They keep the protocol of the module above (G1).
 
 use super::{get, Claim, ClaimRow, Phase};
@@ -172,4 +173,34 @@ pub async fn claim_invalid(
             InvalidClaim::Taken(claim)
         },
     )
+}
+
+/// Turns an order id claimed as `invalid` back into a `new` claim, to be placed, for a
+/// replayed event (`orderflow.replay.of`) of the same order: the same account and content
+/// as the event that made the claim, which was never placed (no placement call, so no
+/// purchase: G1 holds). The one way out of `invalid` (docs/design/lifecycle.md, G3's
+/// exception). Returns whether it did; any other claim is left as it is, and the event then
+/// goes the usual way (a settled claim answers with its outcome, a conflict is
+/// dead-lettered).
+pub async fn reopen_invalid(
+    pool: &PgPool,
+    order_id: Uuid,
+    provider_account: &str,
+    content_digest: &str,
+    deadline: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE dispatch_claims
+            SET phase = 'new', deadline = $4, outcome_code = NULL, outcome_message = NULL,
+                lease_owner = NULL, lease_until = NULL, updated_at = now()
+          WHERE order_id = $1 AND phase = 'invalid' AND place_calls = 0
+            AND provider_account = $2 AND content_digest = $3",
+    )
+    .bind(order_id)
+    .bind(provider_account)
+    .bind(content_digest)
+    .bind(deadline)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

@@ -111,7 +111,9 @@ macro_rules! columns {
 
 // After `columns!`, so that the batch statements can splice it too.
 mod batch;
-pub use batch::{claim_invalid, claim_new_batch, settle_batch, InvalidClaim, NewClaim, Outcome};
+pub use batch::{
+    claim_invalid, claim_new_batch, reopen_invalid, settle_batch, InvalidClaim, NewClaim, Outcome,
+};
 
 impl ClaimRow {
     fn into_claim(self) -> Result<Claim, sqlx::Error> {

@@ -1,4 +1,4 @@
-//! The dead-letter queue, `orders.dlq` (G8).
+//! The DLQ's write side: what a stage does with a record it cannot use (G8).
 //!
 //! A record a stage cannot use is copied there byte for byte (key, payload and headers)
 //! with `orderflow.dlq.*` headers saying why, by which stage, and where it came from, so it
