@@ -16,6 +16,7 @@
 //! - [`sink`]: the sink, `orders.state` into the `orders` table in batches.
 //! - [`poll`]: the poll stage (status checks on delay-topic tiers) and its reconciler.
 //! - [`pin`]: sealing PIN codes under the shop's rotating keys (AES-256-GCM).
+//! - [`lookup`]: keyed digests of customers' phone numbers, for `order show --phone`.
 //! - [`metrics`]: Prometheus metrics and the /metrics, /healthz, /readyz server.
 //! - [`status`]: the read-only status page (`orderflow status-page`): a snapshot of
 //!   PostgreSQL and Kafka, rendered for people, refreshed by a small script.
@@ -29,7 +30,7 @@
 //!   raw Kafka ceiling, memory while checks wait, CPU and memory read from `/proc`).
 //!   Production modules never import it.
 //! - [`cli`]: the `orderflow` command's subcommands, one module each (the stages' shared
-//!   start-up in [`cli::stage`], `order show`'s rendering in [`cli::order`]); the binary
+//!   start-up in [`cli::stage`]; `order show`, `list` and `submit` in [`cli::order`]); the binary
 //!   (`src/main.rs`) only parses, sets up logging and the runtime, and hands over.
 
 pub mod cli;
@@ -38,6 +39,7 @@ pub mod crash;
 pub mod db;
 pub mod dispatch;
 pub mod kafka;
+pub mod lookup;
 pub mod metrics;
 pub mod pin;
 pub mod poll;

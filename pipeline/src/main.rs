@@ -11,6 +11,11 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // A bad argument is one sentence, as every other error.
+            eprintln!("{}", usage_sentence(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
         Err(e) => e.exit(),
     };
     let tracing = match init_logging(&cli.log, &cli.log_format, cli.command.name()) {
@@ -58,6 +63,13 @@ fn init_logging(
         subscriber.with(fmt).init();
     }
     Ok(tracing)
+}
+
+/// clap's message for a bad argument on one line: its first paragraph (the usage and the
+/// pointer to `--help` that follow are left out), lines joined.
+fn usage_sentence(rendered: &str) -> String {
+    let first = rendered.split("\n\n").next().unwrap_or_default();
+    first.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The error and its causes on one line, leaving out causes that an outer message already

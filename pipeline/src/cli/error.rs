@@ -15,7 +15,7 @@ use crate::sink::SinkError;
 use crate::status::StatusPageError;
 
 use super::dlq::DlqError;
-use super::order::RevealError;
+use super::order::{RevealError, SubmitError};
 
 /// A command's failure. The binary prints it and its causes on one line and exits 1.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +54,20 @@ pub enum CliError {
     /// `order show` for an id no table knows.
     #[error("no order {0} is known to this database")]
     NoOrder(uuid::Uuid),
+    /// `order show --reference` or `--phone` that finds nothing (the value is not repeated:
+    /// a phone number is personal data).
+    #[error("no order with this {0} is known to this database")]
+    NoMatch(&'static str),
+    #[error("order show --phone needs the lookup keys the dispatch stage digests phone numbers with (ORDERFLOW_LOOKUP_KEYS or ORDERFLOW_LOOKUP_KEYS_FILE)")]
+    NoLookupKeys,
+    #[error("the phone number holds no digit")]
+    NotAPhoneNumber,
+    #[error(transparent)]
+    LookupKeys(#[from] crate::lookup::LookupKeyError),
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaSetupError),
     #[cfg(feature = "testbed")]
     #[error(transparent)]
     Testbed(#[from] super::testbed::TestbedError),

@@ -1,6 +1,6 @@
 //! The `orderflow` command's subcommands, one module each: [`topics`], [`migrate`], the
 //! four stages ([`stage`]: dispatch, poll, reconcile, sink, with their shared start-up),
-//! [`order`] (`order show` and its rendering), [`dlq`] (list, show and replay the
+//! [`order`] (`order show`, `list` and `submit`), [`dlq`] (list, show and replay the
 //! dead-letter queue), [`pin_key`], [`status_page`] (the read-only status page), and,
 //! with the `testbed`
 //! feature, the test bed's `load`, `bench` and `sim-znet` (`testbed`).
@@ -114,7 +114,7 @@ pub enum Command {
         #[command(flatten)]
         metrics: MetricsConfig,
     },
-    /// Look up orders.
+    /// Find orders, show one's journey, or submit one by hand.
     Order {
         #[command(subcommand)]
         command: order::OrderCommand,

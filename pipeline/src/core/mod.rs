@@ -11,4 +11,5 @@ pub mod rate;
 pub mod schedule;
 pub mod sealed_pin;
 pub mod seeded;
+pub mod stuck;
 pub mod watermark;

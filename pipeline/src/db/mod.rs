@@ -8,6 +8,7 @@
 
 pub mod chains;
 pub mod claims;
+pub mod find;
 pub mod journey;
 pub mod orders;
 pub mod overview;

@@ -138,14 +138,19 @@ impl DispatchHandler {
         let owner = Uuid::new_v4();
         let now = Utc::now();
         let digests: Vec<String> = items.iter().map(|i| i.order.content_digest()).collect();
+        let users: Vec<Option<String>> = items
+            .iter()
+            .map(|i| self.placer.user_digest(&i.order))
+            .collect();
         let new: Vec<NewClaim> = items
             .iter()
-            .zip(&digests)
-            .map(|(i, digest)| NewClaim {
+            .zip(digests.iter().zip(&users))
+            .map(|(i, (digest, user))| NewClaim {
                 order_id: i.order.order_id,
                 tenant_id: &i.order.tenant_id,
                 provider_account: &i.order.provider_account,
                 content_digest: digest,
+                user_digest: user.as_deref(),
                 deadline: i.order.deadline.unwrap_or(now + self.default_deadline),
                 lease: self.account(&i.order).lease(),
             })

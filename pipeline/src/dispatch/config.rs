@@ -100,6 +100,11 @@ pub struct DispatchConfig {
         default_value_t = false
     )]
     pub announce: bool,
+
+    /// The keys that digest each order's first user field (the customer's phone), for
+    /// `order show --phone`; none: no digest is stored.
+    #[command(flatten)]
+    pub lookup: crate::lookup::LookupKeysArgs,
 }
 
 /// The longest default deadline: 30 days. Far past the 24 h the old system used, and small

@@ -11,6 +11,8 @@ pub enum DispatchError {
     )]
     DeadlineOutOfRange(u64),
     #[error(transparent)]
+    LookupKeys(#[from] crate::lookup::LookupKeyError),
+    #[error(transparent)]
     Accounts(#[from] crate::provider::accounts::AccountsError),
     #[error(transparent)]
     Kafka(#[from] crate::kafka::KafkaSetupError),

@@ -81,6 +81,7 @@ impl DispatchHandler {
                 pool,
                 backoff: config.backoff(),
                 park_after: Duration::from_millis(config.park_after_ms),
+                lookup: config.lookup.keys()?,
             },
             emitter,
             dead_letters,

@@ -60,4 +60,5 @@ mod run;
 pub use config::{DispatchConfig, DEFAULT_GROUP, MAX_DEADLINE_SECS};
 pub use error::DispatchError;
 pub use handler::DispatchHandler;
+pub use refuse::validate_event;
 pub use run::run;

@@ -41,6 +41,7 @@ mod step;
 use crate::core::backoff::{random_fraction, Backoff};
 use crate::core::event::OrderCreated;
 use crate::db::claims::{self, Claim, Claimed, Phase};
+use crate::lookup::LookupKeys;
 use crate::provider::accounts::Account;
 use crate::shutdown::{Interrupted, Shutdown};
 use chrono::{DateTime, Utc};
@@ -143,6 +144,8 @@ struct Work<'a> {
     owner: Uuid,
     /// [`OrderCreated::content_digest`] of this event.
     digest: String,
+    /// The keyed digest of its first user field, when lookup keys are set.
+    user_digest: Option<String>,
     /// The last code and message the provider refused a placement with, for the failure
     /// that ends an order the provider kept refusing until its deadline.
     refused: Mutex<Option<(String, String)>>,
@@ -156,6 +159,8 @@ pub struct Placer {
     /// How long one order may be worked on in this process, its waits included, before
     /// it is parked instead of waiting again.
     pub park_after: Duration,
+    /// The keys that digest each new claim's first user field ([`crate::lookup`]).
+    pub lookup: Option<LookupKeys>,
 }
 
 impl Placer {
@@ -178,6 +183,7 @@ impl Placer {
             account,
             owner: Uuid::new_v4(),
             digest: order.content_digest(),
+            user_digest: self.user_digest(order),
             refused: Mutex::new(None),
             started: Instant::now(),
         };
@@ -190,6 +196,11 @@ impl Placer {
             let _ = claims::release(&self.pool, order.order_id, work.owner).await;
         }
         settled
+    }
+
+    /// The keyed digest a new claim of `order` stores, when lookup keys are set.
+    pub fn user_digest(&self, order: &OrderCreated) -> Option<String> {
+        self.lookup.as_ref()?.digest(&order.user_identifier)
     }
 
     /// How long a wait in this settling may still take before the order is parked.
@@ -316,7 +327,10 @@ impl Placer {
             order.order_id,
             &order.tenant_id,
             &work.account.id,
-            Some(&work.digest),
+            claims::Content {
+                digest: Some(&work.digest),
+                user_digest: work.user_digest.as_deref(),
+            },
             deadline,
             work.owner,
             work.account.lease(),

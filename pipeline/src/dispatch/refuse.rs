@@ -17,8 +17,42 @@ use super::handler::DispatchHandler;
 use crate::core::event::{InvalidEvent, InvalidKind, OrderCreated};
 use crate::db::claims::{self, InvalidClaim};
 use crate::kafka::headers;
+use crate::provider::accounts::Accounts;
 use crate::shutdown::{Interrupted, Shutdown};
 use rdkafka::message::{Message, OwnedMessage};
+
+/// Whether the order's account is configured and sells its product.
+fn placeable(accounts: &Accounts, order: &OrderCreated) -> Result<(), InvalidEvent> {
+    let account = accounts.get(&order.provider_account).ok_or_else(|| {
+        InvalidEvent::new(
+            InvalidKind::UnknownProviderAccount,
+            format!(
+                "provider_account {:?} is not configured",
+                order.provider_account
+            ),
+        )
+    })?;
+    account
+        .provider
+        .validate_product(&order.product)
+        .map_err(|why| InvalidEvent::new(InvalidKind::InvalidProduct, why))
+}
+
+/// The stage's checks of an `orders.created` payload published under its own order id,
+/// for `orderflow order submit`: decoding and field limits, then, when `accounts` is
+/// given, the account and product as [`DispatchHandler`] checks them. An error here is
+/// what the stage would dead-letter (or answer `failed`, reason `invalid`).
+pub fn validate_event(
+    payload: &[u8],
+    max_event_bytes: usize,
+    accounts: Option<&Accounts>,
+) -> Result<OrderCreated, InvalidEvent> {
+    let order = OrderCreated::decode(payload, max_event_bytes)?;
+    if let Some(accounts) = accounts {
+        placeable(accounts, &order)?;
+    }
+    Ok(order)
+}
 
 impl DispatchHandler {
     /// The order a message asks for, or why it is not placed.
@@ -27,7 +61,7 @@ impl DispatchHandler {
             OrderCreated::decode(message.payload().unwrap_or_default(), self.max_event_bytes)
                 .map_err(Refusal::Unusable)?;
         let keyed = decide::keyed(message.key(), order.order_id);
-        let placeable = self.placeable(&order);
+        let placeable = placeable(&self.accounts, &order);
         decide::admit(order, placeable, keyed)
     }
 
@@ -77,23 +111,6 @@ impl DispatchHandler {
             ),
         }
         Ok(())
-    }
-
-    /// Whether the order's account is configured and sells its product.
-    fn placeable(&self, order: &OrderCreated) -> Result<(), InvalidEvent> {
-        let account = self.accounts.get(&order.provider_account).ok_or_else(|| {
-            InvalidEvent::new(
-                InvalidKind::UnknownProviderAccount,
-                format!(
-                    "provider_account {:?} is not configured",
-                    order.provider_account
-                ),
-            )
-        })?;
-        account
-            .provider
-            .validate_product(&order.product)
-            .map_err(|why| InvalidEvent::new(InvalidKind::InvalidProduct, why))
     }
 
     /// Dead-letters an event that is not placed and, if it is an order that cannot be

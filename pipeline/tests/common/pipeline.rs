@@ -158,6 +158,7 @@ impl Harness {
             },
             // The happy-path test follows the informational state too.
             announce: true,
+            lookup: Default::default(),
         }
     }
 

@@ -16,6 +16,8 @@ pub struct NewClaim<'a> {
     pub tenant_id: &'a str,
     pub provider_account: &'a str,
     pub content_digest: &'a str,
+    /// The keyed digest of the first user field ([`crate::lookup`]), when keys are set.
+    pub user_digest: Option<&'a str>,
     pub deadline: DateTime<Utc>,
     pub lease: Duration,
 }
@@ -40,17 +42,20 @@ pub async fn claim_new_batch(
     let digests: Vec<&str> = sorted.iter().map(|o| o.content_digest).collect();
     let deadlines: Vec<DateTime<Utc>> = sorted.iter().map(|o| o.deadline).collect();
     let leases: Vec<f64> = sorted.iter().map(|o| o.lease.as_millis() as f64).collect();
+    let users: Vec<Option<&str>> = sorted.iter().map(|o| o.user_digest).collect();
     let rows: Vec<ClaimRow> = sqlx::query_as(concat!(
         "INSERT INTO dispatch_claims AS c (order_id, tenant_id, provider_account, deadline,
                                            content_digest, lease_owner, lease_until, phase,
-                                           place_calls)
+                                           place_calls, user_digest)
          SELECT t.order_id, t.tenant_id, t.provider_account, t.deadline, t.digest, $7,
                 now() + t.lease_ms * interval '1 millisecond',
                 CASE WHEN t.deadline > now() THEN 'placing' ELSE 'new' END,
-                CASE WHEN t.deadline > now() THEN 1 ELSE 0 END
+                CASE WHEN t.deadline > now() THEN 1 ELSE 0 END,
+                t.user_digest
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
-                       $6::float8[]) AS t(order_id, tenant_id, provider_account, deadline,
-                                          digest, lease_ms)
+                       $6::float8[], $8::text[])
+                AS t(order_id, tenant_id, provider_account, deadline, digest, lease_ms,
+                     user_digest)
           ORDER BY t.order_id
          ON CONFLICT (order_id) DO NOTHING
          RETURNING ",
@@ -63,6 +68,7 @@ pub async fn claim_new_batch(
     .bind(&digests)
     .bind(&leases)
     .bind(owner)
+    .bind(&users)
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(ClaimRow::into_claim).collect()

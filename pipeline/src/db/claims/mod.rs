@@ -149,7 +149,7 @@ pub async fn claim(
         order_id,
         tenant_id,
         provider_account,
-        None,
+        Content::default(),
         deadline,
         owner,
         lease,
@@ -157,15 +157,24 @@ pub async fn claim(
     .await
 }
 
-/// [`claim`], recording `content_digest` with a new row; an existing row keeps the digest
-/// of the event that made it, for the caller to compare.
+/// What a new claim records about the event that makes it, beyond its account: the
+/// digest of its content ([`crate::core::event::OrderCreated::content_digest`]) and the
+/// keyed digest of its first user field ([`crate::lookup`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Content<'a> {
+    pub digest: Option<&'a str>,
+    pub user_digest: Option<&'a str>,
+}
+
+/// [`claim`], recording `content` with a new row; an existing row keeps the digest of the
+/// event that made it, for the caller to compare.
 #[allow(clippy::too_many_arguments)]
 pub async fn claim_with_content(
     pool: &PgPool,
     order_id: Uuid,
     tenant_id: &str,
     provider_account: &str,
-    content_digest: Option<&str>,
+    content: Content<'_>,
     deadline: DateTime<Utc>,
     owner: Uuid,
     lease: Duration,
@@ -174,8 +183,9 @@ pub async fn claim_with_content(
     // unsettled one is leased to `owner` if its lease is free, ran out, or is `owner`'s.
     let held: Option<ClaimRow> = sqlx::query_as(concat!(
         "INSERT INTO dispatch_claims AS c (order_id, tenant_id, provider_account, deadline,
-                                           content_digest, lease_owner, lease_until)
-         VALUES ($1, $2, $3, $4, $5, $6, now() + $7 * interval '1 millisecond')
+                                           content_digest, lease_owner, lease_until,
+                                           user_digest)
+         VALUES ($1, $2, $3, $4, $5, $6, now() + $7 * interval '1 millisecond', $8)
          ON CONFLICT (order_id) DO UPDATE
             SET lease_owner = EXCLUDED.lease_owner, lease_until = EXCLUDED.lease_until
           WHERE c.phase IN ('new', 'placing')
@@ -187,9 +197,10 @@ pub async fn claim_with_content(
     .bind(tenant_id)
     .bind(provider_account)
     .bind(deadline)
-    .bind(content_digest)
+    .bind(content.digest)
     .bind(owner)
     .bind(lease.as_millis() as f64)
+    .bind(content.user_digest)
     .fetch_optional(pool)
     .await?;
     if let Some(row) = held {

@@ -1,55 +1,105 @@
-//! `orderflow order show`: prints one order's journey (`db::journey`) for people, one fact
-//! per line, and for an order that does not move, what holds it up and since when. The PIN
-//! stays masked unless `--reveal` opens it with the key (G5).
+//! `orderflow order show`: prints an order's journey (`db::journey`) for people, one fact
+//! per line, and for an order that does not move, what holds it up and since when. The
+//! order is named by its id, its provider reference, or the customer's phone number (found
+//! by its keyed digest, [`crate::lookup`]). The PIN stays masked unless `--reveal` opens it
+//! with the key (G5). [`render`] is also what `order submit --wait` prints.
 
-use super::CliError;
+use crate::cli::CliError;
+use crate::db::find;
 use crate::db::journey::{self, Journey};
 use crate::db::DbConfig;
+use crate::lookup::LookupKeysArgs;
 use crate::pin::{PinKeys, SealedPin};
 use chrono::{DateTime, Utc};
-use clap::Subcommand;
 use std::fmt::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Subcommand)]
-pub enum OrderCommand {
-    /// Print an order's journey: state, attempts, tier, next check, deadline, provider
-    /// reference, last error, and its PIN masked.
-    Show {
-        /// The order id.
-        id: uuid::Uuid,
-        /// Show the PIN in clear (needs the PIN keys).
-        #[arg(long)]
-        reveal: bool,
-        /// A file with the PIN keys; or set ORDERFLOW_PIN_KEYS.
-        #[arg(long = "pin-keys-file", env = "ORDERFLOW_PIN_KEYS_FILE")]
-        pin_keys_file: Option<PathBuf>,
-        #[command(flatten)]
-        db: DbConfig,
-    },
+/// `order show`: one order by id, or the orders of a provider reference or a phone number.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "reference", "phone"])))]
+pub struct ShowArgs {
+    /// The order id.
+    id: Option<uuid::Uuid>,
+    /// Find the order by its provider reference (what the provider knows it by).
+    #[arg(long)]
+    reference: Option<String>,
+    /// Find the orders of a customer's phone number (the first user field); any spelling
+    /// of the number works, its last ten digits are compared. Needs the lookup keys.
+    #[arg(long)]
+    phone: Option<String>,
+    /// Show the PIN in clear (needs the PIN keys).
+    #[arg(long)]
+    reveal: bool,
+    /// A file with the PIN keys; or set ORDERFLOW_PIN_KEYS.
+    #[arg(long = "pin-keys-file", env = "ORDERFLOW_PIN_KEYS_FILE")]
+    pin_keys_file: Option<PathBuf>,
+    #[command(flatten)]
+    lookup: LookupKeysArgs,
+    #[command(flatten)]
+    db: DbConfig,
 }
 
-pub async fn run(command: OrderCommand) -> Result<ExitCode, CliError> {
-    let OrderCommand::Show {
-        id,
-        reveal,
-        pin_keys_file,
-        db,
-    } = command;
-    let keys = if reveal {
+/// The most orders `--phone` prints, newest first.
+const MAX_BY_PHONE: i64 = 20;
+
+pub async fn run(args: ShowArgs) -> Result<ExitCode, CliError> {
+    let keys = if args.reveal {
         let env = std::env::var("ORDERFLOW_PIN_KEYS").ok();
-        let keys = PinKeys::from_env_or_file(env.as_deref(), pin_keys_file.as_deref())?;
+        let keys = PinKeys::from_env_or_file(env.as_deref(), args.pin_keys_file.as_deref())?;
         Some(keys.ok_or(RevealError::NoKey)?)
     } else {
         None
     };
-    let pool = db.connect().await?;
-    let Some(found) = journey::get(&pool, id).await? else {
-        return Err(CliError::NoOrder(id));
+    // The phone's digests before connecting: without keys there is nothing to look for.
+    let digests = match &args.phone {
+        Some(phone) => Some(phone_digests(&args.lookup, phone)?),
+        None => None,
     };
-    print!("{}", render(&found, Utc::now(), keys.as_ref())?);
+    let pool = args.db.connect().await?;
+    let ids = match (args.id, &args.reference, digests) {
+        (Some(id), _, _) => vec![id],
+        (None, Some(reference), _) => find::by_reference(&pool, reference)
+            .await?
+            .into_iter()
+            .collect(),
+        (None, None, Some(digests)) => find::by_user_digest(&pool, &digests, MAX_BY_PHONE).await?,
+        (None, None, None) => unreachable!("clap requires one of id, --reference, --phone"),
+    };
+    let now = Utc::now();
+    let mut journeys = Vec::new();
+    for id in &ids {
+        if let Some(found) = journey::get(&pool, *id).await? {
+            journeys.push(found);
+        }
+    }
+    if journeys.is_empty() {
+        return Err(match (args.id, &args.reference) {
+            (Some(id), _) => CliError::NoOrder(id),
+            (None, Some(_)) => CliError::NoMatch("provider reference"),
+            (None, None) => CliError::NoMatch("phone number"),
+        });
+    }
+    if journeys.len() > 1 {
+        println!("{} orders, newest first", journeys.len());
+    }
+    let texts: Result<Vec<String>, RevealError> = journeys
+        .iter()
+        .map(|j| render(j, now, keys.as_ref()))
+        .collect();
+    print!("{}", texts?.join("\n"));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The digests `--phone` looks for: one per lookup key, so orders digested under a key
+/// that was rotated out of first place are still found.
+fn phone_digests(args: &LookupKeysArgs, phone: &str) -> Result<Vec<String>, CliError> {
+    let keys = args.keys()?.ok_or(CliError::NoLookupKeys)?;
+    let digests = keys.digests(phone);
+    if digests.is_empty() {
+        return Err(CliError::NotAPhoneNumber);
+    }
+    Ok(digests)
 }
 
 /// Why the PIN could not be shown.
@@ -200,7 +250,7 @@ fn pin(j: &Journey, reveal: Option<&PinKeys>) -> Result<String, RevealError> {
 }
 
 /// "in 2m 5s" or "4s ago".
-fn relative(d: chrono::Duration) -> String {
+pub(super) fn relative(d: chrono::Duration) -> String {
     let secs = d.num_seconds();
     let text = |s: i64| match s {
         s if s >= 3600 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
