@@ -87,6 +87,9 @@ if [[ -n $one ]]; then
   say "one slow order's journey (ORDERFLOW_DATABASE_URL=$ORDERFLOW_DATABASE_URL orderflow order show $one; --reveal shows the PIN):"
   "$BIN" order show "$one"
 fi
+echo
+say "the provider account as the stages last wrote it (orderflow accounts list; docs/operations.md#accounts):"
+"$BIN" accounts list || true
 
 echo
 printf 'demo: %-12s %8s %12s %10s   %s\n' process pid "peak memory" "CPU time" "metrics"

@@ -17,6 +17,9 @@
 //! - [`poll`]: the poll stage (status checks on delay-topic tiers) and its reconciler.
 //! - [`pin`]: sealing PIN codes under the shop's rotating keys (AES-256-GCM).
 //! - [`lookup`]: keyed digests of customers' phone numbers, for `order show --phone`.
+//! - [`account_status`]: the provider accounts watched from the stages: each process's view
+//!   of each account (balance, breaker, caps, recent answers) written to PostgreSQL for
+//!   `orderflow accounts`, and the scheduled balance checks.
 //! - [`metrics`]: Prometheus metrics and the /metrics, /healthz, /readyz server.
 //! - [`status`]: the read-only status page (`orderflow status-page`): a snapshot of
 //!   PostgreSQL and Kafka, rendered for people, refreshed by a small script.
@@ -33,6 +36,7 @@
 //!   start-up in [`cli::stage`]; `order show`, `list` and `submit` in [`cli::order`]); the binary
 //!   (`src/main.rs`) only parses, sets up logging and the runtime, and hands over.
 
+pub mod account_status;
 pub mod cli;
 pub mod core;
 pub mod crash;

@@ -72,6 +72,7 @@ fn start_poll(h: &Harness, keys_file: &Path, group: &str) -> Running {
             shutdown_grace_ms: 5_000,
             ..Default::default()
         },
+        account_status: Default::default(),
     };
     let (accounts, kafka, pool) = (h.accounts(), h.kafka.clone(), h.db.pool.clone());
     let task = tokio::spawn(async move {

@@ -101,6 +101,7 @@ impl Bed {
                 shutdown_grace_ms: 5_000,
                 ..Default::default()
             },
+            account_status: Default::default(),
         };
         let (accounts, kafka, pool) = (
             self.h.accounts(),

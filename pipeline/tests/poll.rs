@@ -104,6 +104,7 @@ impl Poll {
                 shutdown_grace_ms: 5_000,
                 ..Default::default()
             },
+            account_status: Default::default(),
         }
     }
 

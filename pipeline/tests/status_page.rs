@@ -95,6 +95,7 @@ impl Pipeline {
                 shutdown_grace_ms: 5_000,
                 ..Default::default()
             },
+            account_status: Default::default(),
         };
         let (accounts, kafka, pool) = (
             self.h.accounts(),

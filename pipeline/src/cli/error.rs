@@ -14,6 +14,7 @@ use crate::provider::accounts::AccountsError;
 use crate::sink::SinkError;
 use crate::status::StatusPageError;
 
+use super::accounts::AccountsCliError;
 use super::dlq::DlqError;
 use super::order::{RevealError, SubmitError};
 
@@ -51,6 +52,8 @@ pub enum CliError {
     Reveal(#[from] RevealError),
     #[error(transparent)]
     Dlq(#[from] DlqError),
+    #[error(transparent)]
+    AccountsCommand(#[from] AccountsCliError),
     /// `order show` for an id no table knows.
     #[error("no order {0} is known to this database")]
     NoOrder(uuid::Uuid),

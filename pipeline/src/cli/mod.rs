@@ -1,6 +1,7 @@
 //! The `orderflow` command's subcommands, one module each: [`topics`], [`migrate`], the
 //! four stages ([`stage`]: dispatch, poll, reconcile, sink, with their shared start-up),
-//! [`order`] (`order show`, `list` and `submit`), [`dlq`] (list, show and replay the
+//! [`order`] (`order show`, `list` and `submit`), [`accounts`] (the provider accounts'
+//! status, credentials check and product list), [`dlq`] (list, show and replay the
 //! dead-letter queue), [`pin_key`], [`status_page`] (the read-only status page), and,
 //! with the `testbed`
 //! feature, the test bed's `load`, `bench` and `sim-znet` (`testbed`).
@@ -10,6 +11,7 @@
 //! [`CliError`] as one sentence. Configuration comes from flags or the environment
 //! variables named in `--help`, which never prints a secret's value (G5).
 
+pub mod accounts;
 pub mod dlq;
 mod error;
 pub mod migrate;
@@ -119,6 +121,12 @@ pub enum Command {
         #[command(subcommand)]
         command: order::OrderCommand,
     },
+    /// See the provider accounts: balance, breaker, caps and recent answers; check their
+    /// credentials; list their products.
+    Accounts {
+        #[command(subcommand)]
+        command: accounts::AccountsCommand,
+    },
     /// Inspect the dead-letter queue (orders.dlq) and replay its entries after a fix.
     Dlq {
         #[command(subcommand)]
@@ -170,6 +178,7 @@ impl Command {
             Command::Reconcile { .. } => "reconcile",
             Command::Sink { .. } => "sink",
             Command::Order { .. } => "order",
+            Command::Accounts { .. } => "accounts",
             Command::Dlq { .. } => "dlq",
             Command::PinKey { .. } => "pin-key",
             Command::StatusPage { .. } => "status-page",
@@ -213,6 +222,7 @@ pub async fn run(command: Command) -> Result<ExitCode, CliError> {
             metrics,
         } => stage::sink(kafka, db, sink, metrics).await,
         Command::Order { command } => order::run(command).await,
+        Command::Accounts { command } => accounts::run(command).await,
         Command::Dlq { command } => dlq::run(command).await,
         Command::PinKey { command } => pin_key::run(command),
         Command::StatusPage { kafka, db, page } => status_page::run(kafka, db, page).await,

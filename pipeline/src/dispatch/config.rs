@@ -4,6 +4,7 @@
 
 use super::error::DispatchError;
 use super::park::ParkBackoff;
+use crate::account_status::AccountStatusConfig;
 use crate::core::backoff::Backoff;
 use crate::kafka::stage::StageConfig;
 use std::path::PathBuf;
@@ -105,6 +106,18 @@ pub struct DispatchConfig {
     /// `order show --phone`; none: no digest is stored.
     #[command(flatten)]
     pub lookup: crate::lookup::LookupKeysArgs,
+
+    /// How often each provider account's balance is asked for (znet: bakiye_kontrol), in
+    /// seconds; 0: never (the balance still comes with every placement).
+    #[arg(
+        long = "balance-check-interval-secs",
+        env = "ORDERFLOW_BALANCE_CHECK_INTERVAL_SECS",
+        default_value_t = 300
+    )]
+    pub balance_check_interval_secs: u64,
+
+    #[command(flatten)]
+    pub account_status: AccountStatusConfig,
 }
 
 /// The longest default deadline: 30 days. Far past the 24 h the old system used, and small

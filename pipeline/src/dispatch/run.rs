@@ -1,4 +1,5 @@
-//! Start-up of the dispatch stage: its topics checked, the accounts observed, the handler
+//! Start-up of the dispatch stage: its topics checked, the accounts observed (their status
+//! written, their balance checked on a schedule: `crate::account_status`), the handler
 //! built, then the shared consumer loop ([`crate::kafka::stage`]) run on `orders.created`
 //! and `orders.dispatch-retry` until shutdown, committing an offset only once its outcome is
 //! on the broker (G2).
@@ -6,6 +7,7 @@
 use super::config::DispatchConfig;
 use super::error::DispatchError;
 use super::handler::DispatchHandler;
+use crate::account_status;
 use crate::kafka::stage::{self, LoopConfig};
 use crate::kafka::topics::name;
 use crate::kafka::KafkaConfig;
@@ -14,6 +16,7 @@ use crate::provider::accounts::Accounts;
 use crate::shutdown::Shutdown;
 use sqlx::PgPool;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Runs the dispatch stage until `shutdown`.
 pub async fn run(
@@ -38,6 +41,18 @@ pub async fn run(
         )
         .await?;
     accounts.observe(Arc::clone(&metrics));
+    account_status::spawn_writer(
+        "dispatch",
+        accounts.all(),
+        pool.clone(),
+        config.account_status,
+        shutdown.clone(),
+    );
+    account_status::spawn_balance_checks(
+        accounts.all(),
+        Duration::from_secs(config.balance_check_interval_secs),
+        shutdown.clone(),
+    );
     let handler = Arc::new(DispatchHandler::new(
         &config,
         &kafka,

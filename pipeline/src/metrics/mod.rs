@@ -44,13 +44,14 @@ pub struct DeadLetterLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
     pub account: String,
-    /// `place` or `check`.
+    /// `place`, `check` or `balance`.
     pub call: &'static str,
     /// `answered` or `failed` (no usable answer: timeout, 5xx, HTML, account problem).
     pub outcome: &'static str,
     /// The answer's class: for `place` accepted, rejected, refused, duplicate,
     /// account_problem, transient or unknown; for `check` pending, completed, cancelled,
-    /// unclear, not_found, refused, account_problem or transient.
+    /// unclear, not_found, refused, account_problem or transient; for `balance` balance,
+    /// account_problem or transient.
     pub class: &'static str,
 }
 
@@ -128,6 +129,11 @@ pub struct Metrics {
     /// Orders the dispatch stage parked on `orders.dispatch-retry` instead of retrying
     /// them in process, by account.
     pub dispatch_parked: Family<AccountLabel, Counter>,
+    /// The last balance the provider reported for an account (with a placement, or to the
+    /// scheduled balance check), in the provider's currency.
+    pub account_balance: Family<AccountLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// An account's `balance_alert_below` from the accounts file, when set.
+    pub account_balance_alert_below: Family<AccountLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Rows per sink statement, and how long it took.
     pub sink_batch_rows: Histogram,
     pub sink_batch_seconds: Histogram,
@@ -180,6 +186,8 @@ impl Metrics {
             ),
             provider_breaker_open: Family::<AccountLabel, Gauge>::default(),
             dispatch_parked: Family::<AccountLabel, Counter>::default(),
+            account_balance: Family::default(),
+            account_balance_alert_below: Family::default(),
             sink_batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             sink_batch_seconds: seconds_histogram(),
             consumer_lag: Family::<PartitionLabels, Gauge>::default(),

@@ -1,5 +1,6 @@
 //! The provider calls' metrics, by account: calls and their duration, the circuit
-//! breaker, and the orders the dispatch stage parked because of their account.
+//! breaker, the orders the dispatch stage parked because of their account, and the
+//! account's balance.
 
 use super::Metrics;
 use prometheus_client::registry::Registry;
@@ -8,7 +9,7 @@ use prometheus_client::registry::Registry;
 pub(super) fn register(registry: &mut Registry, m: &Metrics) {
     registry.register(
         "provider_calls",
-        "Provider calls by account, call (place, check) and outcome (answered, failed)",
+        "Provider calls by account, call (place, check, balance) and outcome (answered, failed)",
         m.provider_calls.clone(),
     );
     registry.register(
@@ -26,5 +27,16 @@ pub(super) fn register(registry: &mut Registry, m: &Metrics) {
         "Orders parked on orders.dispatch-retry (their provider account kept failing, \
          or had too many orders retrying), by account",
         m.dispatch_parked.clone(),
+    );
+    registry.register(
+        "account_balance",
+        "The last balance the provider reported for the account (with a placement or to \
+         the scheduled balance check)",
+        m.account_balance.clone(),
+    );
+    registry.register(
+        "account_balance_alert_below",
+        "The account's balance_alert_below setting: OrderflowBalanceLow fires below it",
+        m.account_balance_alert_below.clone(),
     );
 }

@@ -2,6 +2,7 @@
 //! group, how many checks run at once, the PIN keys' source and the shutdown grace.
 
 use super::PollError;
+use crate::account_status::AccountStatusConfig;
 use crate::core::schedule::{self, Schedule, ScheduleError};
 use crate::kafka::lag::GroupLag;
 use crate::kafka::stage::StageConfig;
@@ -130,6 +131,9 @@ pub struct PollConfig {
     /// A file with the PIN keys (`key_id:base64`, newest first); or set ORDERFLOW_PIN_KEYS.
     #[arg(long = "pin-keys-file", env = "ORDERFLOW_PIN_KEYS_FILE")]
     pub pin_keys_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub account_status: AccountStatusConfig,
 }
 
 impl PollConfig {

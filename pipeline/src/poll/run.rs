@@ -2,6 +2,7 @@
 //! it to the shared consumer loop ([`crate::kafka::stage`]) until shutdown.
 
 use super::{tier_topics, PollConfig, PollError, PollHandler};
+use crate::account_status;
 use crate::kafka::stage::{self, LoopConfig};
 use crate::kafka::topics::name;
 use crate::kafka::KafkaConfig;
@@ -31,6 +32,13 @@ pub async fn run(
     ]);
     kafka.check_topics_off_runtime(needed).await?;
     accounts.observe(Arc::clone(&metrics));
+    account_status::spawn_writer(
+        "poll",
+        accounts.all(),
+        pool.clone(),
+        config.account_status,
+        shutdown.clone(),
+    );
     let handler = Arc::new(PollHandler::new(
         &kafka,
         pool,

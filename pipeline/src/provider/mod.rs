@@ -103,6 +103,35 @@ pub enum BalanceOutcome {
     },
 }
 
+/// One product a provider sells, as its catalog lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Product {
+    /// The catalog entry's id at the provider.
+    pub id: String,
+    pub name: String,
+    /// The game or brand it belongs to.
+    pub group: String,
+    /// The dealer's price, as the provider's decimal text.
+    pub price: Option<String>,
+    /// What an order's `product` holds to buy it (znet: `oyun` and `kupur`).
+    pub product: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProductsOutcome {
+    /// The catalog; `skipped` entries lacked what an order needs to name them.
+    Products {
+        products: Vec<Product>,
+        skipped: usize,
+    },
+    AccountProblem {
+        detail: String,
+    },
+    Transient {
+        detail: String,
+    },
+}
+
 /// A provider, as seen by the stages. Implementations classify every answer; they never
 /// return raw bodies.
 pub trait Provider: Send + Sync + 'static {
@@ -115,4 +144,7 @@ pub trait Provider: Send + Sync + 'static {
     fn check<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, CheckOutcome>;
 
     fn balance(&self) -> BoxFuture<'_, BalanceOutcome>;
+
+    /// The products the account may buy (an operator's look-up, never on an order's path).
+    fn products(&self) -> BoxFuture<'_, ProductsOutcome>;
 }

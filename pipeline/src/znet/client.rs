@@ -5,7 +5,9 @@
 //! carries `kod` and `sifre` (G5). A request that may have reached znet and got no answer
 //! (a timeout after sending, a broken body) is `Unknown` for a placement.
 
-use crate::provider::{BalanceOutcome, CheckOutcome, PlaceOutcome, Placement, Provider};
+use crate::provider::{
+    BalanceOutcome, CheckOutcome, PlaceOutcome, Placement, ProductsOutcome, Provider,
+};
 use crate::secret::Secret;
 use crate::znet::protocol;
 use futures::future::BoxFuture;
@@ -149,6 +151,17 @@ impl Provider for ZnetClient {
                 Ok((status, body)) => protocol::classify_balance(status, &body),
                 Err(Failure::NotSent(detail) | Failure::NoAnswer(detail)) => {
                     BalanceOutcome::Transient { detail }
+                }
+            }
+        })
+    }
+
+    fn products(&self) -> BoxFuture<'_, ProductsOutcome> {
+        Box::pin(async move {
+            match self.call("pin_listesi", &[]).await {
+                Ok((status, body)) => protocol::classify_products(status, &body),
+                Err(Failure::NotSent(detail) | Failure::NoAnswer(detail)) => {
+                    ProductsOutcome::Transient { detail }
                 }
             }
         })

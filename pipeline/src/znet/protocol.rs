@@ -9,7 +9,7 @@
 //! answer, never its content, because a check's body can hold a PIN (G5); the provider's
 //! messages pass [`crate::secret::scrub`] before they leave this module.
 
-use crate::provider::{BalanceOutcome, CheckOutcome, PlaceOutcome};
+use crate::provider::{BalanceOutcome, CheckOutcome, PlaceOutcome, Product, ProductsOutcome};
 use crate::secret::{scrub, Secret};
 
 pub use crate::provider::codes::{
@@ -199,12 +199,23 @@ pub fn classify_check(http_status: u16, body: &str, codes: &Codes) -> CheckOutco
     }
 }
 
+/// What a 404 says: the base URL is wrong.
+const WRONG_URL_DETAIL: &str = "HTTP 404: check the account's base URL";
+
 /// Classifies the answer to `bakiye_kontrol.php`.
 pub fn classify_balance(http_status: u16, body: &str) -> BalanceOutcome {
-    if !(200..=299).contains(&http_status) {
-        return BalanceOutcome::Transient {
-            detail: format!("HTTP {http_status}"),
-        };
+    match http_status {
+        200..=299 => {}
+        404 => {
+            return BalanceOutcome::AccountProblem {
+                detail: WRONG_URL_DETAIL.to_owned(),
+            }
+        }
+        _ => {
+            return BalanceOutcome::Transient {
+                detail: format!("HTTP {http_status}"),
+            }
+        }
     }
     match shape(body) {
         Body::Ok(fields) => match amount(fields.first()) {
@@ -230,6 +241,94 @@ pub fn classify_balance(http_status: u16, body: &str) -> BalanceOutcome {
             detail: format!("unrecognised answer of {} bytes", body.len()),
         },
     }
+}
+
+/// Classifies the answer to `pin_listesi.php`: JSON `{"success": true, "result": [...],
+/// "error": null}`, each entry with `id`, `adi`, `oyun_adi`, `fiyat`, `kupur` and
+/// `oyun_bilgi_id` as text or numbers. An entry without `oyun_bilgi_id` or `kupur` cannot
+/// be ordered and is skipped (counted). `success: false` is the account's problem (the call
+/// takes no other parameter); its `error` text is scrubbed.
+pub fn classify_products(http_status: u16, body: &str) -> ProductsOutcome {
+    match http_status {
+        200..=299 => {}
+        404 => {
+            return ProductsOutcome::AccountProblem {
+                detail: WRONG_URL_DETAIL.to_owned(),
+            }
+        }
+        _ => {
+            return ProductsOutcome::Transient {
+                detail: format!("HTTP {http_status}"),
+            }
+        }
+    }
+    let trimmed = body.trim_start_matches('\u{feff}').trim();
+    let Ok(answer) = serde_json::from_str::<serde_json::Value>(trimmed) else {
+        return match shape(body) {
+            Body::Empty => ProductsOutcome::AccountProblem {
+                detail: "empty answer: wrong dealer code, API access disabled or IP mismatch"
+                    .to_owned(),
+            },
+            Body::Error { code, message } => ProductsOutcome::AccountProblem {
+                detail: format!("{code}|{message}"),
+            },
+            Body::Html => ProductsOutcome::Transient {
+                detail: HTML_DETAIL.to_owned(),
+            },
+            Body::Ok(_) | Body::Garbage => ProductsOutcome::Transient {
+                detail: format!("unrecognised answer of {} bytes", body.len()),
+            },
+        };
+    };
+    if answer.get("success").and_then(serde_json::Value::as_bool) != Some(true) {
+        let error = answer.get("error").map(field).unwrap_or_default();
+        return ProductsOutcome::AccountProblem {
+            detail: format!("catalog refused: {}", scrub(&error)),
+        };
+    }
+    let Some(entries) = answer.get("result").and_then(serde_json::Value::as_array) else {
+        return ProductsOutcome::Transient {
+            detail: "catalog answer without a result list".to_owned(),
+        };
+    };
+    let products: Vec<Product> = entries.iter().filter_map(product).collect();
+    ProductsOutcome::Products {
+        skipped: entries.len() - products.len(),
+        products,
+    }
+}
+
+/// A JSON value as text: strings as they are, numbers as written, anything else empty;
+/// control characters become spaces, so a name cannot garble a terminal.
+fn field(value: &serde_json::Value) -> String {
+    let text = match value {
+        serde_json::Value::String(text) => text.trim().to_owned(),
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    };
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// One catalog entry, if it names what an order needs.
+fn product(entry: &serde_json::Value) -> Option<Product> {
+    let get = |name: &str| entry.get(name).map(field).unwrap_or_default();
+    let (oyun, kupur) = (get("oyun_bilgi_id"), get("kupur"));
+    if oyun.is_empty() || kupur.is_empty() {
+        return None;
+    }
+    let price = get("fiyat");
+    Some(Product {
+        id: get("id"),
+        name: get("adi"),
+        group: get("oyun_adi"),
+        price: amount(Some(&price.as_str())),
+        product: [("oyun", oyun), ("kupur", kupur)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    })
 }
 
 /// znet marks "no PIN yet" with a space, a dash or nothing.
@@ -438,6 +537,90 @@ mod tests {
             classify_balance(200, ""),
             BalanceOutcome::AccountProblem { .. }
         ));
+    }
+
+    #[test]
+    fn a_missing_balance_page_is_the_base_url() {
+        assert_eq!(
+            classify_balance(404, "<html>Not Found</html>"),
+            BalanceOutcome::AccountProblem {
+                detail: "HTTP 404: check the account's base URL".into()
+            }
+        );
+        assert!(matches!(
+            classify_balance(503, ""),
+            BalanceOutcome::Transient { .. }
+        ));
+    }
+
+    #[test]
+    fn the_catalog_lists_what_orders_name() {
+        let body = r#"{"success": true, "error": null, "result": [
+            {"id": 1, "adi": "Steam Cüzdan Kodu 25 TL", "aciklama": "x", "oyun_id": "41",
+             "oyun_adi": "Steam Cüzdan Kodu", "fiyat": "24.25", "kupur": "25",
+             "oyun_bilgi_id": "412"},
+            {"id": "2", "adi": "Şişe\n10", "oyun_adi": "Oyun Parası", "fiyat": 10.4,
+             "kupur": 10, "oyun_bilgi_id": 7},
+            {"id": 3, "adi": "no kupur", "oyun_bilgi_id": "9"}
+        ]}"#;
+        let ProductsOutcome::Products { products, skipped } = classify_products(200, body) else {
+            panic!("{:?}", classify_products(200, body))
+        };
+        assert_eq!(skipped, 1);
+        assert_eq!(products.len(), 2);
+        assert_eq!(products[0].id, "1");
+        assert_eq!(products[0].name, "Steam Cüzdan Kodu 25 TL");
+        assert_eq!(products[0].group, "Steam Cüzdan Kodu");
+        assert_eq!(products[0].price.as_deref(), Some("24.25"));
+        assert_eq!(products[0].product["oyun"], "412");
+        assert_eq!(products[0].product["kupur"], "25");
+        assert_eq!(
+            products[1].name, "Şişe 10",
+            "control characters become spaces"
+        );
+        assert_eq!(products[1].price.as_deref(), Some("10.4"));
+        assert_eq!(products[1].product["oyun"], "7");
+        assert_eq!(products[1].product["kupur"], "10");
+    }
+
+    #[test]
+    fn a_refused_catalog_is_the_accounts_problem() {
+        assert_eq!(
+            classify_products(
+                200,
+                r#"{"success": false, "result": [], "error": "Yetkisiz erişim"}"#
+            ),
+            ProductsOutcome::AccountProblem {
+                detail: "catalog refused: Yetkisiz erişim".into()
+            }
+        );
+        for body in ["", "8|Bağlantı Hatası"] {
+            assert!(
+                matches!(
+                    classify_products(200, body),
+                    ProductsOutcome::AccountProblem { .. }
+                ),
+                "{body:?}"
+            );
+        }
+        assert!(matches!(
+            classify_products(404, ""),
+            ProductsOutcome::AccountProblem { .. }
+        ));
+        for (status, body) in [
+            (200, "<html>bakım</html>"),
+            (200, "Sunucu meşgul"),
+            (200, r#"{"success": true}"#),
+            (502, "{}"),
+        ] {
+            assert!(
+                matches!(
+                    classify_products(status, body),
+                    ProductsOutcome::Transient { .. }
+                ),
+                "{status} {body:?}"
+            );
+        }
     }
 
     #[test]

@@ -159,6 +159,8 @@ impl Harness {
             // The happy-path test follows the informational state too.
             announce: true,
             lookup: Default::default(),
+            balance_check_interval_secs: 300,
+            account_status: Default::default(),
         }
     }
 

@@ -1,12 +1,13 @@
 //! One configured account, ready to call: its concurrency cap, calls-per-second cap and
 //! circuit breaker (G6), and the [`CallPermit`] every call goes through, which counts the
-//! call and feeds the breaker.
+//! call, feeds the breaker and keeps what the account's status shows (`status`).
 
+use super::status::{BreakerView, Snapshot, Tracker};
 use super::{DEFAULT_MAX_RETRYING, DEFAULT_VISIBILITY_WINDOW_MS};
 use crate::core::breaker::{Breaker, BreakerConfig, BreakerState, Ticket};
 use crate::core::rate::TokenBucket;
 use crate::metrics::{AccountLabel, CallLabels, Metrics};
-use crate::provider::{CheckOutcome, PlaceOutcome, Placement, Provider};
+use crate::provider::{BalanceOutcome, CheckOutcome, PlaceOutcome, Placement, Provider};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -34,6 +35,11 @@ pub struct Account {
     max_retrying: usize,
     bucket: Mutex<TokenBucket>,
     breaker: Mutex<Breaker>,
+    limits: Limits,
+    /// Answers, the last balance and the last failure, for the account's status.
+    pub(super) status: Tracker,
+    /// `balance_alert_below`: below this balance an alert fires.
+    pub(super) balance_alert_below: Option<f64>,
     /// Where calls and the breaker's state are counted, once a stage says so.
     pub(super) metrics: std::sync::OnceLock<Arc<Metrics>>,
 }
@@ -70,14 +76,21 @@ impl CallPermit<'_> {
                 | PlaceOutcome::Refused { .. }
                 | PlaceOutcome::Duplicate { .. }
         );
-        let class = match outcome {
-            PlaceOutcome::Accepted { .. } => "accepted",
+        let class = match &outcome {
+            PlaceOutcome::Accepted { balance, .. } => {
+                if let Some(balance) = balance {
+                    self.account.reported_balance(balance);
+                }
+                "accepted"
+            }
             PlaceOutcome::Rejected { .. } => "rejected",
             PlaceOutcome::Refused { .. } => "refused",
             PlaceOutcome::Duplicate { .. } => "duplicate",
-            PlaceOutcome::AccountProblem { .. } => "account_problem",
-            PlaceOutcome::Transient { .. } => "transient",
-            PlaceOutcome::Unknown { .. } => "unknown",
+            PlaceOutcome::AccountProblem { detail, .. } => {
+                self.failed("place", "account_problem", detail)
+            }
+            PlaceOutcome::Transient { detail } => self.failed("place", "transient", detail),
+            PlaceOutcome::Unknown { detail } => self.failed("place", "unknown", detail),
         };
         self.record("place", class, started, healthy);
         outcome
@@ -90,18 +103,48 @@ impl CallPermit<'_> {
             outcome,
             CheckOutcome::AccountProblem { .. } | CheckOutcome::Transient { .. }
         );
-        let class = match outcome {
+        let class = match &outcome {
             CheckOutcome::Pending => "pending",
             CheckOutcome::Completed { .. } => "completed",
             CheckOutcome::Cancelled { .. } => "cancelled",
             CheckOutcome::Unclear { .. } => "unclear",
             CheckOutcome::NotFound { .. } => "not_found",
             CheckOutcome::Refused { .. } => "refused",
-            CheckOutcome::AccountProblem { .. } => "account_problem",
-            CheckOutcome::Transient { .. } => "transient",
+            CheckOutcome::AccountProblem { detail } => {
+                self.failed("check", "account_problem", detail)
+            }
+            CheckOutcome::Transient { detail } => self.failed("check", "transient", detail),
         };
         self.record("check", class, started, healthy);
         outcome
+    }
+
+    /// Asks the provider for the account's balance (`bakiye_kontrol` for znet); a balance
+    /// answered is the account's status and gauge from now on. The call is off the orders'
+    /// path: it waited for the breaker like any call, but its outcome neither opens nor
+    /// closes it (the orders' calls decide; if it held the probe, the next call probes).
+    pub async fn balance(self) -> BalanceOutcome {
+        let started = Instant::now();
+        let outcome = self.account.provider.balance().await;
+        let class = match &outcome {
+            BalanceOutcome::Balance { balance, .. } => {
+                self.account.reported_balance(balance);
+                "balance"
+            }
+            BalanceOutcome::AccountProblem { detail } => {
+                self.failed("balance", "account_problem", detail)
+            }
+            BalanceOutcome::Transient { detail } => self.failed("balance", "transient", detail),
+        };
+        let healthy = matches!(outcome, BalanceOutcome::Balance { .. });
+        self.count("balance", class, started, healthy);
+        outcome
+    }
+
+    /// Keeps a call's failure for the account's status; returns its class.
+    fn failed(&self, call: &'static str, class: &'static str, detail: &str) -> &'static str {
+        self.account.status.failed(call, detail);
+        class
     }
 
     pub(super) fn record(
@@ -113,6 +156,12 @@ impl CallPermit<'_> {
     ) {
         self.recorded = true;
         self.account.record(self.ticket, healthy);
+        self.count(call, class, started, healthy);
+    }
+
+    /// Counts a call in the account's status and metrics.
+    fn count(&self, call: &'static str, class: &'static str, started: Instant, healthy: bool) {
+        self.account.status.answered(call, class);
         if let Some(metrics) = self.account.metrics.get() {
             let labels = CallLabels {
                 account: self.account.id.clone(),
@@ -162,7 +211,76 @@ impl Account {
                 Instant::now(),
             )),
             breaker: Mutex::new(Breaker::new(limits.breaker)),
+            limits,
+            status: Tracker::default(),
+            balance_alert_below: None,
             metrics: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The same account with a balance below which an alert fires (`balance_alert_below`).
+    pub fn with_balance_alert_below(self, below: Option<f64>) -> Self {
+        Account {
+            balance_alert_below: below,
+            ..self
+        }
+    }
+
+    /// Keeps a balance the provider reported, and shows it on the gauge.
+    fn reported_balance(&self, text: &str) {
+        let value = self.status.balance(text);
+        self.show_balance(value);
+    }
+
+    /// Sets the account's `account_balance` gauge, once a stage observes the account; the
+    /// gauge's handle is looked up once.
+    pub(super) fn show_balance(&self, value: f64) {
+        let Some(metrics) = self.metrics.get() else {
+            return;
+        };
+        if !value.is_finite() {
+            return;
+        }
+        let gauge = self.status.balance_gauge.get_or_init(|| {
+            let label = AccountLabel {
+                account: self.id.clone(),
+            };
+            metrics.account_balance.get_or_create(&label).clone()
+        });
+        gauge.set(value);
+    }
+
+    /// The caps the account is called with.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The account's status in this process now: its breaker, caps, calls in flight,
+    /// answers so far, last balance and last failure.
+    pub fn snapshot(&self) -> Snapshot {
+        let breaker = match self.breaker.lock().expect("breaker lock").state() {
+            BreakerState::Closed { failures } => BreakerView::Closed { failures },
+            BreakerState::Open { until } => {
+                let left = until.saturating_duration_since(Instant::now());
+                BreakerView::Open {
+                    until: chrono::Utc::now()
+                        + chrono::Duration::from_std(left).unwrap_or(chrono::Duration::zero()),
+                }
+            }
+            BreakerState::HalfOpen => BreakerView::HalfOpen,
+        };
+        Snapshot {
+            account: self.id.clone(),
+            breaker,
+            limits: self.limits,
+            in_flight: self
+                .limits
+                .max_concurrent
+                .max(1)
+                .saturating_sub(self.concurrency.available_permits()),
+            answers: self.status.answers(),
+            balance: self.status.last_balance(),
+            last_failure: self.status.last_failure(),
         }
     }
 

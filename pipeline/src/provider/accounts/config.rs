@@ -68,6 +68,10 @@ pub struct AccountConfig {
     /// `orders.dispatch-retry`.
     #[serde(default = "default_max_retrying")]
     pub max_retrying: usize,
+    /// A balance below which `OrderflowBalanceLow` fires, in the provider's currency, e.g.
+    /// `5000`; none by default (the alert on the spending rate still fires).
+    #[serde(default)]
+    pub balance_alert_below: Option<f64>,
 }
 
 /// One provider error code in the accounts file: `"3"` or `3`.

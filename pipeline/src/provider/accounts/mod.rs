@@ -26,6 +26,7 @@
 //! not_found_codes = ["4"]         # a check of a referans the provider does not know
 //! visibility_window_ms = 300000   # how long a new order may stay invisible to checks
 //! max_retrying = 16           # orders the dispatch stage retries at once; more are parked
+//! balance_alert_below = 5000  # OrderflowBalanceLow fires below this balance (none by default)
 //! ```
 //!
 //! A placement answered with a code in no list (maintenance, a rate limit, a code never
@@ -43,18 +44,21 @@
 //! `orders.dispatch-retry` instead (by the dispatch stage).
 //!
 //! The file's format is [`config`]'s, its checks [`validate`]'s, an account's caps and call
-//! permits [`account`]'s. Which client speaks an account's provider is not decided here:
+//! permits [`account`]'s, what its calls leave for its status (answers, balance, last
+//! failure) [`status`]'s. Which client speaks an account's provider is not decided here:
 //! whoever loads the file passes `connect` (for znet, `znet::connect`), so this module
 //! depends on no provider.
 
 mod account;
 pub mod config;
+mod status;
 mod validate;
 
 pub use account::{Account, CallPermit, Limits};
 pub use config::{
     AccountConfig, Code, ProviderKind, DEFAULT_MAX_RETRYING, DEFAULT_VISIBILITY_WINDOW_MS,
 };
+pub use status::{BreakerView, Reading, Snapshot};
 
 use crate::metrics::{AccountLabel, Metrics};
 use crate::provider::codes::Codes;
@@ -126,6 +130,28 @@ impl Accounts {
         })
     }
 
+    /// The accounts file's tables as written, credentials not looked up: for commands that
+    /// only show the settings (`orderflow accounts list`). Ids are checked to be unique.
+    pub fn read_settings(path: &Path) -> Result<Vec<AccountConfig>, AccountsError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| AccountsError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let invalid = |reason: String| AccountsError::Invalid {
+            path: shown.clone(),
+            reason,
+        };
+        let file: AccountsFile =
+            toml::from_str(&text).map_err(|e| invalid(e.message().to_owned()))?;
+        let mut accounts = file.accounts;
+        accounts.sort_by(|a, b| a.id.cmp(&b.id));
+        if let Some(twice) = accounts.windows(2).find(|w| w[0].id == w[1].id) {
+            return Err(invalid(format!("account {} is listed twice", twice[0].id)));
+        }
+        Ok(accounts)
+    }
+
     /// Parses an accounts file; `env` looks up `*_env` variables, and `connect` builds the
     /// client of each account's provider (for znet, `znet::connect`).
     pub fn parse(
@@ -149,13 +175,14 @@ impl Accounts {
             accounts.push(
                 Account::new(checked.id, provider, timeout, checked.limits)
                     .with_visibility_window(checked.visibility_window)
-                    .with_max_retrying(checked.max_retrying),
+                    .with_max_retrying(checked.max_retrying)
+                    .with_balance_alert_below(checked.balance_alert_below),
             );
         }
         Ok(Self::from_accounts(accounts))
     }
 
-    /// Counts every account's calls and breaker state in `metrics` from now on.
+    /// Counts every account's calls, breaker state and balance in `metrics` from now on.
     pub fn observe(&self, metrics: Arc<Metrics>) {
         for account in self.by_id.values() {
             let _ = account.metrics.set(Arc::clone(&metrics));
@@ -163,11 +190,29 @@ impl Accounts {
                 account: account.id.clone(),
             };
             metrics.provider_breaker_open.get_or_create(&label).set(0);
+            if let Some(below) = account.balance_alert_below {
+                metrics
+                    .account_balance_alert_below
+                    .get_or_create(&label)
+                    .set(below);
+            }
+            // The balance gauge appears with the first balance the provider reports: a 0
+            // before that would read as an empty account.
+            if let Some(reading) = account.status.last_balance() {
+                account.show_balance(reading.value);
+            }
         }
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Account>> {
         self.by_id.get(id)
+    }
+
+    /// Every account, by id.
+    pub fn all(&self) -> Vec<Arc<Account>> {
+        let mut all: Vec<_> = self.by_id.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
     }
 }
 

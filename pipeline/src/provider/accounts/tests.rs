@@ -129,6 +129,9 @@ impl Provider for Down {
     fn balance(&self) -> futures::future::BoxFuture<'_, crate::provider::BalanceOutcome> {
         unimplemented!("not called")
     }
+    fn products(&self) -> futures::future::BoxFuture<'_, crate::provider::ProductsOutcome> {
+        unimplemented!("not called")
+    }
 }
 
 #[tokio::test]

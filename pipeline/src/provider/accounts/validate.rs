@@ -17,6 +17,7 @@ pub(super) struct Checked {
     pub limits: Limits,
     pub visibility_window: Duration,
     pub max_retrying: usize,
+    pub balance_alert_below: Option<f64>,
 }
 
 /// Checks one table, in the order its errors are reported; `env` looks up `*_env`
@@ -51,6 +52,14 @@ pub(super) fn check(
             c.id
         ));
     }
+    if c.balance_alert_below
+        .is_some_and(|b| !b.is_finite() || b < 0.0)
+    {
+        return Err(format!(
+            "account {}: balance_alert_below must be a number of at least 0",
+            c.id
+        ));
+    }
     let limits = Limits {
         max_concurrent: c.max_concurrent,
         max_per_second: c.max_per_second,
@@ -71,6 +80,7 @@ pub(super) fn check(
         limits,
         visibility_window: Duration::from_millis(c.visibility_window_ms),
         max_retrying: c.max_retrying,
+        balance_alert_below: c.balance_alert_below,
         id: c.id,
     })
 }
