@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::pipeline::{order, Harness, KOD, SIFRE};
+use common::pipeline::{order, Harness, ACCOUNT, KOD, SIFRE};
+use orderflow::account_status::AccountStatusConfig;
+use orderflow::kafka::headers;
 use orderflow::kafka::stage::StageConfig;
 use orderflow::kafka::topics::name;
 use orderflow::pin::PinKeys;
@@ -14,6 +16,8 @@ use orderflow::poll::{PollConfig, ScheduleConfig};
 use orderflow::shutdown;
 use orderflow::sink::SinkConfig;
 use orderflow::testbed::sim::SimConfig;
+use rdkafka::message::{Headers, Message};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -65,7 +69,8 @@ impl Pipeline {
 
     fn dispatch(&self) -> Running {
         let (trigger, signal) = shutdown::channel();
-        let config = self.h.dispatch_config();
+        let mut config = self.h.dispatch_config();
+        config.account_status.interval_secs = 1;
         let (accounts, kafka, pool) = (
             self.h.accounts(),
             self.h.kafka.clone(),
@@ -95,7 +100,7 @@ impl Pipeline {
                 shutdown_grace_ms: 5_000,
                 ..Default::default()
             },
-            account_status: Default::default(),
+            account_status: AccountStatusConfig { interval_secs: 1 },
         };
         let (accounts, kafka, pool) = (
             self.h.accounts(),
@@ -167,6 +172,10 @@ struct Truth {
     processing: i64,
     /// Slow orders' next checks in the tier topic (none committed: all wait 10 min).
     in_tier_topic: i64,
+    /// Entries of orders.dlq per reason, from their headers.
+    dead_letters: BTreeMap<String, u64>,
+    /// The order made stuck by [`make_one_stuck`].
+    stuck: uuid::Uuid,
 }
 
 /// Waits until every published order has its row, the slow ones in `processing` with
@@ -187,6 +196,8 @@ async fn settled(p: &Pipeline, orders: i64) -> Truth {
             in_tier_topic: common::pipeline::read_to_end(&p.h.kafka, &name::status_check(TIER))
                 .await
                 .len() as i64,
+            dead_letters: dead_letters(p).await,
+            stuck: uuid::Uuid::nil(),
         };
         let chains_on_tier: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM check_chains WHERE final_state IS NULL AND tier = $1",
@@ -195,8 +206,19 @@ async fn settled(p: &Pipeline, orders: i64) -> Truth {
         .fetch_one(&p.h.db.pool)
         .await
         .unwrap();
+        let accounts_seen: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT stage) FROM account_status WHERE account = $1",
+        )
+        .bind(ACCOUNT)
+        .fetch_one(&p.h.db.pool)
+        .await
+        .unwrap();
         let all_in = truth.completed + truth.rejected + truth.processing == orders;
-        if all_in && truth.processing == truth.in_tier_topic && chains_on_tier == truth.processing
+        if all_in
+            && truth.processing == truth.in_tier_topic
+            && chains_on_tier == truth.processing
+            && !truth.dead_letters.is_empty()
+            && accounts_seen == 2
         {
             return truth;
         }
@@ -206,6 +228,36 @@ async fn settled(p: &Pipeline, orders: i64) -> Truth {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The DLQ's entries per reason, read from the topic's headers.
+async fn dead_letters(p: &Pipeline) -> BTreeMap<String, u64> {
+    let mut per_reason = BTreeMap::new();
+    for m in common::pipeline::read_to_end(&p.h.kafka, name::ORDERS_DLQ).await {
+        let reason = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == headers::DLQ_REASON))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        *per_reason.entry(reason).or_default() += 1;
+    }
+    per_reason
+}
+
+/// Makes one slow order's next check overdue by an hour, as if its tier message had been
+/// lost: the stuck rule then calls it stuck (the poll stage holds the message for 10 min
+/// and no reconciler runs, so nothing moves it during the test).
+async fn make_one_stuck(p: &Pipeline) -> uuid::Uuid {
+    sqlx::query_scalar(
+        "UPDATE check_chains SET next_check_at = now() - interval '1 hour'
+          WHERE order_id = (SELECT order_id FROM check_chains
+                             WHERE final_state IS NULL ORDER BY order_id LIMIT 1)
+         RETURNING order_id",
+    )
+    .fetch_one(&p.h.db.pool)
+    .await
+    .unwrap()
 }
 
 /// A running `orderflow status-page` and its address.
@@ -283,12 +335,19 @@ fn assert_shows(html: &str, truth: &Truth, what: &str) {
     assert_eq!(rejected[3], truth.rejected.to_string(), "{what}: rejected");
     let checking =
         cells(html, "open", "checking").unwrap_or_else(|| panic!("{what}: no checking row"));
-    assert_eq!(checking[1], truth.processing.to_string(), "{what}: checking");
+    assert_eq!(
+        checking[1],
+        truth.processing.to_string(),
+        "{what}: checking"
+    );
     let placing =
         cells(html, "open", "placing").unwrap_or_else(|| panic!("{what}: no placing row"));
     assert_eq!(placing[1], "0", "{what}: being placed");
     let tier = cells(html, "tiers", TIER).unwrap_or_else(|| panic!("{what}: no {TIER} row"));
-    assert!(tier[1].ends_with(&name::status_check(TIER)), "{what}: {tier:?}");
+    assert!(
+        tier[1].ends_with(&name::status_check(TIER)),
+        "{what}: {tier:?}"
+    );
     assert_eq!(
         tier[2],
         truth.in_tier_topic.to_string(),
@@ -299,7 +358,34 @@ fn assert_shows(html: &str, truth: &Truth, what: &str) {
         truth.processing.to_string(),
         "{what}: open chains on {TIER}"
     );
-    assert!(cells(html, "tiers", "first").is_some(), "{what}: no first row");
+    assert!(
+        cells(html, "tiers", "first").is_some(),
+        "{what}: no first row"
+    );
+    for (reason, n) in &truth.dead_letters {
+        let row = cells(html, "dead-letters", reason)
+            .unwrap_or_else(|| panic!("{what}: no dead-letter row {reason}"));
+        assert_eq!(row[1], n.to_string(), "{what}: dead letters {reason}");
+    }
+    let stuck = cells(html, "stuck", &truth.stuck.to_string())
+        .unwrap_or_else(|| panic!("{what}: the stuck order is not listed"));
+    assert_eq!(stuck[2], "processing", "{what}: {stuck:?}");
+    assert_eq!(stuck[3], "next check", "{what}: {stuck:?}");
+    assert_eq!(
+        tile(html, "stuck").as_deref(),
+        Some("1"),
+        "{what}: the stuck tile"
+    );
+    let account = cells(html, "accounts", &format!("{ACCOUNT}-dispatch"))
+        .unwrap_or_else(|| panic!("{what}: no {ACCOUNT} row of the dispatch stage"));
+    assert!(
+        account[2].parse::<f64>().is_ok(),
+        "{what}: the balance the simulator reported: {account:?}"
+    );
+    assert_eq!(account[3], "closed", "{what}: the breaker: {account:?}");
+    let polled = cells(html, "accounts", &format!("{ACCOUNT}-poll"))
+        .unwrap_or_else(|| panic!("{what}: no {ACCOUNT} row of the poll stage"));
+    assert!(polled[6].contains("check: completed"), "{what}: {polled:?}");
     assert_eq!(
         tile(html, "open").as_deref(),
         Some(truth.processing.to_string().as_str()),
@@ -317,7 +403,10 @@ fn assert_no_secret(text: &str, p: &Pipeline, what: &str) {
     let key = p.keys_line.split_once(':').unwrap().1;
     assert!(!text.contains(key), "{what}: the PIN key");
     assert!(!text.contains(&p.h.db.url), "{what}: the database URL");
-    assert!(!text.contains("orderflow:orderflow@"), "{what}: the password");
+    assert!(
+        !text.contains("orderflow:orderflow@"),
+        "{what}: the password"
+    );
     assert!(!text.contains("pin_encrypted"), "{what}: a PIN column");
 }
 
@@ -383,7 +472,8 @@ async fn the_page_shows_the_running_pipeline_in_a_browser_and_no_secret() {
     }
     // A broken event: dead-lettered by dispatch.
     p.h.publish_raw(Some("broken"), b"{not json").await;
-    let truth = settled(&p, (VALID + REJECTED) as i64).await;
+    let mut truth = settled(&p, (VALID + REJECTED) as i64).await;
+    truth.stuck = make_one_stuck(&p).await;
     assert!(
         truth.processing > 0 && truth.completed > 0,
         "the seed gives both slow and quick orders: {truth:?}"
@@ -395,7 +485,10 @@ async fn the_page_shows_the_running_pipeline_in_a_browser_and_no_secret() {
     // The first paint: the numbers are in the HTML, without any script.
     let first = http.get(&page.url).send().await.unwrap();
     assert_eq!(first.status(), 200);
-    let csp = first.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    let csp = first.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(csp.contains("default-src 'none'"), "{csp}");
     let html = first.text().await.unwrap();
     assert_shows(&html, &truth, "first paint");
@@ -414,11 +507,15 @@ async fn the_page_shows_the_running_pipeline_in_a_browser_and_no_secret() {
     assert_no_secret(&json, &p, "status.json");
     let view: serde_json::Value = serde_json::from_str(&json).unwrap();
     let snapshot = &view["snapshot"];
-    let lag = snapshot["tier_lag"]["ok"].as_array().expect("Kafka answered");
+    let lag = snapshot["tier_lag"]["ok"]
+        .as_array()
+        .expect("Kafka answered");
     let on_tier = lag.iter().find(|t| t["tier"] == TIER).unwrap();
     assert_eq!(on_tier["waiting"], truth.in_tier_topic);
     assert_eq!(snapshot["being_placed"]["ok"], 0, "{json}");
-    let chains = snapshot["tier_chains"]["ok"].as_array().expect("PostgreSQL answered");
+    let chains = snapshot["tier_chains"]["ok"]
+        .as_array()
+        .expect("PostgreSQL answered");
     assert!(
         chains
             .iter()
@@ -427,8 +524,16 @@ async fn the_page_shows_the_running_pipeline_in_a_browser_and_no_secret() {
     );
 
     // Read-only: nothing but GET.
-    for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE] {
-        let answer = http.request(method.clone(), &page.url).send().await.unwrap();
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let answer = http
+            .request(method.clone(), &page.url)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(answer.status(), 405, "{method}");
     }
     assert_eq!(
@@ -492,7 +597,10 @@ fn bad_arguments_get_one_sentence_and_a_non_zero_exit() {
 
     let (code, stderr) = orderflow(&["status-page", "--check-tiers", "soon"], &[]);
     assert_ne!(code, 0, "{stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains("--check-tiers is invalid"), "{stderr}");
 }

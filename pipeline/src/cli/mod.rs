@@ -146,6 +146,8 @@ pub enum Command {
         db: DbConfig,
         #[command(flatten)]
         page: StatusPageConfig,
+        #[command(flatten)]
+        stuck: order::StuckArgs,
     },
     /// Publish a realistic load of orders and follow each until the pipeline answers it.
     #[cfg(feature = "testbed")]
@@ -225,7 +227,12 @@ pub async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Accounts { command } => accounts::run(command).await,
         Command::Dlq { command } => dlq::run(command).await,
         Command::PinKey { command } => pin_key::run(command),
-        Command::StatusPage { kafka, db, page } => status_page::run(kafka, db, page).await,
+        Command::StatusPage {
+            kafka,
+            db,
+            page,
+            stuck,
+        } => status_page::run(kafka, db, page, stuck).await,
         #[cfg(feature = "testbed")]
         Command::Load { kafka, load } => testbed::load(kafka, load).await,
         #[cfg(feature = "testbed")]

@@ -2,6 +2,7 @@
 //! SIGTERM or Ctrl-C. It connects to PostgreSQL and Kafka like the stages do, and reads
 //! no accounts file, PIN key or other secret.
 
+use super::order::StuckArgs;
 use super::CliError;
 use crate::db::DbConfig;
 use crate::kafka::KafkaConfig;
@@ -13,11 +14,12 @@ pub async fn run(
     kafka: KafkaConfig,
     db: DbConfig,
     config: StatusPageConfig,
+    stuck: StuckArgs,
 ) -> Result<ExitCode, CliError> {
     config.check(&kafka)?;
     let pool = db.connect().await?;
     let (trigger, shutdown) = shutdown::channel();
     tokio::spawn(shutdown::on_signals(trigger));
-    status::run(config, kafka, pool, shutdown).await?;
+    status::run(config, kafka, pool, stuck.scan(), shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -97,7 +97,11 @@ impl DepthConfig {
 
     /// The poll group's lag reader, labels `first` then one per tier.
     pub fn lag(&self, kafka: &KafkaConfig) -> Result<GroupLag, DepthError> {
-        Ok(GroupLag::new(kafka, &self.group(kafka), self.topics(kafka)?)?)
+        Ok(GroupLag::new(
+            kafka,
+            &self.group(kafka),
+            self.topics(kafka)?,
+        )?)
     }
 }
 

@@ -6,9 +6,14 @@
 //! that names no secret. The loop collects one snapshot at a time, waits
 //! `collect_every` between two, and stops collecting when no one has asked for 30 s, so
 //! a page left open, or many of them, asks the database a few small questions every few
-//! seconds and no more.
+//! seconds and no more. The DLQ is read whole to count its reasons, so it is read at most
+//! every 30 s (`DLQ_EVERY`) and its counts say when they were read.
 
+use super::parts::{AccountView, DlqCounts, StuckOrder, StuckOrders};
+use crate::db::account_status;
+use crate::db::find::{self, StuckScan};
 use crate::db::overview::{self, Finished, TierChains};
+use crate::kafka::dlq::read as dlq;
 use crate::kafka::lag::GroupLag;
 use crate::kafka::KafkaConfig;
 use crate::poll::DepthConfig;
@@ -27,6 +32,11 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_AFTER: Duration = Duration::from_secs(30);
 /// How long a viewer waits for a fresh snapshot when the loop was idle.
 const FIRST_WAIT: Duration = Duration::from_secs(20);
+/// Least time between two reads of the DLQ, and the longest one read may take.
+const DLQ_EVERY: Duration = Duration::from_secs(30);
+const DLQ_WITHIN: Duration = Duration::from_secs(20);
+/// Most stuck orders listed.
+const STUCK_LIMIT: usize = 20;
 
 /// One source's answer: its value, or why it has none.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -72,28 +82,73 @@ pub struct Snapshot {
     pub tier_lag: Part<Vec<TierLag>>,
     /// Retry depth from PostgreSQL: open check chains per tier.
     pub tier_chains: Part<Vec<TierChains>>,
+    /// Orders whose next step is overdue by more than the stuck rule allows.
+    pub stuck: Part<StuckOrders>,
+    /// Entries in `orders.dlq` per reason.
+    pub dead_letters: Part<DlqCounts>,
+    /// The provider accounts as each stage process sees them.
+    pub accounts: Part<Vec<AccountView>>,
     #[serde(skip)]
     taken: Option<Instant>,
 }
 
-/// Gathers snapshots. Holds only handles to read with: the pool, and a Kafka client that
-/// reads the poll group's committed offsets without joining it.
+impl Snapshot {
+    /// A snapshot whose every source answered nothing yet, for tests.
+    #[cfg(test)]
+    pub(crate) fn empty(taken_at: DateTime<Utc>) -> Snapshot {
+        Snapshot {
+            taken_at,
+            took_ms: 0,
+            topic_prefix: String::new(),
+            poll_group: "orderflow.poll".into(),
+            finished: Part::Ok(Vec::new()),
+            being_placed: Part::Ok(0),
+            tier_lag: Part::Ok(Vec::new()),
+            tier_chains: Part::Ok(Vec::new()),
+            stuck: Part::Ok(StuckOrders {
+                orders: Vec::new(),
+                more: false,
+            }),
+            dead_letters: Part::Ok(DlqCounts {
+                per_reason: Default::default(),
+                read_at: taken_at,
+            }),
+            accounts: Part::Ok(Vec::new()),
+            taken: None,
+        }
+    }
+}
+
+/// Gathers snapshots. Holds only handles to read with: the pool, a Kafka client that
+/// reads the poll group's committed offsets without joining it, and the Kafka settings
+/// the DLQ is read with (no group either).
 pub struct Collector {
     pool: PgPool,
     lag: GroupLag,
+    kafka: KafkaConfig,
     topics: Vec<(String, String)>,
-    topic_prefix: String,
     poll_group: String,
+    scan: StuckScan,
+    /// The last DLQ counts and when they were asked for.
+    dead_letters: Mutex<Option<(Instant, Part<DlqCounts>)>>,
 }
 
 impl Collector {
-    pub fn new(pool: PgPool, lag: GroupLag, kafka: &KafkaConfig, depth: &DepthConfig) -> Self {
+    pub fn new(
+        pool: PgPool,
+        lag: GroupLag,
+        kafka: &KafkaConfig,
+        depth: &DepthConfig,
+        scan: StuckScan,
+    ) -> Self {
         Collector {
             pool,
             lag,
+            kafka: kafka.clone(),
             topics: depth.topics(kafka).unwrap_or_default(),
-            topic_prefix: kafka.topic_prefix.clone(),
             poll_group: depth.group(kafka),
+            scan,
+            dead_letters: Mutex::new(None),
         }
     }
 
@@ -101,21 +156,27 @@ impl Collector {
     pub async fn collect(&self) -> Snapshot {
         let start = Instant::now();
         let taken_at = Utc::now();
-        let (finished, being_placed, tier_chains, tier_lag) = tokio::join!(
+        let (finished, being_placed, tier_chains, tier_lag, stuck, dead_letters, accounts) = tokio::join!(
             query(overview::finished_recently(&self.pool)),
             query(overview::being_placed(&self.pool)),
             query(overview::open_chains_per_tier(&self.pool)),
             self.tier_lag(),
+            self.stuck(),
+            self.dead_letters(),
+            self.accounts(taken_at),
         );
         Snapshot {
             taken_at,
             took_ms: start.elapsed().as_millis() as u64,
-            topic_prefix: self.topic_prefix.clone(),
+            topic_prefix: self.kafka.topic_prefix.clone(),
             poll_group: self.poll_group.clone(),
             finished,
             being_placed,
             tier_lag,
             tier_chains,
+            stuck,
+            dead_letters,
+            accounts,
             taken: Some(start),
         }
     }
@@ -135,6 +196,52 @@ impl Collector {
                     .collect(),
             ),
             None => Part::Unavailable("the Kafka cluster did not answer".into()),
+        }
+    }
+
+    async fn stuck(&self) -> Part<StuckOrders> {
+        let limit = STUCK_LIMIT as i64 + 1;
+        match query(find::stuck(&self.pool, &self.scan, limit)).await {
+            Part::Ok(rows) => {
+                let mut orders: Vec<StuckOrder> = rows.iter().filter_map(StuckOrder::of).collect();
+                let more = orders.len() > STUCK_LIMIT;
+                orders.truncate(STUCK_LIMIT);
+                Part::Ok(StuckOrders { orders, more })
+            }
+            Part::Unavailable(why) => Part::Unavailable(why),
+        }
+    }
+
+    /// The DLQ's counts per reason, read again only when the last read is `DLQ_EVERY` old.
+    async fn dead_letters(&self) -> Part<DlqCounts> {
+        if let Some((at, part)) = &*self.dead_letters.lock().expect("not poisoned") {
+            if at.elapsed() < DLQ_EVERY {
+                return part.clone();
+            }
+        }
+        let read_at = Utc::now();
+        let part =
+            match dlq::counts_per_reason(&self.kafka, &dlq::Filter::default(), DLQ_WITHIN).await {
+                Ok(per_reason) => Part::Ok(DlqCounts {
+                    per_reason,
+                    read_at,
+                }),
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the DLQ failed");
+                    Part::Unavailable(format!(
+                        "the DLQ could not be read ({})",
+                        crate::secret::scrub(&e.to_string())
+                    ))
+                }
+            };
+        *self.dead_letters.lock().expect("not poisoned") = Some((Instant::now(), part.clone()));
+        part
+    }
+
+    async fn accounts(&self, now: DateTime<Utc>) -> Part<Vec<AccountView>> {
+        match query(account_status::read(&self.pool)).await {
+            Part::Ok(rows) => Part::Ok(rows.iter().map(|r| AccountView::of(r, now)).collect()),
+            Part::Unavailable(why) => Part::Unavailable(why),
         }
     }
 }

@@ -9,7 +9,10 @@
 //! | `mod.rs`      | [`StatusPageConfig`], [`StatusPageError`], [`run`]                   |
 //! | `collect.rs`  | [`Snapshot`], gathered from PostgreSQL and Kafka; [`Latest`], the one |
 //! |               | collection loop every viewer shares                                  |
-//! | `render.rs`   | the snapshot as panels (pure), the page's first paint                |
+//! | `parts.rs`    | the snapshot's parts read by other modules' readers: stuck orders,   |
+//! |               | dead letters per reason, provider accounts                           |
+//! | `panels.rs`   | the snapshot as headline tiles and panels of rows (pure)             |
+//! | `render.rs`   | the page's first paint: tiles and panels as HTML                     |
 //! | `page.html`   | the page: layout, style and the script that refreshes it            |
 //! | `serve.rs`    | the axum routes: `GET /` and `GET /status.json`                      |
 //!
@@ -21,11 +24,17 @@
 //! 127.0.0.1 unless told otherwise, and has no login: put it behind one to show it further.
 
 mod collect;
+mod panels;
+mod parts;
 mod render;
 mod serve;
+#[cfg(test)]
+mod tests;
 
 pub use collect::{Collector, Latest, Part, Snapshot, TierLag};
-pub use render::{page, panels, Panel};
+pub use panels::{panels, tiles, Panel, Tile, View};
+pub use parts::{AccountView, DlqCounts, StuckOrder, StuckOrders};
+pub use render::page;
 pub use serve::serve;
 
 use crate::kafka::{KafkaConfig, KafkaSetupError};
@@ -99,10 +108,12 @@ pub enum StatusPageError {
 }
 
 /// Checks the settings and the cluster, serves the page, and returns once shutdown fires.
+/// `scan` is the stuck rule's allowances (the stages' schedule).
 pub async fn run(
     config: StatusPageConfig,
     kafka: KafkaConfig,
     pool: sqlx::PgPool,
+    scan: crate::db::find::StuckScan,
     mut shutdown: Shutdown,
 ) -> Result<(), StatusPageError> {
     let lag = config.depth.lag(&kafka)?;
@@ -112,7 +123,7 @@ pub async fn run(
             .await
             .expect("the reachability check does not panic")?;
     }
-    let collector = Collector::new(pool, lag, &kafka, &config.depth);
+    let collector = Collector::new(pool, lag, &kafka, &config.depth, scan);
     let latest = Latest::start(collector, config.collect_every(), shutdown.clone());
     let (addr, server) = serve(config.listen, latest, shutdown.clone()).await?;
     if !addr.ip().is_loopback() {

@@ -3,7 +3,8 @@
 //! answer 404 and other methods 405, so the page cannot be used to change anything.
 
 use super::collect::Latest;
-use super::render::{self, View};
+use super::panels::View;
+use super::render;
 use super::StatusPageError;
 use crate::shutdown::Shutdown;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -77,7 +78,10 @@ fn answer(content_type: &'static str, body: String) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
