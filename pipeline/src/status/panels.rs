@@ -36,6 +36,8 @@ pub struct Panel {
     pub id: &'static str,
     pub title: &'static str,
     pub explain: &'static str,
+    /// Takes the page's whole width (many columns, or long text).
+    pub wide: bool,
     pub columns: Vec<Column>,
     pub rows: Vec<Row>,
     /// Shown instead of rows when there are none.
@@ -48,6 +50,8 @@ pub struct Panel {
 #[derive(Serialize)]
 pub struct View<'a> {
     pub snapshot: &'a Snapshot,
+    /// When the snapshot was taken, for people: `2026-12-17 10:00:00 UTC`.
+    pub taken: String,
     pub tiles: Vec<Tile>,
     pub panels: Vec<Panel>,
 }
@@ -56,6 +60,10 @@ impl<'a> View<'a> {
     pub fn of(snapshot: &'a Snapshot) -> Self {
         View {
             snapshot,
+            taken: snapshot
+                .taken_at
+                .format("%Y-%m-%d %H:%M:%S UTC")
+                .to_string(),
             tiles: tiles(snapshot),
             panels: panels(snapshot),
         }
@@ -109,13 +117,11 @@ pub fn tiles(s: &Snapshot) -> Vec<Tile> {
         Tile {
             id: "open",
             label: "open orders",
-            value: match (s.being_placed.ok(), s.tier_chains.ok()) {
-                (Some(placing), Some(chains)) => {
-                    (placing + chains.iter().map(|c| c.chains).sum::<i64>()).to_string()
-                }
-                _ => "-".into(),
-            },
-            note: "being placed, or between status checks",
+            value: open_counts(s).map_or_else(
+                || "-".into(),
+                |(placing, first, between)| (placing + first + between).to_string(),
+            ),
+            note: "being placed, waiting for a check, or between checks",
         },
         Tile {
             id: "waiting",
@@ -150,8 +156,8 @@ pub fn panels(s: &Snapshot) -> Vec<Panel> {
         finished(s),
         open(s),
         tiers(s),
-        stuck(s),
         dead_letters(s),
+        stuck(s),
         accounts(s),
     ]
 }
@@ -182,6 +188,7 @@ fn finished(s: &Snapshot) -> Panel {
         title: "Throughput",
         explain:
             "Orders that reached a final state, by state and failure reason, from the orders table.",
+        wide: false,
         columns: vec![
             col("state"),
             num("last 1 min"),
@@ -195,31 +202,53 @@ fn finished(s: &Snapshot) -> Panel {
     }
 }
 
+/// Open orders where they are: being placed (claims `new` or `placing`), placed and
+/// waiting for their first check (the poll group's lag on `orders.dispatched`), between
+/// status checks (open chains waiting on a tier). `None` when a source did not answer.
+fn open_counts(s: &Snapshot) -> Option<(i64, i64, i64)> {
+    let placing = *s.being_placed.ok()?;
+    let first = s
+        .tier_lag
+        .ok()?
+        .iter()
+        .filter(|t| t.tier == "first")
+        .map(|t| t.waiting)
+        .sum();
+    // A chain whose first check is being made is still counted in `first` (its message is
+    // not committed yet), so only chains waiting on a tier count here.
+    let between = s
+        .tier_chains
+        .ok()?
+        .iter()
+        .filter(|c| c.tier != "first")
+        .map(|c| c.chains)
+        .sum();
+    Some((placing, first, between))
+}
+
 fn open(s: &Snapshot) -> Panel {
-    let mut rows = Vec::new();
-    if let Some(placing) = s.being_placed.ok() {
-        rows.push(Row {
-            key: "placing".into(),
-            cells: vec!["being placed".into(), placing.to_string()],
-        });
-    }
-    if let Some(chains) = s.tier_chains.ok() {
-        rows.push(Row {
-            key: "checking".into(),
-            cells: vec![
-                "between status checks".into(),
-                chains.iter().map(|c| c.chains).sum::<i64>().to_string(),
-            ],
-        });
-    }
+    let rows = open_counts(s).map_or_else(Vec::new, |(placing, first, between)| {
+        [
+            ("placing", "being placed", placing),
+            ("first", "placed, waiting for the first check", first),
+            ("checking", "between status checks", between),
+        ]
+        .into_iter()
+        .map(|(key, name, n)| Row {
+            key: key.into(),
+            cells: vec![name.into(), n.to_string()],
+        })
+        .collect()
+    });
     Panel {
         id: "open",
         title: "Open orders",
-        explain: "Orders not final yet: being placed (their dispatch claim is new or placing), or placed and between status checks (an open check chain; per tier below).",
+        explain: "Orders not final yet: being placed (their dispatch claim is new or placing), placed and waiting for their first status check (in orders.dispatched), or between status checks (an open check chain; per tier beside).",
+        wide: false,
         columns: vec![col("where"), num("orders")],
         rows,
         empty: "No open order.",
-        unavailable: [why(&s.being_placed), why(&s.tier_chains)]
+        unavailable: [why(&s.being_placed), why(&s.tier_lag), why(&s.tier_chains)]
             .into_iter()
             .flatten()
             .collect(),
@@ -241,12 +270,7 @@ fn tiers(s: &Snapshot) -> Panel {
         for t in lag {
             rows.push(Row {
                 key: t.tier.clone(),
-                cells: vec![
-                    t.tier.clone(),
-                    t.topic.clone(),
-                    t.waiting.to_string(),
-                    chains(&t.tier),
-                ],
+                cells: vec![t.tier.clone(), t.waiting.to_string(), chains(&t.tier)],
             });
         }
     }
@@ -257,7 +281,7 @@ fn tiers(s: &Snapshot) -> Panel {
             if !rows.iter().any(|r| r.key == c.tier) {
                 rows.push(Row {
                     key: c.tier.clone(),
-                    cells: vec![c.tier.clone(), "-".into(), "-".into(), c.chains.to_string()],
+                    cells: vec![c.tier.clone(), "-".into(), c.chains.to_string()],
                 });
             }
         }
@@ -265,13 +289,9 @@ fn tiers(s: &Snapshot) -> Panel {
     Panel {
         id: "tiers",
         title: "Retry depth per tier",
-        explain: "Status checks waiting in each of the poll stage's topics (its consumer group's lag), and the open check chains whose next check waits on that tier (check_chains).",
-        columns: vec![
-            col("tier"),
-            col("topic"),
-            num("waiting in Kafka"),
-            num("open chains"),
-        ],
+        explain: "Status checks waiting in each of the poll stage's topics, orders.dispatched (first) and orders.status-check.<tier> (its consumer group's lag), and the open check chains whose next check waits on that tier (check_chains).",
+        wide: false,
+        columns: vec![col("tier"), num("waiting in Kafka"), num("open chains")],
         rows,
         empty: "No tier configured.",
         unavailable: [why(&s.tier_lag), why(&s.tier_chains)]
@@ -303,6 +323,7 @@ fn stuck(s: &Snapshot) -> Panel {
     Panel {
         id: "stuck",
         title: "Stuck orders",
+        wide: true,
         explain: if more {
             "The 20 longest-waiting orders whose next step (a placement, the first or next status check) is overdue by more than the grace; there are more. `orderflow order list --stuck` lists them all."
         } else {
@@ -335,6 +356,7 @@ fn dead_letters(s: &Snapshot) -> Panel {
     Panel {
         id: "dead-letters",
         title: "Dead letters by reason",
+        wide: false,
         explain: "Entries in orders.dlq (its retention) by the reason the stage gave; read every 30 s. `orderflow dlq list --reason <reason>` shows them, `orderflow dlq replay` sends them back after a fix.",
         columns: vec![col("reason"), num("entries")],
         rows,
@@ -375,6 +397,7 @@ fn accounts(s: &Snapshot) -> Panel {
     Panel {
         id: "accounts",
         title: "Provider accounts",
+        wide: true,
         explain: "What each dispatch and poll process sees of each account: the last balance the provider reported, the circuit breaker, the caps, calls in flight, answers of the last minutes and the last failure. Credentials are never read.",
         columns: vec![
             col("account"),

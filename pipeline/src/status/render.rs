@@ -44,7 +44,8 @@ fn tiles_html(tiles: &[Tile]) -> String {
 
 fn panel_html(p: &Panel) -> String {
     let mut out = format!(
-        "<section class=\"panel\" id=\"panel-{}\"><h2>{}</h2><p class=\"explain\">{}</p>",
+        "<section class=\"{}\" id=\"panel-{}\"><h2>{}</h2><p class=\"explain\">{}</p>",
+        if p.wide { "panel wide" } else { "panel" },
         p.id,
         escape(p.title),
         escape(p.explain)
@@ -86,7 +87,7 @@ pub fn page(snapshot: &Snapshot) -> String {
         PAGE,
         &[
             ("where", place),
-            ("taken", escape(&snapshot.taken_at.to_rfc3339())),
+            ("taken", escape(&view.taken)),
             ("took", snapshot.took_ms.to_string()),
             ("tiles", tiles_html(&view.tiles)),
             ("panels", view.panels.iter().map(panel_html).collect()),

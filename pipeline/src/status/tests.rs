@@ -68,7 +68,11 @@ fn tiles_and_panels_say_what_the_snapshot_holds() {
     let value = |id: &str| t.iter().find(|t| t.id == id).unwrap().value.clone();
     assert_eq!(value("completed-1m"), "7");
     assert_eq!(value("failed-1m"), "1");
-    assert_eq!(value("open"), "13", "4 being placed + 9 open chains");
+    assert_eq!(
+        value("open"),
+        "18",
+        "4 being placed + 5 waiting first + 9 between checks"
+    );
     assert_eq!(value("waiting"), "16");
     assert_eq!(value("stuck"), "0");
     assert_eq!(value("dead-letters"), "2");
@@ -82,11 +86,13 @@ fn tiles_and_panels_say_what_the_snapshot_holds() {
     );
     assert_eq!(finished.rows[1].key, "failed-rejected");
     let tiers = panel(&p, "tiers");
+    assert_eq!(tiers.rows[1].cells, ["30s", "11", "9"]);
+    assert_eq!(tiers.rows[0].cells[2], "0", "no open chain waits on first");
+    let open = panel(&p, "open");
     assert_eq!(
-        tiers.rows[1].cells,
-        ["30s", "orders.status-check.30s", "11", "9"]
+        open.rows[1].cells,
+        ["placed, waiting for the first check", "5"]
     );
-    assert_eq!(tiers.rows[0].cells[3], "0", "no open chain waits on first");
     assert_eq!(
         panel(&p, "dead-letters").rows[0].cells,
         ["invalid_json", "2"]
@@ -106,7 +112,8 @@ fn a_source_that_did_not_answer_is_said_so_and_shows_no_number() {
     let tiers = panel(&p, "tiers");
     assert_eq!(tiers.unavailable, ["the Kafka cluster did not answer"]);
     // PostgreSQL's chains still show, with Kafka's column empty.
-    assert_eq!(tiers.rows[0].cells, ["30s", "-", "-", "9"]);
+    assert_eq!(tiers.rows[0].cells, ["30s", "-", "9"]);
+    assert_eq!(t.iter().find(|t| t.id == "open").unwrap().value, "-");
     let html = page(&s);
     assert!(html.contains("<p class=\"unavailable\">the Kafka cluster did not answer</p>"));
 }
@@ -133,8 +140,8 @@ fn the_page_is_filled_in_and_escaped() {
     assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;{{panels}}"));
     assert!(!html.contains("{{tiles}}") && !html.contains("{{taken}}"));
     assert!(html.contains("<tr data-key=\"completed\"><td>completed</td><td class=\"num\">7</td>"));
-    assert!(html.contains("id=\"tile-open\"><div class=\"value\">13</div>"));
-    assert!(html.contains("2026-12-17T10:00:00+00:00"));
+    assert!(html.contains("id=\"tile-open\"><div class=\"value\">18</div>"));
+    assert!(html.contains("2026-12-17 10:00:00 UTC"));
     assert_eq!(escape("a&b\"c'<>"), "a&amp;b&quot;c&#39;&lt;&gt;");
 }
 
