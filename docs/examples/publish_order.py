@@ -8,6 +8,9 @@ The shop side of the contract in docs/shop-guide.md, runnable as is:
 In a Django view, publish from ``transaction.on_commit`` so an order is announced only
 once it is saved; publishing the same order twice is harmless (same order id, one
 placement), so a retry after an error is always safe.
+
+To try the pipeline before writing a producer, `orderflow order submit ... --wait`
+publishes one order by hand and follows it (docs/shop-guide.md, "A first order by hand").
 """
 
 import argparse

@@ -10,7 +10,7 @@
 //!   accounts with their concurrency and rate caps.
 //! - [`znet`]: the first provider: answer parsing (pure) and HTTP client.
 //! - [`kafka`]: client settings, topic specs, the shared consumer loop ([`kafka::stage`]),
-//!   event publishing and the dead-letter queue.
+//!   event publishing and the dead-letter queue (written, read back, replayed).
 //! - [`db`]: PostgreSQL: migrations, the `orders` table and the dispatch claims.
 //! - [`dispatch`]: the dispatch stage.
 //! - [`sink`]: the sink, `orders.state` into the `orders` table in batches.
@@ -33,7 +33,8 @@
 //!   raw Kafka ceiling, memory while checks wait, CPU and memory read from `/proc`).
 //!   Production modules never import it.
 //! - [`cli`]: the `orderflow` command's subcommands, one module each (the stages' shared
-//!   start-up in [`cli::stage`]; `order show`, `list` and `submit` in [`cli::order`]); the binary
+//!   start-up in [`cli::stage`]; `order show`, `list` and `submit` in [`cli::order`]; `dlq
+//!   list|show|replay` in [`cli::dlq`]); the binary
 //!   (`src/main.rs`) only parses, sets up logging and the runtime, and hands over.
 
 pub mod account_status;

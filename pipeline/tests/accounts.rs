@@ -266,6 +266,63 @@ async fn the_dispatch_stage_exports_the_balance_and_writes_each_accounts_status(
     h.finish().await;
 }
 
+/// What the poll stage runs (`account_status::spawn_writer("poll", ...)`): its checks are
+/// counted in its own row; a row not written for a day is deleted by the next write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poll_process_row_counts_its_checks_and_day_old_rows_are_forgotten() {
+    let h = Harness::with_kafka(common::kafka("accounts-rows"), SimConfig::default(), 2_000).await;
+    sqlx::query(
+        "INSERT INTO account_status (account, written_by, stage, breaker, breaker_failures,
+            max_concurrent, max_per_second, breaker_failures_to_open, breaker_open_ms,
+            in_flight, window_secs, updated_at)
+         VALUES ('znet-gone', 'poll gone:1', 'poll', 'closed', 0, 1, 1, 5, 30000, 0, 0,
+            now() - interval '25 hours')",
+    )
+    .execute(&h.db.pool)
+    .await
+    .unwrap();
+    let accounts = h.accounts();
+    let account = accounts.get(ACCOUNT).unwrap();
+    for reference in ["100", "101"] {
+        account.check(reference).await;
+    }
+    let (trigger, signal) = shutdown::channel();
+    orderflow::account_status::spawn_writer(
+        "poll",
+        accounts.all(),
+        h.db.pool.clone(),
+        orderflow::account_status::AccountStatusConfig { interval_secs: 1 },
+        signal,
+    );
+    // The first pass is the window's baseline; checks after it are counted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    account.check("102").await;
+    let row = eventually(Duration::from_secs(10), "the poll row", || async {
+        row_of(&h, ACCOUNT)
+            .await
+            .into_iter()
+            .find(|r| r.answers.get("check").and_then(|c| c.get("not_found")) == Some(&1))
+    })
+    .await;
+    trigger.fire();
+    assert_eq!(row.stage, "poll");
+    assert!(row.written_by.starts_with("poll "));
+    assert_eq!(row.balance, None, "poll processes see no balance");
+    assert!(row.window_secs >= 1);
+    let accounts_seen: Vec<String> = account_status::read(&h.db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.account)
+        .collect();
+    assert!(
+        !accounts_seen.contains(&"znet-gone".to_owned()),
+        "{accounts_seen:?}"
+    );
+    assert_eq!(accounts_seen.len(), 4);
+    h.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn accounts_check_asks_each_account_for_its_balance_and_fails_for_wrong_ones() {
     let h = Harness::with_kafka(common::kafka("accounts-check"), SimConfig::default(), 2_000).await;

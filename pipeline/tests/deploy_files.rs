@@ -260,6 +260,13 @@ fn metric_names() -> BTreeSet<String> {
             account: "a".into(),
         })
         .inc();
+    for gauge in [&m.account_balance, &m.account_balance_alert_below] {
+        gauge
+            .get_or_create(&AccountLabel {
+                account: "a".into(),
+            })
+            .set(1.0);
+    }
     m.consumer_lag
         .get_or_create(&PartitionLabels {
             group: "g".into(),

@@ -185,7 +185,7 @@ async fn replayed_orders_of_an_account_added_later_complete_exactly_once() {
     let sink = start_sink(&h);
 
     // Orders for an account the accounts file does not have: each is dead-lettered and
-    // answered failed (invalid); one valid order goes through beside them.
+    // answered failed (invalid), and nothing is sent to the provider.
     let late: Vec<OrderCreated> = (0..4)
         .map(|i| {
             let mut o = order(["25", "50", "100"][i % 3]);
@@ -213,6 +213,27 @@ async fn replayed_orders_of_an_account_added_later_complete_exactly_once() {
         counts.get("unknown_provider_account"),
         Some(&4),
         "{counts:?}"
+    );
+
+    let (code, out, _) = dlq(
+        &h.kafka,
+        &h.db.url,
+        &["list", "--source-topic", "orders.created"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(": 4 entries matching source topic"), "{out}");
+    assert!(out.contains("unknown_provider_account       4"), "{out}");
+    let first = out
+        .lines()
+        .nth(2)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap();
+    let (code, out, _) = dlq(&h.kafka, &h.db.url, &["show", first]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("stage         dispatch"), "{out}");
+    assert!(
+        out.contains(&format!("\"provider_account\": \"{LATE_ACCOUNT}\"")),
+        "{out}"
     );
 
     // The account is added; the dispatch stage restarts with it, the poll stage starts.
@@ -408,7 +429,7 @@ async fn list_filters_and_counts_and_show_masks_secrets() {
     assert!(out.contains(": 3 entries"), "{out}");
     let (_, out, _) = dlq(&kafka, db_url, &["list", "--source-topic", "orders.state"]);
     assert!(
-        out.contains(": 1 entries") && out.contains(&state_order.to_string()),
+        out.contains(": 1 entry ") && out.contains(&state_order.to_string()),
         "{out}"
     );
     let (_, out, _) = dlq(
@@ -416,7 +437,7 @@ async fn list_filters_and_counts_and_show_masks_secrets() {
         db_url,
         &["list", "--order-id", &state_order.to_string()],
     );
-    assert!(out.contains(": 1 entries"), "{out}");
+    assert!(out.contains(": 1 entry "), "{out}");
     let (_, out, _) = dlq(&kafka, db_url, &["list", "--since", "10m"]);
     assert!(out.contains(": 4 entries"), "{out}");
     let before = (started - chrono::Duration::minutes(1)).to_rfc3339();

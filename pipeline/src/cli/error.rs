@@ -51,9 +51,9 @@ pub enum CliError {
     #[error(transparent)]
     Reveal(#[from] RevealError),
     #[error(transparent)]
-    Dlq(#[from] DlqError),
-    #[error(transparent)]
     AccountsCommand(#[from] AccountsCliError),
+    #[error(transparent)]
+    Dlq(#[from] DlqError),
     /// `order show` for an id no table knows.
     #[error("no order {0} is known to this database")]
     NoOrder(uuid::Uuid),
@@ -71,6 +71,8 @@ pub enum CliError {
     Submit(#[from] SubmitError),
     #[error(transparent)]
     Kafka(#[from] crate::kafka::KafkaSetupError),
+    #[error("cannot write the output ({0})")]
+    Output(std::io::Error),
     #[cfg(feature = "testbed")]
     #[error(transparent)]
     Testbed(#[from] super::testbed::TestbedError),

@@ -1,10 +1,9 @@
 //! The `orderflow` command's subcommands, one module each: [`topics`], [`migrate`], the
 //! four stages ([`stage`]: dispatch, poll, reconcile, sink, with their shared start-up),
-//! [`order`] (`order show`, `list` and `submit`), [`accounts`] (the provider accounts'
-//! status, credentials check and product list), [`dlq`] (list, show and replay the
-//! dead-letter queue), [`pin_key`], [`status_page`] (the read-only status page), and,
-//! with the `testbed`
-//! feature, the test bed's `load`, `bench` and `sim-znet` (`testbed`).
+//! [`order`] (`order show`, `list` and `submit`), [`dlq`] (list, show and replay the
+//! dead-letter queue), [`accounts`] (the provider accounts' status, credentials check
+//! and product list), [`pin_key`], [`status_page`] (the read-only status page), and,
+//! with the `testbed` feature, the test bed's `load`, `bench` and `sim-znet` (`testbed`).
 //!
 //! Owns the clap types ([`Cli`], [`Command`]) and hands each command to its module. The
 //! binary (`src/main.rs`) only parses, sets up logging and the runtime, and prints a
@@ -121,16 +120,16 @@ pub enum Command {
         #[command(subcommand)]
         command: order::OrderCommand,
     },
+    /// Inspect the dead-letter queue (orders.dlq) and replay its entries after a fix.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
     /// See the provider accounts: balance, breaker, caps and recent answers; check their
     /// credentials; list their products.
     Accounts {
         #[command(subcommand)]
         command: accounts::AccountsCommand,
-    },
-    /// Inspect the dead-letter queue (orders.dlq) and replay its entries after a fix.
-    Dlq {
-        #[command(subcommand)]
-        command: dlq::DlqCommand,
     },
     /// Manage the keys that seal PIN codes.
     PinKey {

@@ -1,6 +1,7 @@
 //! The pure core: event contracts, the order lifecycle, the check schedule, the offset
 //! watermark, the consumer loop's state machine, backoff, the rate limiter, the circuit
-//! breaker, and an account's recent answers and spending rate. Nothing here does IO, so all of it is covered by unit and property tests.
+//! breaker, and an account's recent answers and spending rate. Nothing here does IO, so
+//! all of it is covered by unit and property tests.
 
 pub mod account_status;
 pub mod backoff;

@@ -46,8 +46,8 @@ pub struct Journey {
 pub async fn get(pool: &PgPool, order_id: Uuid) -> Result<Option<Journey>, sqlx::Error> {
     let journey: Journey = sqlx::query_as(
         "SELECT k.id AS order_id,
-                o.tenant_id, o.state, o.status, o.external_status, o.failure_reason,
-                o.last_error, o.pin_encrypted, o.attempts, o.next_check_at, o.version,
+                COALESCE(o.tenant_id, d.tenant_id) AS tenant_id, o.state, o.status,
+                o.external_status, o.failure_reason, o.last_error, o.pin_encrypted, o.attempts, o.next_check_at, o.version,
                 o.updated_at,
                 COALESCE(d.provider_account, o.provider_account) AS provider_account,
                 COALESCE(d.provider_reference, o.provider_reference) AS provider_reference,

@@ -4,9 +4,9 @@
 //! `dispatch_claims` is the dispatch stage's durable memory of each order's provider
 //! reference and placement progress (G1); `check_chains` is the poll stage's record of each
 //! order's status-check chain, which the reconciler reads; `dlq_replays` which DLQ entries
-//! `orderflow dlq replay` sent back; `account_status` is what each stage process sees of
-//! each provider account (balance, breaker, caps, recent answers), read by `orderflow
-//! accounts` and the status page.
+//! `orderflow dlq replay` sent back; `account_status` what each stage process sees of each
+//! provider account (balance, breaker, caps, recent answers), read by `orderflow accounts`
+//! and the status page.
 
 pub mod account_status;
 pub mod chains;

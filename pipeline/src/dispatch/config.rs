@@ -106,7 +106,6 @@ pub struct DispatchConfig {
     /// `order show --phone`; none: no digest is stored.
     #[command(flatten)]
     pub lookup: crate::lookup::LookupKeysArgs,
-
     /// How often each provider account's balance is asked for (znet: bakiye_kontrol), in
     /// seconds; 0: never (the balance still comes with every placement).
     #[arg(

@@ -10,7 +10,8 @@
 //! provider account is not configured, its product is not one the provider sells) is
 //! dead-lettered *and* answered `failed` (reason `invalid`) on `orders.state`, so that the
 //! shop can refund without reading the DLQ; its order id is claimed as `invalid` first, so
-//! the answer is final for the id. It is answered only when its order id was not claimed
+//! the answer is final for the id, unless an operator replays the event once its account or
+//! product is known (`orderflow dlq replay`: see `refuse.rs`). It is answered only when its order id was not claimed
 //! before: a conflicting duplicate of an existing order (other content, another account,
 //! or an unplaceable event reusing its id) is dead-lettered only, because the order it
 //! collides with has an answer of its own, and a `failed` under that order id would

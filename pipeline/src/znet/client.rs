@@ -85,7 +85,7 @@ impl ZnetClient {
                     Failure::NoAnswer(self.timed_out())
                 } else if e.is_connect() || e.is_builder() {
                     // A connect timeout lands here too: nothing was sent.
-                    Failure::NotSent(e.to_string())
+                    Failure::NotSent(with_cause(&e))
                 } else {
                     Failure::NoAnswer(e.to_string())
                 }
@@ -99,6 +99,22 @@ impl ZnetClient {
             }
         })?;
         Ok((status, body))
+    }
+}
+
+/// The error and its innermost cause (`error sending request: Connection refused (os error
+/// 111)`): reqwest's own text does not say why. The causes are the connector's and the
+/// operating system's, which carry no URL.
+fn with_cause(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let (text, why) = (e.to_string(), cause.to_string());
+    if why == text || text.contains(&why) {
+        text
+    } else {
+        format!("{text}: {why}")
     }
 }
 
@@ -230,7 +246,11 @@ mod tests {
         )
         .unwrap();
         match down.place(&placement).await {
-            PlaceOutcome::Transient { detail } => assert!(!detail.contains("timeout"), "{detail}"),
+            PlaceOutcome::Transient { detail } => {
+                assert!(!detail.contains("timeout"), "{detail}");
+                assert!(detail.contains("refused"), "says why: {detail}");
+                assert!(!detail.contains("127.0.0.1"), "no URL: {detail}");
+            }
             other => panic!("{other:?}"),
         }
     }

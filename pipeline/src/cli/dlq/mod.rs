@@ -3,7 +3,7 @@
 //! `list` and `show` only read the DLQ topic ([`crate::kafka::dlq::read`]); `replay` also
 //! records what it sent in the database ([`crate::kafka::dlq::replay`]). Arguments are
 //! taken as text and checked here, so a bad one is answered with one sentence. The text is
-//! written by [`render`], which masks secret-named fields (G5).
+//! written by `render.rs`, which masks secret-named fields (G5).
 
 mod render;
 
@@ -95,7 +95,7 @@ pub enum DlqError {
     Reason(#[from] UnknownReason),
     #[error("{flag} takes an RFC 3339 time (2026-12-17T09:00:00Z) or an age like 30m or 2h; got {value:?}")]
     Time { flag: &'static str, value: String },
-    #[error("the time window is empty: --since {since} is not before --until {until}")]
+    #[error("the time window is empty: --since {} is not before --until {}", .since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), .until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))]
     EmptyWindow {
         since: DateTime<Utc>,
         until: DateTime<Utc>,

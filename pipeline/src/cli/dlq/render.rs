@@ -24,10 +24,10 @@ pub fn list(kafka: &KafkaConfig, filter: &Filter, entries: &[Entry]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} ({}): {} entries{}",
+        "{} ({}): {}{}",
         kafka.topic(name::ORDERS_DLQ),
         prefix_note(kafka),
-        entries.len(),
+        count(entries.len()),
         filter_note(filter)
     );
     if entries.is_empty() {
@@ -155,10 +155,10 @@ pub fn mask(json: &mut Value) {
 /// What a replay is about to do.
 pub fn replay_header(kafka: &KafkaConfig, entries: &[Entry], options: Options) -> String {
     let mut out = format!(
-        "{} ({}): {} entries to replay at up to {} per second{}\n",
+        "{} ({}): {} to replay at up to {} per second{}\n",
         kafka.topic(name::ORDERS_DLQ),
         prefix_note(kafka),
-        entries.len(),
+        count(entries.len()),
         options.per_second,
         match (options.dry_run, options.again) {
             (true, _) => "; dry run: nothing is sent or recorded",
@@ -265,6 +265,14 @@ fn filter_note(f: &Filter) -> String {
         String::new()
     } else {
         format!(" matching {}", parts.join(", "))
+    }
+}
+
+fn count(n: usize) -> String {
+    if n == 1 {
+        "1 entry".into()
+    } else {
+        format!("{n} entries")
     }
 }
 

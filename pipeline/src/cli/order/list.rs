@@ -11,6 +11,7 @@ use crate::db::DbConfig;
 use chrono::{DateTime, Utc};
 use std::process::ExitCode;
 use std::time::Duration;
+use uuid::Uuid;
 
 /// The lifecycle states an order can be listed by.
 const STATES: [&str; 6] = [
@@ -105,13 +106,12 @@ pub async fn run(args: ListArgs) -> Result<ExitCode, CliError> {
     };
     let pool = args.db.connect().await?;
     let found = find::list(&pool, &filter, &args.rule.scan()).await?;
-    if args.json {
-        for order in &found {
-            println!("{}", json(order));
-        }
+    let text = if args.json {
+        found.iter().map(|o| json(o) + "\n").collect()
     } else {
-        print!("{}", table(&found));
-    }
+        table(&found)
+    };
+    super::emit(&text)?;
     if found.is_empty() {
         eprintln!("no order matches");
     } else if found.len() as i64 == args.limit {
@@ -154,7 +154,7 @@ fn note(o: &OrderSummary) -> String {
         return reason.clone();
     }
     match o.failing_since {
-        Some(since) => format!("failing {}", age(o.now - since)),
+        Some(since) => format!("held {}", age(o.now - since)),
         None => String::new(),
     }
 }
@@ -162,7 +162,7 @@ fn note(o: &OrderSummary) -> String {
 /// The orders as an aligned table with a header, every line at most [`WIDTH`] columns.
 pub fn table(orders: &[OrderSummary]) -> String {
     // ORDER, STATE, AGE, TENANT, ACCOUNT, REFERENCE; NOTE takes what is left.
-    const WIDTHS: [usize; 6] = [36, 10, 4, 8, 10, 9];
+    const WIDTHS: [usize; 6] = [36, 10, 4, 8, 11, 9];
     let note_width = WIDTH - WIDTHS.iter().map(|w| w + 2).sum::<usize>();
     let line = |cells: [&str; 7]| {
         let mut text = String::new();
@@ -195,40 +195,64 @@ pub fn table(orders: &[OrderSummary]) -> String {
     out
 }
 
-fn time(at: Option<DateTime<Utc>>) -> serde_json::Value {
-    at.map_or(serde_json::Value::Null, |at| at.to_rfc3339().into())
+/// One line of `--json`: fields in the table's order first, times in RFC 3339.
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    order_id: Uuid,
+    state: &'a str,
+    age_seconds: i64,
+    tenant_id: Option<&'a str>,
+    provider_account: &'a str,
+    provider_reference: &'a str,
+    failure_reason: Option<&'a str>,
+    stuck: Option<JsonStuck>,
+    attempts: i32,
+    received_at: String,
+    updated_at: String,
+    next_check_at: Option<String>,
+    deadline: String,
+    last_error: Option<&'a str>,
+    failing_since: Option<String>,
 }
 
-/// One order as a JSON object: the table's fields and the rest, times in RFC 3339.
-pub fn json(o: &OrderSummary) -> serde_json::Value {
-    serde_json::json!({
-        "order_id": o.order_id,
-        "tenant_id": o.tenant_id,
-        "provider_account": o.provider_account,
-        "provider_reference": o.provider_reference,
-        "state": o.state,
-        "failure_reason": o.failure_reason,
-        "attempts": o.attempts,
-        "received_at": time(Some(o.received_at)),
-        "age_seconds": (o.now - o.received_at).num_seconds(),
-        "updated_at": time(Some(o.updated_at)),
-        "next_check_at": time(o.next_check_at),
-        "deadline": time(Some(o.deadline)),
-        "last_error": o.last_error,
-        "failing_since": time(o.failing_since),
-        "stuck": o.stuck.map(|s| serde_json::json!({
-            "step": s.step.as_str(),
-            "due_at": s.due.to_rfc3339(),
-            "overdue_seconds": s.overdue.as_secs(),
-        })),
-    })
+#[derive(serde::Serialize)]
+struct JsonStuck {
+    step: &'static str,
+    due_at: String,
+    overdue_seconds: u64,
+}
+
+/// One order as one line of JSON: the table's fields and the rest.
+pub fn json(o: &OrderSummary) -> String {
+    let time = |at: DateTime<Utc>| at.to_rfc3339();
+    let line = JsonLine {
+        order_id: o.order_id,
+        state: &o.state,
+        age_seconds: (o.now - o.received_at).num_seconds(),
+        tenant_id: o.tenant_id.as_deref(),
+        provider_account: &o.provider_account,
+        provider_reference: &o.provider_reference,
+        failure_reason: o.failure_reason.as_deref(),
+        stuck: o.stuck.map(|s| JsonStuck {
+            step: s.step.as_str(),
+            due_at: time(s.due),
+            overdue_seconds: s.overdue.as_secs(),
+        }),
+        attempts: o.attempts,
+        received_at: time(o.received_at),
+        updated_at: time(o.updated_at),
+        next_check_at: o.next_check_at.map(time),
+        deadline: time(o.deadline),
+        last_error: o.last_error.as_deref(),
+        failing_since: o.failing_since.map(time),
+    };
+    serde_json::to_string(&line).expect("a JSON line always serializes")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::stuck::{Progress, Step, Stuck};
-    use uuid::Uuid;
 
     fn summary(now: DateTime<Utc>) -> OrderSummary {
         OrderSummary {
@@ -279,8 +303,8 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("ORDER") && lines[0].ends_with("NOTE"));
         assert!(lines[1].starts_with(&stuck.order_id.to_string()));
-        assert!(lines[1].contains("processing  1h    a-tenan…  znet-main…  100000042  stuck 4m"));
-        assert!(lines[2].ends_with("failing 30m"), "{}", lines[2]);
+        assert!(lines[1].contains("processing  1h    a-tenan…  znet-main-…  100000042  stuck 4m"));
+        assert!(lines[2].ends_with("held 30m"), "{}", lines[2]);
         assert!(lines[3].ends_with("rejected"), "{}", lines[3]);
     }
 
@@ -288,16 +312,17 @@ mod tests {
     fn a_json_line_has_every_field_and_no_pin() {
         let now = Utc::now();
         let o = summary(now);
-        let value = json(&o);
-        let line = value.to_string();
+        let line = json(&o);
         assert!(!line.contains('\n'));
+        assert!(line.starts_with(&format!("{{\"order_id\":\"{}\",\"state\"", o.order_id)));
         let back: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(back["order_id"], o.order_id.to_string());
         assert_eq!(back["age_seconds"], 75 * 60);
         assert_eq!(back["stuck"]["step"], "next_check");
         assert_eq!(back["stuck"]["overdue_seconds"], 240);
         assert!(back.get("pin").is_none() && back.get("pin_encrypted").is_none());
-        let fine = json(&OrderSummary { stuck: None, ..o });
+        let fine: serde_json::Value =
+            serde_json::from_str(&json(&OrderSummary { stuck: None, ..o })).unwrap();
         assert!(fine["stuck"].is_null());
     }
 

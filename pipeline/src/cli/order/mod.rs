@@ -41,6 +41,17 @@ pub async fn run(command: OrderCommand) -> Result<ExitCode, CliError> {
     }
 }
 
+/// Writes `text` to stdout. A reader that went away (`| head`) ends the output quietly:
+/// it has what it wanted.
+pub(crate) fn emit(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Output(e)),
+        _ => Ok(()),
+    }
+}
+
 /// Parses a human duration: `90s`, `10m`, `2h`, `3d`, `250ms`.
 pub(crate) fn parse_age(text: &str) -> Result<std::time::Duration, String> {
     let trimmed = text.trim();

@@ -80,14 +80,15 @@ pub async fn run(args: ShowArgs) -> Result<ExitCode, CliError> {
             (None, None) => CliError::NoMatch("phone number"),
         });
     }
-    if journeys.len() > 1 {
-        println!("{} orders, newest first", journeys.len());
-    }
     let texts: Result<Vec<String>, RevealError> = journeys
         .iter()
         .map(|j| render(j, now, keys.as_ref()))
         .collect();
-    print!("{}", texts?.join("\n"));
+    let mut text = texts?.join("\n");
+    if journeys.len() > 1 {
+        text.insert_str(0, &format!("{} orders, newest first\n", journeys.len()));
+    }
+    super::emit(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -170,21 +170,20 @@ pub async fn run(args: SubmitArgs) -> Result<ExitCode, CliError> {
         println!();
         print!("{}", super::render(j, Utc::now(), None)?);
     }
-    Ok(
-        match (done, journey.as_ref().and_then(|j| j.state.as_deref())) {
-            (true, Some("completed")) => ExitCode::SUCCESS,
-            (true, _) => ExitCode::from(EXIT_FAILED),
-            (false, state) => {
-                eprintln!(
-                    "error: order {} is not final after {} (state: {})",
-                    order.order_id,
-                    crate::core::schedule::label(args.timeout),
-                    state.unwrap_or("not recorded yet")
-                );
-                ExitCode::from(EXIT_TIMED_OUT)
-            }
-        },
-    )
+    let state = journey.as_ref().and_then(state_of);
+    Ok(match (done, state) {
+        (true, Some("completed")) => ExitCode::SUCCESS,
+        (true, _) => ExitCode::from(EXIT_FAILED),
+        (false, state) => {
+            eprintln!(
+                "error: order {} is not final after {} (state: {})",
+                order.order_id,
+                crate::core::schedule::label(args.timeout),
+                state.unwrap_or("not received yet")
+            );
+            ExitCode::from(EXIT_TIMED_OUT)
+        }
+    })
 }
 
 /// Publishes the event keyed by its order id, as a shop does; where it landed.
@@ -217,6 +216,16 @@ async fn publish(
     }
 }
 
+/// The order's lifecycle state: its row in `orders`, or before the sink wrote it, what its
+/// claim implies (as `order list` shows it).
+fn state_of(j: &Journey) -> Option<&str> {
+    j.state.as_deref().or(match j.placement.as_deref()? {
+        "new" | "placing" => Some("received"),
+        "placed" => Some("dispatched"),
+        _ => Some("failed"),
+    })
+}
+
 /// Whether a journey is final.
 fn is_final(j: &Journey) -> bool {
     matches!(j.state.as_deref(), Some("completed" | "failed"))
@@ -234,7 +243,7 @@ async fn follow(
     loop {
         let journey = journey::get(pool, order_id).await?;
         if let Some(j) = &journey {
-            let now = j.state.clone().or_else(|| j.placement.clone());
+            let now = state_of(j).map(str::to_owned);
             if now.is_some() && now != told {
                 let elapsed = start.elapsed().as_secs_f64();
                 eprintln!("{elapsed:>6.1}s  {}", now.as_deref().unwrap_or_default());

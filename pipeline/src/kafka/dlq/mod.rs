@@ -7,7 +7,7 @@
 //! | `replay.rs` | [`replay`]: entries sent back to their source topic, each recorded once      |
 //!
 //! An entry is the original record (key, payload, headers) with `orderflow.dlq.*` headers
-//! saying why, by which stage and from where; `orderflow dlq` (`cli/dlq.rs`, docs/dlq.md)
+//! saying why, by which stage and from where; `orderflow dlq` (`cli/dlq/`, docs/dlq.md)
 //! lists, shows and replays them.
 
 pub mod read;

@@ -231,7 +231,8 @@ pub enum ReadError {
         topic: String,
         left: String,
         within: Duration,
-        last: Option<KafkaError>,
+        /// The last error the client reported meanwhile, as text.
+        last: Option<String>,
     },
 }
 
@@ -435,7 +436,7 @@ impl Reader {
                     left.remove(&p);
                 }
                 // librdkafka retries by itself; the deadline bounds how long.
-                Some(Err(e)) => last = Some(e),
+                Some(Err(e)) => last = Some(e.to_string()),
                 Some(Ok(m)) => {
                     let Some(&high) = left.get(&m.partition()) else {
                         continue;

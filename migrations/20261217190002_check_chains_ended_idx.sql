@@ -1,6 +1,6 @@
 -- no-transaction
 -- The chains that ended in the last minutes, for the status page's throughput
--- (20261217000601_check_chain_ended_at.sql says why a column of its own). Partial: open
+-- (20261217190001_check_chain_ended_at.sql says why a column of its own). Partial: open
 -- chains have no entry, and an ended chain gets one, once.
 --
 -- Built CONCURRENTLY so that the poll stage keeps writing `check_chains` meanwhile (hence
