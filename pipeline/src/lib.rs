@@ -21,6 +21,8 @@
 //!   of each account (balance, breaker, caps, recent answers) written to PostgreSQL for
 //!   `orderflow accounts`, and the scheduled balance checks.
 //! - [`metrics`]: Prometheus metrics and the /metrics, /healthz, /readyz server.
+//! - [`status`]: the read-only status page (`orderflow status-page`): a snapshot of
+//!   PostgreSQL and Kafka, rendered for people, refreshed by a small script.
 //! - [`telemetry`]: OpenTelemetry traces across stages through Kafka headers (off unless
 //!   an OTLP endpoint is configured).
 //! - [`secret`], [`shutdown`]: values that never print; the shutdown signal.
@@ -50,6 +52,7 @@ pub mod provider;
 pub mod secret;
 pub mod shutdown;
 pub mod sink;
+pub mod status;
 pub mod telemetry;
 #[cfg(feature = "testbed")]
 pub mod testbed;

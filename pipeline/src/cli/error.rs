@@ -12,6 +12,7 @@ use crate::poll::reconcile::ReconcileError;
 use crate::poll::PollError;
 use crate::provider::accounts::AccountsError;
 use crate::sink::SinkError;
+use crate::status::StatusPageError;
 
 use super::accounts::AccountsCliError;
 use super::dlq::DlqError;
@@ -45,6 +46,8 @@ pub enum CliError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     PinKey(#[from] PinKeyError),
+    #[error(transparent)]
+    StatusPage(#[from] StatusPageError),
     #[error(transparent)]
     Reveal(#[from] RevealError),
     #[error(transparent)]

@@ -2,8 +2,8 @@
 //! four stages ([`stage`]: dispatch, poll, reconcile, sink, with their shared start-up),
 //! [`order`] (`order show`, `list` and `submit`), [`dlq`] (list, show and replay the
 //! dead-letter queue), [`accounts`] (the provider accounts' status, credentials check
-//! and product list), [`pin_key`], and, with the `testbed` feature, the test bed's
-//! `load`, `bench` and `sim-znet` (`testbed`).
+//! and product list), [`pin_key`], [`status_page`] (the read-only status page), and,
+//! with the `testbed` feature, the test bed's `load`, `bench` and `sim-znet` (`testbed`).
 //!
 //! Owns the clap types ([`Cli`], [`Command`]) and hands each command to its module. The
 //! binary (`src/main.rs`) only parses, sets up logging and the runtime, and prints a
@@ -17,6 +17,7 @@ pub mod migrate;
 pub mod order;
 pub mod pin_key;
 pub mod stage;
+pub mod status_page;
 #[cfg(feature = "testbed")]
 pub mod testbed;
 pub mod topics;
@@ -30,6 +31,7 @@ use crate::metrics::MetricsConfig;
 use crate::poll::reconcile::ReconcileConfig;
 use crate::poll::PollConfig;
 use crate::sink::SinkConfig;
+use crate::status::StatusPageConfig;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -134,6 +136,18 @@ pub enum Command {
         #[command(subcommand)]
         command: pin_key::PinKeyCommand,
     },
+    /// Serve a read-only status page: throughput, open orders, retry depth per tier, stuck
+    /// orders, dead letters by reason and the provider accounts (on 127.0.0.1 by default).
+    StatusPage {
+        #[command(flatten)]
+        kafka: KafkaConfig,
+        #[command(flatten)]
+        db: DbConfig,
+        #[command(flatten)]
+        page: StatusPageConfig,
+        #[command(flatten)]
+        stuck: order::StuckArgs,
+    },
     /// Publish a realistic load of orders and follow each until the pipeline answers it.
     #[cfg(feature = "testbed")]
     Load {
@@ -168,6 +182,7 @@ impl Command {
             Command::Accounts { .. } => "accounts",
             Command::Dlq { .. } => "dlq",
             Command::PinKey { .. } => "pin-key",
+            Command::StatusPage { .. } => "status-page",
             #[cfg(feature = "testbed")]
             Command::Load { .. } => "load",
             #[cfg(feature = "testbed")]
@@ -211,6 +226,12 @@ pub async fn run(command: Command) -> Result<ExitCode, CliError> {
         Command::Accounts { command } => accounts::run(command).await,
         Command::Dlq { command } => dlq::run(command).await,
         Command::PinKey { command } => pin_key::run(command),
+        Command::StatusPage {
+            kafka,
+            db,
+            page,
+            stuck,
+        } => status_page::run(kafka, db, page, stuck).await,
         #[cfg(feature = "testbed")]
         Command::Load { kafka, load } => testbed::load(kafka, load).await,
         #[cfg(feature = "testbed")]

@@ -125,6 +125,7 @@ pub async fn finish_step(
         "UPDATE check_chains
             SET step_done = true, attempts = $4, version = $5, next_check_at = $6,
                 final_state = $7, tier = $8, lease_owner = NULL, lease_until = NULL,
+                ended_at = CASE WHEN $7::text IS NULL THEN NULL ELSE now() END,
                 dead_lettered = 0, updated_at = now(), last_error = COALESCE($9, last_error),
                 failing_since = CASE WHEN $9::text IS NULL THEN NULL
                                      ELSE COALESCE(failing_since, now()) END
@@ -461,6 +462,7 @@ pub async fn finish_steps(
         "UPDATE check_chains c
             SET step_done = true, attempts = t.attempts, version = t.version,
                 next_check_at = t.next_check_at, final_state = t.final_state, tier = t.tier,
+                ended_at = CASE WHEN t.final_state IS NULL THEN NULL ELSE now() END,
                 lease_owner = NULL, lease_until = NULL, dead_lettered = 0, updated_at = now(),
                 last_error = COALESCE(t.error, c.last_error),
                 failing_since = CASE WHEN t.error IS NULL THEN NULL

@@ -14,6 +14,7 @@ pub mod claims;
 pub mod find;
 pub mod journey;
 pub mod orders;
+pub mod overview;
 pub mod replays;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -4,9 +4,10 @@
 use super::PollError;
 use crate::account_status::AccountStatusConfig;
 use crate::core::schedule::{self, Schedule, ScheduleError};
+use crate::kafka::lag::GroupLag;
 use crate::kafka::stage::StageConfig;
 use crate::kafka::topics::name;
-use crate::kafka::KafkaConfig;
+use crate::kafka::{KafkaConfig, KafkaSetupError};
 use crate::pin::PinKeys;
 use std::path::PathBuf;
 
@@ -53,6 +54,55 @@ pub fn tier_topics(kafka: &KafkaConfig, schedule: &Schedule) -> Vec<String> {
         .iter()
         .map(|label| kafka.topic(&name::status_check(label)))
         .collect()
+}
+
+/// Where the orders waiting for a status check are counted: the poll group's lag on
+/// `orders.dispatched` (label `first`) and on each tier topic. Read by `orderflow
+/// status-page`, `load` and `bench`, which name the poll stage's group and tiers.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DepthConfig {
+    /// Consumer group of the poll stage; default `orderflow.poll` after the topic prefix.
+    #[arg(long = "poll-group", env = "ORDERFLOW_POLL_GROUP")]
+    pub poll_group: Option<String>,
+    /// The poll stage's tiers, to name their topics.
+    #[arg(long = "check-tiers", env = "ORDERFLOW_CHECK_TIERS", default_value = DEFAULT_CHECK_TIERS)]
+    pub check_tiers: String,
+}
+
+/// Why the poll group's lag cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DepthError {
+    #[error("--check-tiers is invalid: {0}")]
+    Tiers(ScheduleError),
+    #[error(transparent)]
+    Setup(#[from] KafkaSetupError),
+}
+
+impl DepthConfig {
+    /// (label, full topic name): `first` for `orders.dispatched`, then one per tier.
+    pub fn topics(&self, kafka: &KafkaConfig) -> Result<Vec<(String, String)>, DepthError> {
+        let tiers = schedule::parse_tiers(&self.check_tiers).map_err(DepthError::Tiers)?;
+        let mut topics = vec![("first".to_owned(), kafka.topic(name::ORDERS_DISPATCHED))];
+        for delay in tiers {
+            let label = schedule::label(delay);
+            topics.push((label.clone(), kafka.topic(&name::status_check(&label))));
+        }
+        Ok(topics)
+    }
+
+    /// The poll stage's consumer group: the one set, or the default after the topic prefix.
+    pub fn group(&self, kafka: &KafkaConfig) -> String {
+        kafka.group(self.poll_group.as_deref(), DEFAULT_GROUP)
+    }
+
+    /// The poll group's lag reader, labels `first` then one per tier.
+    pub fn lag(&self, kafka: &KafkaConfig) -> Result<GroupLag, DepthError> {
+        Ok(GroupLag::new(
+            kafka,
+            &self.group(kafka),
+            self.topics(kafka)?,
+        )?)
+    }
 }
 
 /// Settings of the poll stage (flags or environment variables).

@@ -29,7 +29,7 @@
 //!
 //! | file           | owns                                                              |
 //! |----------------|-------------------------------------------------------------------|
-//! | `config.rs`    | [`PollConfig`], [`ScheduleConfig`], defaults, the tier topics       |
+//! | `config.rs`    | [`PollConfig`], [`ScheduleConfig`], [`DepthConfig`], defaults, tiers |
 //! | `error.rs`     | [`PollError`], the stage's start-up errors                        |
 //! | `decide.rs`    | [`decide`]: the table above, pure                                 |
 //! | `effects.rs`   | what a decision makes: state event, next step, chain record; pure |
@@ -51,7 +51,10 @@ pub mod reconcile;
 mod run;
 mod step;
 
-pub use config::{tier_topics, PollConfig, ScheduleConfig, DEFAULT_CHECK_TIERS, DEFAULT_GROUP};
+pub use config::{
+    tier_topics, DepthConfig, DepthError, PollConfig, ScheduleConfig, DEFAULT_CHECK_TIERS,
+    DEFAULT_GROUP,
+};
 pub use decide::{decide, Decision};
 pub use due::{due_at, hold_at_most};
 pub use error::PollError;

@@ -58,8 +58,9 @@ pub struct ListArgs {
 
 /// What the stuck rule needs to know of the stages' settings: the same variables, so a
 /// command run with the deployment's environment judges by the deployment's schedule.
+/// Also flattened into `orderflow status-page`.
 #[derive(clap::Args)]
-struct StuckArgs {
+pub struct StuckArgs {
     /// How far past its due time an order's next step may be before the order is stuck.
     #[arg(long = "stuck-grace", env = "ORDERFLOW_STUCK_GRACE", default_value = "2m", value_parser = parse_age)]
     grace: Duration,
@@ -81,7 +82,7 @@ struct StuckArgs {
 }
 
 impl StuckArgs {
-    fn scan(&self) -> StuckScan {
+    pub fn scan(&self) -> StuckScan {
         StuckScan {
             allowance: Allowance {
                 first_check: self.first_check,

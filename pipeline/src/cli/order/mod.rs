@@ -8,6 +8,7 @@ mod list;
 mod show;
 mod submit;
 
+pub use list::StuckArgs;
 pub use show::{render, RevealError};
 pub use submit::SubmitError;
 

@@ -52,7 +52,7 @@ pub(super) async fn memory(
     mut shutdown: Shutdown,
 ) -> Result<String, BenchError> {
     kafka.check_reachable()?;
-    let lag = depth.lag(kafka)?;
+    let lag = depth.lag(kafka).map_err(LoadError::from)?;
     let tiers =
         schedule::parse_tiers(&depth.check_tiers).map_err(|e| LoadError::Tiers(e.to_string()))?;
     let topics: Vec<String> = tiers

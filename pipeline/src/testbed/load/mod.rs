@@ -24,11 +24,8 @@
 //! rendering, `progress.rs` the live line.
 
 use crate::core::event::{OrderCreated, SCHEMA_VERSION};
-use crate::core::schedule;
 use crate::core::seeded::Seeded;
-use crate::kafka::lag::GroupLag;
-use crate::kafka::topics::name;
-use crate::kafka::{KafkaConfig, KafkaSetupError};
+use crate::kafka::KafkaSetupError;
 use chrono::Utc;
 use rdkafka::error::KafkaError;
 use std::collections::BTreeMap;
@@ -41,6 +38,7 @@ mod report;
 mod rows;
 mod run;
 
+pub use crate::poll::DepthConfig;
 pub use report::{human, latency_table, percentile, LoadReport};
 pub use run::run;
 
@@ -70,36 +68,6 @@ pub struct LoadConfig {
     pub until: Until,
     #[command(flatten)]
     pub depth: DepthConfig,
-}
-
-/// Where the orders waiting for a status check are counted: the poll group's lag on
-/// `orders.dispatched` (label `first`) and on each tier topic.
-#[derive(Clone, Debug, clap::Args)]
-pub struct DepthConfig {
-    /// Consumer group of the poll stage; default `orderflow.poll` after the topic prefix.
-    #[arg(long = "poll-group", env = "ORDERFLOW_POLL_GROUP")]
-    pub poll_group: Option<String>,
-    /// The poll stage's tiers, to name their topics.
-    #[arg(long = "check-tiers", env = "ORDERFLOW_CHECK_TIERS", default_value = crate::poll::DEFAULT_CHECK_TIERS)]
-    pub check_tiers: String,
-}
-
-impl DepthConfig {
-    /// The poll group's lag reader, labels `first` then one per tier.
-    pub fn lag(&self, kafka: &KafkaConfig) -> Result<GroupLag, LoadError> {
-        let tiers = schedule::parse_tiers(&self.check_tiers)
-            .map_err(|e| LoadError::Tiers(e.to_string()))?;
-        let mut topics = vec![("first".to_owned(), kafka.topic(name::ORDERS_DISPATCHED))];
-        for delay in tiers {
-            let label = schedule::label(delay);
-            topics.push((label.clone(), kafka.topic(&name::status_check(&label))));
-        }
-        Ok(GroupLag::new(
-            kafka,
-            &kafka.group(self.poll_group.as_deref(), crate::poll::DEFAULT_GROUP),
-            topics,
-        )?)
-    }
 }
 
 /// Offered load: a steady rate, or as fast as the broker acknowledges.
@@ -149,6 +117,8 @@ pub enum LoadError {
     Share(&'static str),
     #[error("--check-tiers is invalid: {0}")]
     Tiers(String),
+    #[error(transparent)]
+    Depth(#[from] crate::poll::DepthError),
 }
 
 /// How one published event ended.

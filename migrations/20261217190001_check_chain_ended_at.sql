@@ -1,0 +1,13 @@
+-- When a check chain ended (its order became completed or failed after placement), for the
+-- status page's throughput (`db::overview::finished_recently`): set once, by the step that
+-- ends the chain, and never changed again.
+--
+-- Why a column of its own rather than an index on `updated_at` (of `check_chains` or of
+-- `orders`): PostgreSQL 15 keeps an update on its page (HOT) only when no indexed column
+-- changes, and `updated_at` changes at every write. An index on it would make every
+-- rewrite of an `orders` row non-HOT again (see 20261202000004_orders_hot_updates.sql) and
+-- every `begin_step` of a chain too. `ended_at` changes only in the step that ends the
+-- chain, which changes the indexed `next_check_at` and `final_state` anyway.
+-- Chains that ended before this migration keep NULL: they are older than the page's
+-- 15 minutes soon after.
+ALTER TABLE check_chains ADD COLUMN ended_at timestamptz;
