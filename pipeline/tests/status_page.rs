@@ -592,7 +592,7 @@ fn bad_arguments_get_one_sentence_and_a_non_zero_exit() {
     let first = stderr.lines().next().unwrap();
     assert!(
         first.contains("\"nonsense\" is not an address to listen on")
-            && first.contains("127.0.0.1:8090"),
+            && first.contains("127.0.0.1:9480"),
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");

@@ -44,7 +44,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The page's address, which defaults to loopback only.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8090";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9480";
 
 /// Settings of `orderflow status-page` besides the database and Kafka ones.
 #[derive(Clone, Debug, clap::Args)]
