@@ -169,6 +169,10 @@ start() {
   write_props
   format_once
   [[ -f $LOG ]] && mv -f "$LOG" "$LOG.1"
+  # Every partition keeps its segment, index and time-index files open: a test run makes
+  # thousands of partitions, and at the usual 20,000 descriptors the broker stopped with
+  # "Too many open files" (all log dirs failed). Raise the limit as far as allowed.
+  ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   # setsid+nohup: the broker must outlive this script and its terminal; 9>&-
   # keeps it from inheriting (and forever holding) the start/stop lock.
   setsid nohup "${JAVA[@]}" kafka.Kafka "$PROPS" >"$LOG" 2>&1 </dev/null 9>&- &
