@@ -438,8 +438,9 @@ pub async fn begin_steps(
     .await
 }
 
-/// [`finish_step`] for many steps of `owner`, in one statement. Returns the orders whose
-/// step it recorded; one missing was taken over by another worker.
+/// [`finish_step`] for many steps of `owner`, in one statement (hash-joined to the batch:
+/// [`super::batch_update`]). Returns the orders whose step it recorded; one missing was
+/// taken over by another worker.
 pub async fn finish_steps(
     pool: &PgPool,
     owner: Uuid,
@@ -458,7 +459,8 @@ pub async fn finish_steps(
         .collect();
     let tiers: Vec<Option<&str>> = sorted.iter().map(|(.., e)| e.tier.as_deref()).collect();
     let errors: Vec<Option<&str>> = sorted.iter().map(|(.., e)| e.error.as_deref()).collect();
-    sqlx::query_scalar(
+    let mut tx = super::batch_update(pool).await?;
+    let done = sqlx::query_scalar(
         "UPDATE check_chains c
             SET step_done = true, attempts = t.attempts, version = t.version,
                 next_check_at = t.next_check_at, final_state = t.final_state, tier = t.tier,
@@ -487,6 +489,8 @@ pub async fn finish_steps(
     .bind(&finals)
     .bind(&tiers)
     .bind(&errors)
-    .fetch_all(pool)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(done)
 }

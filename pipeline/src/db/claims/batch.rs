@@ -83,8 +83,9 @@ pub struct Outcome<'a> {
     pub message: Option<&'a str>,
 }
 
-/// [`settle`] for many orders leased to `owner`, in one statement. Returns the claims it
-/// recorded; an order missing from the answer passed to another owner.
+/// [`settle`] for many orders leased to `owner`, in one statement (hash-joined to the batch:
+/// [`crate::db::batch_update`]). Returns the claims it recorded; an order missing from the
+/// answer passed to another owner.
 pub async fn settle_batch(
     pool: &PgPool,
     owner: Uuid,
@@ -106,6 +107,7 @@ pub async fn settle_batch(
         .collect();
     let codes: Vec<Option<&str>> = sorted.iter().map(|o| o.code).collect();
     let messages: Vec<Option<&str>> = sorted.iter().map(|o| o.message).collect();
+    let mut tx = crate::db::batch_update(pool).await?;
     let rows: Vec<ClaimRow> = sqlx::query_as(
         "UPDATE dispatch_claims c
             SET phase = t.phase, outcome_code = t.code, outcome_message = t.message,
@@ -125,8 +127,9 @@ pub async fn settle_batch(
     .bind(&phases)
     .bind(&codes)
     .bind(&messages)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     rows.into_iter().map(ClaimRow::into_claim).collect()
 }
 
