@@ -6,7 +6,7 @@
 #                           [--dispatch N] [--poll N] [--in-flight N]
 #   ops/bench.sh memory [--waiting N]
 #
-# throughput (default: 100,000 orders at `max`, provider latency 20 ms, one process per
+# throughput (default: 200,000 orders at `max`, provider latency 20 ms, one process per
 #   stage): the orders through dispatch, two status checks each (first after 1 s, the
 #   next on a 1 s tier; the simulator completes an order at its second check) and the
 #   sink, each followed until its row in PostgreSQL is final; then the raw Kafka ceiling
@@ -37,7 +37,7 @@ say() { echo "bench: $*" >&2; }
 
 mode=${1:-throughput}
 [[ $# -gt 0 ]] && shift
-orders=100000 rate=max latency=20 dispatchers=1 pollers=1 in_flight=256 waiting=1000000
+orders=200000 rate=max latency=20 dispatchers=1 pollers=1 in_flight=256 waiting=1000000
 while [[ $# -gt 0 ]]; do
   [[ $# -ge 2 ]] || die "option $1 needs a value"
   case $1 in
