@@ -74,10 +74,16 @@ fetch() {
   rm -rf "$dir" && mv "$dir.tmp" "$dir"
 }
 
+# The cache is shared by every worker: one fetch at a time (in a subshell, so the worker
+# started afterwards does not inherit the lock).
 fetch_jars() {
-  fetch "$POM" "$LIB" "the Connect worker's jars"
-  # A plugin is a directory under plugin.path; Connect gives it a class loader of its own.
-  fetch "$PLUGIN_POM" "$PLUGINS/debezium-postgres" "the Debezium connector's jars"
+  mkdir -p "$ROOT"
+  (
+    flock 8
+    fetch "$POM" "$LIB" "the Connect worker's jars"
+    # A plugin is a directory under plugin.path; Connect gives it a class loader of its own.
+    fetch "$PLUGIN_POM" "$PLUGINS/debezium-postgres" "the Debezium connector's jars"
+  ) 8>"$ROOT/.fetch.lock"
 }
 
 write_props() {
