@@ -21,14 +21,19 @@ use rdkafka::message::{Headers, Message};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// Orders the shop writer saves, one transaction each, at [`RATE`] per second: about 40 s,
-/// long enough for the worker's first start and two kills with restarts in the middle.
-const ORDERS: usize = 600;
+/// The shop writer saves orders, one transaction each, at [`RATE`] per second, from before
+/// the worker's first start until [`AFTER_LAST_RESTART`] after the second restart has
+/// resumed publishing, so both kills land while it writes however slow the machine; at
+/// least [`MIN_ORDERS`], at most [`MAX_ORDERS`] (the test fails if it gets there).
 const RATE: u64 = 15;
+const MIN_ORDERS: usize = 300;
+const MAX_ORDERS: usize = 2_000;
+const AFTER_LAST_RESTART: Duration = Duration::from_secs(3);
 /// Every so many transactions is rolled back instead of committed: its order was never
 /// saved, so its event must never be published.
 const ROLLED_BACK_EVERY: usize = 25;
@@ -83,6 +88,14 @@ impl Worker {
         ];
         let dir = Path::new(&state).join(format!("connect/worker-{port}"));
         Worker { env, dir, port }
+    }
+
+    /// [`Worker::run`] without holding up the runtime's other tasks (the shop writer, the
+    /// reader, dispatch), its output trimmed.
+    fn script(&self, verb: &str) -> String {
+        tokio::task::block_in_place(|| self.run(verb))
+            .trim()
+            .to_owned()
     }
 
     /// Runs `connect.sh VERB`, failing the test with its output if it fails.
@@ -209,13 +222,16 @@ struct Written {
 
 /// The shop: each order is saved in its own table and its event in the outbox, in one
 /// transaction, as docs/outbox.md shows.
-async fn write_orders(pool: sqlx::PgPool) -> Written {
+async fn write_orders(pool: sqlx::PgPool, stop: Arc<AtomicBool>) -> Written {
     let mut written = Written {
         committed: Vec::new(),
         rolled_back: Vec::new(),
     };
     let mut tick = tokio::time::interval(Duration::from_millis(1000 / RATE));
-    for i in 0..ORDERS {
+    for i in 0..MAX_ORDERS {
+        if i >= MIN_ORDERS && stop.load(Ordering::Relaxed) {
+            break;
+        }
         tick.tick().await;
         let o = order(["25", "50", "100"][i % 3]);
         let trace = (i % TRACED_EVERY == 0).then(|| traceparent(i));
@@ -291,27 +307,36 @@ async fn every_saved_order_arrives_once_placed_through_connect_kills() {
     let arrivals = read_arrivals(&h);
 
     // The shop writes from before the worker first starts: those orders wait in the slot.
-    let writer = tokio::spawn(write_orders(pool.clone()));
+    let stop_writing = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_orders(pool.clone(), stop_writing.clone()));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let worker = Worker::new(&h, &shop, &slot);
-    eprintln!("{}", worker.run("start").trim());
-    eprintln!("{}", worker.run("register").trim());
+    eprintln!("{}", worker.script("start"));
+    eprintln!("{}", worker.script("register"));
     wait_for_arrivals(&arrivals, 0, 40, "first start").await;
 
     // Two SIGKILLs mid-stream, each followed by a restart; the worker takes its connector
     // back from its configuration topic, without being registered again.
     for kill in 1..=2 {
-        eprintln!("{}", worker.run("kill").trim());
+        eprintln!("{}", worker.script("kill"));
         let at = arrived(&arrivals);
         assert!(
             !writer.is_finished(),
             "kill {kill} came after the shop stopped writing"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
-        eprintln!("{}", worker.run("start").trim());
+        eprintln!("{}", worker.script("start"));
         wait_for_arrivals(&arrivals, at, 30, &format!("restart {kill}")).await;
     }
+    // Where the log was after the last restart: the slot's confirmed position must pass it.
+    let mark = shop.psql("shop", "SELECT pg_current_wal_lsn()");
+    tokio::time::sleep(AFTER_LAST_RESTART).await;
+    stop_writing.store(true, Ordering::Relaxed);
     let written = writer.await.unwrap();
+    assert!(
+        written.committed.len() + written.rolled_back.len() < MAX_ORDERS,
+        "the writer ran out of orders before the restarts were done"
+    );
     let committed: BTreeMap<Uuid, &(OrderCreated, Option<String>)> = written
         .committed
         .iter()
@@ -345,6 +370,23 @@ async fn every_saved_order_arrives_once_placed_through_connect_kills() {
         assert!(!seen.contains(id), "rolled-back order {id} was published");
     }
     assert_eq!(seen.len(), committed.len(), "only saved orders arrive");
+
+    // The connector confirms what it published to the slot, so the server can let go of
+    // the log behind it (a slot never confirmed would keep every byte of it).
+    let confirmed = format!(
+        "SELECT confirmed_flush_lsn >= '{}'::pg_lsn FROM pg_replication_slots \
+         WHERE slot_name = '{slot}'",
+        mark.trim()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shop.psql("shop", &confirmed).trim() != "t" {
+        assert!(
+            Instant::now() < deadline,
+            "the slot's confirmed position has not passed {} within 30 s of the last event",
+            mark.trim()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Each message is the event the shop wrote, keyed by its order id, with its trace.
     let (messages, duplicates) = {
@@ -383,7 +425,7 @@ async fn every_saved_order_arrives_once_placed_through_connect_kills() {
     assert!(dead.is_empty(), "{} events dead-lettered", dead.len());
 
     // G5: the database password is in neither the worker's log nor its REST API.
-    let status = worker.run("connector");
+    let status = worker.script("connector");
     assert!(status.contains("RUNNING"), "{status}");
     let config = worker.rest("/connectors/orderflow-outbox/config").await;
     assert!(config.contains("database.password"), "{config}");
