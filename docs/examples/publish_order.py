@@ -5,9 +5,11 @@ The shop side of the contract in docs/shop-guide.md, runnable as is:
     pip install confluent-kafka
     python3 docs/examples/publish_order.py --brokers 127.0.0.1:9092 --account znet-demo
 
-In a Django view, publish from ``transaction.on_commit`` so an order is announced only
-once it is saved; publishing the same order twice is harmless (same order id, one
-placement), so a retry after an error is always safe.
+This publishes directly, for trying the pipeline and re-sending by hand. In production a
+shop does not publish after saving an order (a crash in between loses the order): it
+writes the event into its database's outbox table in the order's transaction and
+Debezium publishes it (docs/outbox.md). Publishing the same order twice is harmless (same
+order id, one placement), so a retry after an error is always safe.
 
 To try the pipeline before writing a producer, `orderflow order submit ... --wait`
 publishes one order by hand and follows it (docs/shop-guide.md, "A first order by hand").

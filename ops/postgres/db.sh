@@ -40,7 +40,9 @@ start_cluster() {
   if ready; then echo "$ver main" >"$MARKER"; return; fi
   if [[ -z $(cluster_field "$ver" 2) ]]; then
     say "creating the Debian cluster $ver/main on port $PGPORT."
-    pg_createcluster -p "$PGPORT" "$ver" main >/dev/null 9>&-
+    # wal_level=logical: a database of this server can then hold a shop's outbox, read by
+    # Debezium through logical decoding (docs/outbox.md). Changing it later needs a restart.
+    pg_createcluster -p "$PGPORT" -o wal_level=logical "$ver" main >/dev/null 9>&-
   fi
   [[ $(cluster_field "$ver" 4) == online ]] &&
     die "cluster $ver/main is running but does not answer on 127.0.0.1:$PGPORT; check its port and listen_addresses."

@@ -8,6 +8,8 @@ pub struct PrivatePostgres {
     pub dir: PathBuf,
     pub port: u16,
     bin: PathBuf,
+    /// More server settings (`-c name=value ...`), e.g. `wal_level=logical`.
+    settings: String,
 }
 
 fn as_postgres(program: &Path, args: &[&str]) {
@@ -29,6 +31,11 @@ fn as_postgres(program: &Path, args: &[&str]) {
 impl PrivatePostgres {
     /// Creates and starts a throwaway server on a free port of 127.0.0.1.
     pub fn start() -> PrivatePostgres {
+        Self::start_with(&[])
+    }
+
+    /// [`PrivatePostgres::start`] with more server settings (`name=value`).
+    pub fn start_with(settings: &[&str]) -> PrivatePostgres {
         let version = std::fs::read_dir("/usr/lib/postgresql")
             .expect("Debian's PostgreSQL (ops/postgres/db.sh installs it)")
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
@@ -59,16 +66,23 @@ impl PrivatePostgres {
             .local_addr()
             .unwrap()
             .port();
-        let pg = PrivatePostgres { dir, port, bin };
+        let settings = settings.iter().map(|s| format!(" -c {s}")).collect();
+        let pg = PrivatePostgres {
+            dir,
+            port,
+            bin,
+            settings,
+        };
         pg.up();
         pg
     }
 
     fn up(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.settings
         );
         as_postgres(
             &self.bin.join("pg_ctl"),
@@ -109,6 +123,24 @@ impl PrivatePostgres {
         assert!(
             out.status.success(),
             "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the SQL file `file` with `psql -f` against `database`, with psql variables
+    /// `vars` (`-v name=value`), returning its output.
+    pub fn psql_file(&self, database: &str, file: &Path, vars: &[(&str, &str)]) -> String {
+        let mut command = Command::new(self.bin.join("psql"));
+        command.args(["-X", "-A", "-t", "-d", &self.url(database)]);
+        for (name, value) in vars {
+            command.arg("-v").arg(format!("{name}={value}"));
+        }
+        let out = command.arg("-f").arg(file).output().unwrap();
+        assert!(
+            out.status.success(),
+            "psql -f {}: {}",
+            file.display(),
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
