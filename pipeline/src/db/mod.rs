@@ -62,6 +62,10 @@ pub enum DbError {
     InvalidUrl { url: String, reason: String },
     #[error("cannot connect to PostgreSQL at {url} ({source})")]
     Unreachable { url: String, source: sqlx::Error },
+    #[error("TLS with PostgreSQL at {url} failed ({reason}); check sslrootcert in the database URL (the CA that signed the server's certificate) and that the certificate names the URL's host, or sslmode")]
+    Tls { url: String, reason: String },
+    #[error("PostgreSQL at {url} refused the login ({reason}); check the user and password in the database URL")]
+    LoginRefused { url: String, reason: String },
     #[error("applying the migrations failed ({0})")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("a database query failed ({0})")]
@@ -142,6 +146,31 @@ where
     .await
 }
 
+impl DbError {
+    /// A failed first connection, told apart: TLS (a wrong CA, a name the certificate
+    /// lacks, a server without TLS), a refused login, or anything else. The server's
+    /// messages name the user, never the password; they are scrubbed all the same (G5).
+    fn of_connect(url: String, source: sqlx::Error) -> DbError {
+        match &source {
+            // OpenSSL's text names the check that failed and the certificate, no secret.
+            sqlx::Error::Tls(e) => DbError::Tls {
+                url,
+                reason: e.to_string().replace(char::is_control, " "),
+            },
+            // 28P01 invalid_password, 28000 invalid_authorization_specification (pg_hba).
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("28P01" | "28000")) =>
+            {
+                DbError::LoginRefused {
+                    url,
+                    reason: crate::secret::scrub(db.message()),
+                }
+            }
+            _ => DbError::Unreachable { url, source },
+        }
+    }
+}
+
 impl DbConfig {
     pub fn for_tests(url: &str) -> Self {
         DbConfig {
@@ -166,7 +195,7 @@ impl DbConfig {
         let timeout = Duration::from_millis(self.connect_timeout_ms);
         match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
             Ok(Ok(conn)) => drop(conn),
-            Ok(Err(source)) => return Err(DbError::Unreachable { url: shown, source }),
+            Ok(Err(source)) => return Err(DbError::of_connect(shown, source)),
             Err(_) => {
                 return Err(DbError::Unreachable {
                     url: shown,

@@ -96,6 +96,10 @@ pub enum KafkaSetupError {
         waited: Duration,
         reason: String,
     },
+    #[error("TLS with the Kafka cluster at {brokers} failed ({reason}); check ssl.ca.location (the CA that signed the brokers' certificates) and that the certificates name the hosts of --kafka-brokers")]
+    Tls { brokers: String, reason: String },
+    #[error("the Kafka cluster at {brokers} refused the SASL login ({reason}); check sasl.mechanisms, sasl.username and sasl.password")]
+    LoginRefused { brokers: String, reason: String },
     #[error("invalid Kafka client setting ({})", properties::redacted(.0))]
     Client(KafkaError),
     #[error(transparent)]
@@ -259,27 +263,151 @@ impl KafkaConfig {
             .expect("the topic check does not panic")
     }
 
-    /// Fails with one sentence if the cluster does not answer a metadata request in time.
+    /// Fails with one sentence if the cluster does not answer a metadata request in time,
+    /// or at once if it cannot be spoken to: a failed TLS handshake (a wrong
+    /// `ssl.ca.location`, a certificate without the broker's name) or a refused SASL login.
+    /// librdkafka keeps retrying those as it would a broker that is down, and says why
+    /// only to the client's error callback and log, so the probe asks in short steps and
+    /// looks at what its context heard in between. Every other reason it heard (a name
+    /// that does not resolve, a refused connection) goes into the timeout's sentence.
     pub fn check_reachable(&self) -> Result<(), KafkaSetupError> {
         self.properties()?;
-        let probe: BaseConsumer<Context> = self
+        let probe: BaseConsumer<ProbeContext> = self
             .client_config()
-            .create_with_context(Context)
+            .create_with_context(ProbeContext::default())
             .map_err(KafkaSetupError::Client)?;
         let waited = self.connect_timeout();
-        probe
-            .fetch_metadata(None, waited)
-            .map(|_| ())
-            .map_err(|error| KafkaSetupError::Unreachable {
-                brokers: self.brokers.clone(),
-                waited,
-                reason: match error.rdkafka_error_code() {
+        let give_up = std::time::Instant::now() + waited;
+        loop {
+            let left = give_up.saturating_duration_since(std::time::Instant::now());
+            let error = match probe.fetch_metadata(None, left.min(Duration::from_millis(500))) {
+                Ok(_) => return Ok(()),
+                Err(error) => error,
+            };
+            // Serves the client's queued errors (the context's callback below).
+            let _ = probe.poll(Duration::ZERO);
+            let brokers = self.brokers.clone();
+            let reason = match probe.context().seen() {
+                Some(Seen::Tls(reason)) => return Err(KafkaSetupError::Tls { brokers, reason }),
+                Some(Seen::Sasl(reason)) => {
+                    return Err(KafkaSetupError::LoginRefused { brokers, reason })
+                }
+                Some(Seen::Transport(reason)) => reason,
+                None => match error.rdkafka_error_code() {
                     Some(code) => code.to_string(),
                     None => error.to_string(),
                 },
-            })
+            };
+            if std::time::Instant::now() >= give_up {
+                return Err(KafkaSetupError::Unreachable {
+                    brokers,
+                    waited,
+                    reason,
+                });
+            }
+        }
     }
 }
+
+/// Why the startup probe's connections failed, by librdkafka's words: the latest reason,
+/// a TLS or SASL failure outranking the disconnects around it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seen {
+    Tls(String),
+    Sasl(String),
+    /// The connection failed otherwise (refused, closed: a plaintext client at a TLS
+    /// listener ends here, and librdkafka's text says so).
+    Transport(String),
+}
+
+/// The startup probe's client context: logs as [`Context`] does, except what it keeps for
+/// the probe's sentence (why connections failed), which it logs at debug level only.
+#[derive(Default)]
+struct ProbeContext {
+    seen: std::sync::Mutex<Option<Seen>>,
+}
+
+impl ProbeContext {
+    fn seen(&self) -> Option<Seen> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Keeps `seen`, except that a TLS or SASL failure outranks the disconnects around it.
+    fn record(&self, seen: Seen) {
+        let mut slot = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let decided = matches!(&*slot, Some(Seen::Tls(_) | Seen::Sasl(_)));
+        if !(decided && matches!(seen, Seen::Transport(_))) {
+            *slot = Some(seen);
+        }
+    }
+}
+
+impl Seen {
+    /// A connection failure by librdkafka's words (its `FAIL` log lines; the error
+    /// callback does not hear of every one, identical errors are suppressed there).
+    fn of_text(reason: &str) -> Seen {
+        let text = reason_text(reason);
+        if text.contains("SSL handshake failed") || text.contains("certificate verify failed") {
+            Seen::Tls(text)
+        } else if text.contains("SASL authentication error") {
+            Seen::Sasl(text)
+        } else {
+            Seen::Transport(text)
+        }
+    }
+}
+
+/// librdkafka's reason without the broker it names first (`sasl_ssl://host:port/id: `,
+/// the sentence names the brokers) and its `(after 5ms in state X)` tail.
+fn reason_text(reason: &str) -> String {
+    // Log lines carry the thread's name first (`[thrd:sasl_ssl://host:port/id]: `); a
+    // broker is `host:port/id`, with the protocol in front unless it is plaintext.
+    let mut reason = reason;
+    while let Some((broker, rest)) = reason.split_once(": ") {
+        if broker.contains(char::is_whitespace) || !broker.contains('/') {
+            break;
+        }
+        reason = rest;
+    }
+    let reason = match reason.rfind(" (after ") {
+        Some(at) if reason.ends_with(')') => &reason[..at],
+        _ => reason,
+    };
+    reason.replace(char::is_control, " ")
+}
+
+impl ClientContext for ProbeContext {
+    /// A failed connection (facility `FAIL`) is logged at debug and kept: the probe's
+    /// sentence reports it.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if facility != "FAIL" {
+            return Context.log(level, facility, message);
+        }
+        tracing::debug!(target: "librdkafka", facility, "{message}");
+        self.record(Seen::of_text(message));
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let seen = match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::SSL) => Some(Seen::Tls(reason_text(reason))),
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+                Some(Seen::Sasl(reason_text(reason)))
+            }
+            // Says nothing about why.
+            Some(RDKafkaErrorCode::AllBrokersDown) => None,
+            // A name that does not resolve, a refused or broken connection.
+            _ => Some(Seen::of_text(reason)),
+        };
+        // What matters is in the probe's sentence; logged at debug only, so the sentence
+        // is what the operator reads.
+        tracing::debug!(target: "librdkafka", %error, "{reason}");
+        if let Some(seen) = seen {
+            self.record(seen);
+        }
+    }
+}
+
+impl ConsumerContext for ProbeContext {}
 
 /// The client context of every orderflow Kafka client: librdkafka's own log lines go to
 /// `tracing` under the `librdkafka` target, connection churn at debug level (it is
@@ -321,7 +449,41 @@ impl ConsumerContext for Context {}
 
 #[cfg(test)]
 mod tests {
-    use super::KafkaConfig;
+    use super::{reason_text, KafkaConfig, Seen};
+
+    #[test]
+    fn librdkafka_reasons_lose_the_broker_prefix_and_the_state_tail() {
+        assert_eq!(
+            reason_text("sasl_ssl://127.0.0.1:9392/bootstrap: SASL authentication error: Authentication failed (after 12ms in state AUTH_REQ)"),
+            "SASL authentication error: Authentication failed"
+        );
+        assert_eq!(
+            reason_text("[thrd:sasl_ssl://127.0.0.1:9392/bootstrap]: sasl_ssl://127.0.0.1:9392/bootstrap: Connect to ipv4#127.0.0.1:9392 failed: Connection refused (after 0ms in state CONNECT)"),
+            "Connect to ipv4#127.0.0.1:9392 failed: Connection refused"
+        );
+        assert_eq!(
+            reason_text("ssl://b-1.example:9094/1: SSL handshake failed: certificate verify failed (after 3ms in state SSL_HANDSHAKE, 2 identical error(s) suppressed)"),
+            "SSL handshake failed: certificate verify failed"
+        );
+        assert_eq!(
+            reason_text("[thrd:127.0.0.1:9392/bootstrap]: 127.0.0.1:9392/bootstrap: Disconnected: connection closed by peer: receive 0 after POLLIN (after 1ms in state APIVERSION_QUERY)"),
+            "Disconnected: connection closed by peer: receive 0 after POLLIN"
+        );
+        assert!(matches!(
+            Seen::of_text("[thrd:sasl_ssl://h:9/bootstrap]: sasl_ssl://h:9/bootstrap: error:0A000086:SSL routines::certificate verify failed (after 23ms in state SSL_HANDSHAKE)"),
+            Seen::Tls(t) if t == "error:0A000086:SSL routines::certificate verify failed"
+        ));
+        assert!(matches!(
+            Seen::of_text("sasl_ssl://h:9/bootstrap: SASL authentication error: Authentication failed during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-256 (after 5ms in state AUTH_REQ)"),
+            Seen::Sasl(_)
+        ));
+        assert!(matches!(
+            Seen::of_text("h:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused (after 0ms in state CONNECT)"),
+            Seen::Transport(_)
+        ));
+        // Anything else is kept whole, on one line.
+        assert_eq!(reason_text("a: b\nc"), "a: b c");
+    }
 
     #[test]
     fn a_default_group_goes_under_the_topic_prefix_and_an_explicit_one_is_kept() {
