@@ -48,7 +48,10 @@ fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             let mut next = low;
             while next < high {
-                anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "{full} stalled");
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "{full} stalled"
+                );
                 let Some(message) = consumer.poll(Duration::from_millis(500)) else {
                     continue;
                 };

@@ -12,6 +12,12 @@
 //!   out: this build's poll stage finishes them as the old release did, nothing is bought
 //!   again, nothing dead-lettered.
 //!
+//! - migrations under load: this build's stages run on a database that lacks the latest
+//!   migrations while `orderflow migrate`'s migrator applies them, and test-only ones of the
+//!   kinds docs/design/upgrades.md allows (a nullable column, an index built concurrently
+//!   on a table of 200,000 rows): no stage exits, no pause of finishing orders longer
+//!   than a few seconds, every order final and bought once.
+//!
 //! The fixture's times are shifted by one offset so that the run is "now" (its deadlines of
 //! 24 h would otherwise pass a day after it was captured); nothing else in it is changed.
 
@@ -228,6 +234,13 @@ impl Replay {
         }
     }
 
+    /// Points the stage processes at another database than the harness's.
+    fn use_database(&mut self, url: &str) {
+        self.env.retain(|(k, _)| k != "ORDERFLOW_DATABASE_URL");
+        self.env
+            .push(("ORDERFLOW_DATABASE_URL".into(), url.to_owned()));
+    }
+
     fn spawn(&self, stage: &str) -> common::ChildGuard {
         let log = std::fs::File::create(self.logs.join(format!("{stage}.log"))).unwrap();
         common::ChildGuard(
@@ -426,5 +439,201 @@ async fn in_flight_events_of_the_previous_release_are_finished_by_this_release()
         dispatched_ids.len()
     );
     r.assert_clean(&stages).await;
+    r.finish().await;
+}
+
+/// The migrations of `migrations/` whose file names sort before `until` (all when `None`),
+/// copied into a new directory, with `extra` files added: a migration set as
+/// `orderflow migrate` of some release would apply it, through sqlx's public API.
+fn migration_dir(until: Option<&str>, extra: &[(&str, &str)]) -> PathBuf {
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
+    let dir = std::env::temp_dir().join(common::unique("orderflow-migrations-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(source).unwrap() {
+        let entry = entry.unwrap();
+        let file = entry.file_name().into_string().unwrap();
+        if until.is_none_or(|u| file.as_str() < u) {
+            std::fs::copy(entry.path(), dir.join(&file)).unwrap();
+        }
+    }
+    for (file, sql) in extra {
+        std::fs::write(dir.join(file), sql).unwrap();
+    }
+    dir
+}
+
+/// The latest migrations of this build, which the test's database lacks at first: both
+/// build an index concurrently (no-transaction), as the stages keep writing.
+const LATEST: &str = "20261217190002";
+
+/// Test-only migrations of the kinds docs/design/upgrades.md allows on hot tables.
+const TEST_MIGRATIONS: [(&str, &str); 2] = [
+    (
+        "29991231000001_upgrade_test_column.sql",
+        "-- A nullable column without a default: a catalog change, no rewrite. lock_timeout\n\
+         -- bounds how long it may queue behind the stages' writes (and block them).\n\
+         SET LOCAL lock_timeout = '5s';\n\
+         ALTER TABLE orders ADD COLUMN upgrade_test_note text;\n",
+    ),
+    (
+        "29991231000002_upgrade_test_idx.sql",
+        "-- no-transaction\n\
+         CREATE INDEX CONCURRENTLY orders_upgrade_test_idx ON orders (tenant_id, updated_at);\n",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrations_run_while_the_stages_work_under_load() {
+    const ORDERS: usize = 300;
+    const RATE_PER_SEC: u64 = 25;
+    let mut r = Replay::new("upgrade-migrate").await;
+    // The database of the release before: this build's migrations but the latest.
+    let db = common::TestDb::new_empty().await;
+    let before = migration_dir(Some(LATEST), &[]);
+    sqlx::migrate::Migrator::new(before.as_path())
+        .await
+        .unwrap()
+        .run(&db.pool)
+        .await
+        .unwrap();
+    // History: an orders table of some size, so the index build takes a while.
+    sqlx::query(
+        "INSERT INTO orders (order_id, tenant_id, provider_account, provider_reference, \
+                             state, version) \
+         SELECT gen_random_uuid(), 'history', 'znet-history', 'h' || g, 'completed', 5 \
+         FROM generate_series(1, 200000) g",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    r.use_database(&db.url);
+    let stages = ["dispatch", "poll", "sink"];
+    let mut running: Vec<_> = stages.iter().map(|s| r.spawn(s)).collect();
+
+    // The load: RATE_PER_SEC orders a second, in the background.
+    let orders: Vec<OrderCreated> = (0..ORDERS)
+        .map(|i| OrderCreated {
+            provider_account: ACCOUNT.into(),
+            ..common::pipeline::order(["25", "50", "100"][i % 3])
+        })
+        .collect();
+    let expected: BTreeMap<Uuid, (String, String)> = orders
+        .iter()
+        .map(|o| (o.order_id, ("completed".to_owned(), String::new())))
+        .collect();
+    let producer = r.h.kafka.producer().unwrap();
+    let created = r.h.kafka.topic(name::ORDERS_CREATED);
+    let load = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1000 / RATE_PER_SEC));
+        for o in &orders {
+            tick.tick().await;
+            let key = o.order_id.to_string();
+            producer
+                .send(
+                    FutureRecord::to(&created).key(&key).payload(&o.encode()),
+                    Timeout::After(Duration::from_secs(10)),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    });
+
+    // Watches the orders finish: every 100 ms, how many are final in the sink's table.
+    let watched = db.pool.clone();
+    let progress = tokio::spawn(async move {
+        let (mut last_count, mut last_growth) = (0i64, None::<Instant>);
+        let mut longest = Duration::ZERO;
+        let give_up = Instant::now() + Duration::from_secs(90);
+        while last_count < ORDERS as i64 && Instant::now() < give_up {
+            let count: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM orders \
+                 WHERE tenant_id <> 'history' AND state IN ('completed', 'failed')",
+            )
+            .fetch_one(&watched)
+            .await
+            .unwrap();
+            if count > last_count {
+                let at = Instant::now();
+                if let Some(before) = last_growth {
+                    longest = longest.max(at - before);
+                }
+                (last_count, last_growth) = (count, Some(at));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        longest
+    });
+
+    // A third into the load, the new release's migrator: this build's latest migrations
+    // and the test-only ones.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = migration_dir(None, &TEST_MIGRATIONS);
+    let migrator = sqlx::migrate::Migrator::new(after.as_path()).await.unwrap();
+    let migrating = Instant::now();
+    migrator.run(&db.pool).await.unwrap();
+    let migrated_in = migrating.elapsed();
+    load.await.unwrap();
+
+    let rows: Vec<(Uuid, String, Option<String>)>;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+            "SELECT order_id, state, failure_reason FROM orders \
+             WHERE tenant_id <> 'history' AND state IN ('completed', 'failed')",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        if got.len() >= ORDERS || Instant::now() > deadline {
+            rows = got;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let now: BTreeMap<Uuid, (String, String)> = rows
+        .into_iter()
+        .map(|(id, s, f)| (id, (s, f.unwrap_or_default())))
+        .collect();
+    assert_eq!(now, expected, "not every order completed");
+    for (stage, child) in stages.iter().zip(running.iter_mut()) {
+        assert!(child.try_wait().unwrap().is_none(), "{stage} exited");
+    }
+    let stats = r.h.stats();
+    assert_eq!(stats.purchases.values().sum::<u32>() as usize, ORDERS);
+    assert!(stats.purchases.values().all(|n| *n == 1));
+
+    // No pause: the longest time between two observations of the sink's `orders` table
+    // with more orders final, while orders kept coming (publishing took
+    // ORDERS / RATE_PER_SEC = 12 s). A migration that blocked a table the stages write
+    // (or that this query reads) shows as a gap of that length.
+    let longest = progress.await.unwrap();
+    eprintln!(
+        "migrations applied in {migrated_in:?} under load; longest pause between two \
+         observations of more finished orders {longest:?}"
+    );
+    assert!(
+        longest < Duration::from_secs(3),
+        "the stages paused {longest:?} while the migrations ran"
+    );
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(applied.len(), migrator.iter().count(), "{applied:?}");
+    let valid: bool = sqlx::query_scalar(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_upgrade_test_idx'::regclass",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(valid, "the concurrently built index is not valid");
+
+    r.assert_clean(&stages).await;
+    drop(running);
+    std::fs::remove_dir_all(&before).ok();
+    std::fs::remove_dir_all(&after).ok();
+    db.drop_now().await;
     r.finish().await;
 }
