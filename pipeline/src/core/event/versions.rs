@@ -6,7 +6,8 @@
 //! `v + 1`. A build reads the current version and every version it has a step from;
 //! anything else is dead-lettered as `unsupported_version`. A rolling upgrade that changes
 //! an event therefore ships in two releases: first readers of both versions (writers still
-//! on the old one), then the writers of the new one. Pure: no IO, no clock.
+//! on the old one, written through the steps down, [`Versions::write_as`]), then the
+//! writers of the new one. Pure: no IO, no clock.
 
 use super::{InvalidEvent, InvalidKind};
 use serde_json::{Map, Value};
@@ -24,6 +25,11 @@ pub struct Versions {
     /// `(from, step)`: how version `from` becomes `from + 1`; one entry per older version
     /// still read, so `from` runs over `current - steps.len() .. current`.
     pub steps: &'static [(u32, Upgrade)],
+    /// `(to, step)`: how version `to + 1` becomes `to`, for writers that must still write
+    /// an older version while readers of the current one are rolled out (the first step
+    /// of docs/design/upgrades.md); `to` runs down from `current - 1`, one entry per older
+    /// version that can be written.
+    pub down: &'static [(u32, Upgrade)],
 }
 
 impl Versions {
@@ -33,7 +39,44 @@ impl Versions {
         Versions {
             current,
             steps: &[],
+            down: &[],
         }
+    }
+
+    /// Whether this build can write `version`: the current one, or an older one it has
+    /// steps down to.
+    pub fn writes(&self, version: u32) -> bool {
+        version <= self.current && self.current - version <= self.down.len() as u32
+    }
+
+    /// `event` (of the current version) as `version`: each step down from `current` to
+    /// `version` applied in turn, `schema_version` set to each step's result. An event a
+    /// step cannot write, or a version this build does not write, is an error.
+    pub fn write_as(&self, event: Value, version: u32) -> Result<Value, InvalidEvent> {
+        if !self.writes(version) {
+            return Err(InvalidEvent::new(
+                InvalidKind::UnsupportedVersion,
+                format!(
+                    "schema_version {version} cannot be written (this build writes {} to {})",
+                    self.current - self.down.len() as u32,
+                    self.current
+                ),
+            ));
+        }
+        let Value::Object(mut object) = event else {
+            return Err(InvalidEvent::new(
+                InvalidKind::InvalidField,
+                "the event is not a JSON object",
+            ));
+        };
+        for (to, step) in self.down {
+            if *to < version {
+                break;
+            }
+            object = step(object)?;
+            object.insert("schema_version".into(), Value::from(*to));
+        }
+        Ok(Value::Object(object))
     }
 
     /// The oldest version read.
@@ -101,6 +144,18 @@ impl Versions {
                 return Err(format!("step {i} starts at version {from}"));
             }
         }
+        if self.down.len() as u32 >= self.current {
+            return Err(format!(
+                "{} steps down from version {}",
+                self.down.len(),
+                self.current
+            ));
+        }
+        for (i, (to, _)) in self.down.iter().enumerate() {
+            if *to != self.current - 1 - i as u32 {
+                return Err(format!("step down {i} ends at version {to}"));
+            }
+        }
         Ok(())
     }
 }
@@ -127,9 +182,22 @@ mod tests {
         o.insert("amount_kurus".into(), amount);
         Ok(o)
     }
+    fn v3_to_v2(mut o: Map<String, Value>) -> Result<Map<String, Value>, InvalidEvent> {
+        let amount = o.remove("amount_kurus").unwrap_or(Value::Null);
+        o.insert("amount".into(), amount);
+        Ok(o)
+    }
+    fn v2_to_v1(mut o: Map<String, Value>) -> Result<Map<String, Value>, InvalidEvent> {
+        let amount = o.get("amount").and_then(|a| a.as_i64()).ok_or_else(|| {
+            InvalidEvent::new(InvalidKind::InvalidField, "amount is not an integer")
+        })?;
+        o.insert("amount".into(), Value::from(amount.to_string()));
+        Ok(o)
+    }
     const HISTORY: Versions = Versions {
         current: 3,
         steps: &[(1, v1_to_v2), (2, v2_to_v3)],
+        down: &[(2, v3_to_v2), (1, v2_to_v1)],
     };
 
     #[test]
@@ -146,7 +214,14 @@ mod tests {
         let gap = Versions {
             current: 3,
             steps: &[(2, v2_to_v3), (2, v2_to_v3)],
+            down: &[],
         };
+        let upside_down = Versions {
+            current: 3,
+            steps: &[],
+            down: &[(1, v2_to_v1), (2, v3_to_v2)],
+        };
+        assert!(upside_down.check().is_err());
         assert!(gap.check().is_err());
         assert!(Versions::only(0).check().is_err());
     }
@@ -171,6 +246,11 @@ mod tests {
         }
         let only = Versions::only(1);
         assert!(only.reads(1) && !only.reads(0) && !only.reads(2));
+        assert!(only.writes(1) && !only.writes(0) && !only.writes(2));
+        let e = HISTORY
+            .write_as(serde_json::json!({"schema_version": 3}), 0)
+            .unwrap_err();
+        assert_eq!(e.kind, InvalidKind::UnsupportedVersion);
         let e = only
             .upgrade(serde_json::json!({"schema_version": "1"}))
             .unwrap_err();
@@ -203,6 +283,18 @@ mod tests {
                 current,
                 serde_json::json!({"schema_version": 3, "amount_kurus": amount, "x": extra})
             );
+        }
+
+        /// What a writer writes in any version it can write, a reader of the current
+        /// version reads as the event it started from.
+        #[test]
+        fn every_writable_version_reads_back_as_the_event_written(
+            amount in any::<i64>(), to in 1u32..=3, extra in "[a-z]{0,8}"
+        ) {
+            let event = serde_json::json!({"schema_version": 3, "amount_kurus": amount, "x": extra});
+            let written = HISTORY.write_as(event.clone(), to).unwrap();
+            prop_assert_eq!(written.get("schema_version"), Some(&Value::from(to)));
+            prop_assert_eq!(HISTORY.upgrade(written).unwrap(), event);
         }
 
         /// Every version the table does not list is refused, whatever the event holds.
