@@ -13,7 +13,8 @@
 # order for a denomination it does not sell is rejected, every other completes after
 # one or three "processing" answers, so a new release given the same events must reach
 # the same final states. PINs in orders.state are sealed under a key made for the run
-# and thrown away with it; nothing secret is written to the fixture.
+# and thrown away with it; nothing secret is written to the fixture. Its topics and
+# database are removed when it ends.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN="${1:-/var/lib/orderflow/baseline/orderflow-f6ed1f0}"
@@ -59,6 +60,8 @@ bash ops/postgres/db.sh psql -d orderflow_fixtures -At -c \
   "SELECT order_id, state, COALESCE(failure_reason, '') FROM orders ORDER BY order_id" \
   >"$OUT/final-states.txt"
 "$BIN" topics delete --topic-prefix "$ORDERFLOW_TOPIC_PREFIX" >/dev/null
+stop_all
+bash ops/postgres/db.sh psql -qc "DROP DATABASE IF EXISTS orderflow_fixtures WITH (FORCE)" >/dev/null
 echo "$COMMIT" >"$OUT/COMMIT"
 say "$(wc -l <"$OUT/events.jsonl") messages and $(wc -l <"$OUT/final-states.txt") orders written to $OUT (release $COMMIT)."
 cat "$STATE/load.txt"
