@@ -13,9 +13,11 @@
 mod invalid;
 pub mod limits;
 mod validate;
+pub mod versions;
 
 pub use invalid::{InvalidEvent, InvalidKind, UnknownReason};
 pub use validate::{decode, Validate};
+pub use versions::Versions;
 
 use crate::core::lifecycle::{FailureReason, OrderState};
 use chrono::{DateTime, Utc};
@@ -23,8 +25,28 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-/// The only `schema_version` of each event this build writes and accepts.
+/// The `schema_version` of each event this build writes. What it reads is each event
+/// type's [`Versioned::VERSIONS`]: today version 1 only, the only version there has been.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// An event type's versions: which `schema_version`s this build reads, and how an older
+/// one becomes the current shape (see [`versions`] and docs/design/upgrades.md).
+pub trait Versioned {
+    const VERSIONS: Versions;
+}
+
+impl Versioned for OrderCreated {
+    const VERSIONS: Versions = Versions::only(SCHEMA_VERSION);
+}
+impl Versioned for OrderDispatched {
+    const VERSIONS: Versions = Versions::only(SCHEMA_VERSION);
+}
+impl Versioned for StatusCheck {
+    const VERSIONS: Versions = Versions::only(SCHEMA_VERSION);
+}
+impl Versioned for OrderStateEvent {
+    const VERSIONS: Versions = Versions::only(SCHEMA_VERSION);
+}
 
 /// Upper bound on an `orders.created` payload; larger events are dead-lettered rather than
 /// parsed (a shop bug, not an order).

@@ -4,7 +4,7 @@
 
 use super::{
     limits, InvalidEvent, InvalidKind, OrderCreated, OrderDispatched, OrderStateEvent, StatusCheck,
-    SCHEMA_VERSION,
+    Versioned,
 };
 use chrono::{DateTime, Utc};
 
@@ -54,8 +54,12 @@ pub trait Validate {
     fn validate(&self) -> Result<(), InvalidEvent>;
 }
 
-/// Checks size, JSON, shape and `schema_version` of a payload, before its fields.
-fn decode_object(bytes: &[u8], max_bytes: usize) -> Result<serde_json::Value, InvalidEvent> {
+/// Checks size, JSON, shape and `schema_version` of a payload, before its fields, and
+/// brings a previous version that `T` still reads to the current shape ([`Versioned`]).
+fn decode_object<T: Versioned>(
+    bytes: &[u8],
+    max_bytes: usize,
+) -> Result<serde_json::Value, InvalidEvent> {
     if bytes.len() > max_bytes {
         return Err(InvalidEvent::new(
             InvalidKind::Oversized,
@@ -64,23 +68,7 @@ fn decode_object(bytes: &[u8], max_bytes: usize) -> Result<serde_json::Value, In
     }
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| InvalidEvent::new(InvalidKind::UnreadableJson, format!("not JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(InvalidEvent::new(
-            InvalidKind::InvalidField,
-            "the event is not a JSON object",
-        ));
-    }
-    match value.get("schema_version").and_then(|v| v.as_u64()) {
-        Some(v) if v == u64::from(SCHEMA_VERSION) => Ok(value),
-        Some(v) => Err(InvalidEvent::new(
-            InvalidKind::UnsupportedVersion,
-            format!("schema_version {v} is not supported (expected {SCHEMA_VERSION})"),
-        )),
-        None => Err(InvalidEvent::new(
-            InvalidKind::InvalidField,
-            "schema_version is missing or not an integer",
-        )),
-    }
+    T::VERSIONS.upgrade(value)
 }
 
 /// Decodes one of the pipeline's own events (`orders.dispatched`, `orders.status-check.*`,
@@ -88,11 +76,11 @@ fn decode_object(bytes: &[u8], max_bytes: usize) -> Result<serde_json::Value, In
 /// refuse is checked ([`Validate`]), and no string anywhere in it may hold U+0000.
 /// Errors name a missing field but never quote a value, since a value may be a PIN that a
 /// broken producer put in the wrong place (G5).
-pub fn decode<T: serde::de::DeserializeOwned + Validate>(
+pub fn decode<T: serde::de::DeserializeOwned + Validate + Versioned>(
     bytes: &[u8],
     max_bytes: usize,
 ) -> Result<T, InvalidEvent> {
-    let value = decode_object(bytes, max_bytes)?;
+    let value = decode_object::<T>(bytes, max_bytes)?;
     if holds_nul(&value) {
         return Err(InvalidEvent::new(
             InvalidKind::InvalidField,
@@ -115,7 +103,7 @@ pub fn decode<T: serde::de::DeserializeOwned + Validate>(
 impl OrderCreated {
     /// Decodes and validates an `orders.created` payload.
     pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<OrderCreated, InvalidEvent> {
-        let value = decode_object(bytes, max_bytes)?;
+        let value = decode_object::<OrderCreated>(bytes, max_bytes)?;
         let event: OrderCreated = serde_json::from_value(value)
             .map_err(|e| InvalidEvent::new(InvalidKind::InvalidField, e.to_string()))?;
         event.validate()?;
