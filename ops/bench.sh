@@ -98,6 +98,7 @@ finish() {
   stop_all
   "$BIN" topics delete --topic-prefix "$run." >&2 || true
   bash ops/postgres/db.sh psql -qc "DROP DATABASE IF EXISTS orderflow_bench WITH (FORCE)" >/dev/null || true
+  stop_cluster
 }
 trap finish EXIT
 "$BIN" topics apply >/dev/null

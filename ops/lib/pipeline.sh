@@ -16,9 +16,12 @@ cluster_started=0
 stop_all() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+# The cluster start_kafka started, if it did; last, after anything that still needs it.
+stop_cluster() {
   if [[ $cluster_started == 1 ]]; then bash ops/kafka/cluster.sh stop >&2 || true; fi
 }
-trap stop_all EXIT
+trap 'stop_all; stop_cluster' EXIT
 
 # start_kafka: the single broker (ops/kafka/broker.sh, left running), or with CLUSTER=1
 # the three-node cluster (ops/kafka/cluster.sh, stopped again when the script ends), whose
