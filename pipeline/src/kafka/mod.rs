@@ -455,7 +455,37 @@ impl ConsumerContext for Context {}
 
 #[cfg(test)]
 mod tests {
-    use super::KafkaConfig;
+    use super::{fault_of, KafkaConfig};
+    use crate::core::outage::Fault;
+    use rdkafka::error::RDKafkaErrorCode as C;
+
+    #[test]
+    fn a_refusal_is_fatal_and_what_a_failover_brings_is_waited_out() {
+        for code in [
+            C::Authentication,
+            C::SaslAuthenticationFailed,
+            C::TopicAuthorizationFailed,
+            C::GroupAuthorizationFailed,
+            C::ClusterAuthorizationFailed,
+        ] {
+            assert_eq!(fault_of(code), Fault::Fatal, "{code:?}");
+        }
+        for code in [
+            C::BrokerTransportFailure,
+            C::AllBrokersDown,
+            C::RequestTimedOut,
+            C::NotLeaderForPartition,
+            C::LeaderNotAvailable,
+            C::NotCoordinator,
+            C::CoordinatorLoadInProgress,
+            C::CoordinatorNotAvailable,
+            C::NotEnoughReplicas,
+            C::NotEnoughReplicasAfterAppend,
+            C::SSL,
+        ] {
+            assert_eq!(fault_of(code), Fault::Transient, "{code:?}");
+        }
+    }
 
     #[test]
     fn a_default_group_goes_under_the_topic_prefix_and_an_explicit_one_is_kept() {
