@@ -2,9 +2,12 @@
 # Benchmarks the pipeline on this machine, everything co-located (broker, database,
 # simulator, stages), release build, fresh topics and database for each run.
 #
-#   ops/bench.sh throughput [--orders N] [--rate R|max] [--latency-ms MS]
+#   ops/bench.sh throughput [--cluster] [--orders N] [--rate R|max] [--latency-ms MS]
 #                           [--dispatch N] [--poll N] [--in-flight N]
-#   ops/bench.sh memory [--waiting N]
+#   ops/bench.sh memory [--cluster] [--waiting N]
+#
+# --cluster: on three brokers (ops/kafka/cluster.sh, started and stopped by the run) with
+#   every topic replicated three times, min.insync.replicas 2; the three nodes are measured.
 #
 # throughput (default: 200,000 orders at `max`, provider latency 20 ms, one process per
 #   stage): the orders through dispatch, two status checks each (first after 1 s, the
@@ -38,7 +41,9 @@ say() { echo "bench: $*" >&2; }
 mode=${1:-throughput}
 [[ $# -gt 0 ]] && shift
 orders=200000 rate=max latency=20 dispatchers=1 pollers=1 in_flight=256 waiting=1000000
+CLUSTER=0
 while [[ $# -gt 0 ]]; do
+  if [[ $1 == --cluster ]]; then CLUSTER=1; shift; continue; fi
   [[ $# -ge 2 ]] || die "option $1 needs a value"
   case $1 in
     --orders) orders=$2 ;;
@@ -54,7 +59,10 @@ while [[ $# -gt 0 ]]; do
 done
 [[ $mode == throughput || $mode == memory ]] || die "the mode is throughput or memory, not $mode"
 
-bash ops/kafka/broker.sh start >&2
+SIM_BIN=""
+# shellcheck source=ops/lib/pipeline.sh
+source ops/lib/pipeline.sh
+start_kafka
 bash ops/postgres/db.sh start >&2
 # TOOL measures (orderflow bench) and simulates the provider: always this checkout's.
 # BIN is measured: its stages, topics, migrations and PIN key.
@@ -77,8 +85,6 @@ else
 fi
 SIM_BIN=$TOOL
 mkdir -p "$STATE"
-# shellcheck source=ops/lib/pipeline.sh
-source ops/lib/pipeline.sh
 
 # A fresh world: topics under a new prefix (earlier runs' are deleted), an empty database.
 "$BIN" topics delete --topic-prefix bench- >&2
@@ -92,6 +98,7 @@ finish() {
   stop_all
   "$BIN" topics delete --topic-prefix "$run." >&2 || true
   bash ops/postgres/db.sh psql -qc "DROP DATABASE IF EXISTS orderflow_bench WITH (FORCE)" >/dev/null || true
+  stop_cluster
 }
 trap finish EXIT
 "$BIN" topics apply >/dev/null
@@ -107,14 +114,16 @@ start_stage sink sink
 wait_ready
 say "ready: $dispatchers dispatch, $pollers poll, 1 sink; provider latency $latency ms."
 
+kafka_label="one broker"
+[[ $CLUSTER == 1 ]] && kafka_label="three brokers, replication 3, min ISR 2"
 # shellcheck disable=SC2046 # one flag per word
 case $mode in
   throughput)
     "$TOOL" bench throughput --orders "$orders" --rate "$rate" --account znet-demo \
       --reject-share 0 --invalid-share 0 --wait-secs 900 $(process_flags) $(metrics_flags) \
       --out "$STATE" --tag "$tag" \
-      --label "provider latency $latency ms, $dispatchers dispatch, $pollers poll, in flight $in_flight, release build, bench tool $tool_commit" ;;
+      --label "provider latency $latency ms, $dispatchers dispatch, $pollers poll, in flight $in_flight, $kafka_label, release build, bench tool $tool_commit" ;;
   memory)
     "$TOOL" bench memory --waiting "$waiting" --account znet-demo $(process_flags) --out "$STATE" \
-      --tag "$tag" --label "$dispatchers dispatch, $pollers poll, release build, bench tool $tool_commit" ;;
+      --tag "$tag" --label "$dispatchers dispatch, $pollers poll, $kafka_label, release build, bench tool $tool_commit" ;;
 esac

@@ -5,7 +5,10 @@
 # with a live progress line (created, dispatched, completed, failed, waiting per tier) and
 # a summary: from the topics, from PostgreSQL, and per process.
 #
-#   ops/demo.sh [--orders N] [--rate R|max]     (other `orderflow load` flags pass through)
+#   ops/demo.sh [--cluster] [--orders N] [--rate R|max]   (other `orderflow load` flags pass through)
+#
+# --cluster: on three brokers (ops/kafka/cluster.sh, started and stopped by the demo) with
+# every topic replicated three times, min.insync.replicas 2.
 #
 # Default: 10,000 orders at 100/s. The simulator answers in 40 ms; 2 % of calls fail
 # (5xx, timeouts, HTML, empty bodies, garbage, answers lost after acceptance), 3 % of
@@ -27,14 +30,16 @@ STATE="${ORDERFLOW_STATE_DIR:-/var/lib/orderflow}/demo"
 PROFILE="${ORDERFLOW_DEMO_PROFILE:-release}"
 mkdir -p "$STATE"
 say() { echo "demo: $*"; }
+CLUSTER=0
+if [[ ${1:-} == --cluster ]]; then CLUSTER=1; shift; fi
 
-bash ops/kafka/broker.sh start
-bash ops/postgres/db.sh start
-say "building orderflow ($PROFILE build; the first build takes a few minutes)."
-if [[ $PROFILE == release ]]; then cargo build --locked --quiet --release; else cargo build --locked --quiet; fi
 BIN="$CARGO_TARGET_DIR/$PROFILE/orderflow"
 # shellcheck source=ops/lib/pipeline.sh
 source ops/lib/pipeline.sh
+start_kafka
+bash ops/postgres/db.sh start
+say "building orderflow ($PROFILE build; the first build takes a few minutes)."
+if [[ $PROFILE == release ]]; then cargo build --locked --quiet --release; else cargo build --locked --quiet; fi
 
 export ORDERFLOW_FIRST_CHECK=10s ORDERFLOW_CHECK_TIERS=5s,10s,20s,40s
 "$BIN" topics delete --topic-prefix demo- >/dev/null
@@ -62,7 +67,7 @@ start_stage poll-2 poll
 start_stage sink sink
 ORDERFLOW_RECONCILE_EVERY=30s ORDERFLOW_RECONCILE_GRACE=30s start_stage reconcile reconcile
 wait_ready
-say "simulator, two dispatch, two poll processes, the reconciler and the sink are ready; logs in $STATE."
+say "simulator, two dispatch, two poll processes, the reconciler and the sink are ready on $ORDERFLOW_KAFKA_BROKERS; logs in $STATE."
 
 [[ $# -gt 0 ]] || set -- --orders 10000 --rate 100
 set +e

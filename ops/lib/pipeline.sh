@@ -2,21 +2,41 @@
 # background on 127.0.0.1, each with its log in $STATE and its /metrics on a port of its
 # own (9464 and up), remembers them for the summary, and stops them when the script exits.
 #
-# The caller sets BIN (the orderflow binary; SIM_BIN, if set, runs the simulator instead)
-# and STATE (a directory), then calls start_sim, write_accounts, ensure_pin_key,
-# start_stage ..., wait_ready.
+# The caller sets BIN (the orderflow binary; SIM_BIN, if set, runs the simulator instead),
+# STATE (a directory) and CLUSTER (1: three brokers), then calls start_kafka, start_sim,
+# write_accounts, ensure_pin_key, start_stage ..., wait_ready.
 
 command -v curl >/dev/null || { echo "curl is required (apt-get install curl)" >&2; exit 2; }
 
 pids=()
 stages=()           # "name:pid:metrics port"
 metrics_port=${ORDERFLOW_FIRST_METRICS_PORT:-9464}
+cluster_started=0
 
 stop_all() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 }
-trap stop_all EXIT
+# The cluster start_kafka started, if it did; last, after anything that still needs it.
+stop_cluster() {
+  if [[ $cluster_started == 1 ]]; then bash ops/kafka/cluster.sh stop >&2 || true; fi
+}
+trap 'stop_all; stop_cluster' EXIT
+
+# start_kafka: the single broker (ops/kafka/broker.sh, left running), or with CLUSTER=1
+# the three-node cluster (ops/kafka/cluster.sh, stopped again when the script ends), whose
+# topics get three replicas and min.insync.replicas 2 (`orderflow topics apply` reads
+# ORDERFLOW_TOPIC_REPLICATION and ORDERFLOW_TOPIC_MIN_ISR).
+start_kafka() {
+  if [[ ${CLUSTER:-0} == 1 ]]; then
+    bash ops/kafka/cluster.sh status >/dev/null 2>&1 || cluster_started=1
+    bash ops/kafka/cluster.sh start >&2
+    ORDERFLOW_KAFKA_BROKERS=$(bash ops/kafka/cluster.sh brokers)
+    export ORDERFLOW_KAFKA_BROKERS ORDERFLOW_TOPIC_REPLICATION=3 ORDERFLOW_TOPIC_MIN_ISR=2
+  else
+    bash ops/kafka/broker.sh start >&2
+  fi
+}
 
 # fresh_database NAME: drops and creates database NAME on the project's server (db.sh's
 # user and password) and points ORDERFLOW_DATABASE_URL at it.
@@ -99,7 +119,11 @@ process_flags() {
     echo "--process $name=$pid"
   done
   echo "--process sim-znet=$SIM_PID"
-  if [[ -s "${ORDERFLOW_STATE_DIR:-/var/lib/orderflow}/kafka/broker.pid" ]]; then
+  if [[ ${CLUSTER:-0} == 1 ]]; then
+    for node in 1 2 3; do
+      pid=$(bash ops/kafka/cluster.sh pid "$node" 2>/dev/null) && echo "--process kafka-$node=$pid"
+    done
+  elif [[ -s "${ORDERFLOW_STATE_DIR:-/var/lib/orderflow}/kafka/broker.pid" ]]; then
     echo "--process kafka=$(cat "${ORDERFLOW_STATE_DIR:-/var/lib/orderflow}/kafka/broker.pid")"
   fi
   # The postmaster of db.sh's cluster: "main" of the newest installed version.

@@ -26,6 +26,8 @@
 //! - [`telemetry`]: OpenTelemetry traces across stages through Kafka headers (off unless
 //!   an OTLP endpoint is configured).
 //! - [`secret`], [`shutdown`]: values that never print; the shutdown signal.
+//! - [`outage`]: stages ride out broker and database outages up to a patience, not ready
+//!   meanwhile ([`core::outage`] decides what can be waited out).
 //! - [`crash`]: crash points for the kill tests (`ORDERFLOW_CRASH_AT`).
 //! - `testbed` (feature `testbed`, on by default): the test bed, not production. The znet
 //!   simulator (`testbed::sim`), the load generator behind the demo and the benchmarks
@@ -46,6 +48,7 @@ pub mod dispatch;
 pub mod kafka;
 pub mod lookup;
 pub mod metrics;
+pub mod outage;
 pub mod pin;
 pub mod poll;
 pub mod provider;

@@ -5,9 +5,10 @@
 
 use tokio::sync::watch;
 
-/// Fires the shutdown signal.
-#[derive(Debug)]
-pub struct Trigger(watch::Sender<bool>);
+/// Fires the shutdown signal; clones fire the same one (the signal handler, and a stage
+/// that gives up waiting for an outage to end: `crate::outage`).
+#[derive(Clone, Debug)]
+pub struct Trigger(std::sync::Arc<watch::Sender<bool>>);
 
 /// Observes the shutdown signal; cheap to clone into every task.
 #[derive(Clone, Debug)]
@@ -16,7 +17,7 @@ pub struct Shutdown(watch::Receiver<bool>);
 /// A signal pair.
 pub fn channel() -> (Trigger, Shutdown) {
     let (tx, rx) = watch::channel(false);
-    (Trigger(tx), Shutdown(rx))
+    (Trigger(std::sync::Arc::new(tx)), Shutdown(rx))
 }
 
 impl Trigger {

@@ -37,6 +37,8 @@ pub enum CliError {
     #[error(transparent)]
     Metrics(#[from] MetricsError),
     #[error(transparent)]
+    Outage(#[from] crate::outage::OutageError),
+    #[error(transparent)]
     Dispatch(#[from] DispatchError),
     #[error(transparent)]
     Poll(#[from] PollError),

@@ -28,6 +28,7 @@ use crate::db::DbConfig;
 use crate::dispatch::DispatchConfig;
 use crate::kafka::KafkaConfig;
 use crate::metrics::MetricsConfig;
+use crate::outage::OutageConfig;
 use crate::poll::reconcile::ReconcileConfig;
 use crate::poll::PollConfig;
 use crate::sink::SinkConfig;
@@ -81,6 +82,8 @@ pub enum Command {
         dispatch: DispatchConfig,
         #[command(flatten)]
         metrics: MetricsConfig,
+        #[command(flatten)]
+        outage: OutageConfig,
     },
     /// Run the poll stage: check each dispatched order with its provider until it is final.
     Poll {
@@ -92,6 +95,8 @@ pub enum Command {
         poll: PollConfig,
         #[command(flatten)]
         metrics: MetricsConfig,
+        #[command(flatten)]
+        outage: OutageConfig,
     },
     /// Run the reconciler: re-enqueue orders whose status check is overdue.
     Reconcile {
@@ -103,6 +108,8 @@ pub enum Command {
         reconcile: ReconcileConfig,
         #[command(flatten)]
         metrics: MetricsConfig,
+        #[command(flatten)]
+        outage: OutageConfig,
     },
     /// Run the sink: write the latest state of every order from orders.state into PostgreSQL.
     Sink {
@@ -114,6 +121,8 @@ pub enum Command {
         sink: SinkConfig,
         #[command(flatten)]
         metrics: MetricsConfig,
+        #[command(flatten)]
+        outage: OutageConfig,
     },
     /// Find orders, show one's journey, or submit one by hand.
     Order {
@@ -203,25 +212,61 @@ pub async fn run(command: Command) -> Result<ExitCode, CliError> {
             db,
             dispatch,
             metrics,
-        } => stage::dispatch(kafka, db, dispatch, metrics).await,
+            outage,
+        } => {
+            let common = stage::Common {
+                kafka,
+                db,
+                metrics,
+                outage,
+            };
+            stage::dispatch(common, dispatch).await
+        }
         Command::Poll {
             kafka,
             db,
             poll,
             metrics,
-        } => stage::poll(kafka, db, poll, metrics).await,
+            outage,
+        } => {
+            let common = stage::Common {
+                kafka,
+                db,
+                metrics,
+                outage,
+            };
+            stage::poll(common, poll).await
+        }
         Command::Reconcile {
             kafka,
             db,
             reconcile,
             metrics,
-        } => stage::reconcile(kafka, db, reconcile, metrics).await,
+            outage,
+        } => {
+            let common = stage::Common {
+                kafka,
+                db,
+                metrics,
+                outage,
+            };
+            stage::reconcile(common, reconcile).await
+        }
         Command::Sink {
             kafka,
             db,
             sink,
             metrics,
-        } => stage::sink(kafka, db, sink, metrics).await,
+            outage,
+        } => {
+            let common = stage::Common {
+                kafka,
+                db,
+                metrics,
+                outage,
+            };
+            stage::sink(common, sink).await
+        }
         Command::Order { command } => order::run(command).await,
         Command::Accounts { command } => accounts::run(command).await,
         Command::Dlq { command } => dlq::run(command).await,

@@ -1,12 +1,15 @@
 //! `orderflow dispatch|poll|reconcile|sink`: each stage's settings checked before anything
-//! connects, then the shared start-up ([`start`]: the database pool, the shutdown signal,
-//! the metrics server and its database gauges), then the stage until shutdown.
+//! connects, then the shared start-up ([`start`]: the metrics server, the shutdown signal,
+//! the database pool, waited for up to the stage's patience, and the watchers that keep
+//! `/readyz` honest and end the stage when an outage outlasts its patience:
+//! [`crate::outage`]), then the stage until shutdown.
 
 use super::CliError;
 use crate::db::DbConfig;
 use crate::dispatch::{self, DispatchConfig};
 use crate::kafka::KafkaConfig;
 use crate::metrics::{self, Metrics, MetricsConfig};
+use crate::outage::{self, GiveUp, OutageConfig};
 use crate::poll::reconcile::{self, ReconcileConfig};
 use crate::poll::{self, PollConfig};
 use crate::provider::accounts::Accounts;
@@ -22,21 +25,58 @@ struct Started {
     pool: PgPool,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
+    /// The stage's Kafka settings, with its patience for a cluster that does not answer.
+    kafka: KafkaConfig,
+    give_up: GiveUp,
 }
 
-/// Connects to the database, listens for the shutdown signals, serves the metrics (if an
-/// address is configured) and watches the database pool.
-async fn start(db: &DbConfig, metrics: &MetricsConfig) -> Result<Started, CliError> {
-    let pool = db.connect().await?;
-    let (trigger, shutdown) = shutdown::channel();
-    tokio::spawn(shutdown::on_signals(trigger));
-    let metrics = serve_metrics(metrics).await?;
-    metrics::watch_database(pool.clone(), Arc::clone(&metrics));
+/// The settings every stage shares besides its own.
+pub struct Common {
+    pub kafka: KafkaConfig,
+    pub db: DbConfig,
+    pub metrics: MetricsConfig,
+    pub outage: OutageConfig,
+}
+
+/// Serves the metrics (if an address is configured: `/readyz` says not ready until the
+/// stage works), listens for the shutdown signals, connects to the database (waiting out
+/// an outage up to the patience) and starts the watchers of the database and the cluster.
+async fn start(common: Common) -> Result<Started, CliError> {
+    let patience = common.outage.patience()?;
+    let metrics = serve_metrics(&common.metrics).await?;
+    let (trigger, mut shutdown) = shutdown::channel();
+    tokio::spawn(shutdown::on_signals(trigger.clone()));
+    let give_up = GiveUp::new(trigger);
+    let pool = outage::connect_database(&common.db, patience, &mut shutdown).await?;
+    outage::watch_database(
+        pool.clone(),
+        Arc::clone(&metrics),
+        patience,
+        give_up.clone(),
+    );
+    outage::watch_kafka(
+        common.kafka.clone(),
+        Arc::clone(&metrics),
+        patience,
+        give_up.clone(),
+    );
+    let kafka = common.kafka.with_patience(patience, shutdown.clone());
     Ok(Started {
         pool,
         metrics,
         shutdown,
+        kafka,
+        give_up,
     })
+}
+
+/// The stage's end: the reason a watcher stopped it, if one did (it says more than the
+/// stage's own error then: a wait cut short), else how the stage ended.
+fn ended<E: Into<CliError>>(give_up: &GiveUp, ran: Result<(), E>) -> Result<ExitCode, CliError> {
+    match give_up.reason() {
+        Some(reason) => Err(reason.into()),
+        None => ran.map(|()| ExitCode::SUCCESS).map_err(Into::into),
+    }
 }
 
 /// The process's metrics, served if an address is configured.
@@ -46,52 +86,32 @@ async fn serve_metrics(config: &MetricsConfig) -> Result<Arc<Metrics>, CliError>
     Ok(metrics)
 }
 
-pub async fn dispatch(
-    kafka: KafkaConfig,
-    db: DbConfig,
-    config: DispatchConfig,
-    metrics: MetricsConfig,
-) -> Result<ExitCode, CliError> {
+pub async fn dispatch(common: Common, config: DispatchConfig) -> Result<ExitCode, CliError> {
     config.default_deadline()?;
     let accounts = Accounts::load(&config.accounts_file, znet::connect)?;
-    let s = start(&db, &metrics).await?;
-    dispatch::run(config, accounts, kafka, s.pool, s.metrics, s.shutdown).await?;
-    Ok(ExitCode::SUCCESS)
+    let s = start(common).await?;
+    let ran = dispatch::run(config, accounts, s.kafka, s.pool, s.metrics, s.shutdown).await;
+    ended(&s.give_up, ran)
 }
 
-pub async fn poll(
-    kafka: KafkaConfig,
-    db: DbConfig,
-    config: PollConfig,
-    metrics: MetricsConfig,
-) -> Result<ExitCode, CliError> {
+pub async fn poll(common: Common, config: PollConfig) -> Result<ExitCode, CliError> {
     let accounts = Accounts::load(&config.accounts_file, znet::connect)?;
     config.schedule.schedule()?;
     config.pin_keys()?;
-    let s = start(&db, &metrics).await?;
-    poll::run(config, accounts, kafka, s.pool, s.metrics, s.shutdown).await?;
-    Ok(ExitCode::SUCCESS)
+    let s = start(common).await?;
+    let ran = poll::run(config, accounts, s.kafka, s.pool, s.metrics, s.shutdown).await;
+    ended(&s.give_up, ran)
 }
 
-pub async fn reconcile(
-    kafka: KafkaConfig,
-    db: DbConfig,
-    config: ReconcileConfig,
-    metrics: MetricsConfig,
-) -> Result<ExitCode, CliError> {
-    config.pass(&kafka)?;
-    let s = start(&db, &metrics).await?;
-    reconcile::run(config, kafka, s.pool, s.metrics, s.shutdown).await?;
-    Ok(ExitCode::SUCCESS)
+pub async fn reconcile(common: Common, config: ReconcileConfig) -> Result<ExitCode, CliError> {
+    config.pass(&common.kafka)?;
+    let s = start(common).await?;
+    let ran = reconcile::run(config, s.kafka, s.pool, s.metrics, s.shutdown).await;
+    ended(&s.give_up, ran)
 }
 
-pub async fn sink(
-    kafka: KafkaConfig,
-    db: DbConfig,
-    config: SinkConfig,
-    metrics: MetricsConfig,
-) -> Result<ExitCode, CliError> {
-    let s = start(&db, &metrics).await?;
-    sink::run(config, kafka, s.pool, s.metrics, s.shutdown).await?;
-    Ok(ExitCode::SUCCESS)
+pub async fn sink(common: Common, config: SinkConfig) -> Result<ExitCode, CliError> {
+    let s = start(common).await?;
+    let ran = sink::run(config, s.kafka, s.pool, s.metrics, s.shutdown).await;
+    ended(&s.give_up, ran)
 }

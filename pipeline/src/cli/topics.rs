@@ -3,7 +3,7 @@
 
 use super::CliError;
 use crate::core::schedule;
-use crate::kafka::topics::{self, TopicSpecs};
+use crate::kafka::topics::{self, Replication, TopicSpecs};
 use crate::kafka::KafkaConfig;
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -22,6 +22,14 @@ pub enum TopicsCommand {
         /// the settings of its tier topics.
         #[arg(long = "check-tiers", env = "ORDERFLOW_CHECK_TIERS")]
         check_tiers: Option<String>,
+        /// Replicas of every partition; by default 3 on a cluster of three brokers or
+        /// more, and as many as there are brokers on a smaller one.
+        #[arg(long = "replication-factor", env = "ORDERFLOW_TOPIC_REPLICATION")]
+        replication_factor: Option<i32>,
+        /// Every topic's min.insync.replicas (the in-sync replicas a write needs); by
+        /// default 2 with three replicas or more, 1 below.
+        #[arg(long = "min-insync-replicas", env = "ORDERFLOW_TOPIC_MIN_ISR")]
+        min_insync_replicas: Option<i32>,
     },
     /// Delete every topic under --topic-prefix (required), e.g. a demo's or a benchmark's.
     Delete {
@@ -37,7 +45,12 @@ pub async fn run(command: TopicsCommand) -> Result<ExitCode, CliError> {
             kafka,
             spec,
             check_tiers,
-        } => apply(kafka, spec, check_tiers).await,
+            replication_factor,
+            min_insync_replicas,
+        } => {
+            let replication = (replication_factor, min_insync_replicas);
+            apply(kafka, spec, check_tiers, replication).await
+        }
     }
 }
 
@@ -55,6 +68,7 @@ async fn apply(
     kafka: KafkaConfig,
     spec: Option<PathBuf>,
     check_tiers: Option<String>,
+    (factor, min_insync): (Option<i32>, Option<i32>),
 ) -> Result<ExitCode, CliError> {
     let mut specs = TopicSpecs::load(spec.as_deref())?;
     if let Some(tiers) = check_tiers {
@@ -62,6 +76,21 @@ async fn apply(
         let labels: Vec<String> = delays.into_iter().map(schedule::label).collect();
         specs = specs.with_tiers(&labels);
     }
+    let brokers = topics::broker_count(&kafka).await?;
+    let replication = Replication::resolve(factor, min_insync, brokers)?;
+    if factor.is_some() || min_insync.is_some() {
+        specs = specs.with_replication(replication);
+    }
+    println!(
+        "replication: {} replicas, min.insync.replicas {} ({}; {brokers} broker(s))",
+        replication.factor,
+        replication.min_insync,
+        if factor.is_some() || min_insync.is_some() {
+            "configured"
+        } else {
+            "from the cluster's size, where the spec names none"
+        }
+    );
     let report = topics::apply(&kafka, &specs).await?;
     for name in &report.created {
         println!("created   {name}");

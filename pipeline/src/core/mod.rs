@@ -1,5 +1,5 @@
 //! The pure core: event contracts, the order lifecycle, the check schedule, the offset
-//! watermark, the consumer loop's state machine, backoff, the rate limiter, the circuit
+//! watermark, the consumer loop's state machine, backoff, what an outage waits for, the rate limiter, the circuit
 //! breaker, and an account's recent answers and spending rate. Nothing here does IO, so
 //! all of it is covered by unit and property tests.
 
@@ -9,6 +9,7 @@ pub mod breaker;
 pub mod engine;
 pub mod event;
 pub mod lifecycle;
+pub mod outage;
 pub mod rate;
 pub mod schedule;
 pub mod sealed_pin;

@@ -17,6 +17,7 @@ pub mod orders;
 pub mod overview;
 pub mod replays;
 
+use crate::core::outage::Fault;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::str::FromStr;
@@ -70,6 +71,36 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("a database query failed ({0})")]
     Query(#[from] sqlx::Error),
+    #[error("{last}, for {} s, longer than the stage's patience (ORDERFLOW_OUTAGE_PATIENCE)", .waited.as_secs())]
+    OutlastedPatience {
+        waited: Duration,
+        last: Box<DbError>,
+    },
+}
+
+impl DbError {
+    /// Whether waiting can cure this failure ([`crate::core::outage`]).
+    pub fn fault(&self) -> Fault {
+        match self {
+            DbError::Unreachable { source, .. } | DbError::Query(source) => fault_of(source),
+            DbError::OutlastedPatience { last, .. } => last.fault(),
+            DbError::InvalidUrl { .. } | DbError::Migrate(_) => Fault::Fatal,
+        }
+    }
+}
+
+/// Whether waiting can cure a driver error: the server's verdicts by SQLSTATE
+/// ([`crate::core::outage::sqlstate_fault`]); a setting the driver refuses (the URL's
+/// options, TLS) is fatal; what the network does (refused, reset, timed out, a pool that
+/// found no connection) is not.
+pub fn fault_of(error: &sqlx::Error) -> Fault {
+    match error {
+        sqlx::Error::Database(db) => db.code().map_or(Fault::Transient, |code| {
+            crate::core::outage::sqlstate_fault(&code)
+        }),
+        sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => Fault::Fatal,
+        _ => Fault::Transient,
+    }
 }
 
 /// The database refused a statement because of the data it was given, as opposed to being

@@ -4,7 +4,10 @@
 //!
 //! librdkafka reconnects by itself and never reports "wrong address" as an error, so every
 //! command first asks the cluster for its metadata with a deadline and turns a failure into
-//! one sentence (see [`KafkaConfig::check_reachable`]).
+//! one sentence (see [`KafkaConfig::check_reachable`]). A stage waits out a cluster that does
+//! not answer, up to its patience ([`KafkaConfig::with_patience`], [`crate::outage`]); a
+//! cluster that refuses the client (credentials, authorization: [`fault_of`]) or lacks a
+//! topic ends it at once.
 
 pub mod dlq;
 pub mod emit;
@@ -23,8 +26,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::core::outage::{Fault, Outage, Verdict};
 use crate::secret::Secret;
+use crate::shutdown::Shutdown;
 use properties::{PropertiesError, Property};
+use std::time::Instant;
 
 /// How to reach the cluster and which names the topics have there.
 #[derive(Clone, Debug, clap::Args)]
@@ -82,6 +88,11 @@ pub struct KafkaConfig {
     /// The properties above, read, checked and kept once per process (clones share them).
     #[arg(skip)]
     loaded: Arc<OnceLock<properties::Resolved>>,
+
+    /// A stage's patience with a cluster that does not answer at start-up, and the signal
+    /// that ends the wait early ([`KafkaConfig::with_patience`]); none: fail at once.
+    #[arg(skip)]
+    patience: Option<Box<(Duration, Shutdown)>>,
 }
 
 fn secret_arg(value: &str) -> Result<Secret, std::convert::Infallible> {
@@ -106,6 +117,45 @@ pub enum KafkaSetupError {
     Properties(#[from] PropertiesError),
     #[error("the Kafka cluster at {brokers} has no topic {missing}; create the topics with `orderflow topics apply`, run with the same ORDERFLOW_CHECK_TIERS as the poll stage so that every tier gets its topic")]
     MissingTopics { brokers: String, missing: String },
+    #[error("cannot reach the Kafka cluster at {brokers}: it has not answered for {} s, longer than the stage's patience (ORDERFLOW_OUTAGE_PATIENCE) ({reason})", .waited.as_secs())]
+    OutlastedPatience {
+        brokers: String,
+        waited: Duration,
+        reason: String,
+    },
+    #[error("the Kafka cluster at {brokers} refused this client ({reason}); check the credentials and ACLs in the Kafka properties")]
+    Refused { brokers: String, reason: String },
+    #[error("asked to stop while waiting for the Kafka cluster at {brokers}")]
+    StoppedWaiting { brokers: String },
+}
+
+/// Whether waiting can cure a librdkafka error: the cluster refusing this client
+/// (authentication, authorization, a SASL mechanism it does not offer) cannot; a TLS
+/// handshake failing is waited out (brokers coming up fail a few), up to the patience; everything an outage, a leader election or a coordinator moving brings
+/// (transport failures, all brokers down, timeouts, not leader, coordinator loading) can.
+pub fn fault_of(code: RDKafkaErrorCode) -> Fault {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::Authentication
+        | C::SaslAuthenticationFailed
+        | C::UnsupportedSASLMechanism
+        | C::IllegalSASLState
+        | C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::DelegationTokenAuthorizationFailed => Fault::Fatal,
+        _ => Fault::Transient,
+    }
+}
+
+/// The first error librdkafka reported that waiting cannot cure ([`fault_of`]), in this
+/// process: its clients report them through [`Context::error`], not to the call that met them.
+static REFUSAL: OnceLock<String> = OnceLock::new();
+
+/// Why the cluster refuses this process's clients, if it did.
+pub fn refusal() -> Option<String> {
+    REFUSAL.get().cloned()
 }
 
 impl KafkaConfig {
@@ -117,7 +167,23 @@ impl KafkaConfig {
             properties: Vec::new(),
             properties_file: None,
             loaded: Arc::default(),
+            patience: None,
         }
+    }
+
+    /// These settings for a stage: at start-up ([`KafkaConfig::check_topics_off_runtime`])
+    /// a cluster that does not answer is waited for, up to `patience` or until `shutdown`.
+    pub fn with_patience(mut self, patience: Duration, shutdown: Shutdown) -> Self {
+        self.patience = Some(Box::new((patience, shutdown)));
+        self
+    }
+
+    /// A client for metadata requests only (the readiness watcher's).
+    pub fn probe(&self) -> Result<BaseConsumer<Context>, KafkaSetupError> {
+        self.properties()?;
+        self.client_config()
+            .create_with_context(Context)
+            .map_err(KafkaSetupError::Client)
     }
 
     /// The configured librdkafka properties (file first, then flag or environment entries),
@@ -252,15 +318,68 @@ impl KafkaConfig {
         }
     }
 
-    /// [`KafkaConfig::check_topics`] on a blocking thread, for async callers.
+    /// [`KafkaConfig::check_topics`] on a blocking thread, for async callers. With a
+    /// stage's patience ([`KafkaConfig::with_patience`]), a cluster that does not answer is
+    /// asked again (1 s, doubling to 10 s) until it does or the patience is spent; a
+    /// missing topic or a refusal ends the wait at once.
     pub async fn check_topics_off_runtime(
         &self,
         topics: Vec<String>,
     ) -> Result<(), KafkaSetupError> {
-        let kafka = self.clone();
-        tokio::task::spawn_blocking(move || kafka.check_topics(&topics))
-            .await
-            .expect("the topic check does not panic")
+        let backoff = crate::core::backoff::Backoff {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(10),
+        };
+        let mut outage = Outage::default();
+        let mut attempt = 0;
+        loop {
+            let (kafka, wanted) = (self.clone(), topics.clone());
+            let checked = tokio::task::spawn_blocking(move || kafka.check_topics(&wanted))
+                .await
+                .expect("the topic check does not panic");
+            let Some((patience, shutdown)) = self.patience.as_deref() else {
+                return checked_without_patience(checked);
+            };
+            let reason = match checked {
+                Ok(()) => {
+                    if let Some(down) = outage.answered(Instant::now()) {
+                        tracing::info!(waited_s = down.as_secs(), "the Kafka cluster answers");
+                    }
+                    return Ok(());
+                }
+                Err(KafkaSetupError::Unreachable { reason, .. }) => reason,
+                Err(other) => return Err(other),
+            };
+            if let Some(refused) = refusal() {
+                return Err(KafkaSetupError::Refused {
+                    brokers: self.brokers.clone(),
+                    reason: refused,
+                });
+            }
+            match outage.failed(Fault::Transient, Instant::now(), *patience) {
+                Verdict::GiveUp { down } => {
+                    return Err(KafkaSetupError::OutlastedPatience {
+                        brokers: self.brokers.clone(),
+                        waited: down,
+                        reason,
+                    })
+                }
+                Verdict::Wait { down, left } => tracing::warn!(
+                    brokers = %self.brokers,
+                    %reason,
+                    down_s = down.as_secs(),
+                    patience_left_s = left.as_secs(),
+                    "the Kafka cluster does not answer; waiting for it (not ready)"
+                ),
+            }
+            let delay = backoff.delay(attempt, crate::core::backoff::random_fraction());
+            if shutdown.clone().sleep(delay).await.is_err() {
+                return Err(KafkaSetupError::StoppedWaiting {
+                    brokers: self.brokers.clone(),
+                });
+            }
+            attempt += 1;
+        }
     }
 
     /// Fails with one sentence if the cluster does not answer a metadata request in time,
@@ -409,6 +528,16 @@ impl ClientContext for ProbeContext {
 
 impl ConsumerContext for ProbeContext {}
 
+/// Without a patience, the check's answer as it is (a refusal named as such).
+fn checked_without_patience(checked: Result<(), KafkaSetupError>) -> Result<(), KafkaSetupError> {
+    match (checked, refusal()) {
+        (Err(KafkaSetupError::Unreachable { brokers, .. }), Some(reason)) => {
+            Err(KafkaSetupError::Refused { brokers, reason })
+        }
+        (checked, _) => checked,
+    }
+}
+
 /// The client context of every orderflow Kafka client: librdkafka's own log lines go to
 /// `tracing` under the `librdkafka` target, connection churn at debug level (it is
 /// reported by the startup check and by readiness, and librdkafka recovers by itself).
@@ -433,6 +562,11 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(code) = error.rdkafka_error_code() {
+            if fault_of(code) == Fault::Fatal {
+                let _ = REFUSAL.set(format!("{error}: {}", crate::secret::scrub(reason)));
+            }
+        }
         let churn = matches!(
             error.rdkafka_error_code(),
             Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
@@ -449,7 +583,9 @@ impl ConsumerContext for Context {}
 
 #[cfg(test)]
 mod tests {
-    use super::{reason_text, KafkaConfig, Seen};
+    use super::{fault_of, reason_text, KafkaConfig, Seen};
+    use crate::core::outage::Fault;
+    use rdkafka::error::RDKafkaErrorCode as C;
 
     #[test]
     fn librdkafka_reasons_lose_the_broker_prefix_and_the_state_tail() {
@@ -483,6 +619,35 @@ mod tests {
         ));
         // Anything else is kept whole, on one line.
         assert_eq!(reason_text("a: b\nc"), "a: b c");
+    }
+
+    #[test]
+    fn a_refusal_is_fatal_and_what_a_failover_brings_is_waited_out() {
+        for code in [
+            C::Authentication,
+            C::SaslAuthenticationFailed,
+            C::TopicAuthorizationFailed,
+            C::GroupAuthorizationFailed,
+            C::ClusterAuthorizationFailed,
+        ] {
+            assert_eq!(fault_of(code), Fault::Fatal, "{code:?}");
+        }
+        for code in [
+            C::BrokerTransportFailure,
+            C::AllBrokersDown,
+            C::RequestTimedOut,
+            C::NotLeaderForPartition,
+            C::LeaderNotAvailable,
+            C::NotCoordinator,
+            C::CoordinatorLoadInProgress,
+            C::CoordinatorNotAvailable,
+            C::NotEnoughReplicas,
+            C::NotEnoughReplicasAfterAppend,
+            C::SSL,
+        ] {
+            assert_eq!(fault_of(code), Fault::Transient, "{code:?}");
+        }
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod serve;
 mod sink;
 mod stage;
 
-pub use serve::{serve, watch_database, MetricsConfig, MetricsError};
+pub use serve::{serve, MetricsConfig, MetricsError};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -86,8 +86,10 @@ fn lateness_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     ready: AtomicBool,
-    /// False while the database does not answer (set by [`watch_database`]).
+    /// False while the database does not answer (set by `crate::outage::watch_database`).
     database_ok: AtomicBool,
+    /// False while the Kafka cluster does not answer (set by `crate::outage::watch_kafka`).
+    kafka_ok: AtomicBool,
     /// Messages a stage finished (their effects durable), by topic.
     pub messages_handled: Family<TopicLabel, Counter>,
     /// Messages a stage's consumer received from the broker, by topic (librdkafka's
@@ -160,6 +162,7 @@ impl Metrics {
             registry: Registry::default(),
             ready: AtomicBool::new(false),
             database_ok: AtomicBool::new(true),
+            kafka_ok: AtomicBool::new(true),
             messages_handled: Family::<TopicLabel, Counter>::default(),
             messages_fetched: Family::<TopicLabel, Counter>::default(),
             messages_in_flight: Gauge::default(),
@@ -214,9 +217,21 @@ impl Metrics {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Ready: the stage works on partitions and the database answers.
+    /// Whether the database answers, for `/readyz`.
+    pub fn set_database_ok(&self, ok: bool) {
+        self.database_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// Whether the Kafka cluster answers, for `/readyz`.
+    pub fn set_kafka_ok(&self, ok: bool) {
+        self.kafka_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// Ready: the stage works on partitions, and the database and the cluster answer.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && self.database_ok.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed)
+            && self.database_ok.load(Ordering::Relaxed)
+            && self.kafka_ok.load(Ordering::Relaxed)
     }
 
     /// The metrics in Prometheus' text format.

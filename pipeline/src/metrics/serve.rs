@@ -1,9 +1,9 @@
 //! The small HTTP server every long-running command exposes: `/metrics`, `/healthz` (the
-//! process runs) and `/readyz` (its stage is consuming and the database answers).
+//! process runs) and `/readyz` (its stage is consuming, and the database and the Kafka
+//! cluster answer: `crate::outage` watches them).
 
 use super::Metrics;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Where to serve metrics; the flag is shared by every long-running command.
@@ -71,28 +71,4 @@ pub async fn serve(
     });
     tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
     Ok(Some(bound))
-}
-
-/// Asks the database `SELECT 1` every 5 s and keeps `/readyz` false while it does not
-/// answer within 2 s.
-pub fn watch_database(pool: sqlx::PgPool, metrics: Arc<Metrics>) {
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            every.tick().await;
-            let answered = tokio::time::timeout(
-                std::time::Duration::from_secs(2),
-                sqlx::query("SELECT 1").execute(&pool),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
-            let was = metrics.database_ok.swap(answered, Ordering::Relaxed);
-            if was != answered {
-                tracing::warn!(
-                    answered,
-                    "database reachability changed; /readyz follows it"
-                );
-            }
-        }
-    });
 }

@@ -1,5 +1,6 @@
-//! Phase 1, the test bed: a broker and a PostgreSQL server of the run's own (so it may
-//! restart them), the topics with the scaled-down check tiers, the znet simulator with its
+//! Phase 1, the test bed: a broker (or a three-node cluster) and a PostgreSQL server of the
+//! run's own (so it may restart them), the topics with the scaled-down check tiers (on a
+//! cluster: three partitions each, three replicas, min.insync.replicas 2), the znet simulator with its
 //! accounts (one of them broken), the PIN keys, an OTLP receiver that keeps every trace
 //! export, and the six stages started.
 
@@ -9,7 +10,7 @@ use crate::common::private_pg::PrivatePostgres;
 use crate::settings::{Clock, BROKEN_ACCOUNT, TIERS, VISIBILITY_LAG, VISIBILITY_WINDOW_MS};
 use crate::stages::{self, Stages};
 use orderflow::db::DbConfig;
-use orderflow::kafka::topics::{self, name, TopicSpec, TopicSpecs};
+use orderflow::kafka::topics::{self, name, Replication, TopicSpec, TopicSpecs};
 use orderflow::kafka::KafkaConfig;
 use orderflow::pin::PinKeys;
 use orderflow::testbed::sim::{Sim, SimConfig, SimHandle};
@@ -35,14 +36,21 @@ pub struct Bed {
     _sim: (tokio::sync::oneshot::Sender<()>, SimHandle),
 }
 
+/// One broker, or three.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kafka {
+    Single,
+    Cluster,
+}
+
 impl Bed {
-    pub async fn start(clock: &Clock, work: &Path) -> Bed {
-        let (broker, pg, pool, db_url) = private_servers(clock, work).await;
+    pub async fn start(clock: &Clock, work: &Path, layout: Kafka) -> Bed {
+        let (broker, pg, pool, db_url) = private_servers(clock, work, layout).await;
         let kafka = KafkaConfig::for_tests(
             &broker.brokers(),
             &format!("{}.", crate::common::unique("chaos-")),
         );
-        create_topics(&kafka).await;
+        create_topics(&kafka, layout).await;
         let (sim, sim_running) = start_provider().await;
         let sim_url = format!("http://{}", sim_running.1.addr);
         let accounts_file = write_accounts(work, &sim_url);
@@ -75,13 +83,17 @@ impl Bed {
 async fn private_servers(
     clock: &Clock,
     work: &Path,
+    layout: Kafka,
 ) -> (Arc<PrivateBroker>, Arc<PrivatePostgres>, PgPool, String) {
     let broker_dir = work.join("broker");
-    let broker = tokio::task::spawn_blocking(move || PrivateBroker::start(broker_dir))
-        .await
-        .unwrap();
+    let broker = tokio::task::spawn_blocking(move || match layout {
+        Kafka::Single => PrivateBroker::start(broker_dir),
+        Kafka::Cluster => PrivateBroker::start_cluster(broker_dir),
+    })
+    .await
+    .unwrap();
     let broker = Arc::new(broker);
-    clock.say(&format!("private broker on {}", broker.brokers()));
+    clock.say(&format!("private Kafka on {}", broker.brokers()));
     let pg = tokio::task::spawn_blocking(PrivatePostgres::start)
         .await
         .unwrap();
@@ -94,8 +106,10 @@ async fn private_servers(
     (broker, pg, pool, db_url)
 }
 
-/// The spec's topics, with the status-check tiers of [`TIERS`] in place of the spec's.
-async fn create_topics(kafka: &KafkaConfig) {
+/// The spec's topics, with the status-check tiers of [`TIERS`] in place of the spec's; on a
+/// cluster with three partitions each (the nodes share two cores and their open files),
+/// three replicas and min.insync.replicas 2, as in production.
+async fn create_topics(kafka: &KafkaConfig, layout: Kafka) {
     let mut specs = TopicSpecs::load(None).unwrap();
     let template = specs
         .topics
@@ -111,6 +125,15 @@ async fn create_topics(kafka: &KafkaConfig) {
         !t.name.starts_with("orders.status-check.")
             || TIERS.split(',').any(|l| t.name == name::status_check(l))
     });
+    if layout == Kafka::Cluster {
+        for t in &mut specs.topics {
+            t.partitions = t.partitions.min(3);
+        }
+        specs = specs.with_replication(Replication {
+            factor: 3,
+            min_insync: 2,
+        });
+    }
     let report = topics::apply(kafka, &specs).await.unwrap();
     assert!(report.is_clean(), "{report:?}");
 }

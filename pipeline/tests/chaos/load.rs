@@ -120,6 +120,21 @@ pub async fn top_up(
     }
 }
 
+/// One more valid order, added to `valid` and sent in a task of its own (the caller goes
+/// on while the broker is slow to take it: a frozen leader holds a send for seconds).
+pub fn top_up_in_background(
+    producer: &rdkafka::producer::FutureProducer<orderflow::kafka::Context>,
+    kafka: &KafkaConfig,
+    valid: &mut Vec<OrderCreated>,
+) -> JoinHandle<()> {
+    let mut o = order(["25", "50", "100"][valid.len() % 3]);
+    o.user_extra = format!("oyuncu#{}", valid.len());
+    let (producer, topic) = (producer.clone(), kafka.topic(name::ORDERS_CREATED));
+    let (key, payload) = (o.order_id.to_string(), o.encode());
+    valid.push(o);
+    tokio::spawn(async move { send(&producer, &topic, Some(&key), &payload, &Mutex::new(0)).await })
+}
+
 #[derive(Default)]
 pub struct Published {
     pub valid: usize,

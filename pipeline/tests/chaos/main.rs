@@ -1,5 +1,8 @@
 //! The reliability suite (issue 8): the whole pipeline under load while it is attacked,
-//! then checked against G1–G9 with figures that are counted, never assumed.
+//! then checked against G1–G9 with figures that are counted, never assumed. A second test,
+//! `cluster_failover_under_load_keeps_every_guarantee` (`cluster`, `failover`), runs the
+//! pipeline on three brokers with replicated topics and fails them over under load (issue
+//! 19); the two run one after the other.
 //!
 //! One test, `chaos_under_load_keeps_every_guarantee`, runs on a broker and a PostgreSQL
 //! server of its own (so it may restart them without touching other tests): two dispatch
@@ -39,9 +42,11 @@ mod background;
 mod bed;
 mod broker;
 mod checks;
+mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
 mod drain;
+mod failover;
 mod figures;
 mod hostile;
 mod lifecycle;
@@ -51,7 +56,7 @@ mod settings;
 mod stages;
 
 use background::Background;
-use bed::Bed;
+use bed::{Bed, Kafka};
 use common::pipeline::read_to_end;
 use figures::Findings;
 use load::Load;
@@ -61,13 +66,14 @@ use settings::{Clock, Size};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_under_load_keeps_every_guarantee() {
+    let _alone = settings::ONE_RUN_AT_A_TIME.lock().await;
     let size = Size::from_env();
     let clock = Clock::start();
     let run_dir = settings::run_dir();
     let work = settings::work_dir();
 
     // 1. The broker and the database of the run's own, the provider, the six stages.
-    let bed = Bed::start(&clock, &work).await;
+    let bed = Bed::start(&clock, &work, Kafka::Single).await;
     let background = Background::start(&bed.stages, &bed.pool);
     // 2. The load, published while 3. stages are killed and the broker and PostgreSQL
     // restarted, and 4. the provider fails in waves.

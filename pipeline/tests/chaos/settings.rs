@@ -61,7 +61,21 @@ impl Size {
             kills_per_stage: env_or("ORDERFLOW_CHAOS_KILLS", 2),
         }
     }
+
+    /// The cluster run's size: by default 240 orders at 4/s (more arrive at that rate for
+    /// as long as the failovers last); the same variables change it.
+    pub fn cluster_from_env() -> Size {
+        Size {
+            orders: env_or("ORDERFLOW_CHAOS_ORDERS", 240),
+            rate: env_or("ORDERFLOW_CHAOS_RATE", 4.0),
+            kills_per_stage: 0,
+        }
+    }
 }
+
+/// The runs share two cores, and each starts its own Kafka and PostgreSQL: one at a time
+/// (a tokio mutex: it is held across the whole run, and a run that failed releases it).
+pub static ONE_RUN_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Time since the run began, for the progress lines on stderr.
 pub struct Clock {

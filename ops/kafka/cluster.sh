@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Owns a three-node Kafka cluster on 127.0.0.1 for the tests, the demo and the benchmark
+# that need more than the single broker (ops/kafka/broker.sh stays the default): three
+# KRaft nodes, each a broker and one voter of a static controller quorum, from the same
+# Maven artifacts (ops/kafka/pom.xml), each run by broker.sh in a directory of its own
+# under $KAFKA_CLUSTER_DIR. Internal topics get three replicas and min ISR 2; topics
+# created without a replication factor too (`orderflow topics apply` sets its own).
+#
+#   ops/kafka/cluster.sh start|stop|status|brokers
+#   ops/kafka/cluster.sh start-node|stop-node|kill-node|pid N     (N = 1, 2 or 3)
+#
+# `brokers` prints the bootstrap list. `kill-node` is kill -9 (the node's data stays;
+# `start-node` brings it back). Env: ORDERFLOW_STATE_DIR (/var/lib/orderflow),
+# KAFKA_CLUSTER_DIR ($ORDERFLOW_STATE_DIR/kafka-cluster), KAFKA_CLUSTER_PORTS
+# (19092,19093,19094: the brokers' ports), KAFKA_CLUSTER_CONTROLLER_PORTS
+# (19192,19193,19194), KAFKA_CLUSTER_HEAP (384m per node), KAFKA_EXTRA_PROPERTIES
+# (appended to every node's server.properties), KAFKA_START_TIMEOUT (120), KAFKA_FRESH
+# (1: nodes this script starts begin with empty storage).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+STATE_DIR="${ORDERFLOW_STATE_DIR:-/var/lib/orderflow}"
+DIR="${KAFKA_CLUSTER_DIR:-$STATE_DIR/kafka-cluster}"
+IFS=, read -r -a PORTS <<<"${KAFKA_CLUSTER_PORTS:-19092,19093,19094}"
+IFS=, read -r -a CPORTS <<<"${KAFKA_CLUSTER_CONTROLLER_PORTS:-19192,19193,19194}"
+
+say() { echo "cluster: $*"; }
+die() { echo "cluster: $*" >&2; exit 1; }
+
+((${#PORTS[@]} == 3 && ${#CPORTS[@]} == 3)) ||
+  die "KAFKA_CLUSTER_PORTS and KAFKA_CLUSTER_CONTROLLER_PORTS must each name three ports."
+
+VOTERS="1@127.0.0.1:${CPORTS[0]},2@127.0.0.1:${CPORTS[1]},3@127.0.0.1:${CPORTS[2]}"
+# What a cluster needs beyond the single broker's settings: fewer partitions of the
+# group offsets topic (three replicas each, and the broker's open files are limited), a
+# follower that stops fetching for 10 s leaves the ISR (30 s by default), and topics
+# created without a spec are replicated like the spec's.
+CLUSTER_PROPERTIES="offsets.topic.num.partitions=12
+default.replication.factor=3
+min.insync.replicas=2
+replica.lag.time.max.ms=10000"
+
+brokers() {
+  local list=() p
+  for p in "${PORTS[@]}"; do list+=("127.0.0.1:$p"); done
+  (IFS=,; echo "${list[*]}")
+}
+
+# node N ARGS...: broker.sh for node N, in its own directory and on its own ports.
+node() {
+  local n=$1
+  shift
+  ORDERFLOW_STATE_DIR="$DIR/node-$n" KAFKA_LIB="$DIR/lib" KAFKA_NODE_ID="$n" \
+    KAFKA_PORT="${PORTS[n - 1]}" KAFKA_CONTROLLER_PORT="${CPORTS[n - 1]}" \
+    KAFKA_QUORUM_VOTERS="$VOTERS" KAFKA_CLUSTER_ID="$(cat "$DIR/cluster.id")" \
+    KAFKA_HEAP="${KAFKA_CLUSTER_HEAP:-384m}" KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}" \
+    KAFKA_EXTRA_PROPERTIES="$CLUSTER_PROPERTIES${KAFKA_EXTRA_PROPERTIES:+
+$KAFKA_EXTRA_PROPERTIES}" \
+    bash "$HERE/broker.sh" "$@"
+}
+
+check_node() {
+  [[ ${1:-} =~ ^[123]$ ]] || die "name a node: 1, 2 or 3."
+}
+
+# The jars once for the three nodes: the shared broker's when they are of this pom,
+# Maven otherwise; and the cluster id every node is formatted with, made once.
+prepare() {
+  local shared="$STATE_DIR/kafka/lib"
+  mkdir -p "$DIR"
+  if [[ ! -d $DIR/lib && -f $shared/.pom.sha256 ]]; then cp -a "$shared" "$DIR/lib"; fi
+  if [[ ! -s $DIR/cluster.id ]]; then
+    # A Kafka cluster id: 16 random bytes in URL-safe base64 without padding.
+    head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$DIR/cluster.id"
+  fi
+  ORDERFLOW_STATE_DIR="$DIR/node-1" KAFKA_LIB="$DIR/lib" bash "$HERE/broker.sh" jars
+}
+
+# Runs `node N ACTION` for the three nodes at once: a node of a static quorum only
+# finishes starting once a majority of the voters is up, so they cannot start in turn.
+all() {
+  local action=$1 n pids=() failed=0
+  for n in 1 2 3; do
+    { node "$n" "$action" 2>&1 | sed -u "s/^/node $n: /"; } &
+    pids+=($!)
+  done
+  for n in "${!pids[@]}"; do wait "${pids[n]}" || failed=1; done
+  return "$failed"
+}
+
+start() {
+  local t0=$SECONDS
+  prepare
+  if [[ ${KAFKA_FRESH:-0} == 1 ]]; then
+    say "KAFKA_FRESH=1: discarding the nodes' data."
+    rm -rf "$DIR"/node-*/kafka/data "$DIR"/node-*/kafka/cluster.id
+  fi
+  all start || { all stop >/dev/null 2>&1 || true; die "the cluster did not start; the nodes' output is above."; }
+  say "ready on $(brokers) ($((SECONDS - t0)) s); logs: $DIR/node-N/kafka/broker.log."
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) all stop; say "stopped." ;;
+  status)
+    failed=0
+    for n in 1 2 3; do node "$n" status | sed "s/^/node $n: /" || failed=1; done
+    exit "$failed" ;;
+  brokers) brokers ;;
+  start-node) check_node "${2:-}"; prepare >/dev/null; node "$2" start ;;
+  stop-node) check_node "${2:-}"; node "$2" stop ;;
+  pid)
+    check_node "${2:-}"
+    cat "$DIR/node-$2/kafka/broker.pid" 2>/dev/null || die "node $2 is not running." ;;
+  kill-node)
+    check_node "${2:-}"
+    pid=$(cat "$DIR/node-$2/kafka/broker.pid" 2>/dev/null) || die "node $2 is not running."
+    kill -KILL "$pid" 2>/dev/null || die "node $2 (pid $pid) is not running."
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    rm -f "$DIR/node-$2/kafka/broker.pid"
+    say "node $2 (pid $pid) killed with SIGKILL." ;;
+  *) echo "usage: $0 start|stop|status|brokers, or start-node|stop-node|kill-node|pid 1|2|3" >&2; exit 2 ;;
+esac
