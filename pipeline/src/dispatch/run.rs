@@ -7,6 +7,7 @@
 use super::config::DispatchConfig;
 use super::error::DispatchError;
 use super::handler::DispatchHandler;
+use crate::account_caps;
 use crate::account_status;
 use crate::kafka::stage::{self, LoopConfig};
 use crate::kafka::topics::name;
@@ -53,6 +54,14 @@ pub async fn run(
         Duration::from_secs(config.balance_check_interval_secs),
         shutdown.clone(),
     );
+    let keepers = account_caps::share(
+        "dispatch",
+        accounts.all(),
+        pool.clone(),
+        Arc::clone(&metrics),
+    )
+    .await
+    .map_err(DispatchError::Caps)?;
     let handler = Arc::new(DispatchHandler::new(
         &config,
         &kafka,
@@ -74,7 +83,9 @@ pub async fn run(
     };
     let consumer = stage::consumer(&kafka, &options)?;
     tracing::info!(group = %options.group, topics = ?options.topics, "dispatch stage running");
-    stage::run(consumer, handler, options, shutdown).await?;
+    let ran = stage::run(consumer, handler, options, shutdown).await;
+    keepers.stop().await;
+    ran?;
     tracing::info!("dispatch stage stopped");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! it to the shared consumer loop ([`crate::kafka::stage`]) until shutdown.
 
 use super::{tier_topics, PollConfig, PollError, PollHandler};
+use crate::account_caps;
 use crate::account_status;
 use crate::kafka::stage::{self, LoopConfig};
 use crate::kafka::topics::name;
@@ -39,6 +40,9 @@ pub async fn run(
         config.account_status,
         shutdown.clone(),
     );
+    let keepers = account_caps::share("poll", accounts.all(), pool.clone(), Arc::clone(&metrics))
+        .await
+        .map_err(PollError::Caps)?;
     let handler = Arc::new(PollHandler::new(
         &kafka,
         pool,
@@ -56,7 +60,9 @@ pub async fn run(
     };
     let consumer = stage::consumer(&kafka, &options)?;
     tracing::info!(group = %options.group, topics = ?options.topics, "poll stage running");
-    stage::run(consumer, handler, options, shutdown).await?;
+    let ran = stage::run(consumer, handler, options, shutdown).await;
+    keepers.stop().await;
+    ran?;
     tracing::info!("poll stage stopped");
     Ok(())
 }
