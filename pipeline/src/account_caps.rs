@@ -180,7 +180,7 @@ impl Keeper {
                 break;
             }
         }
-        let back = caps.release_all(Instant::now());
+        let back = caps.release_all(Instant::now(), self.guard);
         let id = &self.account.id;
         let gone = async {
             table::release(&self.pool, id, &self.holder, &back).await?;

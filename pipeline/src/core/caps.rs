@@ -3,9 +3,12 @@
 //! A provider account allows `max_concurrent` calls at once and `max_per_second` calls per
 //! second, whatever the number of processes calling it. Both caps are slots: a **call
 //! slot** is held for the length of one call, so at most `max_concurrent` calls run at once;
-//! a **rate slot** rests for [`rate_slots`]'s spacing (one second and a margin, for an
-//! integer rate) after each call it started, so at most `max_per_second` calls start in any
-//! one-second window. Each slot belongs to at most one process at a time (the table
+//! a **rate slot** is held for the length of a call too and then rests (one second, for an
+//! integer rate: [`rate_slots`]), so at most `max_per_second` calls start in any one-second
+//! window. The rest counts from the call's end, when the answer is back: the provider saw
+//! the call before that, and sees the slot's next call after its start, so no delay between
+//! this process and the provider (scheduling, the network, the provider's own queue) can
+//! bring two calls of one slot closer than a second as the provider counts them. Each slot belongs to at most one process at a time (the table
 //! `provider_slots`, `crate::account_caps`); a process gives a rate slot back with the
 //! rest it still owes, so the next owner cannot use it early. The sums therefore hold
 //! across the cluster by construction, however the slots move.
@@ -19,14 +22,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// Added to a rate slot's rest: the time between taking the slot and the call reaching the
-/// provider varies by a few milliseconds (scheduling, the connection), and without a margin
-/// two calls one second apart at the caller could arrive less than a second apart.
-pub const RATE_MARGIN: Duration = Duration::from_millis(50);
-
 /// How many rate slots `per_second` needs and how long each rests after a call: for an
-/// integer rate N, N slots resting one second (plus [`RATE_MARGIN`]); for a fractional rate
-/// r, ⌈r⌉ slots resting ⌈r⌉/r seconds, so the long-run rate is r.
+/// integer rate N, N slots resting one second; for a fractional rate r, ⌈r⌉ slots resting
+/// ⌈r⌉/r seconds.
 pub fn rate_slots(per_second: f64) -> (u32, Duration) {
     let per_second = if per_second.is_finite() && per_second > 0.0 {
         per_second
@@ -34,8 +32,10 @@ pub fn rate_slots(per_second: f64) -> (u32, Duration) {
         1.0
     };
     let slots = per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
-    let rest = Duration::from_secs_f64(f64::from(slots) / per_second);
-    (slots, rest + RATE_MARGIN)
+    (
+        slots,
+        Duration::from_secs_f64(f64::from(slots) / per_second),
+    )
 }
 
 /// The two kinds of slot.
@@ -74,9 +74,12 @@ struct CallSlot {
 
 #[derive(Clone, Debug, Default)]
 struct RateSlot {
+    /// When its last call ended.
     last_use: Option<Instant>,
-    /// Taken by a caller that has not called yet.
+    /// Taken by a caller, for a call not made yet or running.
     reserved: bool,
+    /// Its call has started.
+    calling: bool,
     leaving: bool,
 }
 
@@ -253,25 +256,28 @@ impl Slots {
         Err(soonest)
     }
 
-    /// The reserved slot starts a call now; `false` when the slot was lost meanwhile (the
+    /// The reserved slot's call starts now; `false` when the slot was lost meanwhile (the
     /// caller must not call, and reserves again).
-    pub fn use_rate(&mut self, slot: u32, now: Instant) -> bool {
+    pub fn start_rate(&mut self, slot: u32, now: Instant) -> bool {
         if self.lapse(now) {
             return false;
         }
         match self.rates.get_mut(&slot) {
             Some(s) if s.reserved => {
-                s.reserved = false;
-                s.last_use = Some(now);
+                s.calling = true;
                 true
             }
             _ => false,
         }
     }
 
-    /// A reservation given up without a call.
-    pub fn unreserve_rate(&mut self, slot: u32) {
+    /// The slot's caller is done: its call, if it started, ended now and the slot rests from
+    /// now; a reservation given up without a call leaves the slot as it was.
+    pub fn end_rate(&mut self, slot: u32, now: Instant) {
         if let Some(s) = self.rates.get_mut(&slot) {
+            if std::mem::take(&mut s.calling) {
+                s.last_use = Some(now);
+            }
             s.reserved = false;
         }
     }
@@ -340,18 +346,33 @@ impl Slots {
         out
     }
 
-    /// Every slot, to give back at shutdown (busy ones too: the caller has stopped calling),
-    /// each with the rest it still owes.
-    pub fn release_all(&mut self, now: Instant) -> Vec<Release> {
-        for s in self.calls.values_mut() {
-            s.leaving = true;
-            s.busy = false;
+    /// Every slot, to give back at shutdown, each with the rest it still owes; a call slot
+    /// still busy (a call outliving its stage) and a rate slot still reserved rest `busy`,
+    /// the longest they may stay in use. None is used after this.
+    pub fn release_all(&mut self, now: Instant, busy: Duration) -> Vec<Release> {
+        let mut out: Vec<Release> = Vec::new();
+        for (slot, s) in std::mem::take(&mut self.calls) {
+            out.push(Release {
+                kind: Kind::Call,
+                slot,
+                rest: if s.busy { busy } else { Duration::ZERO },
+            });
         }
-        for s in self.rates.values_mut() {
-            s.leaving = true;
-            s.reserved = false;
+        for (slot, s) in std::mem::take(&mut self.rates) {
+            let rest = if s.reserved {
+                busy
+            } else {
+                s.last_use.map_or(Duration::ZERO, |t| {
+                    (t + self.rest).saturating_duration_since(now)
+                })
+            };
+            out.push(Release {
+                kind: Kind::Rate,
+                slot,
+                rest,
+            });
         }
-        self.release(now)
+        out
     }
 }
 
@@ -423,26 +444,30 @@ mod tests {
 
     #[test]
     fn integer_and_fractional_rates() {
-        assert_eq!(rate_slots(40.0), (40, SECOND + RATE_MARGIN));
+        assert_eq!(rate_slots(40.0), (40, SECOND));
         let (n, rest) = rate_slots(2.5);
         assert_eq!(n, 3);
-        assert_eq!(rest, Duration::from_secs_f64(1.2) + RATE_MARGIN);
-        assert_eq!(rate_slots(0.5), (1, Duration::from_secs(2) + RATE_MARGIN));
+        assert_eq!(rest, Duration::from_secs_f64(1.2));
+        assert_eq!(rate_slots(0.5), (1, Duration::from_secs(2)));
     }
 
     #[test]
-    fn a_rate_slot_rests_after_its_call() {
+    fn a_rate_slot_rests_after_its_call_ends() {
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let mut s = Slots::all(2, 2.0);
         let a = s.reserve_rate(t0).unwrap();
         let b = s.reserve_rate(t0).unwrap();
         assert_eq!(s.reserve_rate(t0), Err(None), "both reserved");
-        assert!(s.use_rate(a, t0));
-        s.unreserve_rate(b);
+        assert!(s.start_rate(a, t0));
+        s.end_rate(b, t0);
         let b = s.reserve_rate(t0).unwrap();
-        assert!(s.use_rate(b, t0));
-        assert_eq!(s.reserve_rate(t0), Err(Some(SECOND + RATE_MARGIN)));
-        assert!(s.reserve_rate(t0 + SECOND + RATE_MARGIN).is_ok());
+        assert!(s.start_rate(b, t0));
+        s.end_rate(a, t0 + ms(50));
+        s.end_rate(b, t0 + ms(80));
+        assert_eq!(s.reserve_rate(t0 + ms(100)), Err(Some(ms(950))));
+        assert_eq!(s.reserve_rate(t0 + ms(1050)), Ok(a));
+        assert_eq!(s.reserve_rate(t0 + ms(1050)), Err(Some(ms(30))));
     }
 
     #[test]
@@ -463,7 +488,8 @@ mod tests {
         let mut s = Slots::all(3, 3.0);
         let busy = s.take_call(t0).unwrap();
         let r = s.reserve_rate(t0).unwrap();
-        assert!(s.use_rate(r, t0));
+        assert!(s.start_rate(r, t0));
+        s.end_rate(r, t0);
         s.aim(1, 1);
         // The busy call slot stays; the two idle ones go now.
         let out = s.release(t0);
@@ -483,7 +509,7 @@ mod tests {
             vec![Release {
                 kind: Kind::Rate,
                 slot: r,
-                rest: SECOND + RATE_MARGIN - Duration::from_millis(300)
+                rest: SECOND - Duration::from_millis(300)
             }]
         );
         s.put_call(busy);
@@ -506,7 +532,7 @@ mod tests {
         let call = s.take_call(t0).unwrap();
         let rate = s.reserve_rate(t0).unwrap();
         assert!(
-            !s.use_rate(rate, t0 + SECOND),
+            !s.start_rate(rate, t0 + SECOND),
             "the lease was not renewed in time"
         );
         assert_eq!(s.held(Kind::Call) + s.held(Kind::Rate), 0);
@@ -533,6 +559,46 @@ mod tests {
     }
 
     #[test]
+    fn at_shutdown_every_slot_goes_back_with_what_it_owes() {
+        let t0 = Instant::now();
+        let mut s = Slots::all(2, 2.0);
+        let _busy = s.take_call(t0).unwrap();
+        let used = s.reserve_rate(t0).unwrap();
+        assert!(s.start_rate(used, t0));
+        s.end_rate(used, t0);
+        let reserved = s.reserve_rate(t0).unwrap();
+        let later = t0 + Duration::from_millis(50);
+        let mut out = s.release_all(later, 3 * SECOND);
+        out.sort_by_key(|r| (r.kind, r.rest));
+        assert_eq!(
+            out,
+            vec![
+                Release {
+                    kind: Kind::Call,
+                    slot: 1,
+                    rest: Duration::ZERO
+                },
+                Release {
+                    kind: Kind::Call,
+                    slot: 0,
+                    rest: 3 * SECOND
+                },
+                Release {
+                    kind: Kind::Rate,
+                    slot: used,
+                    rest: SECOND - Duration::from_millis(50)
+                },
+                Release {
+                    kind: Kind::Rate,
+                    slot: reserved,
+                    rest: 3 * SECOND
+                },
+            ]
+        );
+        assert_eq!(s.take_call(later), None);
+    }
+
+    #[test]
     fn wants_follow_the_callers() {
         let t0 = Instant::now();
         let mut s = Slots::all(4, 10.0);
@@ -540,7 +606,8 @@ mod tests {
         s.take_call(t0);
         s.waiting_calls = 7;
         let r = s.reserve_rate(t0).unwrap();
-        s.use_rate(r, t0);
+        s.start_rate(r, t0);
+        s.end_rate(r, t0);
         assert_eq!(s.wants(t0, 10, 4), Wants { calls: 4, rates: 1 });
         s.waiting_rates = 1;
         assert_eq!(s.wants(t0, 10, 4).rates, 10);
@@ -603,7 +670,7 @@ mod tests {
             let mut owner_rate: Vec<Option<usize>> = vec![None; rate_n as usize];
             let mut resting_until: Vec<Instant> = vec![t0; rate_n as usize];
             let mut procs: Vec<Slots> = (0..processes).map(|_| Slots::empty(rest)).collect();
-            let mut running: Vec<Vec<u32>> = vec![Vec::new(); processes];
+            let mut running: Vec<Vec<(u32, u32)>> = vec![Vec::new(); processes];
             let mut starts: Vec<Instant> = Vec::new();
             let mut now = t0;
             for (who, action, ms) in steps {
@@ -630,9 +697,9 @@ mod tests {
                         if let Some(call) = procs[p].take_call(now) {
                             match procs[p].reserve_rate(now) {
                                 Ok(rate) => {
-                                    prop_assert!(procs[p].use_rate(rate, now));
+                                    prop_assert!(procs[p].start_rate(rate, now));
                                     starts.push(now);
-                                    running[p].push(call);
+                                    running[p].push((call, rate));
                                 }
                                 Err(_) => procs[p].put_call(call),
                             }
@@ -640,8 +707,9 @@ mod tests {
                     }
                     // End a call.
                     3 => {
-                        if let Some(call) = running[p].pop() {
+                        if let Some((call, rate)) = running[p].pop() {
                             procs[p].put_call(call);
+                            procs[p].end_rate(rate, now);
                         }
                     }
                     // Aim lower or higher, and give back what leaves.

@@ -42,6 +42,16 @@ pub async fn run(
         )
         .await?;
     accounts.observe(Arc::clone(&metrics));
+    // Before any call (the balance checks start at once): from here on the caps are the
+    // cluster's, and this process holds only its share.
+    let keepers = account_caps::share(
+        "dispatch",
+        accounts.all(),
+        pool.clone(),
+        Arc::clone(&metrics),
+    )
+    .await
+    .map_err(DispatchError::Caps)?;
     account_status::spawn_writer(
         "dispatch",
         accounts.all(),
@@ -54,14 +64,6 @@ pub async fn run(
         Duration::from_secs(config.balance_check_interval_secs),
         shutdown.clone(),
     );
-    let keepers = account_caps::share(
-        "dispatch",
-        accounts.all(),
-        pool.clone(),
-        Arc::clone(&metrics),
-    )
-    .await
-    .map_err(DispatchError::Caps)?;
     let handler = Arc::new(DispatchHandler::new(
         &config,
         &kafka,

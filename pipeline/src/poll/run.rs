@@ -33,6 +33,11 @@ pub async fn run(
     ]);
     kafka.check_topics_off_runtime(needed).await?;
     accounts.observe(Arc::clone(&metrics));
+    // Before any call (the balance checks start at once): from here on the caps are the
+    // cluster's, and this process holds only its share.
+    let keepers = account_caps::share("poll", accounts.all(), pool.clone(), Arc::clone(&metrics))
+        .await
+        .map_err(PollError::Caps)?;
     account_status::spawn_writer(
         "poll",
         accounts.all(),
@@ -40,9 +45,6 @@ pub async fn run(
         config.account_status,
         shutdown.clone(),
     );
-    let keepers = account_caps::share("poll", accounts.all(), pool.clone(), Arc::clone(&metrics))
-        .await
-        .map_err(PollError::Caps)?;
     let handler = Arc::new(PollHandler::new(
         &kafka,
         pool,

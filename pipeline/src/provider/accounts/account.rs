@@ -54,10 +54,10 @@ impl std::fmt::Debug for Account {
     }
 }
 
-/// Permission for one provider call, within the account's caps: a call slot held for the
-/// length of the call, and a rate slot reserved, whose rest starts when the call does (so
-/// that the work between a permit and its call, such as marking a claim, does not count
-/// against the second). The call's outcome feeds the breaker. A permit dropped without a
+/// Permission for one provider call, within the account's caps: a call slot and a rate
+/// slot, both held until the call ends, the rate slot resting from then on (a call's start
+/// is when the provider is asked: the work between a permit and its call, such as marking a
+/// claim, happens before). The call's outcome feeds the breaker. A permit dropped without a
 /// call (or whose call was cancelled) tells the breaker nothing, except that its probe, if
 /// it was one, is free.
 pub struct CallPermit<'a> {
@@ -69,9 +69,9 @@ pub struct CallPermit<'a> {
 }
 
 impl CallPermit<'_> {
-    /// The call starts now: its rate slot begins its rest.
+    /// The call starts now; its rate slot rests once the permit is dropped, after the call.
     pub(super) async fn start(&mut self) -> Instant {
-        if let Some(rate) = self.rate.take() {
+        if let Some(rate) = self.rate.as_mut() {
             self.account.caps.start_call(rate).await;
         }
         Instant::now()

@@ -43,18 +43,17 @@ impl Drop for CallSlot<'_> {
     }
 }
 
-/// A rate slot reserved for a call not made yet; given up when dropped unused.
+/// A rate slot reserved for a call; when dropped, the call (if it started) has ended and
+/// the slot rests from then on, or, unused, it is simply free again.
 pub(super) struct RateSlot<'a> {
     caps: &'a Caps,
-    slot: Option<u32>,
+    slot: u32,
 }
 
 impl Drop for RateSlot<'_> {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot {
-            self.caps.lock().unreserve_rate(slot);
-            self.caps.freed.notify_waiters();
-        }
+        self.caps.lock().end_rate(self.slot, Instant::now());
+        self.caps.freed.notify_waiters();
     }
 }
 
@@ -143,12 +142,7 @@ impl Caps {
             freed.as_mut().enable();
             let reserved = self.lock().reserve_rate(Instant::now());
             match reserved {
-                Ok(slot) => {
-                    return RateSlot {
-                        caps: self,
-                        slot: Some(slot),
-                    }
-                }
+                Ok(slot) => return RateSlot { caps: self, slot },
                 Err(soonest) => {
                     waiting.get_or_insert_with(|| Waiting::new(self, Kind::Rate));
                     match soonest {
@@ -162,15 +156,15 @@ impl Caps {
         }
     }
 
-    /// The reserved rate slot starts a call now. Waits for another if it was lost meanwhile
-    /// (the process gave it up: its lease could not be renewed).
-    pub(super) async fn start_call<'a>(&'a self, mut reserved: RateSlot<'a>) {
+    /// The reserved rate slot's call starts now. Waits for another slot if it was lost
+    /// meanwhile (the process dropped it: its lease could not be renewed).
+    pub(super) async fn start_call<'a>(&'a self, reserved: &mut RateSlot<'a>) {
         loop {
-            let slot = reserved.slot.take().expect("a reservation is used once");
-            if self.lock().use_rate(slot, Instant::now()) {
+            let started = self.lock().start_rate(reserved.slot, Instant::now());
+            if started {
                 return;
             }
-            reserved = self.rate_slot().await;
+            *reserved = self.rate_slot().await;
         }
     }
 
@@ -234,8 +228,8 @@ impl Caps {
         strays
     }
 
-    /// Every slot, to give back at shutdown.
-    pub fn release_all(&self, now: Instant) -> Vec<Release> {
-        self.lock().release_all(now)
+    /// Every slot, to give back at shutdown; one still in use rests `busy`.
+    pub fn release_all(&self, now: Instant, busy: Duration) -> Vec<Release> {
+        self.lock().release_all(now, busy)
     }
 }

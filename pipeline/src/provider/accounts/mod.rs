@@ -46,9 +46,9 @@
 //!
 //! The file's format is [`config`]'s, its checks [`validate`]'s, an account's call permits
 //! [`account`]'s, the slots of its caps this process holds [`caps`]', what its calls leave
-//! for its status (answers, balance, last failure) [`status`]'s. Which client speaks an account's provider is not decided here:
-//! whoever loads the file passes `connect` (for znet, `znet::connect`), so this module
-//! depends on no provider.
+//! for its status (answers, balance, last failure) [`status`]'s. Which client speaks an
+//! account's provider is not decided here: whoever loads the file passes `connect` (for
+//! znet, `znet::connect`), so this module depends on no provider.
 
 mod account;
 pub mod caps;

@@ -95,9 +95,9 @@ async fn the_rate_cap_holds_in_any_second() {
         permit.record("check", "pending", Instant::now(), true);
     }
     // Five at once, then the sixth and seventh once the first slots have rested a second
-    // (and the margin).
+    // after their calls ended.
     assert!(
-        start.elapsed() >= Duration::from_millis(1_050),
+        start.elapsed() >= Duration::from_secs(1),
         "{:?}",
         start.elapsed()
     );
