@@ -22,16 +22,22 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// The most rate slots an account has: above this rate, each slot rests less than a
+/// second, so that a benchmark's account of a million calls per second is not a million
+/// rows. A slot resting d = [`MAX_RATE_SLOTS`]/r seconds starts at most ⌈1/d⌉ calls in a
+/// second, so the bound there is r plus at most [`MAX_RATE_SLOTS`] (0.1 % at 10⁶/s).
+pub const MAX_RATE_SLOTS: u32 = 1_000;
+
 /// How many rate slots `per_second` needs and how long each rests after a call: for an
-/// integer rate N, N slots resting one second; for a fractional rate r, ⌈r⌉ slots resting
-/// ⌈r⌉/r seconds.
+/// integer rate N up to [`MAX_RATE_SLOTS`], N slots resting one second; otherwise k =
+/// min(⌈r⌉, [`MAX_RATE_SLOTS`]) slots resting k/r seconds.
 pub fn rate_slots(per_second: f64) -> (u32, Duration) {
     let per_second = if per_second.is_finite() && per_second > 0.0 {
         per_second
     } else {
         1.0
     };
-    let slots = per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
+    let slots = per_second.ceil().clamp(1.0, f64::from(MAX_RATE_SLOTS)) as u32;
     (
         slots,
         Duration::from_secs_f64(f64::from(slots) / per_second),
@@ -449,6 +455,8 @@ mod tests {
         assert_eq!(n, 3);
         assert_eq!(rest, Duration::from_secs_f64(1.2));
         assert_eq!(rate_slots(0.5), (1, Duration::from_secs(2)));
+        assert_eq!(rate_slots(1000.0), (1000, SECOND));
+        assert_eq!(rate_slots(1_000_000.0), (1000, Duration::from_millis(1)));
     }
 
     #[test]
