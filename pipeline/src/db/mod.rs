@@ -86,7 +86,12 @@ impl DbError {
         match self {
             DbError::Unreachable { source, .. } | DbError::Query(source) => fault_of(source),
             DbError::OutlastedPatience { last, .. } => last.fault(),
-            DbError::InvalidUrl { .. } | DbError::Migrate(_) => Fault::Fatal,
+            // A CA or a certificate that does not match, or a password the server refuses,
+            // stays wrong however long the stage waits.
+            DbError::InvalidUrl { .. }
+            | DbError::Tls { .. }
+            | DbError::LoginRefused { .. }
+            | DbError::Migrate(_) => Fault::Fatal,
         }
     }
 }

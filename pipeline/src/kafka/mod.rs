@@ -647,7 +647,6 @@ mod tests {
         ] {
             assert_eq!(fault_of(code), Fault::Transient, "{code:?}");
         }
-        }
     }
 
     #[test]
