@@ -32,11 +32,10 @@ pub struct AccountConfig {
     /// The password, or `sifre_env` naming an environment variable that holds it.
     pub sifre: Option<Secret>,
     pub sifre_env: Option<String>,
-    /// Calls in flight at once to this account, all dispatch and poll processes together.
+    /// Calls in flight at once to this account.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent: usize,
-    /// Calls started in any one second to this account, all dispatch and poll processes
-    /// together.
+    /// Calls per second to this account (bursts of up to one second's worth).
     #[serde(default = "default_max_per_second")]
     pub max_per_second: f64,
     /// How long one call may take before its outcome counts as unknown.
