@@ -522,6 +522,10 @@ async fn credentials_and_pins_are_never_logged() {
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Other tests running in parallel register callsites while only their own subscriber
+    // (or none) exists, and a callsite's interest is cached: ask every callsite again, so
+    // this test's subscriber sees the simulator's debug lines.
+    tracing::callsite::rebuild_interest_cache();
     let config = SimConfig {
         kod: "dealer-kod-77".into(),
         sifre: "hunter2-sifre".into(),
