@@ -35,6 +35,7 @@ start_kafka() {
     export ORDERFLOW_KAFKA_BROKERS ORDERFLOW_TOPIC_REPLICATION=3 ORDERFLOW_TOPIC_MIN_ISR=2
   else
     bash ops/kafka/broker.sh start >&2
+    export ORDERFLOW_KAFKA_BROKERS=${ORDERFLOW_KAFKA_BROKERS:-127.0.0.1:9092}
   fi
 }
 
