@@ -106,7 +106,9 @@ trap finish EXIT
 
 start_sim "${ORDERFLOW_BENCH_SIM_PORT:-18091}" --latency-ms "$latency" --checks-until-complete 1 \
   --balance-lira 1000000000
-write_accounts "$in_flight" 1000000
+# The caps are the account's across every process: as many calls at once as all of them
+# may have in flight.
+write_accounts "$((in_flight * (dispatchers + pollers)))" 1000000
 ensure_pin_key
 for i in $(seq "$dispatchers"); do start_stage "dispatch-$i" dispatch; done
 for i in $(seq "$pollers"); do start_stage "poll-$i" poll; done

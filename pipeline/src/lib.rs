@@ -7,7 +7,7 @@
 //!   consumer loop's state machine ([`core::engine`]),
 //!   check schedule, backoff, rate limiting and the breaker; unit- and property-tested.
 //! - [`provider`]: what a provider is asked and how its answers are classified; provider
-//!   accounts with their concurrency and rate caps.
+//!   accounts with their concurrency and rate caps (the slots this process holds).
 //! - [`znet`]: the first provider: answer parsing (pure) and HTTP client.
 //! - [`kafka`]: client settings, topic specs, the shared consumer loop ([`kafka::stage`]),
 //!   event publishing and the dead-letter queue (written, read back, replayed).
@@ -20,6 +20,8 @@
 //! - [`account_status`]: the provider accounts watched from the stages: each process's view
 //!   of each account (balance, breaker, caps, recent answers) written to PostgreSQL for
 //!   `orderflow accounts`, and the scheduled balance checks.
+//! - [`account_caps`]: each account's caps shared by every dispatch and poll process, as
+//!   slots leased in PostgreSQL by a keeper per account (fair shares of what each wants).
 //! - [`metrics`]: Prometheus metrics and the /metrics, /healthz, /readyz server.
 //! - [`status`]: the read-only status page (`orderflow status-page`): a snapshot of
 //!   PostgreSQL and Kafka, rendered for people, refreshed by a small script.
@@ -39,6 +41,7 @@
 //!   list|show|replay` in [`cli::dlq`]); the binary
 //!   (`src/main.rs`) only parses, sets up logging and the runtime, and hands over.
 
+pub mod account_caps;
 pub mod account_status;
 pub mod cli;
 pub mod core;

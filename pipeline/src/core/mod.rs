@@ -1,11 +1,13 @@
 //! The pure core: event contracts, the order lifecycle, the check schedule, the offset
-//! watermark, the consumer loop's state machine, backoff, what an outage waits for, the rate limiter, the circuit
-//! breaker, and an account's recent answers and spending rate. Nothing here does IO, so
+//! watermark, the consumer loop's state machine, backoff, what an outage waits for, the
+//! rate limiter, the circuit breaker, an account's caps as slots shared by a cluster
+//! (`caps`), and an account's recent answers and spending rate. Nothing here does IO, so
 //! all of it is covered by unit and property tests.
 
 pub mod account_status;
 pub mod backoff;
 pub mod breaker;
+pub mod caps;
 pub mod engine;
 pub mod event;
 pub mod lifecycle;

@@ -7,6 +7,7 @@
 use super::config::DispatchConfig;
 use super::error::DispatchError;
 use super::handler::DispatchHandler;
+use crate::account_caps;
 use crate::account_status;
 use crate::kafka::stage::{self, LoopConfig};
 use crate::kafka::topics::name;
@@ -41,6 +42,16 @@ pub async fn run(
         )
         .await?;
     accounts.observe(Arc::clone(&metrics));
+    // Before any call (the balance checks start at once): from here on the caps are the
+    // cluster's, and this process holds only its share.
+    let keepers = account_caps::share(
+        "dispatch",
+        accounts.all(),
+        pool.clone(),
+        Arc::clone(&metrics),
+    )
+    .await
+    .map_err(DispatchError::Caps)?;
     account_status::spawn_writer(
         "dispatch",
         accounts.all(),
@@ -74,7 +85,9 @@ pub async fn run(
     };
     let consumer = stage::consumer(&kafka, &options)?;
     tracing::info!(group = %options.group, topics = ?options.topics, "dispatch stage running");
-    stage::run(consumer, handler, options, shutdown).await?;
+    let ran = stage::run(consumer, handler, options, shutdown).await;
+    keepers.stop().await;
+    ran?;
     tracing::info!("dispatch stage stopped");
     Ok(())
 }

@@ -61,6 +61,13 @@ pub struct AccountLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlotLabels {
+    pub account: String,
+    /// `call` (calls at once) or `rate` (calls per second).
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
     pub group: String,
     pub topic: String,
@@ -128,6 +135,8 @@ pub struct Metrics {
     pub provider_call_seconds: Family<CallLabels, Histogram, fn() -> Histogram>,
     /// 1 while an account's circuit breaker stops calls.
     pub provider_breaker_open: Family<AccountLabel, Gauge>,
+    /// Slots of an account's caps this process holds now (its share of the cluster's).
+    pub provider_slots_held: Family<SlotLabels, Gauge>,
     /// Orders the dispatch stage parked on `orders.dispatch-retry` instead of retrying
     /// them in process, by account.
     pub dispatch_parked: Family<AccountLabel, Counter>,
@@ -188,6 +197,7 @@ impl Metrics {
                 seconds_histogram as fn() -> Histogram,
             ),
             provider_breaker_open: Family::<AccountLabel, Gauge>::default(),
+            provider_slots_held: Family::<SlotLabels, Gauge>::default(),
             dispatch_parked: Family::<AccountLabel, Counter>::default(),
             account_balance: Family::default(),
             account_balance_alert_below: Family::default(),

@@ -1,5 +1,5 @@
 //! The provider calls' metrics, by account: calls and their duration, the circuit
-//! breaker, the orders the dispatch stage parked because of their account, and the
+//! breaker, the slots of its caps this process holds, the orders the dispatch stage parked because of their account, and the
 //! account's balance.
 
 use super::Metrics;
@@ -21,6 +21,13 @@ pub(super) fn register(registry: &mut Registry, m: &Metrics) {
         "provider_breaker_open",
         "1 while the account's circuit breaker stops calls, else 0",
         m.provider_breaker_open.clone(),
+    );
+    registry.register(
+        "provider_slots_held",
+        "Slots of the account's caps this process holds now, by kind: call (calls at once) \
+         and rate (calls per second); the account's caps are shared by every dispatch and \
+         poll process",
+        m.provider_slots_held.clone(),
     );
     registry.register(
         "dispatch_parked",

@@ -2,6 +2,7 @@
 //! it to the shared consumer loop ([`crate::kafka::stage`]) until shutdown.
 
 use super::{tier_topics, PollConfig, PollError, PollHandler};
+use crate::account_caps;
 use crate::account_status;
 use crate::kafka::stage::{self, LoopConfig};
 use crate::kafka::topics::name;
@@ -32,6 +33,11 @@ pub async fn run(
     ]);
     kafka.check_topics_off_runtime(needed).await?;
     accounts.observe(Arc::clone(&metrics));
+    // Before any call (the balance checks start at once): from here on the caps are the
+    // cluster's, and this process holds only its share.
+    let keepers = account_caps::share("poll", accounts.all(), pool.clone(), Arc::clone(&metrics))
+        .await
+        .map_err(PollError::Caps)?;
     account_status::spawn_writer(
         "poll",
         accounts.all(),
@@ -56,7 +62,9 @@ pub async fn run(
     };
     let consumer = stage::consumer(&kafka, &options)?;
     tracing::info!(group = %options.group, topics = ?options.topics, "poll stage running");
-    stage::run(consumer, handler, options, shutdown).await?;
+    let ran = stage::run(consumer, handler, options, shutdown).await;
+    keepers.stop().await;
+    ran?;
     tracing::info!("poll stage stopped");
     Ok(())
 }

@@ -166,13 +166,15 @@ async fn start_provider() -> (Sim, (tokio::sync::oneshot::Sender<()>, SimHandle)
     (sim, (sim_stop, sim_handle))
 }
 
-/// The accounts file: two healthy accounts and the broken one (a wrong password).
+/// The accounts file: two healthy accounts and the broken one (a wrong password). The caps
+/// are each account's for the whole cluster (two dispatch and two poll processes): 32 at
+/// once and 800 per second, what four processes had when the caps held per process.
 fn write_accounts(work: &Path, sim_url: &str) -> PathBuf {
     let accounts_file = work.join("accounts.toml");
     let account = |id: &str, sifre: &str| {
         format!(
             "[[account]]\nid = \"{id}\"\nprovider = \"znet\"\nbase_url = \"{sim_url}\"\n\
-             kod = \"{KOD}\"\nsifre = \"{sifre}\"\nmax_concurrent = 8\nmax_per_second = 200\n\
+             kod = \"{KOD}\"\nsifre = \"{sifre}\"\nmax_concurrent = 32\nmax_per_second = 800\n\
              request_timeout_ms = 1000\nbreaker_failures = 5\nbreaker_open_ms = 1000\n\
              visibility_window_ms = {VISIBILITY_WINDOW_MS}\n"
         )

@@ -1,11 +1,13 @@
-//! One configured account, ready to call: its concurrency cap, calls-per-second cap and
-//! circuit breaker (G6), and the [`CallPermit`] every call goes through, which counts the
-//! call, feeds the breaker and keeps what the account's status shows (`status`).
+//! One configured account, ready to call: its caps (calls at once, calls per second: the
+//! slots of [`super::caps`], the account's whole budget when the process is alone, its share
+//! of it in a cluster) and circuit breaker (G6), and the [`CallPermit`] every call goes
+//! through, which counts the call, feeds the breaker and keeps what the account's status
+//! shows (`status`).
 
+use super::caps::{CallSlot, Caps, RateSlot};
 use super::status::{BreakerView, Snapshot, Tracker};
 use super::{DEFAULT_MAX_RETRYING, DEFAULT_VISIBILITY_WINDOW_MS};
 use crate::core::breaker::{Breaker, BreakerConfig, BreakerState, Ticket};
-use crate::core::rate::TokenBucket;
 use crate::metrics::{AccountLabel, CallLabels, Metrics};
 use crate::provider::{BalanceOutcome, CheckOutcome, PlaceOutcome, Placement, Provider};
 use std::sync::{Arc, Mutex};
@@ -29,11 +31,11 @@ pub struct Account {
     /// How long a reference must stay not-found after an unclear placement before it is
     /// placed again (`visibility_window_ms`).
     pub visibility_window: Duration,
-    concurrency: Arc<Semaphore>,
+    /// The caps' slots this process holds, and its callers waiting for them.
+    pub caps: Caps,
     /// Places for orders the dispatch stage retries in process (`max_retrying`).
     retrying: Arc<Semaphore>,
     max_retrying: usize,
-    bucket: Mutex<TokenBucket>,
     breaker: Mutex<Breaker>,
     limits: Limits,
     /// Answers, the last balance and the last failure, for the account's status.
@@ -52,19 +54,31 @@ impl std::fmt::Debug for Account {
     }
 }
 
-/// Permission for one provider call, within the account's caps; held for the length of the
-/// call, whose outcome feeds the breaker. A permit dropped without a call (or whose call was
-/// cancelled) tells the breaker nothing, except that its probe, if it was one, is free.
+/// Permission for one provider call, within the account's caps: a call slot and a rate
+/// slot, both held until the call ends, the rate slot resting from then on (a call's start
+/// is when the provider is asked: the work between a permit and its call, such as marking a
+/// claim, happens before). The call's outcome feeds the breaker. A permit dropped without a
+/// call (or whose call was cancelled) tells the breaker nothing, except that its probe, if
+/// it was one, is free.
 pub struct CallPermit<'a> {
     account: &'a Account,
-    _slot: OwnedSemaphorePermit,
+    _slot: CallSlot<'a>,
+    rate: Option<RateSlot<'a>>,
     ticket: Ticket,
     recorded: bool,
 }
 
 impl CallPermit<'_> {
+    /// The call starts now; its rate slot rests once the permit is dropped, after the call.
+    pub(super) async fn start(&mut self) -> Instant {
+        if let Some(rate) = self.rate.as_mut() {
+            self.account.caps.start_call(rate).await;
+        }
+        Instant::now()
+    }
+
     pub async fn place(mut self, placement: &Placement) -> PlaceOutcome {
-        let started = Instant::now();
+        let started = self.start().await;
         let outcome = self.account.provider.place(placement).await;
         // A refusal with a code is an answer: the provider is up. Counting it as a failure
         // would let one product's refusals (say, out of stock) pause every other order of
@@ -97,7 +111,7 @@ impl CallPermit<'_> {
     }
 
     pub async fn check(mut self, reference: &str) -> CheckOutcome {
-        let started = Instant::now();
+        let started = self.start().await;
         let outcome = self.account.provider.check(reference).await;
         let healthy = !matches!(
             outcome,
@@ -123,8 +137,8 @@ impl CallPermit<'_> {
     /// answered is the account's status and gauge from now on. The call is off the orders'
     /// path: it waited for the breaker like any call, but its outcome neither opens nor
     /// closes it (the orders' calls decide; if it held the probe, the next call probes).
-    pub async fn balance(self) -> BalanceOutcome {
-        let started = Instant::now();
+    pub async fn balance(mut self) -> BalanceOutcome {
+        let started = self.start().await;
         let outcome = self.account.provider.balance().await;
         let class = match &outcome {
             BalanceOutcome::Balance { balance, .. } => {
@@ -202,14 +216,9 @@ impl Account {
             provider,
             request_timeout,
             visibility_window: Duration::from_millis(DEFAULT_VISIBILITY_WINDOW_MS),
-            concurrency: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
+            caps: Caps::alone(limits.max_concurrent, limits.max_per_second),
             retrying: Arc::new(Semaphore::new(DEFAULT_MAX_RETRYING)),
             max_retrying: DEFAULT_MAX_RETRYING,
-            bucket: Mutex::new(TokenBucket::new(
-                limits.max_per_second,
-                limits.max_per_second.ceil() as u32,
-                Instant::now(),
-            )),
             breaker: Mutex::new(Breaker::new(limits.breaker)),
             limits,
             status: Tracker::default(),
@@ -273,11 +282,7 @@ impl Account {
             account: self.id.clone(),
             breaker,
             limits: self.limits,
-            in_flight: self
-                .limits
-                .max_concurrent
-                .max(1)
-                .saturating_sub(self.concurrency.available_permits()),
+            in_flight: self.caps.busy(),
             answers: self.status.answers(),
             balance: self.status.last_balance(),
             last_failure: self.status.last_failure(),
@@ -327,10 +332,11 @@ impl Account {
 
     /// Waits until the breaker lets a call through and the call is within both caps.
     pub async fn permit(&self) -> CallPermit<'_> {
-        let slot = Arc::clone(&self.concurrency)
-            .acquire_owned()
+        let slot = self
+            .caps
+            .call_slot(None)
             .await
-            .expect("the account semaphore is never closed");
+            .expect("no patience, no giving up");
         let ticket = wait_until(|| {
             self.breaker
                 .lock()
@@ -340,19 +346,14 @@ impl Account {
         .await;
         // Build the permit now, so that a cancellation while waiting for the rate cap frees
         // a probe.
-        let permit = CallPermit {
+        let mut permit = CallPermit {
             account: self,
             _slot: slot,
+            rate: None,
             ticket,
             recorded: false,
         };
-        wait_until(|| {
-            self.bucket
-                .lock()
-                .expect("rate bucket lock")
-                .try_take(Instant::now())
-        })
-        .await;
+        permit.rate = Some(self.caps.rate_slot().await);
         permit
     }
 
@@ -363,10 +364,7 @@ impl Account {
     /// place while an account is down.
     pub async fn permit_within(&self, patience: Duration) -> Result<CallPermit<'_>, Duration> {
         let start = Instant::now();
-        let slot = tokio::time::timeout(patience, Arc::clone(&self.concurrency).acquire_owned())
-            .await
-            .map_err(|_| patience)?
-            .expect("the account semaphore is never closed");
+        let slot = self.caps.call_slot(Some(patience)).await.ok_or(patience)?;
         let ticket = loop {
             let asked = self
                 .breaker
@@ -379,20 +377,15 @@ impl Account {
                 Err(wait) => tokio::time::sleep(wait).await,
             }
         };
-        let permit = CallPermit {
+        let mut permit = CallPermit {
             account: self,
             _slot: slot,
+            rate: None,
             ticket,
             recorded: false,
         };
         // The rate cap's waits are a fraction of a second: not worth stepping aside for.
-        wait_until(|| {
-            self.bucket
-                .lock()
-                .expect("rate bucket lock")
-                .try_take(Instant::now())
-        })
-        .await;
+        permit.rate = Some(self.caps.rate_slot().await);
         Ok(permit)
     }
 

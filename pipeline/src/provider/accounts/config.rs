@@ -32,10 +32,11 @@ pub struct AccountConfig {
     /// The password, or `sifre_env` naming an environment variable that holds it.
     pub sifre: Option<Secret>,
     pub sifre_env: Option<String>,
-    /// Calls in flight at once to this account.
+    /// Calls in flight at once to this account, all dispatch and poll processes together.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent: usize,
-    /// Calls per second to this account (bursts of up to one second's worth).
+    /// Calls started in any one second to this account, all dispatch and poll processes
+    /// together.
     #[serde(default = "default_max_per_second")]
     pub max_per_second: f64,
     /// How long one call may take before its outcome counts as unknown.

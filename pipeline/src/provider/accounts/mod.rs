@@ -3,9 +3,10 @@
 //! Read from a TOML file (`ORDERFLOW_PROVIDER_ACCOUNTS`), one `[[account]]` table each.
 //! Every provider call goes through a [`CallPermit`], which holds the account's concurrency
 //! cap and calls-per-second cap and waits while its circuit breaker is open (G6). The caps
-//! are per process: with several dispatch processes, divide the provider's limits by their
-//! number. Credentials are [`Secret`]s: printing an
-//! account never shows them.
+//! are the account's, whatever the number of processes: a stage shares them with every
+//! other dispatch and poll process through PostgreSQL (`crate::account_caps`), a process
+//! alone holds them whole ([`caps`]). Credentials are [`Secret`]s: printing an account never
+//! shows them.
 //!
 //! ```toml
 //! [[account]]
@@ -43,13 +44,14 @@
 //! ([`Account::try_retrying`]), and one that finds none is parked on
 //! `orders.dispatch-retry` instead (by the dispatch stage).
 //!
-//! The file's format is [`config`]'s, its checks [`validate`]'s, an account's caps and call
-//! permits [`account`]'s, what its calls leave for its status (answers, balance, last
-//! failure) [`status`]'s. Which client speaks an account's provider is not decided here:
-//! whoever loads the file passes `connect` (for znet, `znet::connect`), so this module
-//! depends on no provider.
+//! The file's format is [`config`]'s, its checks [`validate`]'s, an account's call permits
+//! [`account`]'s, the slots of its caps this process holds [`caps`]', what its calls leave
+//! for its status (answers, balance, last failure) [`status`]'s. Which client speaks an
+//! account's provider is not decided here: whoever loads the file passes `connect` (for
+//! znet, `znet::connect`), so this module depends on no provider.
 
 mod account;
+pub mod caps;
 pub mod config;
 mod status;
 mod validate;

@@ -84,21 +84,41 @@ fn code_lists_have_documented_defaults_and_are_checked() {
 }
 
 #[tokio::test]
-async fn the_rate_cap_spaces_calls() {
+async fn the_rate_cap_holds_in_any_second() {
     let accounts = parse(FILE, |_| Some("x".into())).unwrap();
     let a = accounts.get("znet-main").unwrap();
     let start = Instant::now();
+    let mut starts = Vec::new();
     for _ in 0..7 {
-        a.permit()
-            .await
-            .record("check", "pending", Instant::now(), true);
+        let mut permit = a.permit().await;
+        starts.push(permit.start().await);
+        permit.record("check", "pending", Instant::now(), true);
     }
-    // A burst of 5, then 2 more at 5 per second.
+    // Five at once, then the sixth and seventh once the first slots have rested a second
+    // after their calls ended.
     assert!(
-        start.elapsed() >= Duration::from_millis(350),
+        start.elapsed() >= Duration::from_secs(1),
         "{:?}",
         start.elapsed()
     );
+    for (i, t) in starts.iter().enumerate() {
+        let within = starts[i..]
+            .iter()
+            .filter(|u| u.duration_since(*t) < Duration::from_secs(1))
+            .count();
+        assert!(within <= 5, "{within} calls within a second");
+    }
+}
+
+#[tokio::test]
+async fn a_permit_dropped_unused_leaves_its_rate_slot_unspent() {
+    let accounts = parse(FILE, |_| Some("x".into())).unwrap();
+    let a = accounts.get("znet-main").unwrap();
+    let start = Instant::now();
+    for _ in 0..20 {
+        drop(a.permit().await);
+    }
+    assert!(start.elapsed() < Duration::from_millis(500));
 }
 
 /// A provider that never answers usefully, counting the calls it gets.

@@ -7,7 +7,8 @@
 //! cancellations, faults, PINs), fault injection (scripted FIFO per call, then scripted
 //! `<code>|<message>` answers, then the current wave of one kind, then random), a visibility
 //! lag (a new order answers "not found" to checks for a while, as real providers' replicas
-//! do) and the `/sim/*` control endpoints for out-of-process tests.
+//! do), what the dealer account's calls look like from here (the most per second and at
+//! once, for the caps) and the `/sim/*` control endpoints for out-of-process tests.
 //!
 //! It never logs kod, sifre or PINs (G5): debug events carry only referans, oyun, kupur and
 //! outcome words.
@@ -205,6 +206,17 @@ pub struct SimStats {
     /// Checks answered "not found" because the order was not visible yet.
     #[serde(default)]
     pub unseen_checks: u64,
+    /// Calls of the simulated dealer account (the simulator's `kod`) to place, check and
+    /// balance, counted as they arrive, faulted ones included.
+    #[serde(default)]
+    pub account_calls: u64,
+    /// The most of those calls that arrived within one second (any window of one second,
+    /// not calendar seconds): what a provider capping calls per second would see.
+    #[serde(default)]
+    pub peak_calls_per_second: u64,
+    /// The most of those calls in progress at once, from arrival to answer.
+    #[serde(default)]
+    pub peak_in_flight: u64,
     pub balance_kurus: i64,
 }
 

@@ -47,6 +47,8 @@ impl Sim {
             outage: false,
             wave: None,
             check_times: HashMap::new(),
+            arrivals: VecDeque::new(),
+            in_flight: 0,
             stats: SimStats {
                 balance_kurus: config.initial_balance_kurus,
                 ..SimStats::default()
@@ -231,6 +233,11 @@ impl Sim {
 
     pub(super) async fn protocol_call(self, call: SimCall, q: Params, logic: Logic) -> Response {
         let config = &self.inner.config;
+        // The dealer account's calls, from arrival to answer (or to the client hanging up).
+        let _in_progress = (q.get("kod") == Some(&config.kod)).then(|| {
+            self.with_state(|st| st.call_arrived(std::time::Instant::now()));
+            InProgress(self.clone())
+        });
         self.pause(config.latency).await;
         if let (SimCall::Place, Some(referans)) = (call, q.get("referans")) {
             self.with_state(|st| {
@@ -283,6 +290,15 @@ impl Sim {
                 text(StatusCode::OK, answer)
             }
         }
+    }
+}
+
+/// A call of the dealer account in progress; ends when dropped.
+struct InProgress(Sim);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.with_state(State::call_ended);
     }
 }
 

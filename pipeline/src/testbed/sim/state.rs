@@ -1,5 +1,6 @@
 //! The simulator's mutable state behind one lock: orders by referans, scripted faults and
-//! answers, the fault wave, the outage switch, check times and the counters; and the order
+//! answers, the fault wave, the outage switch, check times, the account's recent calls and
+//! the counters; and the order
 //! in which a call's fault is chosen (scripted, then the wave's, then random).
 
 use super::{Fault, FaultWave, SimCall, SimConfig, SimStats};
@@ -29,6 +30,10 @@ pub(super) struct State {
     pub(super) wave: Option<FaultWave>,
     /// When each referans was checked (calls that reached the order logic).
     pub(super) check_times: HashMap<String, Vec<DateTime<Utc>>>,
+    /// When the dealer account's calls of the last second arrived, and how many are in
+    /// progress.
+    pub(super) arrivals: VecDeque<std::time::Instant>,
+    pub(super) in_flight: u64,
     pub(super) stats: SimStats,
 }
 
@@ -65,6 +70,28 @@ impl State {
             self.count_fault(fault.as_str());
         }
         fault
+    }
+
+    /// A call of the dealer account arrives: counted in the last second's window and in
+    /// progress until [`State::call_ended`].
+    pub(super) fn call_arrived(&mut self, now: std::time::Instant) {
+        while self
+            .arrivals
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            self.arrivals.pop_front();
+        }
+        self.arrivals.push_back(now);
+        self.in_flight += 1;
+        let stats = &mut self.stats;
+        stats.account_calls += 1;
+        stats.peak_calls_per_second = stats.peak_calls_per_second.max(self.arrivals.len() as u64);
+        stats.peak_in_flight = stats.peak_in_flight.max(self.in_flight);
+    }
+
+    pub(super) fn call_ended(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
     }
 
     pub(super) fn count_fault(&mut self, kind: &str) {

@@ -556,3 +556,41 @@ async fn credentials_and_pins_are_never_logged() {
         assert!(!logs.contains(secret), "a secret was logged");
     }
 }
+
+#[tokio::test]
+async fn the_accounts_calls_are_measured_per_second_and_at_once() {
+    let run = start(SimConfig {
+        latency: Duration::from_millis(200),
+        ..SimConfig::default()
+    })
+    .await;
+    // Five calls at once, then two more a while later; another dealer code is not counted.
+    let balance = |kod: &'static str| {
+        let base = run.base.clone();
+        async move {
+            get(
+                &base,
+                "/servis/bakiye_kontrol.php",
+                &[("kod", kod), ("sifre", "sim-sifre")],
+            )
+            .await
+        }
+    };
+    let at_once: Vec<_> = (0..5).map(|_| tokio::spawn(balance("sim-kod"))).collect();
+    for call in at_once {
+        call.await.unwrap();
+    }
+    balance("other-kod").await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    balance("sim-kod").await;
+    balance("sim-kod").await;
+    let stats = run.sim.stats();
+    assert_eq!(stats.account_calls, 7);
+    assert_eq!(stats.peak_in_flight, 5);
+    assert_eq!(
+        stats.peak_calls_per_second, 5,
+        "the later two fall in another second"
+    );
+    let _ = run.stop.send(());
+    run.handle.task.await.unwrap();
+}

@@ -1,0 +1,235 @@
+//! An account's caps hold across the cluster (issue 18): three dispatch and three poll
+//! processes (the `orderflow` binary, as deployed) call one account capped at
+//! [`PER_SECOND`] calls per second and [`AT_ONCE`] at once, and the simulator, which
+//! measures what arrives (the most calls within any one second, the most in progress at
+//! once), never sees more; every order still completes. Then one process of each stage
+//! alone reaches the cap: its throughput over a steady span, measured at the simulator, is
+//! at least 85 % of [`PER_SECOND`].
+//!
+//! The simulator answers after [`LATENCY`], so that [`AT_ONCE`] binds: four calls at once
+//! of 50 ms each allow 80 per second, twice the rate cap, so both caps are reached.
+
+mod common;
+
+use common::pipeline::{order, Harness, ACCOUNT, KOD, SIFRE};
+use orderflow::kafka::topics::{self, name};
+use orderflow::pin::PinKeys;
+use orderflow::testbed::sim::{SimConfig, SimStats};
+use rdkafka::producer::FutureRecord;
+use rdkafka::util::Timeout;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const PER_SECOND: u64 = 40;
+const AT_ONCE: u64 = 4;
+const LATENCY: Duration = Duration::from_millis(50);
+const FIRST_CHECK: &str = "1s";
+const TIERS: &str = "1s";
+
+struct Bed {
+    h: Harness,
+    env: Vec<(String, String)>,
+    logs: PathBuf,
+    keys_file: PathBuf,
+}
+
+impl Bed {
+    async fn new(test: &str) -> Bed {
+        let sim = SimConfig {
+            latency: LATENCY,
+            checks_until_complete: 1,
+            ..SimConfig::default()
+        };
+        let h = Harness::with_kafka(common::kafka_with_topics(test).await, sim, 3_000).await;
+        let labels: Vec<String> = TIERS.split(',').map(str::to_owned).collect();
+        topics::apply(&h.kafka, &common::test_specs().with_tiers(&labels))
+            .await
+            .unwrap();
+        // One account, the caps under test.
+        std::fs::write(
+            &h.accounts_file,
+            format!(
+                "[[account]]\nid = \"{ACCOUNT}\"\nprovider = \"znet\"\nbase_url = \"{}\"\n\
+                 kod = \"{KOD}\"\nsifre = \"{SIFRE}\"\nmax_concurrent = {AT_ONCE}\n\
+                 max_per_second = {PER_SECOND}\nrequest_timeout_ms = 3000\n\
+                 visibility_window_ms = 0\n",
+                h.sim_url
+            ),
+        )
+        .unwrap();
+        let keys_file = std::env::temp_dir().join(common::unique("orderflow-pin-keys-"));
+        std::fs::write(&keys_file, PinKeys::generate_key_line("caps1")).unwrap();
+        let logs = std::env::temp_dir().join(common::unique("orderflow-caps-logs-"));
+        std::fs::create_dir_all(&logs).unwrap();
+        let mut env = h.dispatch_env(&common::unique("g-dispatch-"));
+        env.retain(|(k, _)| k != "ORDERFLOW_LOG");
+        env.extend([
+            ("ORDERFLOW_POLL_GROUP".into(), common::unique("g-poll-")),
+            ("ORDERFLOW_FIRST_CHECK".into(), FIRST_CHECK.into()),
+            ("ORDERFLOW_CHECK_TIERS".into(), TIERS.into()),
+            (
+                "ORDERFLOW_PIN_KEYS_FILE".into(),
+                keys_file.display().to_string(),
+            ),
+            ("ORDERFLOW_SHUTDOWN_GRACE_MS".into(), "2000".into()),
+            ("ORDERFLOW_DATABASE_MAX_CONNECTIONS".into(), "4".into()),
+        ]);
+        Bed {
+            h,
+            env,
+            logs,
+            keys_file,
+        }
+    }
+
+    fn spawn(&self, stage: &str, n: u32) -> common::ChildGuard {
+        let log = std::fs::File::create(self.logs.join(format!("{stage}-{n}.log"))).unwrap();
+        common::ChildGuard(
+            Command::new(env!("CARGO_BIN_EXE_orderflow"))
+                .arg(stage)
+                .envs(self.env.iter().cloned())
+                .env("ORDERFLOW_LOG", "info,librdkafka=warn,sqlx=warn")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting orderflow {stage}: {e}")),
+        )
+    }
+
+    async fn publish(&self, count: usize) -> Vec<uuid::Uuid> {
+        let producer = self.h.kafka.producer().unwrap();
+        let created = self.h.kafka.topic(name::ORDERS_CREATED);
+        let mut ids = Vec::new();
+        for i in 0..count {
+            let o = order(["25", "50", "100"][i % 3]);
+            let key = o.order_id.to_string();
+            producer
+                .send(
+                    FutureRecord::to(&created).key(&key).payload(&o.encode()),
+                    Timeout::After(Duration::from_secs(10)),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+            ids.push(o.order_id);
+        }
+        ids
+    }
+
+    async fn completed(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM check_chains WHERE final_state = 'completed'")
+            .fetch_one(&self.h.db.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn finish(self) {
+        std::fs::remove_file(&self.keys_file).ok();
+        std::fs::remove_dir_all(&self.logs).ok();
+        self.h.finish().await;
+    }
+}
+
+fn assert_within_caps(stats: &SimStats, what: &str) {
+    assert!(
+        stats.peak_calls_per_second <= PER_SECOND,
+        "{what}: the simulator saw {} calls within one second (cap {PER_SECOND})",
+        stats.peak_calls_per_second
+    );
+    assert!(
+        stats.peak_in_flight <= AT_ONCE,
+        "{what}: the simulator saw {} calls at once (cap {AT_ONCE})",
+        stats.peak_in_flight
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_caps_hold_across_processes_and_one_process_reaches_them() {
+    // Three dispatch and three poll processes against the one account.
+    const ORDERS: usize = 300;
+    let bed = Bed::new("caps-cluster").await;
+    let mut fleet = Vec::new();
+    for n in 1..=3 {
+        fleet.push(bed.spawn("dispatch", n));
+        fleet.push(bed.spawn("poll", n));
+    }
+    let started = Instant::now();
+    bed.publish(ORDERS).await;
+    let give_up = Instant::now() + Duration::from_secs(100);
+    while (bed.completed().await as usize) < ORDERS {
+        assert!(
+            Instant::now() < give_up,
+            "{} of {ORDERS} orders completed in time (logs in {})",
+            bed.completed().await,
+            bed.logs.display()
+        );
+        for child in fleet.iter_mut() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "a stage exited; logs in {}",
+                bed.logs.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let took = started.elapsed();
+    let cluster = bed.h.stats();
+    drop(fleet);
+    assert_within_caps(&cluster, "three dispatch and three poll processes");
+    assert_eq!(cluster.purchases.len(), ORDERS, "each order bought");
+    assert!(
+        cluster.purchases.values().all(|n| *n == 1),
+        "nothing bought twice"
+    );
+    // The caps were the limit, not the load: both were reached.
+    assert_eq!(cluster.peak_in_flight, AT_ONCE, "calls at once");
+    assert!(
+        cluster.peak_calls_per_second >= PER_SECOND * 3 / 4,
+        "the busiest second saw only {} calls",
+        cluster.peak_calls_per_second
+    );
+    eprintln!(
+        "caps, 3 dispatch + 3 poll: {ORDERS} orders completed in {took:.1?}; {} calls, {:.1}/s on average; at most {} within a second and {} at once",
+        cluster.account_calls,
+        cluster.account_calls as f64 / took.as_secs_f64(),
+        cluster.peak_calls_per_second,
+        cluster.peak_in_flight
+    );
+    bed.finish().await;
+
+    // One process of each stage: the throughput reaches the cap.
+    let bed = Bed::new("caps-alone").await;
+    let fleet = [bed.spawn("dispatch", 1), bed.spawn("poll", 1)];
+    bed.publish(ORDERS).await;
+    // Wait for the calls to flow, skip a warm-up second, then measure over a steady span.
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while bed.h.stats().account_calls < PER_SECOND {
+        assert!(
+            Instant::now() < give_up,
+            "no calls (logs in {})",
+            bed.logs.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let span = Duration::from_secs(10);
+    let (from, at) = (bed.h.stats().account_calls, Instant::now());
+    tokio::time::sleep(span).await;
+    let (to, measured) = (bed.h.stats().account_calls, at.elapsed());
+    let alone = bed.h.stats();
+    drop(fleet);
+    let rate = (to - from) as f64 / measured.as_secs_f64();
+    assert_within_caps(&alone, "one dispatch and one poll process");
+    assert!(
+        rate >= 0.85 * PER_SECOND as f64,
+        "one process of each stage made {rate:.1} calls/s over {measured:?}, below 85 % of the cap {PER_SECOND}/s"
+    );
+    eprintln!(
+        "caps, 1 dispatch + 1 poll: {rate:.1} calls/s over {measured:.1?} ({:.0} % of {PER_SECOND}/s); at most {} within a second and {} at once",
+        100.0 * rate / PER_SECOND as f64,
+        alone.peak_calls_per_second,
+        alone.peak_in_flight
+    );
+    bed.finish().await;
+}
