@@ -3,20 +3,24 @@
 //! `max_per_second` are the account's, whatever the number of processes.
 //!
 //! The caps are slots (`crate::core::caps`): rows of `provider_slots`, each held by one
-//! process at a time under a lease. Per account, each process runs a keeper that, a few
-//! times a second and whenever a caller starts waiting, (1) records what the process wants
-//! (calls running and waiting; rate slots used in the last second, or all of them while a
-//! caller waits) and renews its leases, reading what the others want, in one statement;
-//! (2) computes everyone's fair share from those wants (the same computation in every
+//! process at a time, under that process's lease (one row of `provider_slot_holders` per
+//! process and account, `crate::db::caps`). Per account, each process runs a keeper that, a
+//! few times a second and whenever a caller starts waiting, (1) renews its lease with what
+//! the process wants (calls running and waiting; rate slots used in the last second, or all
+//! of them while a caller waits), reading what the others want, in one statement of one
+//! row; (2) computes everyone's fair share from those wants (the same computation in every
 //! process, `fair_shares`), (3) gives back the slots above its share, a rate slot with the
-//! rest it still owes, and (4) takes free slots up to its share. Calls never wait for the
-//! database: a call takes a slot this process already holds.
+//! rest it still owes, and (4) takes free slots up to its share, freeing first those of
+//! processes whose lease lapsed. Steps 3 and 4 cost a statement only when the share moves.
+//! Calls never wait for the database: a call takes a slot this process already holds.
 //!
 //! Safety does not depend on the processes agreeing on the shares, only on the slots: a
 //! slot is used by one process at a time, a rate slot at most once per rest across
 //! hand-overs, and a process whose lease could not be renewed stops using its slots while
-//! its lease has more than a call's length (and a rest) left, so no one else can take them
-//! while they are in use. Shares only decide who waits.
+//! its lease has more than a call's length and a rest left, so no one else can take them
+//! while they are in use. A process whose lease lapsed (or that stopped using its slots
+//! for want of a renewal) joins again under a new name, from no slots. Shares only decide
+//! who waits.
 
 use crate::account_status::written_by;
 use crate::core::caps::{fair_shares, rate_slots, Kind, Wants};
@@ -42,8 +46,8 @@ const TICK_MIN: Duration = Duration::from_millis(20);
 pub const TURN: Duration = Duration::from_secs(3);
 /// How long a want is remembered: a process between two calls still wants its slots.
 const WANTS_MEMORY: Duration = Duration::from_secs(1);
-/// A lease lasts this much beyond the longest a slot is in use (a call, a rest): the time a
-/// keeper has to renew it before its process must stop using the slots.
+/// A lease lasts this much beyond the longest a slot is in use (a call and a rest): the
+/// time a keeper has to renew it before its process must stop using the slots.
 const LEASE_SLACK: Duration = Duration::from_secs(5);
 /// The longest one statement of a keeper may take.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -63,11 +67,6 @@ pub async fn share(
     pool: PgPool,
     metrics: Arc<Metrics>,
 ) -> Result<Keepers, sqlx::Error> {
-    let holder = format!(
-        "{} {}",
-        written_by(stage),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
     let (stop, stopping) = watch::channel(false);
     let mut tasks = Vec::new();
     for account in accounts {
@@ -85,12 +84,19 @@ pub async fn share(
             guard: guard(&account),
             account,
             pool: pool.clone(),
-            holder: holder.clone(),
+            stage: stage.to_owned(),
+            holder: holder_name(stage),
+            named: false,
+            lapsed: false,
+            usable_until: None,
             metrics: Arc::clone(&metrics),
         };
         tasks.push(tokio::spawn(keeper.run(stopping.clone())));
     }
-    tracing::info!(%holder, "provider caps shared with the other processes through PostgreSQL");
+    tracing::info!(
+        process = %written_by(stage),
+        "provider caps shared with the other processes through PostgreSQL"
+    );
     Ok(Keepers { stop, tasks })
 }
 
@@ -105,10 +111,21 @@ impl Keepers {
     }
 }
 
-/// The longest a slot is in use: a call (its timeout), a rate slot's rest; and a second.
+/// One run of one process as a holder of slots: `<stage> <host>:<pid> <random>`; a new
+/// one each time the process joins.
+fn holder_name(stage: &str) -> String {
+    format!(
+        "{} {}",
+        written_by(stage),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// The longest a slot is in use: a call (its timeout), then a rate slot's rest; and a
+/// second.
 fn guard(account: &Account) -> Duration {
     let (_, rest) = rate_slots(account.limits().max_per_second);
-    account.request_timeout.max(rest) + Duration::from_secs(1)
+    account.request_timeout + rest + Duration::from_secs(1)
 }
 
 fn lease(account: &Account) -> Duration {
@@ -118,15 +135,24 @@ fn lease(account: &Account) -> Duration {
 struct Keeper {
     account: Arc<Account>,
     pool: PgPool,
+    stage: String,
+    /// This process's name in the tables, for as long as its lease lives.
     holder: String,
+    /// Whether `holder` may have rows in the tables (a join was attempted under it).
+    named: bool,
+    /// `holder`'s lease is known to have lapsed: join again at the next look.
+    lapsed: bool,
+    /// Until when the slots may be used, from the last renewal.
+    usable_until: Option<Instant>,
     metrics: Arc<Metrics>,
     lease: Duration,
     guard: Duration,
 }
 
 impl Keeper {
-    async fn run(self, mut stopping: watch::Receiver<bool>) {
-        let caps = &self.account.caps;
+    async fn run(mut self, mut stopping: watch::Receiver<bool>) {
+        let account = Arc::clone(&self.account);
+        let caps = &account.caps;
         let wanted = caps.wanted();
         let mut recent: VecDeque<(Instant, Wants)> = VecDeque::new();
         let mut failing = false;
@@ -182,10 +208,7 @@ impl Keeper {
         }
         let back = caps.release_all(Instant::now(), self.guard);
         let id = &self.account.id;
-        let gone = async {
-            table::release(&self.pool, id, &self.holder, &back).await?;
-            table::leave(&self.pool, id, &self.holder).await
-        };
+        let gone = table::leave(&self.pool, id, &self.holder, &back, self.guard);
         let failed = match tokio::time::timeout(STATEMENT_TIMEOUT, gone).await {
             Ok(Ok(())) => None,
             Ok(Err(error)) => Some(error.to_string()),
@@ -212,26 +235,66 @@ impl Keeper {
         }
     }
 
-    /// One look: wants recorded and leases renewed, shares computed, slots given back and
-    /// taken. `Ok(true)` while callers wait or this process holds less than its share.
-    async fn look(&self, mine: Wants, sent: Instant) -> Result<bool, LookError> {
-        let caps = &self.account.caps;
-        let id = &self.account.id;
-        let synced = timed(table::sync(
+    /// Joins under a new name, from no slots: first, or after this process's lease lapsed
+    /// or its slots went unrenewed too long. The previous name, if any, is forgotten with
+    /// its slots.
+    async fn rejoin(&mut self, mine: Wants) -> Result<Vec<table::OtherWants>, LookError> {
+        self.account.caps.forget_all();
+        self.usable_until = None;
+        let previous = std::mem::replace(&mut self.holder, holder_name(&self.stage));
+        let previous = self.named.then_some(previous);
+        // Until the join is known to have committed, the next attempt forgets this name too.
+        self.named = true;
+        self.lapsed = true;
+        let others = timed(table::join(
             &self.pool,
-            id,
+            &self.account.id,
             &self.holder,
+            previous.as_deref(),
             mine.calls,
             mine.rates,
             self.lease,
         ))
         .await?;
+        self.lapsed = false;
+        Ok(others)
+    }
+
+    /// One look: the lease renewed with what this process wants, shares computed, slots
+    /// given back and taken. `Ok(true)` while callers wait or this process holds less than
+    /// its share.
+    async fn look(&mut self, mine: Wants, sent: Instant) -> Result<bool, LookError> {
+        let id = self.account.id.clone();
+        let unrenewed = self.usable_until.is_some_and(|until| sent >= until);
+        let renewed = if self.named && !self.lapsed && !unrenewed {
+            timed(table::renew(
+                &self.pool,
+                &id,
+                &self.holder,
+                mine.calls,
+                mine.rates,
+                self.lease,
+            ))
+            .await?
+        } else {
+            None
+        };
+        let others = match renewed {
+            Some(others) => others,
+            None => {
+                if self.named && !self.lapsed {
+                    tracing::warn!(account = %id, "provider caps: this process's lease on its slots lapsed; it joins again from no slots");
+                }
+                self.rejoin(mine).await?
+            }
+        };
         // Renewed from `sent` on at the earliest: usable until the lease's end less the
         // longest a slot stays in use. Past that, the slots are dropped at their next use.
-        caps.usable_until(sent + self.lease - self.guard);
-        let strays = caps.reconcile(&synced.calls, &synced.rates, self.guard);
-        let mut all: Vec<(&str, Wants)> = synced
-            .others
+        let until = sent + self.lease - self.guard;
+        self.usable_until = Some(until);
+        let caps = &self.account.caps;
+        caps.usable_until(until);
+        let mut all: Vec<(&str, Wants)> = others
             .iter()
             .map(|o| {
                 (
@@ -254,9 +317,8 @@ impl Keeper {
         let rates: Vec<u32> = all.iter().map(|(_, w)| w.rates).collect();
         let my_calls = fair_shares(caps.total(Kind::Call), &calls, turn)[me];
         let my_rates = fair_shares(caps.total(Kind::Rate), &rates, turn)[me];
-        let mut back = caps.aim(my_calls, my_rates, Instant::now());
-        back.extend(strays);
-        timed(table::release(&self.pool, id, &self.holder, &back)).await?;
+        let back = caps.aim(my_calls, my_rates, Instant::now());
+        timed(table::release(&self.pool, &id, &self.holder, &back)).await?;
         let (held_calls, held_rates) = caps.held();
         for (kind, share, held) in [
             (Kind::Call, my_calls, held_calls),
@@ -264,16 +326,17 @@ impl Keeper {
         ] {
             let missing = share.saturating_sub(held as u32);
             if missing > 0 {
-                let got = timed(table::acquire(
-                    &self.pool,
-                    id,
-                    &self.holder,
-                    kind,
-                    missing,
-                    self.lease,
-                ))
-                .await?;
-                caps.add(kind, &got);
+                let got =
+                    timed(table::acquire(&self.pool, &id, &self.holder, kind, missing)).await?;
+                match got {
+                    Some(got) => caps.add(kind, &got),
+                    // Lapsed since the renewal (a stall): join again at the next look.
+                    None => {
+                        caps.forget_all();
+                        self.lapsed = true;
+                        return Ok(true);
+                    }
+                }
             }
         }
         let (held_calls, held_rates) = caps.held();

@@ -2,7 +2,9 @@
 //! processes (the `orderflow` binary, as deployed) call one account capped at
 //! [`PER_SECOND`] calls per second and [`AT_ONCE`] at once, and the simulator, which
 //! measures what arrives (the most calls within any one second, the most in progress at
-//! once), never sees more; every order still completes. Then one process of each stage
+//! once), never sees more, while one process of each stage is killed (SIGKILL) holding
+//! slots a third of the way; every order still completes, each bought once, and the dead
+//! processes' slots come back with their lapsed lease. Then one process of each stage
 //! alone reaches the cap: its throughput over a steady span, measured at the simulator, is
 //! at least 85 % of [`PER_SECOND`].
 //!
@@ -12,6 +14,8 @@
 mod common;
 
 use common::pipeline::{order, Harness, ACCOUNT, KOD, SIFRE};
+use orderflow::core::caps::{Kind, Release};
+use orderflow::db::caps as table;
 use orderflow::kafka::topics::{self, name};
 use orderflow::pin::PinKeys;
 use orderflow::testbed::sim::{SimConfig, SimStats};
@@ -157,14 +161,28 @@ async fn the_caps_hold_across_processes_and_one_process_reaches_them() {
     let started = Instant::now();
     bed.publish(ORDERS).await;
     let give_up = Instant::now() + Duration::from_secs(100);
-    while (bed.completed().await as usize) < ORDERS {
+    // A third of the way, one dispatch and one poll process die holding slots (SIGKILL):
+    // their slots come back to the others only once their lease has lapsed.
+    let mut killed = false;
+    loop {
+        let completed = bed.completed().await as usize;
+        if completed >= ORDERS {
+            break;
+        }
+        if !killed && completed >= ORDERS / 3 {
+            for child in fleet.iter_mut().take(2) {
+                child.kill().unwrap();
+                child.wait().unwrap();
+            }
+            killed = true;
+        }
         assert!(
             Instant::now() < give_up,
             "{} of {ORDERS} orders completed in time (logs in {})",
             bed.completed().await,
             bed.logs.display()
         );
-        for child in fleet.iter_mut() {
+        for child in fleet.iter_mut().skip(if killed { 2 } else { 0 }) {
             assert!(
                 child.try_wait().unwrap().is_none(),
                 "a stage exited; logs in {}",
@@ -175,7 +193,18 @@ async fn the_caps_hold_across_processes_and_one_process_reaches_them() {
     }
     let took = started.elapsed();
     let cluster = bed.h.stats();
+    // The dead processes' slots were freed with their lapsed lease, not left stranded.
+    let stranded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM provider_slots s
+          WHERE holder IS NOT NULL AND NOT EXISTS (
+                SELECT 1 FROM provider_slot_holders h
+                 WHERE h.account = s.account AND h.holder = s.holder AND h.lease_until > now())",
+    )
+    .fetch_one(&bed.h.db.pool)
+    .await
+    .unwrap();
     drop(fleet);
+    assert_eq!(stranded, 0, "slots still named by a dead process");
     assert_within_caps(&cluster, "three dispatch and three poll processes");
     assert_eq!(cluster.purchases.len(), ORDERS, "each order bought");
     assert!(
@@ -190,7 +219,7 @@ async fn the_caps_hold_across_processes_and_one_process_reaches_them() {
         cluster.peak_calls_per_second
     );
     eprintln!(
-        "caps, 3 dispatch + 3 poll: {ORDERS} orders completed in {took:.1?}; {} calls, {:.1}/s on average; at most {} within a second and {} at once",
+        "caps, 3 dispatch + 3 poll, one of each killed: {ORDERS} orders completed in {took:.1?}; {} calls, {:.1}/s on average; at most {} within a second and {} at once",
         cluster.account_calls,
         cluster.account_calls as f64 / took.as_secs_f64(),
         cluster.peak_calls_per_second,
@@ -232,4 +261,140 @@ async fn the_caps_hold_across_processes_and_one_process_reaches_them() {
         alone.peak_in_flight
     );
     bed.finish().await;
+}
+
+/// The slot table's rules against the real PostgreSQL: a slot is one live holder's; a lapsed
+/// lease is never renewed and cannot take slots; its slots are freed when the next taker
+/// reaps it; a rate slot given back rests; a holder leaving frees everything it held.
+#[tokio::test]
+async fn the_slot_table_gives_each_slot_to_one_live_holder() {
+    let db = common::TestDb::new_migrated().await;
+    let pool = &db.pool;
+    let acct = "acct-table";
+    let short = Duration::from_millis(1200);
+    let long = Duration::from_secs(60);
+    table::prepare(pool, acct, 2, 3).await.unwrap();
+    let held = |holder: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM provider_slots WHERE account = $1 AND holder = $2",
+        )
+        .bind(acct)
+        .bind(holder)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+
+    assert!(table::join(pool, acct, "a", None, 2, 0, short)
+        .await
+        .unwrap()
+        .is_empty());
+    let others = table::join(pool, acct, "b", None, 2, 1, long)
+        .await
+        .unwrap();
+    assert_eq!(others.len(), 1, "b sees a's wants");
+    assert_eq!((others[0].calls, others[0].rates), (2, 0));
+    let got = table::acquire(pool, acct, "a", Kind::Call, 2)
+        .await
+        .unwrap();
+    assert_eq!(got, Some(vec![0, 1]));
+    let none = table::acquire(pool, acct, "b", Kind::Call, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        none,
+        Some(vec![]),
+        "a's slots are a's while its lease lives"
+    );
+    assert!(table::renew(pool, acct, "a", 2, 0, short)
+        .await
+        .unwrap()
+        .is_some());
+
+    // a stops renewing: its lease lapses, and is never renewed again.
+    tokio::time::sleep(short + Duration::from_millis(300)).await;
+    assert!(table::renew(pool, acct, "a", 2, 0, short)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(held("a").await, 2, "not freed until someone reaps it");
+    // A lapsed holder takes nothing (its attempt reaps it, freeing its slots)...
+    assert_eq!(
+        table::acquire(pool, acct, "a", Kind::Call, 1)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(held("a").await, 0);
+    // ...and b gets them.
+    let got = table::acquire(pool, acct, "b", Kind::Call, 2)
+        .await
+        .unwrap();
+    assert_eq!(got, Some(vec![0, 1]));
+    // a joins again under a new name, from nothing; b's slots stay b's.
+    let others = table::join(pool, acct, "a2", Some("a"), 1, 1, long)
+        .await
+        .unwrap();
+    assert_eq!(others.len(), 1);
+    assert_eq!(held("b").await, 2);
+    assert_eq!(
+        table::acquire(pool, acct, "a2", Kind::Call, 1)
+            .await
+            .unwrap(),
+        Some(vec![])
+    );
+
+    // A rate slot given back rests before anyone takes it.
+    let got = table::acquire(pool, acct, "b", Kind::Rate, 1)
+        .await
+        .unwrap();
+    assert_eq!(got, Some(vec![0]));
+    let rest = Duration::from_millis(800);
+    table::release(
+        pool,
+        acct,
+        "b",
+        &[Release {
+            kind: Kind::Rate,
+            slot: 0,
+            rest,
+        }],
+    )
+    .await
+    .unwrap();
+    let got = table::acquire(pool, acct, "a2", Kind::Rate, 3)
+        .await
+        .unwrap();
+    assert_eq!(got, Some(vec![1, 2]), "slot 0 still rests");
+    tokio::time::sleep(rest + Duration::from_millis(200)).await;
+    let got = table::acquire(pool, acct, "a2", Kind::Rate, 1)
+        .await
+        .unwrap();
+    assert_eq!(got, Some(vec![0]));
+
+    // b leaves: its slots are free for a2 at once, and its row is gone.
+    let back = [
+        Release {
+            kind: Kind::Call,
+            slot: 0,
+            rest: Duration::ZERO,
+        },
+        Release {
+            kind: Kind::Call,
+            slot: 1,
+            rest: Duration::ZERO,
+        },
+    ];
+    table::leave(pool, acct, "b", &back, long).await.unwrap();
+    assert_eq!(held("b").await, 0);
+    let got = table::acquire(pool, acct, "a2", Kind::Call, 2)
+        .await
+        .unwrap();
+    assert_eq!(got, Some(vec![0, 1]));
+    let others = table::renew(pool, acct, "a2", 2, 3, long)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(others.is_empty(), "b is gone");
+    db.drop_now().await;
 }

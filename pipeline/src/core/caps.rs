@@ -178,29 +178,7 @@ impl Slots {
         }
     }
 
-    /// Keeps only the slots of `kind` in `held` (what the table says is still ours), and
-    /// returns those the table says are ours but this process does not know (dropped when
-    /// their lease was about to lapse, or given back by a statement that failed): they go
-    /// back with `rest`, the longest a slot stays in use, as a call or a rest may still run
-    /// on them. A busy slot lost goes at once; its call goes on, but the slot is never
-    /// taken again here.
-    pub fn reconcile(&mut self, kind: Kind, held: &[u32], rest: Duration) -> Vec<Release> {
-        let strays = held
-            .iter()
-            .filter(|slot| match kind {
-                Kind::Call => !self.calls.contains_key(slot),
-                Kind::Rate => !self.rates.contains_key(slot),
-            })
-            .map(|&slot| Release { kind, slot, rest })
-            .collect();
-        match kind {
-            Kind::Call => self.calls.retain(|slot, _| held.contains(slot)),
-            Kind::Rate => self.rates.retain(|slot, _| held.contains(slot)),
-        }
-        strays
-    }
-
-    /// Drops every slot (the lease could not be renewed in time).
+    /// Drops every slot (the lease could not be renewed in time, or lapsed).
     pub fn clear(&mut self) {
         self.calls.clear();
         self.rates.clear();
@@ -545,24 +523,10 @@ mod tests {
         );
         assert_eq!(s.held(Kind::Call) + s.held(Kind::Rate), 0);
         s.put_call(call);
-        // The table still names this process for slots it dropped: they go back with a
-        // full rest; those it knows stay.
-        s.add(Kind::Call, [1]);
-        let strays = s.reconcile(Kind::Call, &[0, 1], SECOND);
         assert_eq!(
-            strays,
-            vec![Release {
-                kind: Kind::Call,
-                slot: 0,
-                rest: SECOND
-            }]
-        );
-        assert_eq!(s.held(Kind::Call), 1);
-        assert!(s.reconcile(Kind::Call, &[], SECOND).is_empty());
-        assert_eq!(
-            s.held(Kind::Call),
+            s.busy(),
             0,
-            "a slot the table took back is dropped"
+            "a call ending on a dropped slot leaves nothing behind"
         );
     }
 

@@ -6,8 +6,8 @@
 //! order's status-check chain, which the reconciler reads; `dlq_replays` which DLQ entries
 //! `orderflow dlq replay` sent back; `account_status` what each stage process sees of each
 //! provider account (balance, breaker, caps, recent answers), read by `orderflow accounts`
-//! and the status page; `provider_slots` and `provider_slot_wants` each account's caps as
-//! slots shared by the processes (`caps`).
+//! and the status page; `provider_slots` and `provider_slot_holders` each account's caps as
+//! slots shared by the processes under one lease each (`caps`).
 
 pub mod account_status;
 pub mod caps;

@@ -219,13 +219,10 @@ impl Caps {
         self.freed.notify_waiters();
     }
 
-    /// Keeps only the slots the table says are still this process's, and returns those it
-    /// names that this process does not hold, to give back with `rest`.
-    pub fn reconcile(&self, calls: &[u32], rates: &[u32], rest: Duration) -> Vec<Release> {
-        let mut slots = self.lock();
-        let mut strays = slots.reconcile(Kind::Call, calls, rest);
-        strays.extend(slots.reconcile(Kind::Rate, rates, rest));
-        strays
+    /// Drops every slot: this process's lease lapsed (or went unrenewed too long), so they
+    /// are no longer its own. A call running on one goes on; its slot is not used again.
+    pub fn forget_all(&self) {
+        self.lock().clear();
     }
 
     /// Every slot, to give back at shutdown; one still in use rests `busy`.
