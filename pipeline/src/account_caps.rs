@@ -11,7 +11,8 @@
 //! row; (2) computes everyone's fair share from those wants (the same computation in every
 //! process, `fair_shares`), (3) gives back the slots above its share, a rate slot with the
 //! rest it still owes, and (4) takes free slots up to its share, freeing first those of
-//! processes whose lease lapsed. Steps 3 and 4 cost a statement only when the share moves.
+//! processes whose lease lapsed. Steps 3 and 4 wait until a holding is off its share by
+//! more than an eighth (`band`), and cost a statement only then.
 //! Calls never wait for the database: a call takes a slot this process already holds.
 //!
 //! Safety does not depend on the processes agreeing on the shares, only on the slots: a
@@ -23,7 +24,7 @@
 //! who waits.
 
 use crate::account_status::written_by;
-use crate::core::caps::{fair_shares, rate_slots, Kind, Wants};
+use crate::core::caps::{fair_shares, keep, rate_slots, take, Kind, Wants};
 use crate::db::caps as table;
 use crate::metrics::{Metrics, SlotLabels};
 use crate::provider::accounts::Account;
@@ -317,14 +318,19 @@ impl Keeper {
         let rates: Vec<u32> = all.iter().map(|(_, w)| w.rates).collect();
         let my_calls = fair_shares(caps.total(Kind::Call), &calls, turn)[me];
         let my_rates = fair_shares(caps.total(Kind::Rate), &rates, turn)[me];
-        let back = caps.aim(my_calls, my_rates, Instant::now());
+        let (held_calls, held_rates) = caps.held();
+        let back = caps.aim(
+            keep(my_calls, held_calls as u32),
+            keep(my_rates, held_rates as u32),
+            Instant::now(),
+        );
         timed(table::release(&self.pool, &id, &self.holder, &back)).await?;
         let (held_calls, held_rates) = caps.held();
         for (kind, share, held) in [
             (Kind::Call, my_calls, held_calls),
             (Kind::Rate, my_rates, held_rates),
         ] {
-            let missing = share.saturating_sub(held as u32);
+            let missing = take(share, held as u32);
             if missing > 0 {
                 let got =
                     timed(table::acquire(&self.pool, &id, &self.holder, kind, missing)).await?;
@@ -340,7 +346,7 @@ impl Keeper {
             }
         }
         let (held_calls, held_rates) = caps.held();
-        let short = (held_calls as u32) < my_calls || (held_rates as u32) < my_rates;
+        let short = take(my_calls, held_calls as u32) > 0 || take(my_rates, held_rates as u32) > 0;
         let waiting = mine.calls > held_calls as u32 || mine.rates > held_rates as u32;
         Ok(short || waiting)
     }
