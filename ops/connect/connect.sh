@@ -41,16 +41,9 @@ TIMEOUT="${CONNECT_START_TIMEOUT:-120}"
 CONNECTOR="${OUTBOX_CONNECTOR:-orderflow-outbox}"
 REST="http://127.0.0.1:$PORT"
 
-say() { echo "connect: $*"; }
-die() { echo "connect: $*" >&2; exit 1; }
-
-# The pid file alone could point at a recycled pid, so also check the cmdline.
-our_pid() {
-  local pid
-  pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
-  [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
-    grep -q "ConnectDistributed $PROPS" && echo "$pid"
-}
+JVM_TAG=connect JVM_WHAT=worker JVM_MAIN=org.apache.kafka.connect.cli.ConnectDistributed
+# shellcheck source=ops/lib/jvm.sh
+source "$HERE/../lib/jvm.sh"
 
 # GET on the worker's REST API; the body on stdout, non-zero unless it answers 2xx.
 rest_get() { curl -fsS --max-time 5 "$REST$1" 2>/dev/null; }
@@ -58,21 +51,7 @@ rest_get() { curl -fsS --max-time 5 "$REST$1" 2>/dev/null; }
 # The worker is ready once /health says so: its REST server is up and it has joined its
 # group and read its configuration topic (KIP-1017).
 ready() { rest_get /health >/dev/null; }
-
-# fetch POM DIR WHAT: the runtime dependencies of POM copied into DIR, once per pom content.
-fetch() {
-  local pom=$1 dir=$2 what=$3 hash out
-  hash=$(sha256sum "$pom" | cut -d' ' -f1)
-  [[ -f $dir/.pom.sha256 && $(cat "$dir/.pom.sha256") == "$hash" ]] && return
-  command -v mvn >/dev/null || die "Maven (mvn) is needed to fetch $what but is not installed."
-  say "fetching $what with Maven into $dir."
-  rm -rf "$dir.tmp"
-  out=$(mvn -B -q -f "$pom" dependency:copy-dependencies \
-    -DoutputDirectory="$dir.tmp" -DincludeScope=runtime 2>&1) ||
-    { echo "$out" >&2; die "Maven could not fetch $what, its output is above."; }
-  echo "$hash" >"$dir.tmp/.pom.sha256"
-  rm -rf "$dir" && mv "$dir.tmp" "$dir"
-}
+jvm_serving() { ready; }
 
 # The cache is shared by every worker: one fetch at a time (in a subshell, so the worker
 # started afterwards does not inherit the lock).
@@ -80,9 +59,9 @@ fetch_jars() {
   mkdir -p "$ROOT"
   (
     flock 8
-    fetch "$POM" "$LIB" "the Connect worker's jars"
+    maven_fetch "$POM" "$LIB" "the Connect worker's jars"
     # A plugin is a directory under plugin.path; Connect gives it a class loader of its own.
-    fetch "$PLUGIN_POM" "$PLUGINS/debezium-postgres" "the Debezium connector's jars"
+    maven_fetch "$PLUGIN_POM" "$PLUGINS/debezium-postgres" "the Debezium connector's jars"
   ) 8>"$ROOT/.fetch.lock"
 }
 
@@ -129,32 +108,6 @@ EOF
 JAVA=(java "-Xmx${CONNECT_HEAP:-512m}" -Xms128m -XX:+UseG1GC -XX:TieredStopAtLevel=1
   -Djava.awt.headless=true -Dlog4j2.configurationFile="$LOG4J" -cp "$LIB/*")
 
-stop_worker() {
-  local pid i
-  if ! pid=$(our_pid); then rm -f "$PIDFILE"; return 1; fi
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 60; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-  if kill -0 "$pid" 2>/dev/null; then
-    say "pid $pid ignored SIGTERM for 30 s, killing it."
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  rm -f "$PIDFILE"
-}
-
-wait_ready() {
-  local pid=$1 deadline=$((SECONDS + TIMEOUT))
-  while ((SECONDS < deadline)); do
-    kill -0 "$pid" 2>/dev/null ||
-      { tail -n 40 "$LOG" >&2 || true; rm -f "$PIDFILE"; die "the worker exited during startup, its log is above."; }
-    ready && return
-    sleep 0.5
-  done
-  tail -n 40 "$LOG" >&2 || true
-  stop_worker || true
-  die "the worker was not ready within $TIMEOUT s, so it was stopped; its log is above."
-}
-
 start() {
   local pid t0=$SECONDS
   if pid=$(our_pid); then
@@ -162,21 +115,15 @@ start() {
     say "already running on $REST (pid $pid), reusing it."
     return
   fi
-  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null &&
+  port_open "$PORT" &&
     die "127.0.0.1:$PORT is taken by something else; free it or set CONNECT_PORT."
   command -v java >/dev/null || die "Java 17 or newer is needed but java is not on PATH."
   command -v curl >/dev/null || die "curl is needed to talk to the worker's REST API (apt-get install curl)."
   fetch_jars
   mkdir -p "$STATE"
   write_props
-  [[ -f $LOG ]] && mv -f "$LOG" "$LOG.1"
-  # setsid+nohup: the worker outlives this script; 9>&- keeps the lock from leaking into it.
-  setsid nohup "${JAVA[@]}" org.apache.kafka.connect.cli.ConnectDistributed "$PROPS" \
-    >"$LOG" 2>&1 </dev/null 9>&- &
-  pid=$!
-  echo "$pid" >"$PIDFILE"
-  wait_ready "$pid"
-  say "ready on $REST (pid $pid, $((SECONDS - t0)) s); log: $LOG."
+  launch
+  say "ready on $REST (pid $JVM_PID, $((SECONDS - t0)) s); log: $LOG."
 }
 
 # Splits OUTBOX_DATABASE_URL into DB_HOST DB_PORT DB_NAME DB_USER DB_PASSWORD.
@@ -234,12 +181,9 @@ register() {
   die "connector $CONNECTOR was not running within $TIMEOUT s, its status is above."
 }
 
-# One start or stop at a time per worker.
-lock() { mkdir -p "$STATE"; exec 9>"$STATE/.lock"; flock 9; }
-
 case "${1:-}" in
   start) lock; start ;;
-  stop) lock; if stop_worker; then say "stopped."; else say "no worker started by this script runs on port $PORT."; fi ;;
+  stop) lock; if stop_jvm; then say "stopped."; else say "no worker started by this script runs on port $PORT."; fi ;;
   kill)
     pid=$(our_pid) || die "no worker started by this script runs on port $PORT."
     kill -KILL "$pid"
@@ -251,8 +195,6 @@ case "${1:-}" in
     else say "not running on $REST."; exit 1; fi ;;
   register) register ;;
   connector) rest_get "/connectors/$CONNECTOR/status" || die "no status for connector $CONNECTOR on $REST."; echo ;;
-  logs)
-    [[ -f $LOG ]] || die "no log yet at $LOG."
-    if [[ -t 1 ]]; then exec tail -n 100 -F "$LOG"; else exec tail -n 100 "$LOG"; fi ;;
+  logs) show_log ;;
   *) echo "usage: $0 start|stop|kill|status|register|connector|logs" >&2; exit 2 ;;
 esac

@@ -27,9 +27,9 @@ TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
 NODE="${KAFKA_NODE_ID:-1}" VOTERS="${KAFKA_QUORUM_VOTERS:-}"
 [[ $NODE =~ ^[0-9]+$ ]] || { echo "broker: KAFKA_NODE_ID must be a number, not '$NODE'." >&2; exit 2; }
 
-say() { echo "broker: $*"; }
-die() { echo "broker: $*" >&2; exit 1; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+JVM_TAG=broker JVM_WHAT=broker JVM_MAIN=kafka.Kafka
+# shellcheck source=ops/lib/jvm.sh
+source "$HERE/../lib/jvm.sh"
 
 # A real Kafka round trip: an ApiVersions v0 request (api key 18, correlation
 # id 0x4f46) must come back with the same correlation id. A broker only
@@ -43,28 +43,7 @@ kafka_answers() {
   [[ ${hex:8:8} == 00004f46 ]]
 }
 
-# The pid file alone could point at a recycled pid, so also check the cmdline.
-our_pid() {
-  local pid
-  pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
-  [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
-    grep -q "kafka.Kafka $PROPS" && echo "$pid"
-}
-
-fetch_jars() {
-  local hash out
-  hash=$(sha256sum "$POM" | cut -d' ' -f1)
-  [[ -f $LIB/.pom.sha256 && $(cat "$LIB/.pom.sha256") == "$hash" ]] && return
-  command -v mvn >/dev/null || die "Maven (mvn) is needed to fetch the broker's jars but is not installed."
-  say "fetching the broker's jars with Maven into $LIB."
-  # Copy into a fresh directory so jars of an older pom never linger.
-  rm -rf "$LIB.tmp"
-  out=$(mvn -B -q -f "$POM" dependency:copy-dependencies \
-    -DoutputDirectory="$LIB.tmp" -DincludeScope=runtime 2>&1) ||
-    { echo "$out" >&2; die "Maven could not fetch the broker's jars, its output is above."; }
-  echo "$hash" >"$LIB.tmp/.pom.sha256"
-  rm -rf "$LIB" && mv "$LIB.tmp" "$LIB"
-}
+fetch_jars() { maven_fetch "$POM" "$LIB" "the broker's jars"; }
 
 write_props() {
   local replicas=1 min_isr=1 quorum
@@ -146,31 +125,8 @@ format_once() {
     { echo "$out" >&2; die "formatting the storage failed, the tool's output is above."; }
 }
 
-stop_broker() {
-  local pid i
-  if ! pid=$(our_pid); then rm -f "$PIDFILE"; return 1; fi
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 60; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-  if kill -0 "$pid" 2>/dev/null; then
-    say "pid $pid ignored SIGTERM for 30 s, killing it."
-    kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  fi
-  rm -f "$PIDFILE"
-}
-
-wait_ready() {
-  local pid=$1 deadline=$((SECONDS + TIMEOUT))
-  while ((SECONDS < deadline)); do
-    kill -0 "$pid" 2>/dev/null ||
-      { tail -n 40 "$LOG" >&2 || true; rm -f "$PIDFILE"; die "the broker exited during startup, its log is above."; }
-    if grep -qs "Kafka Server started" "$LOG" && kafka_answers; then return; fi
-    sleep 0.5
-  done
-  tail -n 40 "$LOG" >&2 || true
-  stop_broker || true
-  die "the broker was not ready within $TIMEOUT s, so it was stopped; its log is above."
-}
+# Started and answering the Kafka protocol.
+jvm_serving() { grep -qs "Kafka Server started" "$LOG" && kafka_answers; }
 
 start() {
   local pid t0=$SECONDS
@@ -190,32 +146,21 @@ start() {
   mkdir -p "$DATA"
   write_props
   format_once
-  [[ -f $LOG ]] && mv -f "$LOG" "$LOG.1"
   # Every partition keeps its segment, index and time-index files open: a test run makes
   # thousands of partitions, and at the usual 20,000 descriptors the broker stopped with
   # "Too many open files" (all log dirs failed). Raise the limit as far as allowed.
   ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-  # setsid+nohup: the broker must outlive this script and its terminal; 9>&-
-  # keeps it from inheriting (and forever holding) the start/stop lock.
-  setsid nohup "${JAVA[@]}" kafka.Kafka "$PROPS" >"$LOG" 2>&1 </dev/null 9>&- &
-  pid=$!
-  echo "$pid" >"$PIDFILE"
-  wait_ready "$pid"
-  say "ready on 127.0.0.1:$PORT (pid $pid, $((SECONDS - t0)) s); log: $LOG."
+  launch
+  say "ready on 127.0.0.1:$PORT (pid $JVM_PID, $((SECONDS - t0)) s); log: $LOG."
 }
-
-# One start or stop at a time, e.g. when several test runs start together.
-lock() { mkdir -p "$STATE"; exec 9>"$STATE/.lock"; flock 9; }
 
 case "${1:-}" in
   start) lock; start ;;
   jars) lock; fetch_jars ;;
-  stop) lock; if stop_broker; then say "stopped."; else say "no broker started by this script is running."; fi ;;
+  stop) lock; if stop_jvm; then say "stopped."; else say "no broker started by this script is running."; fi ;;
   status)
     if kafka_answers; then say "running on 127.0.0.1:$PORT$(p=$(our_pid) && echo " (pid $p)")."
     else say "not running on 127.0.0.1:$PORT."; exit 1; fi ;;
-  logs) # Follow only on a terminal, so scripts and CI can capture the tail.
-    [[ -f $LOG ]] || die "no log yet at $LOG."
-    if [[ -t 1 ]]; then exec tail -n 100 -F "$LOG"; else exec tail -n 100 "$LOG"; fi ;;
+  logs) show_log ;;
   *) echo "usage: $0 start|stop|status|logs|jars" >&2; exit 2 ;;
 esac

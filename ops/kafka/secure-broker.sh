@@ -25,9 +25,9 @@ PORT="${KAFKA_SECURE_PORT:-9392}" CPORT="${KAFKA_SECURE_CONTROLLER_PORT:-9393}"
 TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 USER_NAME=orderflow
 
-say() { echo "secure-broker: $*"; }
-die() { echo "secure-broker: $*" >&2; exit 1; }
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+JVM_TAG=secure-broker JVM_WHAT=broker JVM_MAIN=kafka.Kafka
+# shellcheck source=ops/lib/jvm.sh
+source "$HERE/../lib/jvm.sh"
 
 # A TLS handshake that verifies the broker's certificate against the test CA: only a
 # broker whose SSL listener is up completes it.
@@ -38,28 +38,9 @@ tls_answers() {
     -verify_return_error -brief </dev/null >/dev/null 2>&1
 }
 
-our_pid() {
-  local pid
-  pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
-  [[ $pid =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
-    grep -q "kafka.Kafka $PROPS" && echo "$pid"
-}
-
 # As ops/kafka/broker.sh, into this broker's own lib/ (Maven's local repository makes
 # the copy quick), so the two scripts never replace each other's jars mid-start.
-fetch_jars() {
-  local hash out
-  hash=$(sha256sum "$POM" | cut -d' ' -f1)
-  [[ -f $LIB/.pom.sha256 && $(cat "$LIB/.pom.sha256") == "$hash" ]] && return
-  command -v mvn >/dev/null || die "Maven (mvn) is needed to fetch the broker's jars but is not installed."
-  say "fetching the broker's jars with Maven into $LIB."
-  rm -rf "$LIB.tmp"
-  out=$(mvn -B -q -f "$POM" dependency:copy-dependencies \
-    -DoutputDirectory="$LIB.tmp" -DincludeScope=runtime 2>&1) ||
-    { echo "$out" >&2; die "Maven could not fetch the broker's jars, its output is above."; }
-  echo "$hash" >"$LIB.tmp/.pom.sha256"
-  rm -rf "$LIB" && mv "$LIB.tmp" "$LIB"
-}
+fetch_jars() { maven_fetch "$POM" "$LIB" "the broker's jars"; }
 
 # Letters and digits only: the password goes into a JAAS line and a properties file.
 new_password() { openssl rand -hex 16; }
@@ -132,31 +113,8 @@ format() {
     { echo "$out" >&2; die "formatting the storage failed, the tool's output is above."; }
 }
 
-stop_broker() {
-  local pid i
-  if ! pid=$(our_pid); then rm -f "$PIDFILE"; return 1; fi
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 60; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-  if kill -0 "$pid" 2>/dev/null; then
-    say "pid $pid ignored SIGTERM for 30 s, killing it."
-    kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  fi
-  rm -f "$PIDFILE"
-}
-
-wait_ready() {
-  local pid=$1 deadline=$((SECONDS + TIMEOUT))
-  while ((SECONDS < deadline)); do
-    kill -0 "$pid" 2>/dev/null ||
-      { tail -n 40 "$LOG" >&2 || true; rm -f "$PIDFILE"; die "the broker exited during startup, its log is above."; }
-    if grep -qs "Kafka Server started" "$LOG" && tls_answers; then return; fi
-    sleep 0.5
-  done
-  tail -n 40 "$LOG" >&2 || true
-  stop_broker || true
-  die "the broker was not ready within $TIMEOUT s, so it was stopped; its log is above."
-}
+# Started and completing TLS handshakes.
+jvm_serving() { grep -qs "Kafka Server started" "$LOG" && tls_answers; }
 
 start() {
   local pid tls t0=$SECONDS
@@ -177,24 +135,16 @@ start() {
   broker_password=$(new_password) user_password=$(new_password)
   write_files "$tls" "$broker_password" "$user_password"
   format "$broker_password" "$user_password"
-  [[ -f $LOG ]] && mv -f "$LOG" "$LOG.1"
-  setsid nohup "${JAVA[@]}" kafka.Kafka "$PROPS" >"$LOG" 2>&1 </dev/null 9>&- &
-  pid=$!
-  echo "$pid" >"$PIDFILE"
-  wait_ready "$pid"
-  say "ready on 127.0.0.1:$PORT, SASL_SSL (pid $pid, $((SECONDS - t0)) s); client settings: $CLIENT; log: $LOG."
+  launch
+  say "ready on 127.0.0.1:$PORT, SASL_SSL (pid $JVM_PID, $((SECONDS - t0)) s); client settings: $CLIENT; log: $LOG."
 }
-
-lock() { mkdir -p "$STATE"; exec 9>"$STATE/.lock"; flock 9; }
 
 case "${1:-}" in
   start) lock; start ;;
-  stop) lock; if stop_broker; then say "stopped."; else say "no broker started by this script is running."; fi ;;
+  stop) lock; if stop_jvm; then say "stopped."; else say "no broker started by this script is running."; fi ;;
   status)
     if our_pid >/dev/null && tls_answers; then say "running on 127.0.0.1:$PORT (pid $(our_pid)); client settings: $CLIENT."
     else say "not running on 127.0.0.1:$PORT."; exit 1; fi ;;
-  logs)
-    [[ -f $LOG ]] || die "no log yet at $LOG."
-    if [[ -t 1 ]]; then exec tail -n 100 -F "$LOG"; else exec tail -n 100 "$LOG"; fi ;;
+  logs) show_log ;;
   *) echo "usage: $0 start|stop|status|logs" >&2; exit 2 ;;
 esac

@@ -7,17 +7,9 @@
 mod common;
 
 use common::private_pg::PrivatePostgres;
-use common::ChildGuard;
+use common::{free_port, ChildGuard};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `orderflow sink` with `env`, its /metrics on `port`, its stderr piped.
 fn sink(env: &[(&str, String)], port: u16) -> ChildGuard {

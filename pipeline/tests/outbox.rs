@@ -11,6 +11,7 @@ mod common;
 
 use common::pipeline::{order, Harness};
 use common::private_pg::PrivatePostgres;
+use common::repo_root;
 use orderflow::core::event::OrderCreated;
 use orderflow::core::lifecycle::OrderState;
 use orderflow::kafka::topics::name;
@@ -42,10 +43,6 @@ const TRACED_EVERY: usize = 10;
 /// The connector's database password: distinctive, so the test can look for it.
 const CDC_PASSWORD: &str = "cdc-pw-5e1f0c77";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn traceparent(i: usize) -> String {
     format!(
         "00-{:032x}-{:016x}-01",
@@ -64,11 +61,7 @@ struct Worker {
 
 impl Worker {
     fn new(h: &Harness, shop: &PrivatePostgres, slot: &str) -> Worker {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let state = std::env::var("ORDERFLOW_STATE_DIR").unwrap_or("/var/lib/orderflow".into());
         let env = vec![
             ("ORDERFLOW_KAFKA_BROKERS".into(), h.kafka.brokers.clone()),

@@ -907,28 +907,13 @@ async fn unreadable_check_messages_are_dead_lettered() {
 /// of that trace over OTLP/HTTP to the endpoint the standard variables name.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_orders_trace_runs_through_dispatch_and_checks_and_is_exported() {
-    use std::sync::Mutex;
     let sim = SimConfig {
         checks_until_complete: 1,
         ..SimConfig::default()
     };
     let p = Poll::new("poll-trace", sim, "1s", "1s").await;
     // An OTLP/HTTP receiver that keeps what it is sent.
-    let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let store = Arc::clone(&received);
-    let router = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let store = Arc::clone(&store);
-            async move {
-                store.lock().unwrap().push(body.to_vec());
-                ""
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let (received, endpoint) = common::otlp_receiver().await;
 
     let trace_id = Uuid::new_v4().simple().to_string();
     let spawn = |command: &str| {

@@ -10,17 +10,19 @@
 
 mod common;
 
-use common::pipeline::{order, ACCOUNT, KOD, SIFRE};
-use common::{unique, ChildGuard, TEST_PARTITIONS};
+use common::pipeline::{
+    account_entry, order, serve, ACCOUNT, DEFAULT_ACCOUNT_SETTINGS, KOD, SIFRE,
+};
+use common::{repo_root, spawn_logged, stage_command, unique, ChildGuard};
 use orderflow::db::DbConfig;
-use orderflow::kafka::topics::{self, name, TopicSpec, TopicSpecs};
+use orderflow::kafka::topics::{self, name};
 use orderflow::kafka::KafkaConfig;
 use orderflow::pin::PinKeys;
 use orderflow::testbed::sim::{Sim, SimConfig};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use sqlx::{Connection, PgConnection};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -29,13 +31,9 @@ const FIRST_CHECK: &str = "1s";
 const TIERS: &str = "1s";
 const ORDERS: usize = 20;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn script(path: &str, arg: &str) -> (bool, String) {
     let out = Command::new("bash")
-        .arg(repo().join(path))
+        .arg(repo_root().join(path))
         .arg(arg)
         .output()
         .expect("running a project script");
@@ -117,26 +115,6 @@ impl Drop for Secure {
     }
 }
 
-/// The spec's topics at [`TEST_PARTITIONS`] with the one status-check tier of [`TIERS`].
-fn specs() -> TopicSpecs {
-    let mut specs = common::test_specs();
-    let template = specs
-        .topics
-        .iter()
-        .find(|t| t.name.starts_with("orders.status-check."))
-        .unwrap()
-        .clone();
-    specs
-        .topics
-        .retain(|t| !t.name.starts_with("orders.status-check."));
-    specs.topics.extend(TIERS.split(',').map(|label| TopicSpec {
-        name: name::status_check(label),
-        partitions: template.partitions.min(TEST_PARTITIONS),
-        ..template.clone()
-    }));
-    specs
-}
-
 /// Runs `orderflow args` with `env`; (exit code, stderr, how long it took).
 fn orderflow(args: &[&str], env: &[(String, String)]) -> (i32, String, Duration) {
     let t0 = Instant::now();
@@ -201,7 +179,9 @@ async fn the_pipeline_runs_through_sasl_ssl_kafka_and_tls_postgres_and_bad_setti
     let mut kafka = KafkaConfig::for_tests(BROKERS, &format!("{}.", unique("t-tls-")));
     kafka.properties_file = Some(secure.client_properties.clone());
     kafka.connect_timeout_ms = 30_000;
-    let report = topics::apply(&kafka, &specs())
+    // The spec's topics at common::TEST_PARTITIONS with the one status-check tier of TIERS.
+    let specs = common::with_only_tiers(common::test_specs(), TIERS);
+    let report = topics::apply(&kafka, &specs)
         .await
         .expect("topics over SASL_SSL");
     assert!(report.is_clean(), "{report:?}");
@@ -315,23 +295,11 @@ async fn the_pipeline_runs_through_sasl_ssl_kafka_and_tls_postgres_and_bad_setti
         checks_until_complete: 1,
         ..SimConfig::default()
     });
-    let (stop_sim, sim_stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = sim
-        .clone()
-        .serve("127.0.0.1:0".parse().unwrap(), async move {
-            let _ = sim_stopped.await;
-        })
-        .await
-        .expect("starting the simulator");
+    let served = serve(&sim).await;
     let accounts = props_dir.join("accounts.toml");
     std::fs::write(
         &accounts,
-        format!(
-            "[[account]]\nid = \"{ACCOUNT}\"\nprovider = \"znet\"\nbase_url = \"http://{}\"\n\
-             kod = \"{KOD}\"\nsifre = \"{SIFRE}\"\nmax_concurrent = 8\nmax_per_second = 200\n\
-             request_timeout_ms = 1000\nvisibility_window_ms = 0\n",
-            handle.addr
-        ),
+        account_entry(ACCOUNT, &served.url, 1000, DEFAULT_ACCOUNT_SETTINGS),
     )
     .unwrap();
     let keys = props_dir.join("pin-keys");
@@ -355,16 +323,9 @@ async fn the_pipeline_runs_through_sasl_ssl_kafka_and_tls_postgres_and_bad_setti
         .iter()
         .map(|stage| {
             let log_path = props_dir.join(format!("{stage}.log"));
-            let log = std::fs::File::create(&log_path).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_orderflow"))
-                .arg(stage)
-                .env_remove("ORDERFLOW_KAFKA_PROPERTIES")
-                .envs(stage_env.iter().map(|(k, v)| (k, v)))
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("starting a stage");
-            (log_path, ChildGuard(child))
+            let mut command = stage_command(stage, &stage_env);
+            let child = spawn_logged(command.env_remove("ORDERFLOW_KAFKA_PROPERTIES"), &log_path);
+            (log_path, child)
         })
         .collect();
 
@@ -472,7 +433,7 @@ async fn the_pipeline_runs_through_sasl_ssl_kafka_and_tls_postgres_and_bad_setti
         "each order bought once: {purchases:?}"
     );
 
-    let _ = stop_sim.send(());
+    drop(served);
     sqlx::query(&format!("DROP DATABASE {db_name} WITH (FORCE)"))
         .execute(&mut admin)
         .await

@@ -24,11 +24,11 @@
 mod common;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use common::pipeline::{read_to_end, Harness, KOD, SIFRE};
+use common::pipeline::{account_entry, read_to_end, Harness, DEFAULT_ACCOUNT_SETTINGS};
 use orderflow::core::event::{
     self, OrderCreated, OrderDispatched, OrderStateEvent, StatusCheck, DEFAULT_MAX_EVENT_BYTES,
 };
-use orderflow::kafka::topics::{self, name, TopicSpecs};
+use orderflow::kafka::topics::{self, name};
 use orderflow::pin::PinKeys;
 use orderflow::provider::{PlaceOutcome, Placement};
 use orderflow::testbed::sim::SimConfig;
@@ -38,7 +38,6 @@ use rdkafka::util::Timeout;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -189,25 +188,15 @@ impl Replay {
             ..SimConfig::default()
         };
         let h = Harness::new(test, sim, 2_000).await;
-        let labels: Vec<String> = TIERS.split(',').map(str::to_owned).collect();
-        let tiers = TopicSpecs::load(None).unwrap().with_tiers(&labels);
-        let mut tiers_only = tiers.clone();
+        let mut tiers_only = common::with_only_tiers(common::test_specs(), TIERS);
         tiers_only
             .topics
             .retain(|t| t.name.starts_with(name::STATUS_CHECK_EVENT));
-        for t in &mut tiers_only.topics {
-            t.partitions = t.partitions.min(common::TEST_PARTITIONS);
-        }
         topics::apply(&h.kafka, &tiers_only).await.unwrap();
         let accounts = std::env::temp_dir().join(common::unique("orderflow-accounts-"));
         std::fs::write(
             &accounts,
-            format!(
-                "[[account]]\nid = \"{ACCOUNT}\"\nprovider = \"znet\"\nbase_url = \"{}\"\n\
-                 kod = \"{KOD}\"\nsifre = \"{SIFRE}\"\nmax_concurrent = 8\nmax_per_second = 200\n\
-                 request_timeout_ms = 2000\nvisibility_window_ms = 0\n",
-                h.sim_url
-            ),
+            account_entry(ACCOUNT, &h.sim_url, 2_000, DEFAULT_ACCOUNT_SETTINGS),
         )
         .unwrap();
         let keys = std::env::temp_dir().join(common::unique("orderflow-pin-keys-"));
@@ -245,16 +234,10 @@ impl Replay {
     }
 
     fn spawn(&self, stage: &str) -> common::ChildGuard {
-        let log = std::fs::File::create(self.logs.join(format!("{stage}.log"))).unwrap();
-        common::ChildGuard(
-            Command::new(env!("CARGO_BIN_EXE_orderflow"))
-                .arg(stage)
-                .envs(self.env.iter().cloned())
-                .env("ORDERFLOW_LOG", "info,librdkafka=warn,sqlx=warn")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting orderflow {stage}: {e}")),
+        common::spawn_logged(
+            common::stage_command(stage, &self.env)
+                .env("ORDERFLOW_LOG", "info,librdkafka=warn,sqlx=warn"),
+            &self.logs.join(format!("{stage}.log")),
         )
     }
 

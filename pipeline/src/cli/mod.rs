@@ -27,8 +27,6 @@ pub use error::CliError;
 use crate::db::DbConfig;
 use crate::dispatch::DispatchConfig;
 use crate::kafka::KafkaConfig;
-use crate::metrics::MetricsConfig;
-use crate::outage::OutageConfig;
 use crate::poll::reconcile::ReconcileConfig;
 use crate::poll::PollConfig;
 use crate::sink::SinkConfig;
@@ -73,57 +71,13 @@ pub enum Command {
         db: DbConfig,
     },
     /// Run the dispatch stage: place each order of orders.created with its provider.
-    Dispatch {
-        #[command(flatten)]
-        kafka: KafkaConfig,
-        #[command(flatten)]
-        db: DbConfig,
-        #[command(flatten)]
-        dispatch: DispatchConfig,
-        #[command(flatten)]
-        metrics: MetricsConfig,
-        #[command(flatten)]
-        outage: OutageConfig,
-    },
+    Dispatch(stage::StageArgs<DispatchConfig>),
     /// Run the poll stage: check each dispatched order with its provider until it is final.
-    Poll {
-        #[command(flatten)]
-        kafka: KafkaConfig,
-        #[command(flatten)]
-        db: DbConfig,
-        #[command(flatten)]
-        poll: PollConfig,
-        #[command(flatten)]
-        metrics: MetricsConfig,
-        #[command(flatten)]
-        outage: OutageConfig,
-    },
+    Poll(stage::StageArgs<PollConfig>),
     /// Run the reconciler: re-enqueue orders whose status check is overdue.
-    Reconcile {
-        #[command(flatten)]
-        kafka: KafkaConfig,
-        #[command(flatten)]
-        db: DbConfig,
-        #[command(flatten)]
-        reconcile: ReconcileConfig,
-        #[command(flatten)]
-        metrics: MetricsConfig,
-        #[command(flatten)]
-        outage: OutageConfig,
-    },
+    Reconcile(stage::StageArgs<ReconcileConfig>),
     /// Run the sink: write the latest state of every order from orders.state into PostgreSQL.
-    Sink {
-        #[command(flatten)]
-        kafka: KafkaConfig,
-        #[command(flatten)]
-        db: DbConfig,
-        #[command(flatten)]
-        sink: SinkConfig,
-        #[command(flatten)]
-        metrics: MetricsConfig,
-        #[command(flatten)]
-        outage: OutageConfig,
-    },
+    Sink(stage::StageArgs<SinkConfig>),
     /// Find orders, show one's journey, or submit one by hand.
     Order {
         #[command(subcommand)]
@@ -183,10 +137,10 @@ impl Command {
         match self {
             Command::Topics { .. } => "topics",
             Command::Migrate { .. } => "migrate",
-            Command::Dispatch { .. } => "dispatch",
-            Command::Poll { .. } => "poll",
-            Command::Reconcile { .. } => "reconcile",
-            Command::Sink { .. } => "sink",
+            Command::Dispatch(_) => "dispatch",
+            Command::Poll(_) => "poll",
+            Command::Reconcile(_) => "reconcile",
+            Command::Sink(_) => "sink",
             Command::Order { .. } => "order",
             Command::Accounts { .. } => "accounts",
             Command::Dlq { .. } => "dlq",
@@ -207,66 +161,10 @@ pub async fn run(command: Command) -> Result<ExitCode, CliError> {
     match command {
         Command::Topics { command } => topics::run(command).await,
         Command::Migrate { db } => migrate::run(db).await,
-        Command::Dispatch {
-            kafka,
-            db,
-            dispatch,
-            metrics,
-            outage,
-        } => {
-            let common = stage::Common {
-                kafka,
-                db,
-                metrics,
-                outage,
-            };
-            stage::dispatch(common, dispatch).await
-        }
-        Command::Poll {
-            kafka,
-            db,
-            poll,
-            metrics,
-            outage,
-        } => {
-            let common = stage::Common {
-                kafka,
-                db,
-                metrics,
-                outage,
-            };
-            stage::poll(common, poll).await
-        }
-        Command::Reconcile {
-            kafka,
-            db,
-            reconcile,
-            metrics,
-            outage,
-        } => {
-            let common = stage::Common {
-                kafka,
-                db,
-                metrics,
-                outage,
-            };
-            stage::reconcile(common, reconcile).await
-        }
-        Command::Sink {
-            kafka,
-            db,
-            sink,
-            metrics,
-            outage,
-        } => {
-            let common = stage::Common {
-                kafka,
-                db,
-                metrics,
-                outage,
-            };
-            stage::sink(common, sink).await
-        }
+        Command::Dispatch(args) => stage::dispatch(args).await,
+        Command::Poll(args) => stage::poll(args).await,
+        Command::Reconcile(args) => stage::reconcile(args).await,
+        Command::Sink(args) => stage::sink(args).await,
         Command::Order { command } => order::run(command).await,
         Command::Accounts { command } => accounts::run(command).await,
         Command::Dlq { command } => dlq::run(command).await,

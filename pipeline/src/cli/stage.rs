@@ -31,11 +31,40 @@ struct Started {
 }
 
 /// The settings every stage shares besides its own.
-pub struct Common {
-    pub kafka: KafkaConfig,
-    pub db: DbConfig,
-    pub metrics: MetricsConfig,
-    pub outage: OutageConfig,
+struct Common {
+    kafka: KafkaConfig,
+    db: DbConfig,
+    metrics: MetricsConfig,
+    outage: OutageConfig,
+}
+
+/// A stage subcommand's flags: the shared settings around the stage's own (`S`), in the
+/// order `--help` lists them.
+#[derive(clap::Args)]
+pub struct StageArgs<S: clap::Args> {
+    #[command(flatten)]
+    kafka: KafkaConfig,
+    #[command(flatten)]
+    db: DbConfig,
+    #[command(flatten)]
+    stage: S,
+    #[command(flatten)]
+    metrics: MetricsConfig,
+    #[command(flatten)]
+    outage: OutageConfig,
+}
+
+impl<S: clap::Args> StageArgs<S> {
+    /// The shared settings, and the stage's own.
+    fn split(self) -> (Common, S) {
+        let common = Common {
+            kafka: self.kafka,
+            db: self.db,
+            metrics: self.metrics,
+            outage: self.outage,
+        };
+        (common, self.stage)
+    }
 }
 
 /// Serves the metrics (if an address is configured: `/readyz` says not ready until the
@@ -86,7 +115,8 @@ async fn serve_metrics(config: &MetricsConfig) -> Result<Arc<Metrics>, CliError>
     Ok(metrics)
 }
 
-pub async fn dispatch(common: Common, config: DispatchConfig) -> Result<ExitCode, CliError> {
+pub async fn dispatch(args: StageArgs<DispatchConfig>) -> Result<ExitCode, CliError> {
+    let (common, config) = args.split();
     config.default_deadline()?;
     let accounts = Accounts::load(&config.accounts_file, znet::connect)?;
     let s = start(common).await?;
@@ -94,7 +124,8 @@ pub async fn dispatch(common: Common, config: DispatchConfig) -> Result<ExitCode
     ended(&s.give_up, ran)
 }
 
-pub async fn poll(common: Common, config: PollConfig) -> Result<ExitCode, CliError> {
+pub async fn poll(args: StageArgs<PollConfig>) -> Result<ExitCode, CliError> {
+    let (common, config) = args.split();
     let accounts = Accounts::load(&config.accounts_file, znet::connect)?;
     config.schedule.schedule()?;
     config.pin_keys()?;
@@ -103,14 +134,16 @@ pub async fn poll(common: Common, config: PollConfig) -> Result<ExitCode, CliErr
     ended(&s.give_up, ran)
 }
 
-pub async fn reconcile(common: Common, config: ReconcileConfig) -> Result<ExitCode, CliError> {
+pub async fn reconcile(args: StageArgs<ReconcileConfig>) -> Result<ExitCode, CliError> {
+    let (common, config) = args.split();
     config.pass(&common.kafka)?;
     let s = start(common).await?;
     let ran = reconcile::run(config, s.kafka, s.pool, s.metrics, s.shutdown).await;
     ended(&s.give_up, ran)
 }
 
-pub async fn sink(common: Common, config: SinkConfig) -> Result<ExitCode, CliError> {
+pub async fn sink(args: StageArgs<SinkConfig>) -> Result<ExitCode, CliError> {
+    let (common, config) = args.split();
     let s = start(common).await?;
     let ran = sink::run(config, s.kafka, s.pool, s.metrics, s.shutdown).await;
     ended(&s.give_up, ran)

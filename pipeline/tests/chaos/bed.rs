@@ -5,15 +5,15 @@
 //! export, and the six stages started.
 
 use crate::broker::PrivateBroker;
-use crate::common::pipeline::{ACCOUNT, KOD, OTHER_ACCOUNT, SIFRE};
+use crate::common::pipeline::{account_entry, serve, Served, ACCOUNT, KOD, OTHER_ACCOUNT, SIFRE};
 use crate::common::private_pg::PrivatePostgres;
 use crate::settings::{Clock, BROKEN_ACCOUNT, TIERS, VISIBILITY_LAG, VISIBILITY_WINDOW_MS};
 use crate::stages::{self, Stages};
 use orderflow::db::DbConfig;
-use orderflow::kafka::topics::{self, name, Replication, TopicSpec, TopicSpecs};
+use orderflow::kafka::topics::{self, Replication, TopicSpecs};
 use orderflow::kafka::KafkaConfig;
 use orderflow::pin::PinKeys;
-use orderflow::testbed::sim::{Sim, SimConfig, SimHandle};
+use orderflow::testbed::sim::{Sim, SimConfig};
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,8 +32,8 @@ pub struct Bed {
     pub traces: Arc<Mutex<Vec<Vec<u8>>>>,
     pub stages: Stages,
     pub logs: PathBuf,
-    /// The simulator serves until this sender drops.
-    _sim: (tokio::sync::oneshot::Sender<()>, SimHandle),
+    /// The simulator serves until this drops.
+    _sim: Served,
 }
 
 /// One broker, or three.
@@ -51,14 +51,13 @@ impl Bed {
             &format!("{}.", crate::common::unique("chaos-")),
         );
         create_topics(&kafka, layout).await;
-        let (sim, sim_running) = start_provider().await;
-        let sim_url = format!("http://{}", sim_running.1.addr);
-        let accounts_file = write_accounts(work, &sim_url);
+        let (sim, served) = start_provider().await;
+        let accounts_file = write_accounts(work, &served.url);
         let key_line = PinKeys::generate_key_line("chaos1");
         let keys = PinKeys::parse(&key_line).unwrap();
         let keys_file = work.join("pin-keys");
         std::fs::write(&keys_file, &key_line).unwrap();
-        let (traces, otlp) = otlp_receiver().await;
+        let (traces, otlp) = crate::common::otlp_receiver().await;
         let logs = work.join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         let env = stages::env(&kafka, &db_url, &accounts_file, &keys_file, &otlp);
@@ -74,7 +73,7 @@ impl Bed {
             traces,
             stages,
             logs,
-            _sim: sim_running,
+            _sim: served,
         }
     }
 }
@@ -110,21 +109,7 @@ async fn private_servers(
 /// cluster with three partitions each (the nodes share two cores and their open files),
 /// three replicas and min.insync.replicas 2, as in production.
 async fn create_topics(kafka: &KafkaConfig, layout: Kafka) {
-    let mut specs = TopicSpecs::load(None).unwrap();
-    let template = specs
-        .topics
-        .iter()
-        .find(|t| t.name.starts_with("orders.status-check."))
-        .unwrap()
-        .clone();
-    specs.topics.extend(TIERS.split(',').map(|label| TopicSpec {
-        name: name::status_check(label),
-        ..template.clone()
-    }));
-    specs.topics.retain(|t| {
-        !t.name.starts_with("orders.status-check.")
-            || TIERS.split(',').any(|l| t.name == name::status_check(l))
-    });
+    let mut specs = crate::common::with_only_tiers(TopicSpecs::load(None).unwrap(), TIERS);
     if layout == Kafka::Cluster {
         for t in &mut specs.topics {
             t.partitions = t.partitions.min(3);
@@ -141,7 +126,7 @@ async fn create_topics(kafka: &KafkaConfig, layout: Kafka) {
 /// The provider: 3 % rejected, 3 % cancelled, one "processing" answer before the end;
 /// faults only in waves. A lost or timed-out answer hangs 1.5 s, the client gives up
 /// after 1 s; a slow answer takes 0.75 s.
-async fn start_provider() -> (Sim, (tokio::sync::oneshot::Sender<()>, SimHandle)) {
+async fn start_provider() -> (Sim, Served) {
     let sim = Sim::new(SimConfig {
         kod: KOD.into(),
         sifre: SIFRE.into(),
@@ -155,15 +140,8 @@ async fn start_provider() -> (Sim, (tokio::sync::oneshot::Sender<()>, SimHandle)
         initial_balance_kurus: 1_000_000_000_000,
         ..SimConfig::default()
     });
-    let (sim_stop, sim_stopped) = tokio::sync::oneshot::channel::<()>();
-    let sim_handle = sim
-        .clone()
-        .serve("127.0.0.1:0".parse().unwrap(), async move {
-            let _ = sim_stopped.await;
-        })
-        .await
-        .unwrap();
-    (sim, (sim_stop, sim_handle))
+    let served = serve(&sim).await;
+    (sim, served)
 }
 
 /// The accounts file: two healthy accounts and the broken one (a wrong password). The caps
@@ -171,40 +149,21 @@ async fn start_provider() -> (Sim, (tokio::sync::oneshot::Sender<()>, SimHandle)
 /// once and 800 per second, what four processes had when the caps held per process.
 fn write_accounts(work: &Path, sim_url: &str) -> PathBuf {
     let accounts_file = work.join("accounts.toml");
-    let account = |id: &str, sifre: &str| {
-        format!(
-            "[[account]]\nid = \"{id}\"\nprovider = \"znet\"\nbase_url = \"{sim_url}\"\n\
-             kod = \"{KOD}\"\nsifre = \"{sifre}\"\nmax_concurrent = 32\nmax_per_second = 800\n\
-             request_timeout_ms = 1000\nbreaker_failures = 5\nbreaker_open_ms = 1000\n\
-             visibility_window_ms = {VISIBILITY_WINDOW_MS}\n"
+    let settings = format!(
+        "breaker_failures = 5\nbreaker_open_ms = 1000\nvisibility_window_ms = {VISIBILITY_WINDOW_MS}\n"
+    );
+    let account = |id: &str| {
+        account_entry(id, sim_url, 1000, &settings).replace(
+            "max_concurrent = 8\nmax_per_second = 200\n",
+            "max_concurrent = 32\nmax_per_second = 800\n",
         )
     };
+    let broken = account(BROKEN_ACCOUNT)
+        .replace(&format!("sifre = \"{SIFRE}\""), "sifre = \"yanlis-sifre\"");
     std::fs::write(
         &accounts_file,
-        account(ACCOUNT, SIFRE)
-            + &account(OTHER_ACCOUNT, SIFRE)
-            + &account(BROKEN_ACCOUNT, "yanlis-sifre"),
+        account(ACCOUNT) + &account(OTHER_ACCOUNT) + &broken,
     )
     .unwrap();
     accounts_file
-}
-
-/// An OTLP/HTTP receiver that keeps every export; returns them and its endpoint.
-async fn otlp_receiver() -> (Arc<Mutex<Vec<Vec<u8>>>>, String) {
-    let traces: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let store = Arc::clone(&traces);
-    let router = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let store = Arc::clone(&store);
-            async move {
-                store.lock().unwrap().push(body.to_vec());
-                ""
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (traces, otlp)
 }

@@ -2,7 +2,8 @@
 //! broker (ops/kafka/broker.sh) or a cluster of three (ops/kafka/cluster.sh), in a
 //! directory and on ports of its own.
 
-use crate::settings::{free_port, repo, state_dir};
+use crate::common::{free_port, repo_root};
+use crate::settings::state_dir;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -85,7 +86,7 @@ impl PrivateBroker {
             .env_remove("KAFKA_FRESH");
         if self.is_cluster() {
             command
-                .arg(repo().join("ops/kafka/cluster.sh"))
+                .arg(repo_root().join("ops/kafka/cluster.sh"))
                 .env("KAFKA_CLUSTER_DIR", self.dir.join("kafka-cluster"))
                 .env("KAFKA_CLUSTER_PORTS", join(&self.ports))
                 .env(
@@ -94,7 +95,7 @@ impl PrivateBroker {
                 );
         } else {
             command
-                .arg(repo().join("ops/kafka/broker.sh"))
+                .arg(repo_root().join("ops/kafka/broker.sh"))
                 .env("KAFKA_PORT", self.ports[0].to_string())
                 .env(
                     "KAFKA_CONTROLLER_PORT",

@@ -2,12 +2,18 @@
 //! and every final row equal to the simulator's truth (G2, G4, G5), nothing bought twice
 //! (G1), the DLQ holding exactly the hostile events with their reasons (G8), and that the
 //! chaos really came (every stage killed often enough, every fault kind injected). Each
-//! check adds what it found wrong to `failures` and returns its figures.
+//! check adds what it found wrong to `failures` and returns its figures; [`every_guarantee`]
+//! runs those both runs make (with no regression, `lifecycle`, and no secret, `secrets`).
 
+use crate::background::Seen;
 use crate::bed::Bed;
+use crate::common::pipeline::read_to_end;
+use crate::drain::Drained;
 use crate::figures;
 use crate::hostile::Hostile;
+use crate::lifecycle;
 use crate::load::Load;
+use crate::secrets::{self, Places, SecretScan};
 use crate::settings::WAVES;
 use crate::stages::Stages;
 use orderflow::kafka::headers;
@@ -18,6 +24,56 @@ use rdkafka::message::{Message, OwnedMessage};
 use sqlx::PgPool;
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
+
+/// What the checks of [`every_guarantee`] found: what broke, and the figures.
+pub struct Checked {
+    pub failures: Vec<String>,
+    pub truth: Truth,
+    pub purchases: Purchases,
+    pub regressions: usize,
+    pub dlq_entries: usize,
+    pub dlq: DlqCheck,
+    pub state_records: usize,
+    pub scan: SecretScan,
+}
+
+/// Each guarantee, order by order, once everything stopped: every valid order final as the
+/// provider has it (G2), nothing bought twice (G1), no final state regressed, the DLQ
+/// holding the hostile events (G8), no secret anywhere (G5).
+pub async fn every_guarantee(
+    bed: &Bed,
+    load: &Load,
+    drained: &Drained,
+    seen: Seen,
+    stats: &SimStats,
+) -> Checked {
+    let mut failures: Vec<String> = Vec::new();
+    let ids = &drained.ids;
+    let rows = final_rows(&bed.pool, ids).await;
+    let truth = against_provider(bed, load, ids, &rows, stats, &mut failures);
+    let purchases = nothing_bought_twice(&rows, stats, &mut failures);
+    let state_log = read_to_end(&bed.kafka, name::ORDERS_STATE).await;
+    let regressions =
+        lifecycle::no_regression(&state_log, ids, &rows, seen.live_regressions, &mut failures);
+    let dlq = read_to_end(&bed.kafka, name::ORDERS_DLQ).await;
+    let dlq_check = dlq_holds_the_hostile(bed, &dlq, &load.hostile, &mut failures);
+    let places = Places {
+        scrapes: &seen.scrapes,
+        dlq: &dlq,
+        state_log: &state_log,
+    };
+    let scan = secrets::no_secret_anywhere(bed, places, stats, ids, &mut failures).await;
+    Checked {
+        failures,
+        truth,
+        purchases,
+        regressions: regressions.len(),
+        dlq_entries: dlq.len(),
+        dlq: dlq_check,
+        state_records: state_log.len(),
+        scan,
+    }
+}
 
 /// An order's row: id, state, failure reason, reference, sealed PIN, last error, version.
 pub type Row = (

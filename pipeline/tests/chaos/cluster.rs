@@ -12,13 +12,10 @@
 use crate::background::Background;
 use crate::bed::{Bed, Kafka};
 use crate::checks;
-use crate::common::pipeline::read_to_end;
 use crate::drain;
 use crate::failover::{self, FailedOver};
 use crate::figures;
-use crate::lifecycle;
 use crate::load::Load;
-use crate::secrets::{self, Places};
 use crate::settings::{self, Clock, Size};
 use chrono::Utc;
 use orderflow::kafka::topics::name;
@@ -48,22 +45,8 @@ async fn cluster_failover_under_load_keeps_every_guarantee() {
     let stats = bed.sim.stats();
 
     // 6. Each guarantee, order by order, as in the single-broker run.
-    let mut failures: Vec<String> = Vec::new();
-    let ids = &drained.ids;
-    let rows = checks::final_rows(&bed.pool, ids).await;
-    let truth = checks::against_provider(&bed, &load, ids, &rows, &stats, &mut failures);
-    let purchases = checks::nothing_bought_twice(&rows, &stats, &mut failures);
-    let state_log = read_to_end(&bed.kafka, name::ORDERS_STATE).await;
-    let regressions =
-        lifecycle::no_regression(&state_log, ids, &rows, seen.live_regressions, &mut failures);
-    let dlq = read_to_end(&bed.kafka, name::ORDERS_DLQ).await;
-    let dlq_check = checks::dlq_holds_the_hostile(&bed, &dlq, &load.hostile, &mut failures);
-    let places = Places {
-        scrapes: &seen.scrapes,
-        dlq: &dlq,
-        state_log: &state_log,
-    };
-    let scan = secrets::no_secret_anywhere(&bed, places, &stats, ids, &mut failures).await;
+    let checked = checks::every_guarantee(&bed, &load, &drained, seen, &stats).await;
+    let mut failures = checked.failures;
     let (_, exits, _) = figures::kills(&bed.stages);
     if exits > 0 {
         failures.push(format!(
@@ -76,15 +59,15 @@ async fn cluster_failover_under_load_keeps_every_guarantee() {
         ("valid orders published", format!("{}", failed_over.published.valid)),
         ("exact re-sends (harmless)", format!("{}", failed_over.published.exact_resends)),
         ("hostile events sent", format!("{}", load.hostile.len())),
-        ("final in PostgreSQL", format!("{} (completed {}, cancelled {}, rejected {}, failed at the deadline on the broken account {} of {})", truth.finals, truth.completed, truth.cancelled, truth.rejected, truth.expired, load.broken.len())),
+        ("final in PostgreSQL", format!("{} (completed {}, cancelled {}, rejected {}, failed at the deadline on the broken account {} of {})", checked.truth.finals, checked.truth.completed, checked.truth.cancelled, checked.truth.rejected, checked.truth.expired, load.broken.len())),
         ("publish retries", format!("{}", failed_over.published.retries)),
-        ("lost", format!("{}", truth.lost)),
+        ("lost", format!("{}", checked.truth.lost)),
         ("delivered to the publisher, not in orders.created", format!("{} {:?}", drained.never_in_log.len(), drained.never_in_log)),
-        ("duplicate placements", format!("{} ({} purchases; {} references re-sent and refused as duplicates)", purchases.duplicates, purchases.total, purchases.resent_references)),
-        ("regressions", format!("{regressions}", regressions = regressions.len())),
-        ("disagreements with the provider", format!("{}", truth.mismatches)),
-        ("DLQ entries", format!("{} ({} hostile events matched, {} redelivered copies)", dlq.len(), dlq_check.matched, dlq_check.copies)),
-        ("secrets found", format!("{} ({} metrics pages, {} trace exports, {} state records, {} PINs)", scan.leaks, scan.metrics_pages, scan.trace_exports, state_log.len(), scan.pins)),
+        ("duplicate placements", format!("{} ({} purchases; {} references re-sent and refused as duplicates)", checked.purchases.duplicates, checked.purchases.total, checked.purchases.resent_references)),
+        ("regressions", format!("{}", checked.regressions)),
+        ("disagreements with the provider", format!("{}", checked.truth.mismatches)),
+        ("DLQ entries", format!("{} ({} hostile events matched, {} redelivered copies)", checked.dlq_entries, checked.dlq.matched, checked.dlq.copies)),
+        ("secrets found", format!("{} ({} metrics pages, {} trace exports, {} state records, {} PINs)", checked.scan.leaks, checked.scan.metrics_pages, checked.scan.trace_exports, checked.state_records, checked.scan.pins)),
         ("stage exits on their own", format!("{exits}")),
         ("time to drain", format!("{:.1} s (after the failovers)", drained.drain_s)),
         ("total run time", format!("{:.1} s", clock.elapsed_s())),

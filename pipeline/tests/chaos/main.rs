@@ -57,11 +57,8 @@ mod stages;
 
 use background::Background;
 use bed::{Bed, Kafka};
-use common::pipeline::read_to_end;
 use figures::Findings;
 use load::Load;
-use orderflow::kafka::topics::name;
-use secrets::Places;
 use settings::{Clock, Size};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -86,22 +83,8 @@ async fn chaos_under_load_keeps_every_guarantee() {
     let stats = bed.sim.stats();
 
     // 7. Each guarantee, order by order.
-    let mut failures: Vec<String> = Vec::new();
-    let ids = &drained.ids;
-    let rows = checks::final_rows(&bed.pool, ids).await;
-    let truth = checks::against_provider(&bed, &load, ids, &rows, &stats, &mut failures);
-    let purchases = checks::nothing_bought_twice(&rows, &stats, &mut failures);
-    let state_log = read_to_end(&bed.kafka, name::ORDERS_STATE).await;
-    let regressions =
-        lifecycle::no_regression(&state_log, ids, &rows, seen.live_regressions, &mut failures);
-    let dlq = read_to_end(&bed.kafka, name::ORDERS_DLQ).await;
-    let dlq_check = checks::dlq_holds_the_hostile(&bed, &dlq, &load.hostile, &mut failures);
-    let places = Places {
-        scrapes: &seen.scrapes,
-        dlq: &dlq,
-        state_log: &state_log,
-    };
-    let scan = secrets::no_secret_anywhere(&bed, places, &stats, ids, &mut failures).await;
+    let checked = checks::every_guarantee(&bed, &load, &drained, seen, &stats).await;
+    let mut failures = checked.failures;
 
     // 8. The figures; then whether the chaos really came.
     let findings = Findings {
@@ -110,13 +93,13 @@ async fn chaos_under_load_keeps_every_guarantee() {
         attacked: &attacked,
         drained: &drained,
         stats: &stats,
-        truth: &truth,
-        purchases: &purchases,
-        regressions: regressions.len(),
-        dlq_entries: dlq.len(),
-        dlq: &dlq_check,
-        state_records: state_log.len(),
-        scan: &scan,
+        truth: &checked.truth,
+        purchases: &checked.purchases,
+        regressions: checked.regressions,
+        dlq_entries: checked.dlq_entries,
+        dlq: &checked.dlq,
+        state_records: checked.state_records,
+        scan: &checked.scan,
     };
     figures::report(&bed, &findings, &clock, &run_dir);
 

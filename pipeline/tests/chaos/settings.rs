@@ -3,7 +3,7 @@
 //! run writes (its figures, its scratch directory) and the clock its progress lines use.
 
 use orderflow::testbed::sim::{Fault, SimStats};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The check schedule, scaled down: first check 1 s after dispatch, then 1 s, 2 s, 2 s, …
@@ -116,13 +116,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
 pub fn state_dir() -> PathBuf {
     PathBuf::from(
         std::env::var("ORDERFLOW_STATE_DIR").unwrap_or_else(|_| "/var/lib/orderflow".into()),
@@ -141,12 +134,4 @@ pub fn work_dir() -> PathBuf {
     let work = std::env::temp_dir().join(crate::common::unique("orderflow-chaos-"));
     std::fs::create_dir_all(&work).unwrap();
     work
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -2,8 +2,8 @@
 //! the reconciler, each with its log file and /metrics port across incarnations, killed with
 //! SIGKILL, started again, supervised and, at the end, stopped with SIGTERM.
 
-use crate::common::ChildGuard;
-use crate::settings::{free_port, FIRST_CHECK, TIERS};
+use crate::common::{free_port, ChildGuard};
+use crate::settings::{FIRST_CHECK, TIERS};
 use orderflow::kafka::KafkaConfig;
 use std::path::{Path, PathBuf};
 use std::process::Command;

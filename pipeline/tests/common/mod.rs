@@ -1,14 +1,19 @@
 //! What every integration test needs: the real broker and database started by
 //! `ops/kafka/broker.sh` and `ops/postgres/db.sh` (or named by ORDERFLOW_KAFKA_BROKERS and
 //! ORDERFLOW_TEST_DATABASE_URL), a topic prefix and a database of the test's own, so tests
-//! never see each other's data and can run in any order.
+//! never see each other's data and can run in any order; and what several tests share: the
+//! topic specs with tiers of their own, free ports, the repository's root, `orderflow`
+//! stage processes with their logs, a receiver of their traces.
 
 #![allow(dead_code)]
 
 use orderflow::db::DbConfig;
-use orderflow::kafka::topics::{self, TopicSpecs};
+use orderflow::kafka::topics::{self, name, TopicSpec, TopicSpecs};
 use orderflow::kafka::KafkaConfig;
 use sqlx::{Connection, PgConnection, PgPool};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 pub fn brokers() -> String {
     std::env::var("ORDERFLOW_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -23,6 +28,41 @@ pub fn admin_database_url() -> String {
 /// A name no other test (or earlier run) uses.
 pub fn unique(what: &str) -> String {
     format!("{what}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The repository's root: the project's scripts (ops/) and documents are read from there.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A port of 127.0.0.1 nothing listened on a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An OTLP/HTTP receiver on a free port of 127.0.0.1 that keeps every trace export; returns
+/// them and its endpoint (for OTEL_EXPORTER_OTLP_ENDPOINT).
+pub async fn otlp_receiver() -> (Arc<Mutex<Vec<Vec<u8>>>>, String) {
+    let traces: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let store = Arc::clone(&traces);
+    let router = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let store = Arc::clone(&store);
+            async move {
+                store.lock().unwrap().push(body.to_vec());
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (traces, endpoint)
 }
 
 /// Kafka settings with a prefix of the test's own; nothing is created yet.
@@ -45,6 +85,24 @@ pub fn test_specs() -> TopicSpecs {
     for t in &mut specs.topics {
         t.partitions = t.partitions.min(TEST_PARTITIONS);
     }
+    specs
+}
+
+/// `specs` with the status-check tiers `tiers` (labels separated by commas, as in
+/// ORDERFLOW_CHECK_TIERS) in place of the spec's, each made like the spec's first tier.
+pub fn with_only_tiers(mut specs: TopicSpecs, tiers: &str) -> TopicSpecs {
+    const TIER_PREFIX: &str = "orders.status-check.";
+    let template = specs
+        .topics
+        .iter()
+        .find(|t| t.name.starts_with(TIER_PREFIX))
+        .expect("a status-check tier in the spec")
+        .clone();
+    specs.topics.retain(|t| !t.name.starts_with(TIER_PREFIX));
+    specs.topics.extend(tiers.split(',').map(|label| TopicSpec {
+        name: name::status_check(label),
+        ..template.clone()
+    }));
     specs
 }
 
@@ -158,4 +216,27 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `orderflow STAGE` with `env` over the test's own environment.
+pub fn stage_command(stage: &str, env: &[(String, String)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orderflow"));
+    command.arg(stage).envs(env.iter().map(|(k, v)| (k, v)));
+    command
+}
+
+/// Starts `command` with its stdout and stderr in the file `log` (made anew); the child is
+/// killed when the guard drops.
+pub fn spawn_logged(command: &mut Command, log: &Path) -> ChildGuard {
+    let file = std::fs::File::create(log).unwrap();
+    let child = command
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| {
+            // The program and its arguments only: the environment may hold passwords.
+            let args: Vec<_> = command.get_args().collect();
+            panic!("starting {:?} {args:?}: {e}", command.get_program())
+        });
+    ChildGuard(child)
 }

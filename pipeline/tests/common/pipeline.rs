@@ -9,7 +9,7 @@ use orderflow::kafka::stage::StageConfig;
 use orderflow::kafka::topics::name;
 use orderflow::kafka::KafkaConfig;
 use orderflow::provider::accounts::Accounts;
-use orderflow::testbed::sim::{Sim, SimConfig, SimStats};
+use orderflow::testbed::sim::{Sim, SimConfig, SimHandle, SimStats};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureRecord;
@@ -34,13 +34,49 @@ pub const WRONG_CREDENTIALS_ACCOUNT: &str = "znet-wrong-credentials";
 /// production window of five minutes before it is placed again.
 pub const DEFAULT_ACCOUNT_SETTINGS: &str = "visibility_window_ms = 0\n";
 
+/// One `[[account]]` of an accounts file: account `id` at the simulator `base_url` with the
+/// test credentials ([`KOD`], [`SIFRE`]), 8 calls at once and 200 a second, answers awaited
+/// `request_timeout_ms`, then `settings` (more TOML lines).
+pub fn account_entry(id: &str, base_url: &str, request_timeout_ms: u64, settings: &str) -> String {
+    format!(
+        "[[account]]\nid = \"{id}\"\nprovider = \"znet\"\nbase_url = \"{base_url}\"\n\
+         kod = \"{KOD}\"\nsifre = \"{SIFRE}\"\nmax_concurrent = 8\nmax_per_second = 200\n\
+         request_timeout_ms = {request_timeout_ms}\n{settings}"
+    )
+}
+
+/// A simulator served on a free port of 127.0.0.1 until this drops.
+pub struct Served {
+    /// `http://127.0.0.1:port`, an account's `base_url`.
+    pub url: String,
+    pub handle: SimHandle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Serves `sim` (a clone: the caller keeps its view of the simulator's state).
+pub async fn serve(sim: &Sim) -> Served {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = sim
+        .clone()
+        .serve("127.0.0.1:0".parse().unwrap(), async move {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("starting the simulator");
+    Served {
+        url: format!("http://{}", handle.addr),
+        handle,
+        _stop: stop,
+    }
+}
+
 pub struct Harness {
     pub kafka: KafkaConfig,
     pub db: TestDb,
     pub sim: Sim,
     pub sim_url: String,
     pub accounts_file: PathBuf,
-    _sim_stop: tokio::sync::oneshot::Sender<()>,
+    _served: Served,
 }
 
 impl Harness {
@@ -87,26 +123,13 @@ impl Harness {
             sifre: SIFRE.into(),
             ..sim
         });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let handle = sim
-            .clone()
-            .serve("127.0.0.1:0".parse().unwrap(), async move {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("starting the simulator");
-        let sim_url = format!("http://{}", handle.addr);
+        let served = serve(&sim).await;
+        let sim_url = served.url.clone();
         let accounts_file =
             std::env::temp_dir().join(format!("{}.toml", unique("orderflow-accounts-")));
         // Two accounts at one simulator: orders name the first; the second exists to be named
         // by mistake.
-        let account = |id: &str| {
-            format!(
-                "[[account]]\nid = \"{id}\"\nprovider = \"znet\"\nbase_url = \"{sim_url}\"\n\
-                 kod = \"{KOD}\"\nsifre = \"{SIFRE}\"\nmax_concurrent = 8\nmax_per_second = 200\n\
-                 request_timeout_ms = {request_timeout_ms}\n{settings}"
-            )
-        };
+        let account = |id: &str| account_entry(id, &sim_url, request_timeout_ms, settings);
         // A third account whose provider cannot be reached: nothing listens on port 1.
         let down = account(DOWN_ACCOUNT).replace(&sim_url, "http://127.0.0.1:1");
         let wrong = account(WRONG_CREDENTIALS_ACCOUNT).replace(
@@ -124,7 +147,7 @@ impl Harness {
             sim,
             sim_url,
             accounts_file,
-            _sim_stop: stop,
+            _served: served,
         }
     }
 

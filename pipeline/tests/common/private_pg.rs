@@ -61,11 +61,7 @@ impl PrivatePostgres {
                 "--no-sync",
             ],
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let settings = settings.iter().map(|s| format!(" -c {s}")).collect();
         let pg = PrivatePostgres {
             dir,
