@@ -72,6 +72,31 @@ $KAFKA_EXTRA_PROPERTIES}" \
     bash "$HERE/broker.sh" "$@"
 }
 
+# How many brokers node N's metadata lists (registered and not fenced): a Metadata v1
+# request naming no topics (api key 3, correlation id 0x4f46); the answer starts with the
+# correlation id and the broker array's length.
+brokers_seen() {
+  local hex
+  # shellcheck disable=SC2016 # $1 is expanded by the inner bash
+  hex=$(timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf "\x00\x00\x00\x0e\x00\x03\x00\x01\x00\x00\x4f\x46\xff\xff\x00\x00\x00\x00" >&3
+    head -c 12 <&3 | od -An -tx1' _ "${PORTS[$1 - 1]}" 2>/dev/null | tr -d ' \n') || return 1
+  [[ ${hex:8:8} == 00004f46 ]] && echo $((16#${hex:16:8}))
+}
+
+# A node answers (broker.sh's readiness) before the others' registrations reach its
+# metadata: `topics apply` right after the start once counted two brokers and refused
+# three replicas. Waits until every node lists all three.
+wait_all_registered() {
+  local n deadline=$((SECONDS + ${KAFKA_START_TIMEOUT:-120}))
+  for n in 1 2 3; do
+    until [[ $(brokers_seen "$n") == 3 ]]; do
+      ((SECONDS < deadline)) || return 1
+      sleep 0.2
+    done
+  done
+}
+
 check_node() {
   [[ ${1:-} =~ ^[123]$ ]] || die "name a node: 1, 2 or 3."
 }
@@ -109,6 +134,7 @@ start() {
     rm -rf "$DIR"/node-*/kafka/data "$DIR"/node-*/kafka/cluster.id
   fi
   all start || { all stop >/dev/null 2>&1 || true; die "the cluster did not start; the nodes' output is above."; }
+  wait_all_registered || { all stop >/dev/null 2>&1 || true; die "the nodes answer, but not every one lists all three brokers within ${KAFKA_START_TIMEOUT:-120} s; stopped them (logs: $DIR/node-N/kafka/broker.log)."; }
   say "ready on $(brokers) ($((SECONDS - t0)) s); logs: $DIR/node-N/kafka/broker.log."
 }
 
