@@ -11,7 +11,8 @@
 # KAFKA_CONTROLLER_PORT (9093), KAFKA_EXTRA_PROPERTIES (lines appended to
 # server.properties), KAFKA_START_TIMEOUT (seconds, 60), KAFKA_FRESH (1: a broker
 # this script starts begins with empty storage; a running one is still reused),
-# KAFKA_HEAP (the JVM's -Xmx, 1g), KAFKA_LIB (the jars' directory, $STATE/lib).
+# KAFKA_HEAP (the JVM's -Xmx, 1g), KAFKA_JVM_OPTS (more JVM options, separated by
+# spaces), KAFKA_LIB (the jars' directory, $STATE/lib).
 # As one node of a cluster (cluster.sh sets these): KAFKA_NODE_ID (1),
 # KAFKA_QUORUM_VOTERS (id@host:port,... of every controller: a static quorum instead
 # of the standalone one) and KAFKA_CLUSTER_ID (the id every node is formatted with).
@@ -103,7 +104,8 @@ EOF
     printf '\n# From KAFKA_EXTRA_PROPERTIES.\n%s\n' "$KAFKA_EXTRA_PROPERTIES" >>"$PROPS"
 }
 
-JAVA=(java "-Xmx${KAFKA_HEAP:-1g}" -Xms256m -XX:+UseG1GC -Djava.awt.headless=true
+read -r -a JVM_OPTS <<<"${KAFKA_JVM_OPTS:-}"
+JAVA=(java "-Xmx${KAFKA_HEAP:-1g}" -Xms256m -XX:+UseG1GC "${JVM_OPTS[@]}" -Djava.awt.headless=true
   -Dlog4j2.configurationFile="$LOG4J" -cp "$LIB/*")
 
 # The cluster id is made once and kept, so the data dir is formatted only once

@@ -13,7 +13,8 @@
 # `start-node` brings it back). Env: ORDERFLOW_STATE_DIR (/var/lib/orderflow),
 # KAFKA_CLUSTER_DIR ($ORDERFLOW_STATE_DIR/kafka-cluster), KAFKA_CLUSTER_PORTS
 # (19092,19093,19094: the brokers' ports), KAFKA_CLUSTER_CONTROLLER_PORTS
-# (19192,19193,19194), KAFKA_CLUSTER_HEAP (384m per node), KAFKA_EXTRA_PROPERTIES
+# (19192,19193,19194), KAFKA_CLUSTER_HEAP (384m per node), KAFKA_CLUSTER_JVM_OPTS
+# (-XX:TieredStopAtLevel=1, below; empty for the JVM's defaults), KAFKA_EXTRA_PROPERTIES
 # (appended to every node's server.properties), KAFKA_START_TIMEOUT (120), KAFKA_FRESH
 # (1: nodes this script starts begin with empty storage).
 set -euo pipefail
@@ -40,6 +41,17 @@ default.replication.factor=3
 min.insync.replicas=2
 replica.lag.time.max.ms=10000"
 
+# The nodes' JIT: C1 only (KAFKA_CLUSTER_JVM_OPTS replaces this; empty: the JVM's default,
+# C1 then C2). Every demo, benchmark and chaos run starts this cluster cold, and the chaos
+# run restarts each node under load; C2 compiling the broker's hot paths anew in every
+# fresh JVM took 41-47 % of the three nodes' CPU over a 20,000-order benchmark (C2's
+# compiler threads 17-24 CPU s against 6-10 s of request handling, on the two cores the
+# pipeline shares; per thread, 2026-12-03). C1 code handles requests with about twice
+# C2's CPU but compiled for 0.7 s, so the cold cluster carried 815 orders/s instead of
+# 334-670 and its nodes spent 0.99 ms of CPU per order instead of 1.69-2.77 (README,
+# benchmarks). A cluster kept running is better off with the default (C2 warm: 0.75 ms).
+JVM_OPTS="-XX:TieredStopAtLevel=1"
+
 brokers() {
   local list=() p
   for p in "${PORTS[@]}"; do list+=("127.0.0.1:$p"); done
@@ -53,10 +65,36 @@ node() {
   ORDERFLOW_STATE_DIR="$DIR/node-$n" KAFKA_LIB="$DIR/lib" KAFKA_NODE_ID="$n" \
     KAFKA_PORT="${PORTS[n - 1]}" KAFKA_CONTROLLER_PORT="${CPORTS[n - 1]}" \
     KAFKA_QUORUM_VOTERS="$VOTERS" KAFKA_CLUSTER_ID="$(cat "$DIR/cluster.id")" \
-    KAFKA_HEAP="${KAFKA_CLUSTER_HEAP:-384m}" KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}" \
+    KAFKA_HEAP="${KAFKA_CLUSTER_HEAP:-384m}" KAFKA_JVM_OPTS="${KAFKA_CLUSTER_JVM_OPTS-$JVM_OPTS}" \
+    KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}" \
     KAFKA_EXTRA_PROPERTIES="$CLUSTER_PROPERTIES${KAFKA_EXTRA_PROPERTIES:+
 $KAFKA_EXTRA_PROPERTIES}" \
     bash "$HERE/broker.sh" "$@"
+}
+
+# How many brokers node N's metadata lists (registered and not fenced): a Metadata v1
+# request naming no topics (api key 3, correlation id 0x4f46); the answer starts with the
+# correlation id and the broker array's length.
+brokers_seen() {
+  local hex
+  # shellcheck disable=SC2016 # $1 is expanded by the inner bash
+  hex=$(timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf "\x00\x00\x00\x0e\x00\x03\x00\x01\x00\x00\x4f\x46\xff\xff\x00\x00\x00\x00" >&3
+    head -c 12 <&3 | od -An -tx1' _ "${PORTS[$1 - 1]}" 2>/dev/null | tr -d ' \n') || return 1
+  [[ ${hex:8:8} == 00004f46 ]] && echo $((16#${hex:16:8}))
+}
+
+# A node answers (broker.sh's readiness) before the others' registrations reach its
+# metadata: `topics apply` right after the start once counted two brokers and refused
+# three replicas. Waits until every node lists all three.
+wait_all_registered() {
+  local n deadline=$((SECONDS + ${KAFKA_START_TIMEOUT:-120}))
+  for n in 1 2 3; do
+    until [[ $(brokers_seen "$n") == 3 ]]; do
+      ((SECONDS < deadline)) || return 1
+      sleep 0.2
+    done
+  done
 }
 
 check_node() {
@@ -96,6 +134,7 @@ start() {
     rm -rf "$DIR"/node-*/kafka/data "$DIR"/node-*/kafka/cluster.id
   fi
   all start || { all stop >/dev/null 2>&1 || true; die "the cluster did not start; the nodes' output is above."; }
+  wait_all_registered || { all stop >/dev/null 2>&1 || true; die "the nodes answer, but not every one lists all three brokers within ${KAFKA_START_TIMEOUT:-120} s; stopped them (logs: $DIR/node-N/kafka/broker.log)."; }
   say "ready on $(brokers) ($((SECONDS - t0)) s); logs: $DIR/node-N/kafka/broker.log."
 }
 
