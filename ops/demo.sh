@@ -52,7 +52,9 @@ fresh_database orderflow_demo
 start_sim "${ORDERFLOW_DEMO_SIM_PORT:-18090}" --latency-ms 40 --fault-rate 0.02 \
   --lost-answer-delay-ms 3000 --checks-until-complete 1 --slow-share 0.05 --slow-checks 3 \
   --cancel-rate 0.02 --balance-lira 100000000
-write_accounts 32 1000
+# The caps are the account's, shared by all four dispatch and poll processes: 32 calls at once
+# for each of them (the simulator's 40 ms answers and the faults' 2 s timeouts hold slots).
+write_accounts 128 1000
 ensure_pin_key
 export ORDERFLOW_DISPATCH_RETRY_MIN_MS=250 ORDERFLOW_DISPATCH_RETRY_MAX_MS=4000
 # The order deadline scaled down with the schedule (production: 24 h). An order whose first
