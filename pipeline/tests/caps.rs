@@ -22,7 +22,6 @@ use orderflow::testbed::sim::{SimConfig, SimStats};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PER_SECOND: u64 = 40;
@@ -88,16 +87,10 @@ impl Bed {
     }
 
     fn spawn(&self, stage: &str, n: u32) -> common::ChildGuard {
-        let log = std::fs::File::create(self.logs.join(format!("{stage}-{n}.log"))).unwrap();
-        common::ChildGuard(
-            Command::new(env!("CARGO_BIN_EXE_orderflow"))
-                .arg(stage)
-                .envs(self.env.iter().cloned())
-                .env("ORDERFLOW_LOG", "info,librdkafka=warn,sqlx=warn")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting orderflow {stage}: {e}")),
+        common::spawn_logged(
+            common::stage_command(stage, &self.env)
+                .env("ORDERFLOW_LOG", "info,librdkafka=warn,sqlx=warn"),
+            &self.logs.join(format!("{stage}-{n}.log")),
         )
     }
 

@@ -35,16 +35,10 @@ struct Fleet {
 
 impl Fleet {
     fn spawn(&self, stage: &'static str, n: u32) -> common::ChildGuard {
-        let log = std::fs::File::create(self.log(stage, n)).unwrap();
-        common::ChildGuard(
-            Command::new(env!("CARGO_BIN_EXE_orderflow"))
-                .arg(stage)
-                .envs(self.env.iter().cloned())
-                .env("ORDERFLOW_LOG", "info,librdkafka=warn,sqlx=warn")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting orderflow {stage}: {e}")),
+        common::spawn_logged(
+            common::stage_command(stage, &self.env)
+                .env("ORDERFLOW_LOG", "info,librdkafka=warn,sqlx=warn"),
+            &self.log(stage, n),
         )
     }
 

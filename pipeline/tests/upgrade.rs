@@ -544,7 +544,8 @@ fn migration_dir(until: Option<&str>, extra: &[(&str, &str)]) -> PathBuf {
     for entry in std::fs::read_dir(source).unwrap() {
         let entry = entry.unwrap();
         let file = entry.file_name().into_string().unwrap();
-        if until.is_none_or(|u| file.as_str() < u) {
+        let needed = NEEDED_AT_START.iter().any(|v| file.starts_with(v));
+        if needed || until.is_none_or(|u| file.as_str() < u) {
             std::fs::copy(entry.path(), dir.join(&file)).unwrap();
         }
     }
@@ -557,6 +558,12 @@ fn migration_dir(until: Option<&str>, extra: &[(&str, &str)]) -> PathBuf {
 /// The latest migrations of this build, which the test's database lacks at first: both
 /// build an index concurrently (no-transaction), as the stages keep writing.
 const LATEST: &str = "20261217190002";
+
+/// Migrations newer than [`LATEST`] that this build's stages need before they start, so the
+/// database "before" has them: the stages standing in for the running release must be
+/// able to run at all. Each only creates tables of its own (no lock on a table the stages
+/// write), which is why it may come first in an upgrade (docs/design/upgrades.md).
+const NEEDED_AT_START: [&str; 1] = ["20261218040001"]; // provider_slots (issue 18's caps)
 
 /// Test-only migrations of the kinds docs/design/upgrades.md allows on hot tables.
 const TEST_MIGRATIONS: [(&str, &str); 2] = [
