@@ -16,11 +16,9 @@ mod common;
 use common::pipeline::{order, Harness, ACCOUNT, KOD, SIFRE};
 use orderflow::core::caps::{Kind, Release};
 use orderflow::db::caps as table;
-use orderflow::kafka::topics::{self, name};
+use orderflow::kafka::topics;
 use orderflow::pin::PinKeys;
 use orderflow::testbed::sim::{SimConfig, SimStats};
-use rdkafka::producer::FutureRecord;
-use rdkafka::util::Timeout;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -95,20 +93,10 @@ impl Bed {
     }
 
     async fn publish(&self, count: usize) -> Vec<uuid::Uuid> {
-        let producer = self.h.kafka.producer().unwrap();
-        let created = self.h.kafka.topic(name::ORDERS_CREATED);
         let mut ids = Vec::new();
         for i in 0..count {
             let o = order(["25", "50", "100"][i % 3]);
-            let key = o.order_id.to_string();
-            producer
-                .send(
-                    FutureRecord::to(&created).key(&key).payload(&o.encode()),
-                    Timeout::After(Duration::from_secs(10)),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .unwrap();
+            self.h.publish(&o).await;
             ids.push(o.order_id);
         }
         ids

@@ -13,8 +13,6 @@ use orderflow::kafka::lag::GroupLag;
 use orderflow::kafka::topics::{self, name, TopicSpecs};
 use orderflow::pin::PinKeys;
 use orderflow::testbed::sim::SimConfig;
-use rdkafka::producer::FutureRecord;
-use rdkafka::util::Timeout;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -124,18 +122,8 @@ async fn instances_join_die_and_leave_under_load_without_loss_or_double_purchase
         .collect();
     let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
     let mut terms = Vec::new();
-    let producer = h.kafka.producer().unwrap();
-    let created = h.kafka.topic(name::ORDERS_CREATED);
     for (i, o) in orders.iter().enumerate() {
-        let key = o.order_id.to_string();
-        producer
-            .send(
-                FutureRecord::to(&created).key(&key).payload(&o.encode()),
-                Timeout::After(Duration::from_secs(10)),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
+        h.publish(o).await;
         tokio::time::sleep(Duration::from_millis(25)).await;
         match i {
             // Scale up: a fourth instance of each stage joins its group.

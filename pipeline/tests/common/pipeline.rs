@@ -7,12 +7,12 @@ use orderflow::core::event::{OrderCreated, OrderDispatched, OrderStateEvent, SCH
 use orderflow::dispatch::DispatchConfig;
 use orderflow::kafka::stage::StageConfig;
 use orderflow::kafka::topics::name;
-use orderflow::kafka::KafkaConfig;
+use orderflow::kafka::{Context, KafkaConfig};
 use orderflow::provider::accounts::Accounts;
 use orderflow::testbed::sim::{Sim, SimConfig, SimHandle, SimStats};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -76,6 +76,8 @@ pub struct Harness {
     pub sim: Sim,
     pub sim_url: String,
     pub accounts_file: PathBuf,
+    /// One producer for every publish of the test, made at the first.
+    producer: std::sync::OnceLock<FutureProducer<Context>>,
     _served: Served,
 }
 
@@ -147,6 +149,7 @@ impl Harness {
             sim,
             sim_url,
             accounts_file,
+            producer: std::sync::OnceLock::new(),
             _served: served,
         }
     }
@@ -220,7 +223,7 @@ impl Harness {
 
     /// Publishes raw bytes to orders.created.
     pub async fn publish_raw(&self, key: Option<&str>, payload: &[u8]) {
-        let producer = self.kafka.producer().unwrap();
+        let producer = self.producer.get_or_init(|| self.kafka.producer().unwrap());
         let topic = self.kafka.topic(name::ORDERS_CREATED);
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic).payload(payload);
         if let Some(key) = key {
