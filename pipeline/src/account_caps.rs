@@ -59,6 +59,33 @@ pub struct Keepers {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Why a stage cannot share its accounts' caps. Neither variant holds a secret: sqlx's
+/// database errors carry the server's message, not the connection's URL.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    /// The slot tables are missing: the stage runs against a database this release's
+    /// `orderflow migrate` has not brought up to date.
+    #[error("the database has no provider_slots table: run this release's `orderflow migrate` before its stages")]
+    NotMigrated,
+    #[error("cannot share the provider accounts' caps through the database ({0})")]
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for ShareError {
+    fn from(e: sqlx::Error) -> Self {
+        // 42P01: undefined_table.
+        let undefined_table = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|code| code == "42P01");
+        if undefined_table {
+            ShareError::NotMigrated
+        } else {
+            ShareError::Database(e)
+        }
+    }
+}
+
 /// Shares the caps of `accounts` with the other processes from now on: makes the slot rows
 /// match the caps, drops the slots the accounts held alone, and starts a keeper per
 /// account. `stage` names the process in the table (`dispatch`, `poll`).
@@ -67,7 +94,7 @@ pub async fn share(
     accounts: Vec<Arc<Account>>,
     pool: PgPool,
     metrics: Arc<Metrics>,
-) -> Result<Keepers, sqlx::Error> {
+) -> Result<Keepers, ShareError> {
     let (stop, stopping) = watch::channel(false);
     let mut tasks = Vec::new();
     for account in accounts {

@@ -1635,3 +1635,40 @@ async fn without_a_group_setting_the_group_is_named_under_the_topic_prefix() {
     stop(trigger, task).await;
     h.finish().await;
 }
+
+/// A stage started on a database that this release's migrations have not reached (here:
+/// none at all) ends at once, with one sentence that says what to run.
+#[tokio::test]
+async fn a_stage_on_an_unmigrated_database_says_to_run_migrate() {
+    let h = Harness::new("unmigrated", SimConfig::default(), 5_000).await;
+    let empty = common::TestDb::new_empty().await;
+    let mut env = h.dispatch_env(&common::unique("unmigrated-"));
+    for (key, value) in env.iter_mut() {
+        if key == "ORDERFLOW_DATABASE_URL" {
+            value.clone_from(&empty.url);
+        }
+    }
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        common::stage_command("dispatch", &env)
+            .env("ORDERFLOW_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("no provider_slots table") && errors[0].contains("`orderflow migrate`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    h.finish().await;
+}

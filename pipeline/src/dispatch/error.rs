@@ -18,6 +18,6 @@ pub enum DispatchError {
     Kafka(#[from] crate::kafka::KafkaSetupError),
     #[error(transparent)]
     Stage(#[from] crate::kafka::stage::StageError),
-    #[error("cannot share the provider accounts' caps through the database ({0})")]
-    Caps(sqlx::Error),
+    #[error(transparent)]
+    Caps(#[from] crate::account_caps::ShareError),
 }

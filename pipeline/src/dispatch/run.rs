@@ -50,8 +50,7 @@ pub async fn run(
         pool.clone(),
         Arc::clone(&metrics),
     )
-    .await
-    .map_err(DispatchError::Caps)?;
+    .await?;
     account_status::spawn_writer(
         "dispatch",
         accounts.all(),

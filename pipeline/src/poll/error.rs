@@ -12,8 +12,8 @@ pub enum PollError {
     Kafka(#[from] crate::kafka::KafkaSetupError),
     #[error(transparent)]
     Stage(#[from] crate::kafka::stage::StageError),
-    #[error("cannot share the provider accounts' caps through the database ({0})")]
-    Caps(sqlx::Error),
+    #[error(transparent)]
+    Caps(#[from] crate::account_caps::ShareError),
     #[error("the check schedule is invalid: {0}")]
     Schedule(#[from] ScheduleError),
     #[error(transparent)]

@@ -35,9 +35,8 @@ pub async fn run(
     accounts.observe(Arc::clone(&metrics));
     // Before any call (the balance checks start at once): from here on the caps are the
     // cluster's, and this process holds only its share.
-    let keepers = account_caps::share("poll", accounts.all(), pool.clone(), Arc::clone(&metrics))
-        .await
-        .map_err(PollError::Caps)?;
+    let keepers =
+        account_caps::share("poll", accounts.all(), pool.clone(), Arc::clone(&metrics)).await?;
     account_status::spawn_writer(
         "poll",
         accounts.all(),
