@@ -448,6 +448,27 @@ pub fn fair_shares(cap: u32, wants: &[u32], turn: usize) -> Vec<u32> {
     }
 }
 
+/// `shares` (from [`fair_shares`]) with what nobody wants of `cap` split evenly among
+/// all the processes (the units that do not divide evenly, one each in turn from process
+/// `turn % shares.len()`): room for a burst above a process's recent wants, taken without
+/// waiting for its keeper's next look, and given back at that look once another process
+/// wants it (the fair shares then leave nothing over).
+pub fn with_room(cap: u32, shares: &[u32], turn: usize) -> Vec<u32> {
+    let n = shares.len();
+    let mut out = shares.to_vec();
+    if n == 0 {
+        return out;
+    }
+    let left = cap.saturating_sub(shares.iter().sum());
+    let each = left / n as u32;
+    let odd = (left % n as u32) as usize;
+    for k in 0..n {
+        let i = (turn + k) % n;
+        out[i] += each + u32::from(k < odd);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,6 +650,10 @@ mod tests {
         assert_eq!(fair_shares(40, &[40, 5, 40], 0), vec![18, 5, 17]);
         assert_eq!(fair_shares(40, &[0, 0], 1), vec![0, 0]);
         assert_eq!(fair_shares(40, &[], 1), Vec::<u32>::new());
+        assert_eq!(with_room(40, &[18, 5, 17], 0), vec![18, 5, 17]);
+        assert_eq!(with_room(512, &[30, 2], 0), vec![270, 242]);
+        assert_eq!(with_room(5, &[0, 0], 1), vec![2, 3]);
+        assert_eq!(with_room(5, &[], 1), Vec::<u32>::new());
     }
 
     proptest! {
@@ -666,6 +691,23 @@ mod tests {
                             "{i} wants more but {j} has {} against {}", shares[j], shares[i]);
                     }
                 }
+            }
+        }
+
+        /// With room: everything handed out, nobody below its fair share, and the room
+        /// split evenly (to within one slot).
+        #[test]
+        fn room_is_the_unwanted_rest_split_evenly(cap in 0u32..100,
+                                                  wants in proptest::collection::vec(0u32..60, 1..10),
+                                                  turn in 0usize..20) {
+            let fair = fair_shares(cap, &wants, turn);
+            let shares = with_room(cap, &fair, turn);
+            prop_assert_eq!(shares.iter().sum::<u32>(), cap);
+            let extra: Vec<u32> = shares.iter().zip(&fair).map(|(s, f)| s - f).collect();
+            let (lo, hi) = (extra.iter().min().unwrap(), extra.iter().max().unwrap());
+            prop_assert!(hi - lo <= 1, "room {extra:?}");
+            if wants.iter().sum::<u32>() >= cap {
+                prop_assert_eq!(shares, fair, "no room while the cap is wanted whole");
             }
         }
 
