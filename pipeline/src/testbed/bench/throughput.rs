@@ -51,6 +51,9 @@ pub struct ThroughputReport {
     /// Intended send time to the producer accepting the order (the generator's lag).
     pub intended_to_producer: Percentiles,
     pub created_to_dispatched: Percentiles,
+    /// Created-to-dispatched of the orders intended in each second of the run: whether
+    /// the slow ones queue all along or come in stalls.
+    pub created_to_dispatched_by_second: Vec<SecondPercentiles>,
     /// To the order's row final in PostgreSQL (its updated_at).
     pub created_to_final: Percentiles,
     /// To the final state event read from orders.state (before the sink), for comparison.
@@ -66,6 +69,36 @@ pub struct ThroughputReport {
     pub topics: Vec<scrape::TopicCounts>,
     pub ceiling: Option<ceiling::Ceiling>,
     pub series: Vec<Snapshot>,
+}
+
+/// Latency percentiles of the orders intended within one second of the run.
+#[derive(Debug, serde::Serialize)]
+pub struct SecondPercentiles {
+    /// Seconds since the start: the orders intended in [second, second + 1).
+    pub second: u64,
+    pub orders: usize,
+    #[serde(flatten)]
+    pub latency: Percentiles,
+}
+
+impl SecondPercentiles {
+    fn of(by_intended: &[(f64, Duration)]) -> Vec<SecondPercentiles> {
+        let mut seconds: std::collections::BTreeMap<u64, Vec<Duration>> = Default::default();
+        for (at, d) in by_intended {
+            seconds.entry(at.max(0.0) as u64).or_default().push(*d);
+        }
+        seconds
+            .into_iter()
+            .map(|(second, mut latencies)| {
+                latencies.sort();
+                SecondPercentiles {
+                    second,
+                    orders: latencies.len(),
+                    latency: Percentiles::of(&latencies),
+                }
+            })
+            .collect()
+    }
 }
 
 struct Sampling(Sampler);
@@ -208,6 +241,7 @@ fn assemble(
         seconds_to_last_final: report.last_answer.as_secs_f64(),
         intended_to_producer: Percentiles::of(&report.handed_latencies),
         created_to_dispatched: Percentiles::of(&report.dispatch_latencies),
+        created_to_dispatched_by_second: SecondPercentiles::of(&report.dispatch_by_intended),
         created_to_final: Percentiles::of(&report.final_latencies),
         created_to_final_event: Percentiles::of(&report.final_event_latencies),
         row_lookups: report.row_lookups,
@@ -268,6 +302,7 @@ fn render_throughput(r: &ThroughputReport, report: &load::LoadReport) -> String 
             ("created→final row", &report.final_latencies),
         ],
     );
+    render_seconds(&mut out, &r.created_to_dispatched_by_second);
     render_processes(
         &mut out,
         &r.processes,
@@ -284,6 +319,25 @@ fn render_throughput(r: &ThroughputReport, report: &load::LoadReport) -> String 
         );
     }
     out
+}
+
+/// One line: the spread of each second's created→dispatched p99, so a
+/// reader sees whether a high p99 is steady queueing or a few stalled seconds.
+fn render_seconds(out: &mut String, seconds: &[SecondPercentiles]) {
+    let mut p99: Vec<(u128, u64)> = seconds
+        .iter()
+        .filter_map(|s| s.latency.p99_ms.map(|p| (p, s.second)))
+        .collect();
+    if p99.len() < 3 {
+        return;
+    }
+    p99.sort();
+    let (median, (worst, at)) = (p99[p99.len() / 2].0, p99[p99.len() - 1]);
+    let _ = writeln!(
+        out,
+        "             created→dispatched p99 of each second's orders: lowest {} ms, median {median} ms, highest {worst} ms (second {at}); per second in the JSON",
+        p99[0].0
+    );
 }
 
 fn render_processes(

@@ -405,6 +405,12 @@ impl Tracker {
         };
         for journey in self.journeys.values() {
             add_journey(&mut report, journey, self.row_mode, self.until);
+            if let Some(d) = journey.dispatched {
+                let intended = journey.intended.saturating_duration_since(self.start);
+                report
+                    .dispatch_by_intended
+                    .push((intended.as_secs_f64(), d));
+            }
         }
         report.latencies.sort();
         report.dispatch_latencies.sort();
