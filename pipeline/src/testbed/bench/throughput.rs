@@ -321,8 +321,8 @@ fn render_throughput(r: &ThroughputReport, report: &load::LoadReport) -> String 
     out
 }
 
-/// One line: the spread of each second's created→dispatched p99, so a
-/// reader sees whether a high p99 is steady queueing or a few stalled seconds.
+/// One line: the spread of each second's created→dispatched p99, so a reader sees whether
+/// a high p99 is steady queueing or a few stalled seconds.
 fn render_seconds(out: &mut String, seconds: &[SecondPercentiles]) {
     let mut p99: Vec<(u128, u64)> = seconds
         .iter()

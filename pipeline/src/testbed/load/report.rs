@@ -16,10 +16,11 @@ pub struct LoadReport {
     pub elapsed: Duration,
     /// Created-to-answer latencies of answered orders, sorted.
     pub latencies: Vec<Duration>,
-    /// Created-to-dispatched latencies of accepted orders, sorted.
+    /// Created-to-dispatched latencies of accepted orders, sorted (those of
+    /// `dispatch_by_intended`).
     pub dispatch_latencies: Vec<Duration>,
-    /// The same latencies with each order's intended send time (seconds since the start),
-    /// in no order: where in the run the slow ones were.
+    /// Each accepted order's intended send time (seconds since the start) and its
+    /// created-to-dispatched latency, in no order: where in the run the slow ones were.
     pub dispatch_by_intended: Vec<(f64, Duration)>,
     /// Created-to-final latencies of orders that reached completed or failed, sorted: to
     /// the final row in PostgreSQL in row mode, else to the final state event.

@@ -413,6 +413,11 @@ impl Tracker {
             }
         }
         report.latencies.sort();
+        report.dispatch_latencies = report
+            .dispatch_by_intended
+            .iter()
+            .map(|&(_, d)| d)
+            .collect();
         report.dispatch_latencies.sort();
         report.final_latencies.sort();
         report.final_event_latencies.sort();
@@ -424,9 +429,6 @@ impl Tracker {
 /// One journey into the report's latencies and answers.
 fn add_journey(report: &mut LoadReport, journey: &Journey, row_mode: bool, until: Until) {
     report.handed_latencies.push(journey.handed);
-    if let Some(d) = journey.dispatched {
-        report.dispatch_latencies.push(d);
-    }
     if let Some((answer, d)) = journey.answer {
         if answer != Answer::DeadLettered {
             report.final_event_latencies.push(d);
