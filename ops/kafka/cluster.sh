@@ -108,8 +108,14 @@ prepare() {
   mkdir -p "$DIR"
   if [[ ! -d $DIR/lib && -f $shared/.pom.sha256 ]]; then cp -a "$shared" "$DIR/lib"; fi
   if [[ ! -s $DIR/cluster.id ]]; then
-    # A Kafka cluster id: 16 random bytes in URL-safe base64 without padding.
-    head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$DIR/cluster.id"
+    # A Kafka cluster id: 16 random bytes in URL-safe base64 without padding, drawn again
+    # while it starts with '-' (as Kafka's own random-uuid does): `kafka-storage format -t`
+    # would read such an id as an option, and every node fails to format (1 start in 64).
+    local id=-
+    while [[ $id == -* ]]; do
+      id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    done
+    echo "$id" >"$DIR/cluster.id"
   fi
   ORDERFLOW_STATE_DIR="$DIR/node-1" KAFKA_LIB="$DIR/lib" bash "$HERE/broker.sh" jars
 }
