@@ -268,14 +268,14 @@ impl DbConfig {
 /// and tuple reads and deforming of the inner side the largest item of PostgreSQL's
 /// profile. A hash join is linear whatever the estimate. `SET LOCAL` ends with the
 /// transaction, so the pool's connections keep the planner's defaults for everything else.
+/// Both are sent as one simple query, one round trip instead of two: at a paced rate
+/// PostgreSQL's CPU goes mostly to the kernel's side of round trips and commits (`perf`
+/// at 300 orders/s), not to executing statements.
 pub(crate) async fn batch_update(
     pool: &PgPool,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL enable_nestloop = off")
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    pool.begin_with("BEGIN; SET LOCAL enable_nestloop = off")
+        .await
 }
 
 /// Applies every migration not yet applied.

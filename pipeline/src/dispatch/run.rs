@@ -11,7 +11,7 @@ use crate::account_caps;
 use crate::account_status;
 use crate::kafka::stage::{self, LoopConfig};
 use crate::kafka::topics::name;
-use crate::kafka::KafkaConfig;
+use crate::kafka::{KafkaConfig, Pace};
 use crate::metrics::Metrics;
 use crate::provider::accounts::Accounts;
 use crate::shutdown::Shutdown;
@@ -79,6 +79,8 @@ pub async fn run(
             kafka.topic(name::ORDERS_DISPATCH_RETRY),
         ],
         max_in_flight: config.max_in_flight.max(1),
+        // A shop waits for each order's answer.
+        pace: Pace::Prompt,
         stage: config.stage,
         metrics,
     };

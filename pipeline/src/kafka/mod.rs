@@ -32,6 +32,35 @@ use crate::shutdown::Shutdown;
 use properties::{PropertiesError, Property};
 use std::time::Instant;
 
+/// How long the broker may hold a stage's fetches to make them fuller. A consumer's fetch
+/// names every partition it owns (librdkafka has no incremental fetch sessions; the poll
+/// stage owns seven topics of 24 partitions), and a broker answering as soon as any record
+/// arrives answers one fetch per record or two at a paced rate: on a small cluster its CPU
+/// then follows the number of requests more than the number of records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// Someone waits for what follows (dispatch: a shop waits for `dispatched`): the broker
+    /// answers a fetch as soon as it has a record.
+    Prompt,
+    /// What follows is due seconds later at the earliest (poll: a check is due 30 s or more
+    /// after its message in production) or only fills a table (the sink): the broker holds
+    /// a fetch until it has 1 MB or `fetch.wait.max.ms` (100 ms) passed, so such a
+    /// consumer fetches about ten times a second. Its records are still produced promptly:
+    /// a longer `linger.ms` holds each check's in-flight slot that much longer, and at
+    /// `max` rate poll then fell behind (README).
+    Patient,
+}
+
+impl Pace {
+    /// `fetch.min.bytes`: what the broker waits for before it answers a fetch.
+    fn fetch_min_bytes(self) -> &'static str {
+        match self {
+            Pace::Prompt => "1",
+            Pace::Patient => "1048576",
+        }
+    }
+}
+
 /// How to reach the cluster and which names the topics have there.
 #[derive(Clone, Debug, clap::Args)]
 pub struct KafkaConfig {

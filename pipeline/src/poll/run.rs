@@ -6,7 +6,7 @@ use crate::account_caps;
 use crate::account_status;
 use crate::kafka::stage::{self, LoopConfig};
 use crate::kafka::topics::name;
-use crate::kafka::KafkaConfig;
+use crate::kafka::{KafkaConfig, Pace};
 use crate::metrics::Metrics;
 use crate::provider::accounts::Accounts;
 use crate::shutdown::Shutdown;
@@ -56,6 +56,8 @@ pub async fn run(
         group: kafka.group(config.group.as_deref(), super::DEFAULT_GROUP),
         topics,
         max_in_flight: config.max_in_flight.max(1),
+        // Every check is due a while after its message was written.
+        pace: Pace::Patient,
         stage: config.stage,
         metrics,
     };

@@ -9,7 +9,7 @@ use crate::kafka::dlq::DeadLetters;
 use crate::kafka::emit::Emitter;
 use crate::kafka::stage::{self, LoopConfig, PerMessage};
 use crate::kafka::topics::name;
-use crate::kafka::KafkaConfig;
+use crate::kafka::{KafkaConfig, Pace};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use sqlx::PgPool;
@@ -66,6 +66,8 @@ pub async fn run(
         topics: vec![topic],
         // Enough in flight to fill two batches while one is written.
         max_in_flight: rows * 2,
+        // Rows for reading later, not answers someone waits for.
+        pace: Pace::Patient,
         stage: config.stage,
         metrics,
     };

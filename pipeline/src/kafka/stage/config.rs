@@ -79,6 +79,8 @@ pub struct LoopConfig {
     pub topics: Vec<String>,
     /// Messages worked on at once, per topic.
     pub max_in_flight: usize,
+    /// How long the broker may hold the stage's fetches.
+    pub pace: crate::kafka::Pace,
     pub stage: StageConfig,
     pub metrics: Arc<Metrics>,
 }

@@ -126,8 +126,10 @@ pub fn consumer(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("statistics.interval.ms", "5000")
-        // Batches: the broker answers a fetch as soon as it has data, and waits at most
-        // 100 ms when it has none, so a due message is not held back by an idle fetch.
+        // Batches: the broker answers a fetch once it has what the stage's pace asks for
+        // (a prompt stage: any record), and waits at most 100 ms, so a due message is not
+        // held back by an idle fetch.
+        .set("fetch.min.bytes", options.pace.fetch_min_bytes())
         .set("fetch.wait.max.ms", "100")
         // librdkafka's own prefetch, small per partition: a pause drops it and the resume
         // fetches it again, so it bounds what a pause costs. With 10,000 (and up to 1 MB
