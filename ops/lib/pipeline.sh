@@ -42,8 +42,15 @@ start_kafka() {
 # fresh_database NAME: drops and creates database NAME on the project's server (db.sh's
 # user and password) and points ORDERFLOW_DATABASE_URL at it.
 fresh_database() {
-  local user=${ORDERFLOW_DB_USER:-orderflow} password=${ORDERFLOW_DB_PASSWORD:-orderflow}
-  bash ops/postgres/db.sh psql -qc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null 2>&1
+  local user=${ORDERFLOW_DB_USER:-orderflow} password=${ORDERFLOW_DB_PASSWORD:-orderflow} err=
+  # An autovacuum worker in the database makes DROP ... WITH (FORCE) fail for a role that
+  # is not a superuser ("must be a member of the role whose process is being terminated");
+  # the worker is gone a moment later. Seen once in about 40 benchmark runs.
+  for _ in 1 2 3 4 5; do
+    err=$(bash ops/postgres/db.sh psql -qc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" 2>&1 >/dev/null) && { err=; break; }
+    sleep 1
+  done
+  [[ -z $err ]] || { echo "could not drop database $1: $err" >&2; return 1; }
   bash ops/postgres/db.sh psql -qc "CREATE DATABASE $1 OWNER $user" >/dev/null
   export ORDERFLOW_DATABASE_URL="postgres://$user:$password@127.0.0.1:${PGPORT:-5432}/$1"
 }
