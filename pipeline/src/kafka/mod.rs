@@ -34,9 +34,9 @@ use std::time::Instant;
 
 /// How long the broker may hold a stage's fetches to make them fuller. A consumer's fetch
 /// names every partition it owns (librdkafka has no incremental fetch sessions; the poll
-/// stage owns seven topics of 24 partitions), and a broker answering as soon as any record
-/// arrives answers one fetch per record or two at a paced rate: on a small cluster its CPU
-/// then follows the number of requests more than the number of records.
+/// stage owns seven topics of 24 partitions). A broker that answers as soon as any record
+/// arrives answers a fetch for every record or two at a paced rate, so on a small cluster
+/// its CPU follows the number of requests more than the number of records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pace {
     /// Someone waits for what follows (dispatch: a shop waits for `dispatched`): the broker
