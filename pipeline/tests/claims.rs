@@ -4,7 +4,7 @@
 mod common;
 
 use chrono::Utc;
-use orderflow::db::claims::{self, Begin, Claimed, Phase};
+use orderflow::db::claims::{self, Begin, Claimed, NewClaim, Outcome, Phase};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -168,5 +168,98 @@ async fn no_call_is_begun_past_the_deadline() {
             .unwrap(),
         Begin::PastDeadline
     );
+    db.drop_now().await;
+}
+
+/// Claims `count` new orders for `owner` in batches of 500, as dispatch does.
+async fn claim_new(pool: &sqlx::PgPool, owner: Uuid, count: usize) -> Vec<Uuid> {
+    let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
+    let deadline = Utc::now() + chrono::Duration::hours(1);
+    for chunk in ids.chunks(500) {
+        let new: Vec<NewClaim> = chunk
+            .iter()
+            .map(|&order_id| NewClaim {
+                order_id,
+                tenant_id: "shop-1",
+                provider_account: "acct",
+                content_digest: "digest",
+                user_digest: None,
+                deadline,
+                lease: LEASE,
+            })
+            .collect();
+        let claimed = claims::claim_new_batch(pool, &new, owner).await.unwrap();
+        assert_eq!(claimed.len(), chunk.len());
+    }
+    ids
+}
+
+fn placed(ids: &[Uuid]) -> Vec<Outcome<'static>> {
+    ids.iter()
+        .map(|&order_id| Outcome {
+            order_id,
+            phase: Phase::Placed,
+            code: None,
+            message: None,
+        })
+        .collect()
+}
+
+/// A batch's settle reads the batch's own claims by primary key. The partial index of
+/// unsettled claims still holds an entry for every claim settled since the table's last
+/// vacuum; a plan that reads it costs every batch as much as all orders settled since.
+#[tokio::test]
+async fn settling_a_batch_does_not_read_the_claims_settled_before_it() {
+    let db = common::TestDb::new_migrated().await;
+    // What autovacuum would clean up is left in place, as between two of its runs.
+    sqlx::query("ALTER TABLE dispatch_claims SET (autovacuum_enabled = false)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let owner = Uuid::new_v4();
+    let settled_before = claim_new(&db.pool, owner, 5_000).await;
+    for chunk in settled_before.chunks(500) {
+        let settled = claims::settle_batch(&db.pool, owner, &placed(chunk))
+            .await
+            .unwrap();
+        assert_eq!(settled.len(), chunk.len());
+    }
+    // The planner now knows that claims being placed are few.
+    sqlx::query("ANALYZE dispatch_claims")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let batch = claim_new(&db.pool, owner, 14).await;
+    let phases = vec!["placed"; batch.len()];
+    let nothing: Vec<Option<&str>> = vec![None; batch.len()];
+    // Planned as dispatch runs it: in a transaction with nested loops off.
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL enable_nestloop = off")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", claims::SETTLE_BATCH))
+        .bind(owner)
+        .bind(&batch)
+        .bind(&phases)
+        .bind(&nothing)
+        .bind(&nothing)
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        !plan.contains("dispatch_claims_unsettled_idx"),
+        "the settle statement reads the index of unsettled claims:\n{plan}"
+    );
+    assert!(plan.contains("dispatch_claims_pkey"), "{plan}");
+
+    let settled = claims::settle_batch(&db.pool, owner, &placed(&batch))
+        .await
+        .unwrap();
+    assert_eq!(settled.len(), batch.len());
+    assert!(settled.iter().all(|c| c.phase == Phase::Placed));
     db.drop_now().await;
 }

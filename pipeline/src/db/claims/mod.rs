@@ -113,6 +113,7 @@ macro_rules! columns {
 mod batch;
 pub use batch::{
     claim_invalid, claim_new_batch, reopen_invalid, settle_batch, InvalidClaim, NewClaim, Outcome,
+    SETTLE_BATCH,
 };
 
 impl ClaimRow {
