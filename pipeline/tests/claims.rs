@@ -233,12 +233,8 @@ async fn settling_a_batch_does_not_read_the_claims_settled_before_it() {
     let batch = claim_new(&db.pool, owner, 14).await;
     let phases = vec!["placed"; batch.len()];
     let nothing: Vec<Option<&str>> = vec![None; batch.len()];
-    // Planned as dispatch runs it: in a transaction with nested loops off.
-    let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("SET LOCAL enable_nestloop = off")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    // Planned as dispatch runs it, in a batch update's transaction.
+    let mut tx = orderflow::db::batch_update(&db.pool).await.unwrap();
     let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", claims::SETTLE_BATCH))
         .bind(owner)
         .bind(&batch)

@@ -1,4 +1,5 @@
-//! Migrations and the `orders` table against the real PostgreSQL.
+//! Migrations, the `orders` table and the plans of the batch statements against the real
+//! PostgreSQL.
 
 mod common;
 
@@ -116,5 +117,75 @@ async fn older_events_and_final_rows_are_never_overwritten() {
         orders::shop_status(&db.pool, id).await.unwrap(),
         Some(("rejected".into(), "failed".into()))
     );
+    db.drop_now().await;
+}
+
+/// Poll's finish of a batch of steps reads the batch's chains by primary key even while the
+/// table has no statistics yet (a new database before autovacuum's first `ANALYZE`), when
+/// the planner took 30,000 rows for few enough to read them all for every batch.
+#[tokio::test]
+async fn a_batch_finish_reads_its_chains_by_primary_key_before_any_statistics() {
+    let db = common::TestDb::new_migrated().await;
+    sqlx::query("ALTER TABLE check_chains SET (autovacuum_enabled = false)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let owner = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO check_chains (order_id, tenant_id, provider_account, provider_reference,
+                                   dispatched_at, deadline, seq, step_done, attempts, version,
+                                   final_state, ended_at)
+         SELECT gen_random_uuid(), 'shop-1', 'znet-main', g::text, now(), now() + interval '1 day',
+                2, true, 2, 5, 'completed', now()
+           FROM generate_series(1, 30000) g",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let batch: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO check_chains (order_id, tenant_id, provider_account, provider_reference,
+                                   dispatched_at, deadline, seq, step_done, attempts, version,
+                                   lease_owner, lease_until)
+         SELECT gen_random_uuid(), 'shop-1', 'znet-main', 'b' || g, now(),
+                now() + interval '1 day', 1, false, 0, 3, $1, now() + interval '1 minute'
+           FROM generate_series(1, 250) g
+         RETURNING order_id",
+    )
+    .bind(owner)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let n = batch.len();
+    let analyzed: Option<chrono::DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT greatest(last_analyze, last_autoanalyze) FROM pg_stat_user_tables
+          WHERE relname = 'check_chains'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(analyzed, None, "the table must have no statistics yet");
+
+    let mut tx = orderflow::db::batch_update(&db.pool).await.unwrap();
+    let plan: Vec<String> =
+        sqlx::query_scalar(&format!("EXPLAIN {}", orderflow::db::chains::FINISH_STEPS))
+            .bind(owner)
+            .bind(&batch)
+            .bind(vec![1i64; n])
+            .bind(vec![1i32; n])
+            .bind(vec![4i64; n])
+            .bind(vec![Some(Utc::now()); n])
+            .bind(vec![None::<String>; n])
+            .bind(vec![Some("1m".to_string()); n])
+            .bind(vec![None::<String>; n])
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    let plan = plan.join("\n");
+    assert!(
+        !plan.contains("Seq Scan on check_chains"),
+        "the finish statement reads the whole table:\n{plan}"
+    );
+    assert!(plan.contains("check_chains_pkey"), "{plan}");
     db.drop_now().await;
 }

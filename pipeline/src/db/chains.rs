@@ -438,9 +438,31 @@ pub async fn begin_steps(
     .await
 }
 
-/// [`finish_step`] for many steps of `owner`, in one statement (hash-joined to the batch:
-/// [`super::batch_update`]). Returns the orders whose step it recorded; one missing was
-/// taken over by another worker.
+/// The statement of [`finish_steps`] (`$1` the owner; `$2` to `$9` the order ids, steps,
+/// attempts, versions, next check times, final states, tiers and errors), public so that
+/// a test can ask PostgreSQL for its plan.
+pub const FINISH_STEPS: &str = "UPDATE check_chains c
+        SET step_done = true, attempts = t.attempts, version = t.version,
+            next_check_at = t.next_check_at, final_state = t.final_state, tier = t.tier,
+            ended_at = CASE WHEN t.final_state IS NULL THEN NULL ELSE now() END,
+            lease_owner = NULL, lease_until = NULL, dead_lettered = 0, updated_at = now(),
+            last_error = COALESCE(t.error, c.last_error),
+            failing_since = CASE WHEN t.error IS NULL THEN NULL
+                                 ELSE COALESCE(c.failing_since, now()) END
+       FROM UNNEST($2::uuid[], $3::int8[], $4::int4[], $5::int8[], $6::timestamptz[],
+                   $7::text[], $8::text[], $9::text[])
+            AS t(order_id, seq, attempts, version, next_check_at, final_state, tier, error)
+      WHERE c.order_id = t.order_id AND c.seq = t.seq AND c.lease_owner = $1
+        AND NOT c.step_done
+        -- Said again as an index condition: joined to UNNEST alone, the planner may
+        -- scan the whole table for every batch (measured: 53 million rows read for
+        -- 25,000 orders).
+        AND c.order_id = ANY($2)
+      RETURNING c.order_id";
+
+/// [`finish_step`] for many steps of `owner`, in one statement ([`FINISH_STEPS`],
+/// hash-joined to the batch: [`super::batch_update`]). Returns the orders whose step it
+/// recorded; one missing was taken over by another worker.
 pub async fn finish_steps(
     pool: &PgPool,
     owner: Uuid,
@@ -460,37 +482,18 @@ pub async fn finish_steps(
     let tiers: Vec<Option<&str>> = sorted.iter().map(|(.., e)| e.tier.as_deref()).collect();
     let errors: Vec<Option<&str>> = sorted.iter().map(|(.., e)| e.error.as_deref()).collect();
     let mut tx = super::batch_update(pool).await?;
-    let done = sqlx::query_scalar(
-        "UPDATE check_chains c
-            SET step_done = true, attempts = t.attempts, version = t.version,
-                next_check_at = t.next_check_at, final_state = t.final_state, tier = t.tier,
-                ended_at = CASE WHEN t.final_state IS NULL THEN NULL ELSE now() END,
-                lease_owner = NULL, lease_until = NULL, dead_lettered = 0, updated_at = now(),
-                last_error = COALESCE(t.error, c.last_error),
-                failing_since = CASE WHEN t.error IS NULL THEN NULL
-                                     ELSE COALESCE(c.failing_since, now()) END
-           FROM UNNEST($2::uuid[], $3::int8[], $4::int4[], $5::int8[], $6::timestamptz[],
-                       $7::text[], $8::text[], $9::text[])
-                AS t(order_id, seq, attempts, version, next_check_at, final_state, tier, error)
-          WHERE c.order_id = t.order_id AND c.seq = t.seq AND c.lease_owner = $1
-            AND NOT c.step_done
-            -- Said again as an index condition: joined to UNNEST alone, the planner may
-            -- scan the whole table for every batch (measured: 53 million rows read for
-            -- 25,000 orders).
-            AND c.order_id = ANY($2)
-          RETURNING c.order_id",
-    )
-    .bind(owner)
-    .bind(&ids)
-    .bind(&seqs)
-    .bind(&attempts)
-    .bind(&versions)
-    .bind(&next)
-    .bind(&finals)
-    .bind(&tiers)
-    .bind(&errors)
-    .fetch_all(&mut *tx)
-    .await?;
+    let done = sqlx::query_scalar(FINISH_STEPS)
+        .bind(owner)
+        .bind(&ids)
+        .bind(&seqs)
+        .bind(&attempts)
+        .bind(&versions)
+        .bind(&next)
+        .bind(&finals)
+        .bind(&tiers)
+        .bind(&errors)
+        .fetch_all(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(done)
 }

@@ -256,7 +256,7 @@ impl DbConfig {
 }
 
 /// A transaction for one batch `UPDATE … FROM UNNEST(…)` (poll's finish, dispatch's
-/// settle), with nested-loop joins off for its statements.
+/// settle), with nested-loop joins and sequential scans off for its statements.
 ///
 /// The planner estimates the rows of the updated table from the statement's conditions
 /// (`lease_owner = $1`, `NOT step_done`, `phase IN (…)`) as if they were independent of the
@@ -266,15 +266,23 @@ impl DbConfig {
 /// and `perf` over a 100,000-order benchmark): that plan in most batches, poll's finish
 /// taking 7.7 ms per batch of 56 where the same statement hash-joined takes under 1 ms,
 /// and tuple reads and deforming of the inner side the largest item of PostgreSQL's
-/// profile. A hash join is linear whatever the estimate. `SET LOCAL` ends with the
-/// transaction, so the pool's connections keep the planner's defaults for everything else.
-/// Both are sent as one simple query, one round trip instead of two: at a paced rate
-/// PostgreSQL's CPU goes mostly to the kernel's side of round trips and commits (`perf`
-/// at 300 orders/s), not to executing statements.
-pub(crate) async fn batch_update(
+/// profile. A hash join is linear whatever the estimate.
+///
+/// Each of these statements names its rows by primary key (`order_id = ANY($2)`), so a
+/// sequential scan is never the plan to choose, but a table without statistics (the first
+/// minute of a new database, before autovacuum's first `ANALYZE`) looked small enough for
+/// one to the planner: 864 sequential scans of `check_chains`, 20.7 million rows read, in
+/// one 60,000-order benchmark (2026-12-03, `pg_stat_user_tables`).
+///
+/// `SET LOCAL` ends with the transaction, so the pool's connections keep the planner's
+/// defaults for everything else. The settings go with `BEGIN` as one simple query, one
+/// round trip: at a paced rate PostgreSQL's CPU goes mostly to the kernel's side of round
+/// trips and commits (`perf` at 300 orders/s), not to executing statements. Public so that
+/// a test plans a batch statement the way the stages run it.
+pub async fn batch_update(
     pool: &PgPool,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    pool.begin_with("BEGIN; SET LOCAL enable_nestloop = off")
+    pool.begin_with("BEGIN; SET LOCAL enable_nestloop = off; SET LOCAL enable_seqscan = off")
         .await
 }
 
