@@ -231,21 +231,15 @@ async fn settling_a_batch_does_not_read_the_claims_settled_before_it() {
         .unwrap();
 
     let batch = claim_new(&db.pool, owner, 14).await;
-    let phases = vec!["placed"; batch.len()];
-    let nothing: Vec<Option<&str>> = vec![None; batch.len()];
-    // Planned as dispatch runs it, in a batch update's transaction.
-    let mut tx = orderflow::db::batch_update(&db.pool).await.unwrap();
-    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", claims::SETTLE_BATCH))
-        .bind(owner)
-        .bind(&batch)
-        .bind(&phases)
-        .bind(&nothing)
-        .bind(&nothing)
-        .fetch_all(&mut *tx)
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap();
-    let plan = plan.join("\n");
+    let n = batch.len();
+    let plan = common::batch_plan(&db.pool, claims::SETTLE_BATCH, |q| {
+        q.bind(owner)
+            .bind(batch.clone())
+            .bind(vec!["placed"; n])
+            .bind(vec![None::<&str>; n])
+            .bind(vec![None::<&str>; n])
+    })
+    .await;
     assert!(
         !plan.contains("dispatch_claims_unsettled_idx"),
         "the settle statement reads the index of unsettled claims:\n{plan}"

@@ -165,11 +165,9 @@ async fn a_batch_finish_reads_its_chains_by_primary_key_before_any_statistics() 
     .unwrap();
     assert_eq!(analyzed, None, "the table must have no statistics yet");
 
-    let mut tx = orderflow::db::batch_update(&db.pool).await.unwrap();
-    let plan: Vec<String> =
-        sqlx::query_scalar(&format!("EXPLAIN {}", orderflow::db::chains::FINISH_STEPS))
-            .bind(owner)
-            .bind(&batch)
+    let plan = common::batch_plan(&db.pool, orderflow::db::chains::FINISH_STEPS, |q| {
+        q.bind(owner)
+            .bind(batch.clone())
             .bind(vec![1i64; n])
             .bind(vec![1i32; n])
             .bind(vec![4i64; n])
@@ -177,11 +175,8 @@ async fn a_batch_finish_reads_its_chains_by_primary_key_before_any_statistics() 
             .bind(vec![None::<String>; n])
             .bind(vec![Some("1m".to_string()); n])
             .bind(vec![None::<String>; n])
-            .fetch_all(&mut *tx)
-            .await
-            .unwrap();
-    tx.rollback().await.unwrap();
-    let plan = plan.join("\n");
+    })
+    .await;
     assert!(
         !plan.contains("Seq Scan on check_chains"),
         "the finish statement reads the whole table:\n{plan}"

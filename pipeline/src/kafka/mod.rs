@@ -45,7 +45,9 @@ pub enum Pace {
     /// What follows is due seconds later at the earliest (poll: a check is due 30 s or more
     /// after its message in production) or only fills a table (the sink): the broker holds
     /// a fetch until it has 1 MB or `fetch.wait.max.ms` (100 ms) passed, so such a
-    /// consumer fetches about ten times a second. Its records are still produced promptly:
+    /// consumer fetches about ten times a second. The broker checks a held fetch again at
+    /// every produce to a partition it names, over all of them (16–21 % of its CPU at
+    /// 1,000 orders/s, README). Its records are still produced promptly:
     /// a longer `linger.ms` holds each check's in-flight slot that much longer, and at
     /// `max` rate poll then fell behind (README).
     Patient,

@@ -190,6 +190,32 @@ impl TestDb {
         eprintln!("could not drop test database {}: {last:?}", self.name);
     }
 }
+/// A query whose answer is a plan's lines (`EXPLAIN …`), for [`batch_plan`] to bind.
+pub type ExplainQuery<'q> =
+    sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::postgres::PgArguments>;
+
+/// What PostgreSQL plans for `statement` with the arguments `bind` gives it, planned in a
+/// batch update's transaction (`orderflow::db::batch_update`) as the stages run it and
+/// rolled back: the plan's lines, one per node.
+pub async fn batch_plan(
+    pool: &PgPool,
+    statement: &str,
+    bind: impl for<'q> FnOnce(ExplainQuery<'q>) -> ExplainQuery<'q>,
+) -> String {
+    let explain = format!("EXPLAIN {statement}");
+    let mut tx = orderflow::db::batch_update(pool)
+        .await
+        .expect("beginning a batch update");
+    let lines: Vec<String> = bind(sqlx::query_scalar(&explain))
+        .fetch_all(&mut *tx)
+        .await
+        .expect("planning the statement");
+    tx.rollback()
+        .await
+        .expect("rolling the plan's transaction back");
+    lines.join("\n")
+}
+
 pub mod logs;
 pub mod pipeline;
 pub mod private_pg;
