@@ -1672,3 +1672,68 @@ async fn a_stage_on_an_unmigrated_database_says_to_run_migrate() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     h.finish().await;
 }
+
+/// The value of the series of `metric` whose labels include every one of `labels`, summed.
+fn series_sum(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The stage counts the Kafka requests its clients send, from librdkafka's statistics: its
+/// producer's produce requests (at least one, and no more than the events it wrote, since
+/// each request carries one or more) and its consumer's fetches.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stage_counts_its_kafka_requests_by_type() {
+    let h = Harness::new("requests", SimConfig::default(), 5_000).await;
+    let metrics = std::sync::Arc::new(orderflow::metrics::Metrics::new());
+    let (trigger, task) = start_dispatch_metered(&h, h.dispatch_config(), metrics.clone());
+    let orders = publish_batch(&h, 20).await;
+    let ids: Vec<_> = orders.iter().map(|o| o.order_id).collect();
+    h.settled_states(&ids, Duration::from_secs(60)).await;
+    // librdkafka reports every 5 s: wait for a report after the last send.
+    let requests = "orderflow_kafka_requests_total{";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (produce, written, fetch) = loop {
+        let text = metrics.render();
+        let produce = series_sum(
+            &text,
+            requests,
+            &["client=\"producer\"", "request=\"Produce\""],
+        );
+        let written = series_sum(&text, "orderflow_events_written_total{", &[]);
+        let fetch = series_sum(
+            &text,
+            requests,
+            &["client=\"consumer\"", "request=\"Fetch\""],
+        );
+        if produce > 0.0 && fetch > 0.0 && written >= 40.0 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            let text = metrics.render();
+            break (
+                series_sum(
+                    &text,
+                    requests,
+                    &["client=\"producer\"", "request=\"Produce\""],
+                ),
+                series_sum(&text, "orderflow_events_written_total{", &[]),
+                fetch,
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no produce and fetch requests counted within 20 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // Twenty orders: a dispatched event and at least a state event each.
+    assert!(written >= 40.0, "{written} events written");
+    assert!(
+        produce >= 1.0 && produce <= written,
+        "{produce} produce requests for {written} events"
+    );
+    assert!(fetch >= 1.0, "{fetch} fetches");
+    stop(trigger, task).await;
+    h.finish().await;
+}

@@ -26,23 +26,33 @@ pub struct Emitter {
         >,
     >,
     producer: FutureProducer<Context>,
+    /// The producer's context, kept to count its requests ([`Emitter::counted`]).
+    context: Context,
     state_topic: String,
     dispatched_topic: String,
 }
 
 impl Emitter {
     pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaSetupError> {
+        let context = Context::default();
         Ok(Emitter {
             metrics: None,
             counters: Default::default(),
-            producer: kafka.producer()?,
+            producer: kafka.producer_with(context.clone())?,
+            context,
             state_topic: kafka.topic(name::ORDERS_STATE),
             dispatched_topic: kafka.topic(name::ORDERS_DISPATCHED),
         })
     }
 
-    /// Counts every event written in `metrics` (`orderflow_events_written_total`).
+    /// Counts every event written in `metrics` (`orderflow_events_written_total`), and the
+    /// producer's requests (`orderflow_kafka_requests_total`).
     pub fn counted(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.context
+            .count_requests(crate::kafka::requests::RequestCounter::new(
+                std::sync::Arc::clone(&metrics),
+                "producer",
+            ));
         self.metrics = Some(metrics);
         self
     }

@@ -32,7 +32,7 @@ impl GroupLag {
             .client_config()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
-            .create_with_context(Context)
+            .create_with_context(Context::default())
             .map_err(KafkaSetupError::Client)?;
         Ok(GroupLag {
             client: Arc::new(client),

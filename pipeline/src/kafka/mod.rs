@@ -14,6 +14,7 @@ pub mod emit;
 pub mod headers;
 pub mod lag;
 pub mod properties;
+pub mod requests;
 pub mod stage;
 pub mod topics;
 
@@ -213,7 +214,7 @@ impl KafkaConfig {
     pub fn probe(&self) -> Result<BaseConsumer<Context>, KafkaSetupError> {
         self.properties()?;
         self.client_config()
-            .create_with_context(Context)
+            .create_with_context(Context::default())
             .map_err(KafkaSetupError::Client)
     }
 
@@ -289,6 +290,15 @@ impl KafkaConfig {
     /// A producer that never reorders or duplicates within a partition and only reports
     /// success once every in-sync replica has the record.
     pub fn producer(&self) -> Result<FutureProducer<Context>, KafkaSetupError> {
+        self.producer_with(Context::default())
+    }
+
+    /// [`KafkaConfig::producer`] with `context`, a clone of which can count its requests
+    /// later ([`Context::count_requests`]).
+    pub fn producer_with(
+        &self,
+        context: Context,
+    ) -> Result<FutureProducer<Context>, KafkaSetupError> {
         let mut config = self.client_config();
         config
             // G2: a record is on every in-sync replica, once, before a stage moves on.
@@ -302,11 +312,13 @@ impl KafkaConfig {
             // batch's outputs to one partition rarely need a second request.
             .set("batch.num.messages", "10000")
             // JSON events compress well, and lz4 costs little CPU.
-            .set("compression.type", "lz4");
+            .set("compression.type", "lz4")
+            // Its requests, counted once a stage asks (`Context::count_requests`).
+            .set("statistics.interval.ms", "5000");
         // Again, so a configured linger.ms or compression.type wins over the defaults.
         self.apply_properties(&mut config)?;
         config
-            .create_with_context(Context)
+            .create_with_context(context)
             .map_err(KafkaSetupError::Client)
     }
 
@@ -318,7 +330,7 @@ impl KafkaConfig {
         self.check_reachable()?;
         let probe: BaseConsumer<Context> = self
             .client_config()
-            .create_with_context(Context)
+            .create_with_context(Context::default())
             .map_err(KafkaSetupError::Client)?;
         let give_up = std::time::Instant::now() + self.connect_timeout();
         loop {
@@ -531,7 +543,7 @@ impl ClientContext for ProbeContext {
     /// sentence reports it.
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         if facility != "FAIL" {
-            return Context.log(level, facility, message);
+            return Context::default().log(level, facility, message);
         }
         tracing::debug!(target: "librdkafka", facility, "{message}");
         self.record(Seen::of_text(message));
@@ -572,10 +584,29 @@ fn checked_without_patience(checked: Result<(), KafkaSetupError>) -> Result<(), 
 /// The client context of every orderflow Kafka client: librdkafka's own log lines go to
 /// `tracing` under the `librdkafka` target, connection churn at debug level (it is
 /// reported by the startup check and by readiness, and librdkafka recovers by itself).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Context;
+/// A stage's producer also counts its requests ([`Context::count_requests`]).
+#[derive(Clone, Debug, Default)]
+pub struct Context {
+    /// Shared by the context's clones: the one given to librdkafka and the one kept to set.
+    requests: Arc<OnceLock<requests::RequestCounter>>,
+}
+
+impl Context {
+    /// Counts the requests of the client made with this context (or a clone of it) from its
+    /// statistics from now on (a producer made with [`KafkaConfig::producer_with`] reports
+    /// them every 5 s). The first counter set stays.
+    pub fn count_requests(&self, counter: requests::RequestCounter) {
+        let _ = self.requests.set(counter);
+    }
+}
 
 impl ClientContext for Context {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        if let Some(requests) = self.requests.get() {
+            requests.record(&statistics);
+        }
+    }
+
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         match level {
             RDKafkaLogLevel::Emerg

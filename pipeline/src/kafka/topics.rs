@@ -308,7 +308,7 @@ pub async fn apply(kafka: &KafkaConfig, specs: &TopicSpecs) -> Result<ApplyRepor
     kafka.check_reachable()?;
     let admin: AdminClient<Context> = kafka
         .client_config()
-        .create_with_context(Context)
+        .create_with_context(Context::default())
         .map_err(|e| TopicsError::Setup(KafkaSetupError::Client(e)))?;
     let timeout = kafka.connect_timeout();
     let metadata = admin
@@ -450,7 +450,7 @@ pub async fn broker_count(kafka: &KafkaConfig) -> Result<usize, TopicsError> {
     tokio::task::spawn_blocking(move || {
         let probe: rdkafka::consumer::BaseConsumer<Context> = kafka
             .client_config()
-            .create_with_context(Context)
+            .create_with_context(Context::default())
             .map_err(|e| TopicsError::Setup(KafkaSetupError::Client(e)))?;
         let metadata =
             rdkafka::consumer::Consumer::fetch_metadata(&probe, None, kafka.connect_timeout())
@@ -560,7 +560,7 @@ pub async fn delete_prefixed(kafka: &KafkaConfig) -> Result<Vec<String>, TopicsE
     kafka.check_reachable()?;
     let admin: AdminClient<Context> = kafka
         .client_config()
-        .create_with_context(Context)
+        .create_with_context(Context::default())
         .map_err(|e| TopicsError::Setup(KafkaSetupError::Client(e)))?;
     let metadata = admin
         .inner()

@@ -30,6 +30,13 @@ pub struct TopicLabel {
     pub topic: String,
 }
 
+/// A Kafka client of the process and a request type of the protocol (`Produce`, `Fetch`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub client: &'static str,
+    pub request: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: &'static str,
@@ -151,6 +158,9 @@ pub struct Metrics {
     /// Messages behind the end of each partition (librdkafka's view: high watermark minus
     /// committed offset); see `messages_waiting` for the partitions a delay holds.
     pub consumer_lag: Family<PartitionLabels, Gauge>,
+    /// Kafka requests sent by the stage's consumer and producer, by type (librdkafka's
+    /// statistics, every 5 s).
+    pub kafka_requests: Family<RequestLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -204,6 +214,7 @@ impl Metrics {
             sink_batch_rows: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             sink_batch_seconds: seconds_histogram(),
             consumer_lag: Family::<PartitionLabels, Gauge>::default(),
+            kafka_requests: Family::<RequestLabels, Counter>::default(),
         };
         let mut registry = Registry::with_prefix("orderflow");
         stage::register(&mut registry, &metrics);

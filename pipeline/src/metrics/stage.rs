@@ -1,6 +1,6 @@
 //! The metrics of the consumer loop every stage runs on (`kafka::stage`) and of what every
 //! stage writes: messages handled, fetched, in flight and waiting for their due time,
-//! events written and dead-lettered, and consumer lag.
+//! events written and dead-lettered, consumer lag, and the Kafka requests sent.
 
 use super::Metrics;
 use prometheus_client::registry::Registry;
@@ -42,6 +42,12 @@ pub(super) fn register(registry: &mut Registry, m: &Metrics) {
         "dead_lettered",
         "Events copied to orders.dlq, by stage and reason",
         m.dead_lettered.clone(),
+    );
+    registry.register(
+        "kafka_requests",
+        "Kafka requests the stage's consumer and producer sent, by client and request type \
+         (Produce, Fetch, ...)",
+        m.kafka_requests.clone(),
     );
     registry.register(
         "consumer_lag",

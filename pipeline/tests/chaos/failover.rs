@@ -293,8 +293,10 @@ fn signal(pid: i32, which: &str) {
 async fn metadata(kafka: &KafkaConfig) -> Option<rdkafka::metadata::Metadata> {
     let kafka = kafka.clone();
     tokio::task::spawn_blocking(move || {
-        let probe: BaseConsumer<Context> =
-            kafka.client_config().create_with_context(Context).ok()?;
+        let probe: BaseConsumer<Context> = kafka
+            .client_config()
+            .create_with_context(Context::default())
+            .ok()?;
         probe.fetch_metadata(None, Duration::from_secs(3)).ok()
     })
     .await

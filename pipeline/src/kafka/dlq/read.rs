@@ -348,7 +348,7 @@ impl Reader {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
-            .create_with_context(Context)
+            .create_with_context(Context::default())
             .map_err(KafkaSetupError::Client)?;
         let waited = kafka.connect_timeout();
         let kafka_error = |source| ReadError::Kafka {

@@ -1,8 +1,9 @@
 //! The stage's librdkafka consumer: its settings (offsets stored by the loop only, G2),
 //! and its context, which records rebalances for the loop and turns librdkafka's
-//! statistics into the fetched-messages and lag metrics.
+//! statistics into the fetched-messages, lag and request metrics.
 
 use super::config::LoopConfig;
+use crate::kafka::requests::RequestCounter;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
 use crate::metrics::{Metrics, PartitionLabels};
 use rdkafka::client::ClientContext;
@@ -20,12 +21,14 @@ pub struct StageContext {
     /// Messages librdkafka reported received from the broker, per partition, at the last
     /// statistics: `orderflow_messages_fetched_total` grows by the difference.
     received: Mutex<std::collections::HashMap<(String, i32), u64>>,
+    requests: RequestCounter,
 }
 
 impl StageContext {
     fn new(group: &str, metrics: Arc<Metrics>) -> Self {
         StageContext {
             group: group.to_owned(),
+            requests: RequestCounter::new(Arc::clone(&metrics), "consumer"),
             metrics,
             revoked: Mutex::default(),
             assigned: Mutex::default(),
@@ -36,13 +39,14 @@ impl StageContext {
 
 impl ClientContext for StageContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        Context.log(level, fac, message)
+        Context::default().log(level, fac, message)
     }
     fn error(&self, error: KafkaError, reason: &str) {
-        Context.error(error, reason)
+        Context::default().error(error, reason)
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
+        self.requests.record(&statistics);
         let mut received = self.received.lock().expect("received lock");
         for (topic, t) in &statistics.topics {
             // Fetched from the broker, what a pause dropped and a resume fetched again

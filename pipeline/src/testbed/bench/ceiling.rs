@@ -63,7 +63,7 @@ pub async fn measure(
 ) -> Result<Ceiling, CeilingError> {
     let admin: AdminClient<Context> = kafka
         .client_config()
-        .create_with_context(Context)
+        .create_with_context(Context::default())
         .map_err(KafkaSetupError::Client)?;
     let probe = kafka.producer()?;
     let partitions = {
@@ -170,7 +170,7 @@ fn from_the_beginning(
             format!("orderflow.bench-ceiling.{}", Uuid::new_v4()),
         )
         .set("enable.auto.commit", "false")
-        .create_with_context(Context)
+        .create_with_context(Context::default())
         .map_err(KafkaSetupError::Client)?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {

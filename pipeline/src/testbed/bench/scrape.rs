@@ -2,13 +2,16 @@
 //! the messages a stage's consumer fetched from the broker against those it handled. More
 //! fetched than handled means messages were fetched again (after a pause, a seek back or a
 //! rebalance): the ratio is that amplification. A binary without the fetched counter shows
-//! it as not available.
+//! it as not available. Likewise the Kafka requests the stages' clients sent, by type, and
+//! how many events each produce request carried.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub const FETCHED: &str = "orderflow_messages_fetched_total";
 pub const HANDLED: &str = "orderflow_messages_handled_total";
+pub const REQUESTS: &str = "orderflow_kafka_requests_total";
+pub const WRITTEN: &str = "orderflow_events_written_total";
 
 /// `name=url`: a stage's metrics endpoint (`http://127.0.0.1:9464/metrics`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +44,10 @@ pub type PerTopic = BTreeMap<String, f64>;
 #[derive(Clone, Debug, Default)]
 pub struct Scrape {
     pub stages: Vec<(String, Option<PerTopic>, PerTopic)>,
+    /// Requests by type, summed over the endpoints that export them (`None`: none does).
+    pub requests: Option<PerTopic>,
+    /// Events the stages wrote, all topics.
+    pub written: f64,
 }
 
 pub async fn scrape(endpoints: &[Endpoint]) -> Scrape {
@@ -55,11 +62,20 @@ pub async fn scrape(endpoints: &[Endpoint]) -> Scrape {
             Err(err) => Err(err),
         };
         match text {
-            Ok(text) => out.stages.push((
-                e.name.clone(),
-                counter(&text, FETCHED),
-                counter(&text, HANDLED).unwrap_or_default(),
-            )),
+            Ok(text) => {
+                if let Some(requests) = counter_by(&text, REQUESTS, "request") {
+                    let total = out.requests.get_or_insert_with(PerTopic::new);
+                    for (request, n) in requests {
+                        *total.entry(request).or_default() += n;
+                    }
+                }
+                out.written += counter(&text, WRITTEN).map_or(0.0, |w| w.values().sum::<f64>());
+                out.stages.push((
+                    e.name.clone(),
+                    counter(&text, FETCHED),
+                    counter(&text, HANDLED).unwrap_or_default(),
+                ))
+            }
             Err(err) => tracing::warn!(stage = %e.name, error = %err, "metrics not scraped"),
         }
     }
@@ -69,6 +85,11 @@ pub async fn scrape(endpoints: &[Endpoint]) -> Scrape {
 /// The series of `metric` in a Prometheus text exposition, summed per `topic` label;
 /// `None` when the metric does not appear at all.
 pub fn counter(text: &str, metric: &str) -> Option<PerTopic> {
+    counter_by(text, metric, "topic")
+}
+
+/// The series of `metric`, summed per value of the label `key`.
+fn counter_by(text: &str, metric: &str, key: &str) -> Option<PerTopic> {
     let mut found = false;
     let mut per_topic = PerTopic::new();
     for line in text.lines() {
@@ -94,7 +115,7 @@ pub fn counter(text: &str, metric: &str) -> Option<PerTopic> {
             continue;
         };
         found = true;
-        let topic = label(labels, "topic").unwrap_or_default();
+        let topic = label(labels, key).unwrap_or_default();
         *per_topic.entry(topic).or_default() += value;
     }
     found.then_some(per_topic)
@@ -193,6 +214,53 @@ pub fn compare(before: &Scrape, after: &Scrape, prefix: &str) -> Vec<TopicCounts
         .collect()
 }
 
+/// The Kafka requests of one type the stages' clients sent during the run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RequestCount {
+    pub request: String,
+    pub count: f64,
+    pub per_s: f64,
+    pub per_order: f64,
+}
+
+/// The requests the stages sent during the run, most frequent first, and the events each
+/// produce request carried on average.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Requests {
+    pub by_type: Vec<RequestCount>,
+    pub events_per_produce: Option<f64>,
+}
+
+/// The requests between two scrapes, `seconds` apart, for `orders` final orders; `None`
+/// when no stage exports the counter (a binary without it).
+pub fn requests(before: &Scrape, after: &Scrape, seconds: f64, orders: usize) -> Option<Requests> {
+    let after_counts = after.requests.as_ref()?;
+    let empty = PerTopic::new();
+    let before_counts = before.requests.as_ref().unwrap_or(&empty);
+    let mut by_type: Vec<RequestCount> = after_counts
+        .iter()
+        .map(|(request, n)| {
+            let count = n - before_counts.get(request).copied().unwrap_or(0.0);
+            RequestCount {
+                request: request.clone(),
+                count,
+                per_s: count / seconds.max(f64::MIN_POSITIVE),
+                per_order: count / orders.max(1) as f64,
+            }
+        })
+        .filter(|r| r.count > 0.0)
+        .collect();
+    by_type.sort_by(|a, b| b.count.total_cmp(&a.count));
+    let produce = by_type
+        .iter()
+        .find(|r| r.request == "Produce")
+        .map(|r| r.count);
+    Some(Requests {
+        events_per_produce: produce.map(|p| (after.written - before.written) / p),
+        by_type,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,9 +302,11 @@ orderflow_messages_fetched_total{topic="p.orders.created",partition="1"} 50
             stages: vec![stage(
                 "orderflow_messages_handled_total{topic=\"p.orders.created\"} 10\norderflow_messages_fetched_total{topic=\"p.orders.created\"} 10\n",
             )],
+            ..Scrape::default()
         };
         let after = Scrape {
             stages: vec![stage(TEXT)],
+            ..Scrape::default()
         };
         let rows = compare(&before, &after, "p.");
         assert_eq!(rows[0].topic, "orders.created");
@@ -246,9 +316,37 @@ orderflow_messages_fetched_total{topic="p.orders.created",partition="1"} 50
         // Without the fetched counter (an older binary): not available.
         let old = Scrape {
             stages: vec![("sink".into(), None, counter(TEXT, HANDLED).unwrap())],
+            ..Scrape::default()
         };
         let rows = compare(&Scrape::default(), &old, "p.");
         assert_eq!(rows[1].topic, "orders.state");
         assert_eq!((rows[1].fetched, rows[1].amplification), (None, None));
+    }
+
+    #[test]
+    fn requests_are_counted_by_type_over_the_run() {
+        let text = "orderflow_kafka_requests_total{client=\"producer\",request=\"Produce\"} 30\n\
+                    orderflow_kafka_requests_total{client=\"consumer\",request=\"Fetch\"} 12\n\
+                    orderflow_kafka_requests_total{client=\"consumer\",request=\"Heartbeat\"} 2\n";
+        let before = Scrape {
+            requests: counter_by(text, REQUESTS, "request"),
+            written: 40.0,
+            ..Scrape::default()
+        };
+        let later = "orderflow_kafka_requests_total{client=\"producer\",request=\"Produce\"} 130\n\
+                     orderflow_kafka_requests_total{client=\"consumer\",request=\"Fetch\"} 62\n\
+                     orderflow_kafka_requests_total{client=\"consumer\",request=\"Heartbeat\"} 2\n";
+        let after = Scrape {
+            requests: counter_by(later, REQUESTS, "request"),
+            written: 340.0,
+            ..Scrape::default()
+        };
+        let r = requests(&before, &after, 10.0, 50).unwrap();
+        assert_eq!(r.by_type.len(), 2, "a type with nothing sent is left out");
+        assert_eq!(r.by_type[0].request, "Produce");
+        assert_eq!((r.by_type[0].per_s, r.by_type[0].per_order), (10.0, 2.0));
+        assert_eq!(r.by_type[1].count, 50.0);
+        assert_eq!(r.events_per_produce, Some(3.0));
+        assert_eq!(requests(&before, &Scrape::default(), 10.0, 50), None);
     }
 }

@@ -67,6 +67,8 @@ pub struct ThroughputReport {
     pub total_cpu_ms_per_order: Option<f64>,
     /// The stages' messages fetched versus handled per topic during the run.
     pub topics: Vec<scrape::TopicCounts>,
+    /// The Kafka requests the stages' clients sent during the run (`None`: not exported).
+    pub requests: Option<scrape::Requests>,
     pub ceiling: Option<ceiling::Ceiling>,
     pub series: Vec<Snapshot>,
 }
@@ -131,6 +133,7 @@ pub(super) async fn throughput(
         with_children: false,
     });
     let before = scrape::scrape(metrics).await;
+    let scraped = std::time::Instant::now();
     let mut sampling = Sampling(Sampler::new(watched));
     let report = load::run(
         kafka,
@@ -142,6 +145,7 @@ pub(super) async fn throughput(
     .await?;
     sampling.0.sample();
     let after = scrape::scrape(metrics).await;
+    let between = scraped.elapsed().as_secs_f64();
     pool.close().await;
     let topics = scrape::compare(&before, &after, &kafka.topic(""));
 
@@ -149,7 +153,13 @@ pub(super) async fn throughput(
         None => None,
         Some(cap) => Some(measure_ceiling(kafka, config, &report, cap, &shutdown).await?),
     };
-    let result = assemble(config, output, &report, &sampling.0, topics, ceiling);
+    let scrapes = Scrapes {
+        before,
+        after,
+        seconds: between,
+        topics,
+    };
+    let result = assemble(config, output, &report, &sampling.0, scrapes, ceiling);
     let table = render_throughput(&result, &report);
     let chart = chart::svg(
         &format!(
@@ -170,6 +180,15 @@ pub(super) async fn throughput(
         &table,
         output.tag.as_deref(),
     )
+}
+
+/// The stages' metrics read before and after the orders run, `seconds` apart, and the
+/// topics' fetched-versus-handled between them.
+struct Scrapes {
+    before: scrape::Scrape,
+    after: scrape::Scrape,
+    seconds: f64,
+    topics: Vec<scrape::TopicCounts>,
 }
 
 /// The raw Kafka ceiling, sustained as long as the orders run's steady state (all of it if
@@ -204,11 +223,12 @@ fn assemble(
     output: &Output,
     report: &load::LoadReport,
     sampler: &Sampler,
-    topics: Vec<scrape::TopicCounts>,
+    scrapes: Scrapes,
     ceiling: Option<ceiling::Ceiling>,
 ) -> ThroughputReport {
     let count = |k: &str| report.answered.get(k).copied().unwrap_or(0);
     let finished = count("completed") + count("failed");
+    let requests = scrape::requests(&scrapes.before, &scrapes.after, scrapes.seconds, finished);
     let processes: Vec<ProcessCost> = sampler
         .usage()
         .iter()
@@ -248,7 +268,8 @@ fn assemble(
         machine_cpu_busy: sampler.machine_busy(),
         processes,
         total_cpu_ms_per_order: procs::ms_per_order(total_cpu, finished),
-        topics,
+        topics: scrapes.topics,
+        requests,
         ceiling,
         series: report.series.clone(),
     }
@@ -311,6 +332,7 @@ fn render_throughput(r: &ThroughputReport, report: &load::LoadReport) -> String 
         r.completed + r.failed,
     );
     render_topics(&mut out, &r.topics);
+    render_requests(&mut out, r.requests.as_ref());
     if let Some(c) = &r.ceiling {
         let _ = writeln!(
             out,
@@ -406,6 +428,40 @@ fn render_topics(out: &mut String, topics: &[scrape::TopicCounts]) {
             format!("{:.0}", t.handled),
             t.amplification
                 .map_or("n/a".to_owned(), |a| format!("{a:.2}"))
+        );
+    }
+}
+
+fn render_requests(out: &mut String, requests: Option<&scrape::Requests>) {
+    let Some(r) = requests.filter(|r| !r.by_type.is_empty()) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "requests     {:<30}{:>12}{:>12}{:>10}",
+        "type (stages' Kafka clients)", "sent", "per s", "per order"
+    );
+    // The protocol's bookkeeping (heartbeats, commits, metadata) in one line.
+    let (shown, rest): (Vec<_>, Vec<_>) = r.by_type.iter().partition(|t| t.per_order >= 0.01);
+    for t in shown {
+        let carried = match (t.request.as_str(), r.events_per_produce) {
+            ("Produce", Some(e)) => format!("   ({e:.1} events each)"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "             {:<30}{:>12.0}{:>12.0}{:>10.2}{carried}",
+            t.request, t.count, t.per_s, t.per_order
+        );
+    }
+    if !rest.is_empty() {
+        let _ = writeln!(
+            out,
+            "             {:<30}{:>12.0}{:>12.0}{:>10}",
+            format!("{} other types", rest.len()),
+            rest.iter().map(|t| t.count).sum::<f64>(),
+            rest.iter().map(|t| t.per_s).sum::<f64>(),
+            "<0.01"
         );
     }
 }

@@ -20,7 +20,7 @@ pub(super) async fn watch_from_now(
         .client_config()
         .set("group.id", format!("orderflow.load.{}", Uuid::new_v4()))
         .set("enable.auto.commit", "false")
-        .create_with_context(Context)
+        .create_with_context(Context::default())
         .map_err(KafkaSetupError::Client)?;
     // Right after `topics apply` a partition may not have a leader yet: ask again a while.
     let mut attempts = 0;
