@@ -325,22 +325,20 @@ orderflow_messages_fetched_total{topic="p.orders.created",partition="1"} 50
 
     #[test]
     fn requests_are_counted_by_type_over_the_run() {
-        let text = "orderflow_kafka_requests_total{client=\"producer\",request=\"Produce\"} 30\n\
-                    orderflow_kafka_requests_total{client=\"consumer\",request=\"Fetch\"} 12\n\
-                    orderflow_kafka_requests_total{client=\"consumer\",request=\"Heartbeat\"} 2\n";
-        let before = Scrape {
-            requests: counter_by(text, REQUESTS, "request"),
-            written: 40.0,
-            ..Scrape::default()
+        // One stage's exposition: its produce and fetch totals, two heartbeats.
+        let scraped = |produce: u32, fetch: u32, written: f64| {
+            let text = format!(
+                "orderflow_kafka_requests_total{{client=\"producer\",request=\"Produce\"}} {produce}\n\
+                 orderflow_kafka_requests_total{{client=\"consumer\",request=\"Fetch\"}} {fetch}\n\
+                 orderflow_kafka_requests_total{{client=\"consumer\",request=\"Heartbeat\"}} 2\n"
+            );
+            Scrape {
+                requests: counter_by(&text, REQUESTS, "request"),
+                written,
+                ..Scrape::default()
+            }
         };
-        let later = "orderflow_kafka_requests_total{client=\"producer\",request=\"Produce\"} 130\n\
-                     orderflow_kafka_requests_total{client=\"consumer\",request=\"Fetch\"} 62\n\
-                     orderflow_kafka_requests_total{client=\"consumer\",request=\"Heartbeat\"} 2\n";
-        let after = Scrape {
-            requests: counter_by(later, REQUESTS, "request"),
-            written: 340.0,
-            ..Scrape::default()
-        };
+        let (before, after) = (scraped(30, 12, 40.0), scraped(130, 62, 340.0));
         let r = requests(&before, &after, 10.0, 50).unwrap();
         assert_eq!(r.by_type.len(), 2, "a type with nothing sent is left out");
         assert_eq!(r.by_type[0].request, "Produce");
