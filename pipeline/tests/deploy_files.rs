@@ -242,6 +242,12 @@ fn metric_names() -> BTreeSet<String> {
         .get_or_create(&outcome)
         .observe(1.0);
     m.events_written.get_or_create(&topic).inc();
+    m.kafka_requests
+        .get_or_create(&RequestLabels {
+            client: "producer",
+            request: "Produce".into(),
+        })
+        .inc();
     m.dead_lettered
         .get_or_create(&DeadLetterLabels {
             stage: "s",
