@@ -543,7 +543,7 @@ impl ClientContext for ProbeContext {
     /// sentence reports it.
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         if facility != "FAIL" {
-            return Context::default().log(level, facility, message);
+            return log_line(level, facility, message);
         }
         tracing::debug!(target: "librdkafka", facility, "{message}");
         self.record(Seen::of_text(message));
@@ -608,36 +608,48 @@ impl ClientContext for Context {
     }
 
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility, "{message}")
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", facility, "{message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
-        }
+        log_line(level, facility, message)
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if let Some(code) = error.rdkafka_error_code() {
-            if fault_of(code) == Fault::Fatal {
-                let _ = REFUSAL.set(format!("{error}: {}", crate::secret::scrub(reason)));
-            }
+        report_error(error, reason)
+    }
+}
+
+/// How every orderflow client logs a librdkafka log line: to `tracing` under the
+/// `librdkafka` target, at the line's level.
+pub(crate) fn log_line(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", facility, "{message}")
         }
-        let churn = matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
-        );
-        if churn {
-            tracing::debug!(target: "librdkafka", %error, "{reason}");
-        } else {
-            tracing::warn!(target: "librdkafka", %error, "{reason}");
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", facility, "{message}")
         }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}
+
+/// How every orderflow client takes a librdkafka error: a refusal (credentials,
+/// authorization) is kept for the startup sentence; connection churn is logged at debug.
+pub(crate) fn report_error(error: KafkaError, reason: &str) {
+    if let Some(code) = error.rdkafka_error_code() {
+        if fault_of(code) == Fault::Fatal {
+            let _ = REFUSAL.set(format!("{error}: {}", crate::secret::scrub(reason)));
+        }
+    }
+    let churn = matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown)
+    );
+    if churn {
+        tracing::debug!(target: "librdkafka", %error, "{reason}");
+    } else {
+        tracing::warn!(target: "librdkafka", %error, "{reason}");
     }
 }
 

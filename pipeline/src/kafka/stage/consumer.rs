@@ -4,7 +4,7 @@
 
 use super::config::LoopConfig;
 use crate::kafka::requests::RequestCounter;
-use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
+use crate::kafka::{KafkaConfig, KafkaSetupError};
 use crate::metrics::{Metrics, PartitionLabels};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -39,10 +39,10 @@ impl StageContext {
 
 impl ClientContext for StageContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        Context::default().log(level, fac, message)
+        crate::kafka::log_line(level, fac, message)
     }
     fn error(&self, error: KafkaError, reason: &str) {
-        Context::default().error(error, reason)
+        crate::kafka::report_error(error, reason)
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
