@@ -234,6 +234,10 @@ fn metric_names() -> BTreeSet<String> {
         .get_or_create(&topic)
         .set(1.0);
     m.check_lateness_seconds.get_or_create(&topic).observe(1.0);
+    m.message_transit_seconds.get_or_create(&topic).observe(1.0);
+    m.message_handling_seconds
+        .get_or_create(&topic)
+        .observe(1.0);
     m.check_outcomes.get_or_create(&outcome).inc();
     m.dispatch_to_final_seconds
         .get_or_create(&outcome)

@@ -1681,6 +1681,54 @@ fn series_sum(text: &str, metric: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// The stage times each order: its transit (from the shop's send, the record's timestamp,
+/// to the stage's fetch) and its handling (from being due to its events on the broker),
+/// which includes the provider's answer, 300 ms here.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stage_times_each_order_in_transit_and_in_handling() {
+    let sim = SimConfig {
+        latency: Duration::from_millis(300),
+        ..SimConfig::default()
+    };
+    let h = Harness::new("timing", sim, 5_000).await;
+    let metrics = std::sync::Arc::new(orderflow::metrics::Metrics::new());
+    let (trigger, task) = start_dispatch_metered(&h, h.dispatch_config(), metrics.clone());
+    let orders = publish_batch(&h, 20).await;
+    let ids: Vec<_> = orders.iter().map(|o| o.order_id).collect();
+    h.settled_states(&ids, Duration::from_secs(60)).await;
+    let created = "orders.created\"";
+    let of = |text: &str, series: &str| {
+        series_sum(text, &format!("orderflow_message_{series}{{"), &[created])
+    };
+    // The last acknowledgement may reach the loop just after the events were read.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = metrics.render();
+        if of(&text, "handling_seconds_count") >= 20.0 {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "20 orders handled, not timed within 10 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(of(&text, "handling_seconds_count"), 20.0);
+    let handling = of(&text, "handling_seconds_sum");
+    assert!(
+        (20.0 * 0.3..20.0 * 30.0).contains(&handling),
+        "20 orders handled in {handling} s in all, each waiting 300 ms for the provider"
+    );
+    assert_eq!(of(&text, "transit_seconds_count"), 20.0);
+    let transit = of(&text, "transit_seconds_sum");
+    assert!(
+        (0.0..20.0 * 30.0).contains(&transit),
+        "20 orders in transit for {transit} s in all"
+    );
+    stop(trigger, task).await;
+    h.finish().await;
+}
+
 /// The stage counts the Kafka requests its clients send, from librdkafka's statistics: its
 /// producer's produce requests (at least one, and no more than the events it wrote, since
 /// each request carries one or more) and its consumer's fetches.

@@ -91,7 +91,7 @@ fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
 
-fn lateness_histogram() -> Histogram {
+fn millis_histogram() -> Histogram {
     // 1 ms .. ~65 s
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
@@ -112,6 +112,13 @@ pub struct Metrics {
     pub messages_fetched: Family<TopicLabel, Counter>,
     /// Messages being handled right now.
     pub messages_in_flight: Gauge,
+    /// From a message's record timestamp (set by its producer when it sent it) to a stage's
+    /// fetch of it, by topic; messages with a due time (parked orders, status checks) are
+    /// not counted.
+    pub message_transit_seconds: Family<TopicLabel, Histogram, fn() -> Histogram>,
+    /// From a message being due at a stage (fetched, or its due time reached) to its
+    /// effects being durable, by topic: queueing for a batch and the handling itself.
+    pub message_handling_seconds: Family<TopicLabel, Histogram, fn() -> Histogram>,
     /// Messages held until their due time, by (tier) topic: the retry depth per tier.
     pub messages_waiting: Family<TopicLabel, Gauge>,
     /// When the oldest held message of a topic is due, as a Unix time (0: none held);
@@ -185,10 +192,16 @@ impl Metrics {
             messages_handled: Family::<TopicLabel, Counter>::default(),
             messages_fetched: Family::<TopicLabel, Counter>::default(),
             messages_in_flight: Gauge::default(),
+            message_transit_seconds: Family::new_with_constructor(
+                millis_histogram as fn() -> Histogram,
+            ),
+            message_handling_seconds: Family::new_with_constructor(
+                millis_histogram as fn() -> Histogram,
+            ),
             messages_waiting: Family::<TopicLabel, Gauge>::default(),
             oldest_waiting_due_timestamp_seconds: Family::default(),
             check_lateness_seconds: Family::new_with_constructor(
-                lateness_histogram as fn() -> Histogram,
+                millis_histogram as fn() -> Histogram,
             ),
             check_outcomes: Family::<OutcomeLabel, Counter>::default(),
             reconciler_requeued: Counter::default(),

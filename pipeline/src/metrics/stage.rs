@@ -1,6 +1,7 @@
 //! The metrics of the consumer loop every stage runs on (`kafka::stage`) and of what every
-//! stage writes: messages handled, fetched, in flight and waiting for their due time,
-//! events written and dead-lettered, consumer lag, and the Kafka requests sent.
+//! stage writes: messages handled, fetched, in flight and waiting for their due time, their
+//! transit to the stage and time in it, events written and dead-lettered, consumer lag, and
+//! the Kafka requests sent.
 
 use super::Metrics;
 use prometheus_client::registry::Registry;
@@ -22,6 +23,18 @@ pub(super) fn register(registry: &mut Registry, m: &Metrics) {
         "messages_in_flight",
         "Messages being handled now",
         m.messages_in_flight.clone(),
+    );
+    registry.register(
+        "message_transit_seconds",
+        "From a message's record timestamp (set by its producer) to its fetch by the stage, \
+         by topic; messages with a due time are not counted",
+        m.message_transit_seconds.clone(),
+    );
+    registry.register(
+        "message_handling_seconds",
+        "From a message being due at the stage (fetched, or its due time reached) to its \
+         effects being durable, by topic",
+        m.message_handling_seconds.clone(),
     );
     registry.register(
         "messages_waiting",

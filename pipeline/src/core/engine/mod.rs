@@ -165,7 +165,7 @@ impl<M> Engine<M> {
                     token,
                     message,
                     due,
-                    since: now,
+                    ready_at: now,
                 });
                 self.update_backlog(id.topic);
             }
@@ -189,7 +189,7 @@ impl<M> Engine<M> {
                     },
                     message: w.message,
                     due: Some(w.due),
-                    since: now,
+                    ready_at: now,
                 });
                 moved = true;
             }
@@ -237,9 +237,9 @@ impl<M> Engine<M> {
     pub fn next_linger(&self) -> Option<Millis> {
         (0..self.ready.len())
             .filter(|&t| self.worth_a_batch(t))
-            .filter_map(|t| self.ready[t].front().map(|r| r.since))
+            .filter_map(|t| self.ready[t].front().map(|r| r.ready_at))
             .min()
-            .map(|since| since + self.settings.batch_linger_ms)
+            .map(|ready_at| ready_at + self.settings.batch_linger_ms)
     }
 
     /// Room under topic `t`'s in-flight bound.
@@ -301,6 +301,7 @@ impl<M> Engine<M> {
                         token: r.token,
                         message: r.message,
                         due: r.due,
+                        ready_at: r.ready_at,
                     });
                     idle = 0;
                     continue;

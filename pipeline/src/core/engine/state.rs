@@ -46,5 +46,6 @@ pub(super) struct Ready<M> {
     pub(super) token: Token,
     pub(super) message: M,
     pub(super) due: Option<Millis>,
-    pub(super) since: Millis,
+    /// When it joined the queue.
+    pub(super) ready_at: Millis,
 }

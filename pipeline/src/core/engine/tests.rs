@@ -196,12 +196,15 @@ fn a_message_not_yet_due_waits_without_pausing_its_partition() {
     assert_eq!(e.take_pauses(), vec![], "fetching goes on");
     assert_eq!(e.next_due(), Some(50));
     assert_eq!(e.waiting(T0), (2, Some(50)));
-    // The one behind them that is due goes first.
-    assert_eq!(offsets(&e.batch(5).unwrap()), vec![2]);
+    // The one behind them that is due goes first, ready since its fetch.
+    let b = e.batch(5).unwrap();
+    assert_eq!(offsets(&b), vec![2]);
+    assert_eq!((b[0].due, b[0].ready_at), (None, 0));
     e.tick(60);
     let b = e.batch(65).unwrap();
     assert_eq!(offsets(&b), vec![1]);
-    assert_eq!(b[0].due, Some(50));
+    // Ready since the tick that found it due, not since its fetch.
+    assert_eq!((b[0].due, b[0].ready_at), (Some(50), 60));
     e.tick(100);
     assert_eq!(offsets(&e.batch(105).unwrap()), vec![0]);
 }

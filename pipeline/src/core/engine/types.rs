@@ -76,4 +76,7 @@ pub struct Handout<M> {
     pub message: M,
     /// When it was due (for lateness), if it waited.
     pub due: Option<Millis>,
+    /// When it joined its topic's queue (fetched, or its due time reached): the start of
+    /// its handling time.
+    pub ready_at: Millis,
 }

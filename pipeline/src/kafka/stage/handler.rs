@@ -2,7 +2,7 @@
 //! and what the loop hands it: [`Delivery`]s, each with the [`Ack`] that moves its offset.
 
 use super::Done;
-use crate::core::engine::{Outcome, Token};
+use crate::core::engine::{Millis, Outcome, Token};
 use crate::shutdown::{Interrupted, Shutdown};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -151,6 +151,7 @@ impl Delivery {
 /// message interrupted: its offset does not move and the next owner redoes it.
 pub struct Ack {
     pub(super) token: Token,
+    pub(super) ready_at: Millis,
     pub(super) done: Option<mpsc::UnboundedSender<Done>>,
 }
 
@@ -165,6 +166,7 @@ impl Ack {
             let _ = done.send(Done {
                 token: self.token,
                 outcome,
+                ready_at: self.ready_at,
             });
         }
     }

@@ -34,7 +34,7 @@ pub use consumer::{consumer, StageContext};
 pub use handler::{in_groups, message_span, Ack, Delivery, Handler, MessageHandler, PerMessage};
 pub use run::run;
 
-use crate::core::engine::{Outcome, Token};
+use crate::core::engine::{Millis, Outcome, Token};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -50,4 +50,6 @@ pub enum StageError {
 struct Done {
     token: Token,
     outcome: Outcome,
+    /// When the message joined its topic's queue ([`crate::core::engine::Handout`]).
+    ready_at: Millis,
 }

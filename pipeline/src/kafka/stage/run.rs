@@ -14,6 +14,7 @@ use crate::shutdown::Shutdown;
 use chrono::Utc;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
@@ -25,19 +26,26 @@ use tokio::sync::mpsc;
 pub(super) struct Topics {
     pub(super) names: Vec<String>,
     handled: Vec<Counter>,
+    transit: Vec<Histogram>,
+    handling: Vec<Histogram>,
 }
 
 impl Topics {
     fn new(names: &[String], metrics: &Metrics) -> Self {
-        let each = |family: &Family<TopicLabel, Counter>| {
+        fn each<M: Clone, C: Fn() -> M>(
+            names: &[String],
+            family: &Family<TopicLabel, M, C>,
+        ) -> Vec<M> {
             names
                 .iter()
                 .map(|t| family.get_or_create(&Metrics::topic(t)).clone())
                 .collect()
-        };
+        }
         Topics {
             names: names.to_vec(),
-            handled: each(&metrics.messages_handled),
+            handled: each(names, &metrics.messages_handled),
+            transit: each(names, &metrics.message_transit_seconds),
+            handling: each(names, &metrics.message_handling_seconds),
         }
     }
 
@@ -53,6 +61,11 @@ impl Topics {
 
 fn now_millis() -> Millis {
     Utc::now().timestamp_millis()
+}
+
+/// A span of milliseconds in seconds, for a histogram (a clock stepping back counts as 0).
+fn seconds(millis: Millis) -> f64 {
+    millis.max(0) as f64 / 1000.0
 }
 
 /// Runs `handler` over the consumer's messages until `shutdown`.
@@ -145,8 +158,14 @@ fn receive<H: Handler>(
         return;
     };
     let due = handler.due_at(&message).map(|d| d.timestamp_millis());
+    let now = now_millis();
+    if due.is_none() {
+        if let Some(produced) = message.timestamp().to_millis() {
+            topics.transit[id.topic].observe(seconds(now - produced));
+        }
+    }
     let bytes = message.payload().map_or(0, <[u8]>::len);
-    engine.fetched(id, message.offset(), bytes, due, message, now_millis());
+    engine.fetched(id, message.offset(), bytes, due, message, now);
 }
 
 /// Records `first` and every completion already there, in one go; returns the error that
@@ -223,6 +242,7 @@ fn start<H: Handler>(
             message: h.message,
             ack: Ack {
                 token: h.token,
+                ready_at: h.ready_at,
                 done: Some(done_tx.clone()),
             },
             late,
@@ -243,6 +263,7 @@ fn start<H: Handler>(
             let _ = done_tx.send(Done {
                 token: first,
                 outcome: Outcome::Panicked,
+                ready_at: now,
             });
         }
     });
@@ -254,7 +275,9 @@ fn finished(engine: &mut Engine<OwnedMessage>, topics: &Topics, done: Done) -> O
     engine.done(token, done.outcome);
     match done.outcome {
         Outcome::Durable => {
-            topics.handled[token.partition.topic].inc();
+            let t = token.partition.topic;
+            topics.handled[t].inc();
+            topics.handling[t].observe(seconds(now_millis() - done.ready_at));
             None
         }
         Outcome::Interrupted => None,

@@ -3,7 +3,9 @@
 //! fetched than handled means messages were fetched again (after a pause, a seek back or a
 //! rebalance): the ratio is that amplification. A binary without the fetched counter shows
 //! it as not available. Likewise the Kafka requests the stages' clients sent, by type, and
-//! how many events each produce request carried.
+//! how many events each produce request carried; and per topic, the time its messages took
+//! to reach a stage (transit) and to be handled there, as quantiles of the stages'
+//! histograms over the run.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,6 +14,8 @@ pub const FETCHED: &str = "orderflow_messages_fetched_total";
 pub const HANDLED: &str = "orderflow_messages_handled_total";
 pub const REQUESTS: &str = "orderflow_kafka_requests_total";
 pub const WRITTEN: &str = "orderflow_events_written_total";
+pub const TRANSIT: &str = "orderflow_message_transit_seconds";
+pub const HANDLING: &str = "orderflow_message_handling_seconds";
 
 /// `name=url`: a stage's metrics endpoint (`http://127.0.0.1:9464/metrics`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,7 +52,14 @@ pub struct Scrape {
     pub requests: Option<PerTopic>,
     /// Events the stages wrote, all topics.
     pub written: f64,
+    /// Per topic, the transit and handling histograms, summed over the endpoints.
+    pub transit: BTreeMap<String, Buckets>,
+    pub handling: BTreeMap<String, Buckets>,
 }
+
+/// A histogram's cumulative buckets: (upper bound in seconds, observations at or below it),
+/// by bound, `+Inf` last.
+pub type Buckets = Vec<(f64, f64)>;
 
 pub async fn scrape(endpoints: &[Endpoint]) -> Scrape {
     let client = reqwest::Client::builder()
@@ -70,6 +81,8 @@ pub async fn scrape(endpoints: &[Endpoint]) -> Scrape {
                     }
                 }
                 out.written += counter(&text, WRITTEN).map_or(0.0, |w| w.values().sum::<f64>());
+                add_buckets(&mut out.transit, &text, TRANSIT);
+                add_buckets(&mut out.handling, &text, HANDLING);
                 out.stages.push((
                     e.name.clone(),
                     counter(&text, FETCHED),
@@ -119,6 +132,115 @@ fn counter_by(text: &str, metric: &str, key: &str) -> Option<PerTopic> {
         *per_topic.entry(topic).or_default() += value;
     }
     found.then_some(per_topic)
+}
+
+/// Adds the buckets of histogram `metric` in `text` to `into`, per topic.
+fn add_buckets(into: &mut BTreeMap<String, Buckets>, text: &str, metric: &str) {
+    let prefix = format!("{metric}_bucket{{");
+    for line in text.lines() {
+        let Some((labels, value)) = line
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.rsplit_once('}'))
+        else {
+            continue;
+        };
+        let bound = label(labels, "le").and_then(|le| match le.as_str() {
+            "+Inf" => Some(f64::INFINITY),
+            le => le.parse::<f64>().ok(),
+        });
+        let count = value.split_whitespace().next().and_then(|v| v.parse().ok());
+        let (Some(bound), Some(count), Some(topic)) = (bound, count, label(labels, "topic")) else {
+            continue;
+        };
+        let buckets = into.entry(topic).or_default();
+        match buckets.iter_mut().find(|(b, _)| *b == bound) {
+            Some((_, n)) => *n += count,
+            None => {
+                buckets.push((bound, count));
+                buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            }
+        }
+    }
+}
+
+/// The `q` quantile (0 to 1) of what `buckets` counted, interpolated linearly within its
+/// bucket as Prometheus' `histogram_quantile` does; `None` when nothing was counted. A
+/// quantile in the `+Inf` bucket is given as the largest finite bound.
+pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(bound, count) in buckets {
+        if count >= rank {
+            if bound.is_infinite() {
+                return Some(lower);
+            }
+            let share = (rank - below) / (count - below).max(f64::MIN_POSITIVE);
+            return Some(lower + (bound - lower) * share);
+        }
+        (lower, below) = (bound, count);
+    }
+    Some(lower)
+}
+
+/// How long a topic's messages took, during the run: from their producer to a stage's
+/// fetch (transit) and from being due there to durable (handling), p50 and p99 in ms.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Timing {
+    pub topic: String,
+    pub transit_p50_ms: Option<f64>,
+    pub transit_p99_ms: Option<f64>,
+    pub handled: f64,
+    pub handling_p50_ms: Option<f64>,
+    pub handling_p99_ms: Option<f64>,
+}
+
+/// The histograms' differences between two scrapes, per topic (the stage's prefix removed),
+/// topics in name order; topics with nothing handled during the run are left out.
+pub fn timings(before: &Scrape, after: &Scrape, prefix: &str) -> Vec<Timing> {
+    let during = |b: &BTreeMap<String, Buckets>, a: &BTreeMap<String, Buckets>, topic: &str| {
+        let earlier = b.get(topic);
+        a.get(topic).map(|buckets| {
+            buckets
+                .iter()
+                .map(|&(bound, n)| {
+                    let was = earlier
+                        .and_then(|e| e.iter().find(|(eb, _)| *eb == bound))
+                        .map_or(0.0, |e| e.1);
+                    (bound, n - was)
+                })
+                .collect::<Buckets>()
+        })
+    };
+    let ms = |buckets: &Option<Buckets>, q: f64| {
+        buckets
+            .as_deref()
+            .and_then(|b| quantile(b, q))
+            .map(|s| s * 1000.0)
+    };
+    after
+        .handling
+        .keys()
+        .filter_map(|topic| {
+            let handling = during(&before.handling, &after.handling, topic);
+            let transit = during(&before.transit, &after.transit, topic);
+            let handled = handling
+                .as_ref()
+                .and_then(|b| b.last())
+                .map_or(0.0, |l| l.1);
+            (handled > 0.0).then(|| Timing {
+                topic: topic.strip_prefix(prefix).unwrap_or(topic).to_owned(),
+                transit_p50_ms: ms(&transit, 0.5),
+                transit_p99_ms: ms(&transit, 0.99),
+                handled,
+                handling_p50_ms: ms(&handling, 0.5),
+                handling_p99_ms: ms(&handling, 0.99),
+            })
+        })
+        .collect()
 }
 
 /// The value of label `key` in `a="x",b="y"` (backslash escapes undone).
@@ -321,6 +443,44 @@ orderflow_messages_fetched_total{topic="p.orders.created",partition="1"} 50
         let rows = compare(&Scrape::default(), &old, "p.");
         assert_eq!(rows[1].topic, "orders.state");
         assert_eq!((rows[1].fetched, rows[1].amplification), (None, None));
+    }
+
+    #[test]
+    fn timings_are_quantiles_of_the_histograms_over_the_run() {
+        // Handling: 10 messages before the run; during it 100 more: 50 within 10 ms, 40
+        // within 20 ms, 10 within 40 ms. Transit: nothing during the run.
+        let scraped = |within: [u32; 3]| {
+            let [a, b, c] = within;
+            let text = format!(
+                "orderflow_message_handling_seconds_bucket{{le=\"0.01\",topic=\"p.orders.created\"}} {a}\n\
+                 orderflow_message_handling_seconds_bucket{{le=\"0.02\",topic=\"p.orders.created\"}} {b}\n\
+                 orderflow_message_handling_seconds_bucket{{le=\"0.04\",topic=\"p.orders.created\"}} {c}\n\
+                 orderflow_message_handling_seconds_bucket{{le=\"+Inf\",topic=\"p.orders.created\"}} {c}\n\
+                 orderflow_message_transit_seconds_bucket{{le=\"0.01\",topic=\"p.orders.created\"}} 3\n\
+                 orderflow_message_transit_seconds_bucket{{le=\"+Inf\",topic=\"p.orders.created\"}} 3\n"
+            );
+            let mut scrape = Scrape::default();
+            add_buckets(&mut scrape.handling, &text, HANDLING);
+            add_buckets(&mut scrape.transit, &text, TRANSIT);
+            // A second stage on the topic adds to the same buckets.
+            add_buckets(&mut scrape.handling, "orderflow_message_handling_seconds_bucket{topic=\"p.orders.created\",le=\"+Inf\"} 0\n", HANDLING);
+            scrape
+        };
+        let (before, after) = (scraped([10, 10, 10]), scraped([60, 100, 110]));
+        let t = &timings(&before, &after, "p.")[0];
+        assert_eq!((t.topic.as_str(), t.handled), ("orders.created", 100.0));
+        // The 50th of 100 is the last of the first bucket; the 99th lies 9/10 into the third.
+        assert_eq!(t.handling_p50_ms, Some(10.0));
+        assert!((t.handling_p99_ms.unwrap() - 38.0).abs() < 1e-9);
+        assert_eq!((t.transit_p50_ms, t.transit_p99_ms), (None, None));
+        assert_eq!(
+            quantile(&[(0.01, 0.0), (f64::INFINITY, 4.0)], 0.5),
+            Some(0.01)
+        );
+        assert!(
+            timings(&after, &after, "p.").is_empty(),
+            "nothing during the run"
+        );
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub struct ThroughputReport {
     pub topics: Vec<scrape::TopicCounts>,
     /// The Kafka requests the stages' clients sent during the run (`None`: not exported).
     pub requests: Option<scrape::Requests>,
+    /// Per topic, its messages' transit to a stage and handling there during the run
+    /// (empty: not exported).
+    pub timings: Vec<scrape::Timing>,
     pub ceiling: Option<ceiling::Ceiling>,
     pub series: Vec<Snapshot>,
 }
@@ -148,6 +151,7 @@ pub(super) async fn throughput(
     let between = scraped.elapsed().as_secs_f64();
     pool.close().await;
     let topics = scrape::compare(&before, &after, &kafka.topic(""));
+    let timings = scrape::timings(&before, &after, &kafka.topic(""));
 
     let ceiling = match ceiling_cap {
         None => None,
@@ -158,6 +162,7 @@ pub(super) async fn throughput(
         after,
         seconds: between,
         topics,
+        timings,
     };
     let result = assemble(config, output, &report, &sampling.0, scrapes, ceiling);
     let table = render_throughput(&result, &report);
@@ -189,6 +194,7 @@ struct Scrapes {
     after: scrape::Scrape,
     seconds: f64,
     topics: Vec<scrape::TopicCounts>,
+    timings: Vec<scrape::Timing>,
 }
 
 /// The raw Kafka ceiling, sustained as long as the orders run's steady state (all of it if
@@ -270,6 +276,7 @@ fn assemble(
         total_cpu_ms_per_order: procs::ms_per_order(total_cpu, finished),
         topics: scrapes.topics,
         requests,
+        timings: scrapes.timings,
         ceiling,
         series: report.series.clone(),
     }
@@ -333,6 +340,7 @@ fn render_throughput(r: &ThroughputReport, report: &load::LoadReport) -> String 
     );
     render_topics(&mut out, &r.topics);
     render_requests(&mut out, r.requests.as_ref());
+    render_timings(&mut out, &r.timings);
     if let Some(c) = &r.ceiling {
         let _ = writeln!(
             out,
@@ -428,6 +436,27 @@ fn render_topics(out: &mut String, topics: &[scrape::TopicCounts]) {
             format!("{:.0}", t.handled),
             t.amplification
                 .map_or("n/a".to_owned(), |a| format!("{a:.2}"))
+        );
+    }
+}
+
+fn render_timings(out: &mut String, timings: &[scrape::Timing]) {
+    if timings.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "time in      {:<30}{:>16}{:>17}   (ms: transit from the producer to the stage's fetch; handling from due to durable)",
+        "topic (stages' consumers)", "transit p50/99", "handling p50/99"
+    );
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
+    for t in timings {
+        let _ = writeln!(
+            out,
+            "             {:<30}{:>16}{:>17}",
+            t.topic,
+            format!("{}/{}", ms(t.transit_p50_ms), ms(t.transit_p99_ms)),
+            format!("{}/{}", ms(t.handling_p50_ms), ms(t.handling_p99_ms)),
         );
     }
 }
