@@ -1681,6 +1681,22 @@ fn series_sum(text: &str, metric: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// A dispatch stage exporting into metrics of its own, after it settled twenty orders.
+async fn twenty_orders_metered(
+    h: &Harness,
+) -> (
+    std::sync::Arc<orderflow::metrics::Metrics>,
+    shutdown::Trigger,
+    tokio::task::JoinHandle<()>,
+) {
+    let metrics = std::sync::Arc::new(orderflow::metrics::Metrics::new());
+    let (trigger, task) = start_dispatch_metered(h, h.dispatch_config(), metrics.clone());
+    let orders = publish_batch(h, 20).await;
+    let ids: Vec<_> = orders.iter().map(|o| o.order_id).collect();
+    h.settled_states(&ids, Duration::from_secs(60)).await;
+    (metrics, trigger, task)
+}
+
 /// The stage times each order: its transit (from the shop's send, the record's timestamp,
 /// to the stage's fetch) and its handling (from being due to its events on the broker),
 /// which includes the provider's answer, 300 ms here.
@@ -1691,11 +1707,7 @@ async fn the_stage_times_each_order_in_transit_and_in_handling() {
         ..SimConfig::default()
     };
     let h = Harness::new("timing", sim, 5_000).await;
-    let metrics = std::sync::Arc::new(orderflow::metrics::Metrics::new());
-    let (trigger, task) = start_dispatch_metered(&h, h.dispatch_config(), metrics.clone());
-    let orders = publish_batch(&h, 20).await;
-    let ids: Vec<_> = orders.iter().map(|o| o.order_id).collect();
-    h.settled_states(&ids, Duration::from_secs(60)).await;
+    let (metrics, trigger, task) = twenty_orders_metered(&h).await;
     let created = "orders.created\"";
     let of = |text: &str, series: &str| {
         series_sum(text, &format!("orderflow_message_{series}{{"), &[created])
@@ -1735,11 +1747,7 @@ async fn the_stage_times_each_order_in_transit_and_in_handling() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_stage_counts_its_kafka_requests_by_type() {
     let h = Harness::new("requests", SimConfig::default(), 5_000).await;
-    let metrics = std::sync::Arc::new(orderflow::metrics::Metrics::new());
-    let (trigger, task) = start_dispatch_metered(&h, h.dispatch_config(), metrics.clone());
-    let orders = publish_batch(&h, 20).await;
-    let ids: Vec<_> = orders.iter().map(|o| o.order_id).collect();
-    h.settled_states(&ids, Duration::from_secs(60)).await;
+    let (metrics, trigger, task) = twenty_orders_metered(&h).await;
     // librdkafka reports every 5 s: wait for a report after the last send.
     let requests = "orderflow_kafka_requests_total{";
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
