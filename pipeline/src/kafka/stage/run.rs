@@ -176,11 +176,13 @@ fn completions(
     first: Done,
     done_rx: &mut mpsc::UnboundedReceiver<Done>,
 ) -> Option<StageError> {
-    if let Some(e) = finished(engine, topics, first) {
+    // One clock read for every completion taken in this go.
+    let now = now_millis();
+    if let Some(e) = finished(engine, topics, first, now) {
         return Some(e);
     }
     while let Ok(done) = done_rx.try_recv() {
-        if let Some(e) = finished(engine, topics, done) {
+        if let Some(e) = finished(engine, topics, done, now) {
             return Some(e);
         }
     }
@@ -201,7 +203,7 @@ async fn drain(
     while engine.in_flight() > 0 {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
             Ok(Some(done)) => {
-                let _ = finished(engine, topics, done);
+                let _ = finished(engine, topics, done, now_millis());
                 apply(consumer, topics, engine);
             }
             Ok(None) | Err(_) => break,
@@ -269,15 +271,20 @@ fn start<H: Handler>(
     });
 }
 
-/// Records a completion; returns the error that stops the stage on a panic.
-fn finished(engine: &mut Engine<OwnedMessage>, topics: &Topics, done: Done) -> Option<StageError> {
+/// Records a completion at `now`; returns the error that stops the stage on a panic.
+fn finished(
+    engine: &mut Engine<OwnedMessage>,
+    topics: &Topics,
+    done: Done,
+    now: Millis,
+) -> Option<StageError> {
     let token = done.token;
     engine.done(token, done.outcome);
     match done.outcome {
         Outcome::Durable => {
             let t = token.partition.topic;
             topics.handled[t].inc();
-            topics.handling[t].observe(seconds(now_millis() - done.ready_at));
+            topics.handling[t].observe(seconds(now - done.ready_at));
             None
         }
         Outcome::Interrupted => None,
