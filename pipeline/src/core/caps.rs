@@ -19,7 +19,8 @@
 //! waits for ever when there are fewer slots than processes). Pure: the caller passes the
 //! time.
 
-use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// The most rate slots an account has: above this rate, each slot rests less than a
@@ -27,6 +28,11 @@ use std::time::{Duration, Instant};
 /// rows. A slot resting d = [`MAX_RATE_SLOTS`]/r seconds starts at most ⌈1/d⌉ calls in a
 /// second, so the bound there is r plus at most [`MAX_RATE_SLOTS`] (0.1 % at 10⁶/s).
 pub const MAX_RATE_SLOTS: u32 = 1_000;
+
+/// The most call slots an account may have, so the largest `max_concurrent`: each is a row
+/// of `provider_slots` that the processes' keepers read and move, and at 100,000 those
+/// statements took seconds (README). An account to call without a practical cap sets this.
+pub const MAX_CALL_SLOTS: u32 = 10_000;
 
 /// How many rate slots `per_second` needs and how long each rests after a call: for an
 /// integer rate N up to [`MAX_RATE_SLOTS`], N slots resting one second; otherwise k =
@@ -105,11 +111,22 @@ pub struct Wants {
 }
 
 /// The slots one process holds of one account.
+///
+/// Taking a slot is a lookup, not a scan of what is held: the free call slots are kept in
+/// a set, and the rate slots free to reserve in a queue in the order they become ready
+/// (each rests the same time after its last call, so the longest rested is the first
+/// ready). Both leave out the slots being given back; an entry whose slot changed since
+/// (taken, dropped, leaving) is skipped when it comes up.
 #[derive(Clone, Debug)]
 pub struct Slots {
     rest: Duration,
     calls: BTreeMap<u32, CallSlot>,
+    /// Call slots neither busy nor leaving.
+    free_calls: BTreeSet<u32>,
     rates: BTreeMap<u32, RateSlot>,
+    /// Rate slots neither reserved nor leaving, by when their last call ended (never used
+    /// first), then by number.
+    idle_rates: VecDeque<(Option<Instant>, u32)>,
     /// Callers waiting for a call slot, and for a rate slot.
     pub waiting_calls: u32,
     pub waiting_rates: u32,
@@ -124,7 +141,9 @@ impl Slots {
         Slots {
             rest,
             calls: BTreeMap::new(),
+            free_calls: BTreeSet::new(),
             rates: BTreeMap::new(),
+            idle_rates: VecDeque::new(),
             waiting_calls: 0,
             waiting_rates: 0,
             usable_until: None,
@@ -169,19 +188,36 @@ impl Slots {
         for slot in slots {
             match kind {
                 Kind::Call => {
-                    self.calls.entry(slot).or_default();
+                    if let Entry::Vacant(e) = self.calls.entry(slot) {
+                        e.insert(CallSlot::default());
+                        self.free_calls.insert(slot);
+                    }
                 }
                 Kind::Rate => {
-                    self.rates.entry(slot).or_default();
+                    if let Entry::Vacant(e) = self.rates.entry(slot) {
+                        e.insert(RateSlot::default());
+                        self.idle_rate(None, slot);
+                    }
                 }
             }
         }
     }
 
+    /// Queues a rate slot free to reserve, in the order the slots become ready.
+    fn idle_rate(&mut self, last_use: Option<Instant>, slot: u32) {
+        let entry = (last_use, slot);
+        // Binary search; a slot whose call just ended belongs at the back, where the
+        // insert moves nothing.
+        let at = self.idle_rates.partition_point(|e| *e < entry);
+        self.idle_rates.insert(at, entry);
+    }
+
     /// Drops every slot (the lease could not be renewed in time, or lapsed).
     pub fn clear(&mut self) {
         self.calls.clear();
+        self.free_calls.clear();
         self.rates.clear();
+        self.idle_rates.clear();
     }
 
     /// How many slots of `kind` are held (those being given back included).
@@ -202,15 +238,24 @@ impl Slots {
         if self.lapse(now) {
             return None;
         }
-        let (slot, s) = self.calls.iter_mut().find(|(_, s)| !s.busy && !s.leaving)?;
-        s.busy = true;
-        Some(*slot)
+        while let Some(slot) = self.free_calls.pop_first() {
+            match self.calls.get_mut(&slot) {
+                Some(s) if !s.busy && !s.leaving => {
+                    s.busy = true;
+                    return Some(slot);
+                }
+                _ => {}
+            }
+        }
+        None
     }
 
-    /// A call ended: its slot is free again (unless it was lost meanwhile).
+    /// A call ended: its slot is free again (unless it was lost meanwhile, or is leaving).
     pub fn put_call(&mut self, slot: u32) {
         if let Some(s) = self.calls.get_mut(&slot) {
-            s.busy = false;
+            if std::mem::take(&mut s.busy) && !s.leaving {
+                self.free_calls.insert(slot);
+            }
         }
     }
 
@@ -220,24 +265,25 @@ impl Slots {
         if self.lapse(now) {
             return Err(None);
         }
-        let mut soonest: Option<Duration> = None;
-        for (slot, s) in self.rates.iter_mut() {
-            if s.reserved || s.leaving {
-                continue;
+        while let Some(&(last_use, slot)) = self.idle_rates.front() {
+            let current = self
+                .rates
+                .get(&slot)
+                .is_some_and(|s| !s.reserved && !s.leaving && s.last_use == last_use);
+            if current {
+                if let Some(at) = last_use.map(|t| t + self.rest).filter(|at| *at > now) {
+                    return Err(Some(at - now));
+                }
             }
-            let ready_at = s.last_use.map(|t| t + self.rest);
-            match ready_at {
-                Some(at) if at > now => {
-                    let wait = at - now;
-                    soonest = Some(soonest.map_or(wait, |w| w.min(wait)));
-                }
-                _ => {
+            self.idle_rates.pop_front();
+            if current {
+                if let Some(s) = self.rates.get_mut(&slot) {
                     s.reserved = true;
-                    return Ok(*slot);
                 }
+                return Ok(slot);
             }
         }
-        Err(soonest)
+        Err(None)
     }
 
     /// The reserved slot's call starts now; `false` when the slot was lost meanwhile (the
@@ -262,7 +308,10 @@ impl Slots {
             if std::mem::take(&mut s.calling) {
                 s.last_use = Some(now);
             }
-            s.reserved = false;
+            if std::mem::take(&mut s.reserved) && !s.leaving {
+                let last_use = s.last_use;
+                self.idle_rate(last_use, slot);
+            }
         }
     }
 
@@ -296,6 +345,20 @@ impl Slots {
             |s| (s.reserved, s.last_use),
             |s| &mut s.leaving,
         );
+        self.free_calls = self
+            .calls
+            .iter()
+            .filter(|(_, s)| !s.busy && !s.leaving)
+            .map(|(slot, _)| *slot)
+            .collect();
+        let mut idle: Vec<(Option<Instant>, u32)> = self
+            .rates
+            .iter()
+            .filter(|(_, s)| !s.reserved && !s.leaving)
+            .map(|(slot, s)| (s.last_use, *slot))
+            .collect();
+        idle.sort_unstable();
+        self.idle_rates = idle.into();
     }
 
     /// Removes the leaving slots that are not in use and returns them, each with the rest
@@ -335,6 +398,8 @@ impl Slots {
     /// the longest they may stay in use. None is used after this.
     pub fn release_all(&mut self, now: Instant, busy: Duration) -> Vec<Release> {
         let mut out: Vec<Release> = Vec::new();
+        self.free_calls.clear();
+        self.idle_rates.clear();
         for (slot, s) in std::mem::take(&mut self.calls) {
             out.push(Release {
                 kind: Kind::Call,
@@ -710,6 +775,81 @@ mod tests {
                 prop_assert_eq!(shares, fair, "no room while the cap is wanted whole");
             }
         }
+        /// Taking a slot from the set and the queue answers what a scan of every held
+        /// slot would: a call slot whenever one is free and not leaving; the rate slot
+        /// reserved is ready, one is reserved whenever one is ready, and otherwise the wait
+        /// is the soonest of those free to reserve.
+        #[test]
+        fn taking_a_slot_answers_as_a_scan_would(
+            calls in 1u32..8, per_second in 1u32..8,
+            steps in proptest::collection::vec((0u8..8, 0u32..8, 0u64..400), 1..300),
+        ) {
+            let t0 = Instant::now();
+            let mut s = Slots::all(calls, f64::from(per_second));
+            let (mut busy, mut reserved): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
+            let mut now = t0;
+            for (action, n, ms) in steps {
+                now += Duration::from_millis(ms);
+                match action {
+                    0 | 1 => {
+                        let free = s.calls.values().any(|c| !c.busy && !c.leaving);
+                        let took = s.take_call(now);
+                        prop_assert_eq!(took.is_some(), free);
+                        if let Some(slot) = took {
+                            prop_assert!(!busy.contains(&slot));
+                            busy.push(slot);
+                        }
+                    }
+                    2 => {
+                        if !busy.is_empty() {
+                            let slot = busy.swap_remove(n as usize % busy.len());
+                            s.put_call(slot);
+                        }
+                    }
+                    3 | 4 => {
+                        let waits: Vec<(u32, Duration)> = s
+                            .rates
+                            .iter()
+                            .filter(|(_, r)| !r.reserved && !r.leaving)
+                            .map(|(slot, r)| {
+                                let ready = r.last_use.map_or(now, |t| t + s.rest);
+                                (*slot, ready.saturating_duration_since(now))
+                            })
+                            .collect();
+                        match s.reserve_rate(now) {
+                            Ok(slot) => {
+                                prop_assert!(waits.contains(&(slot, Duration::ZERO)));
+                                reserved.push(slot);
+                            }
+                            Err(wait) => {
+                                prop_assert_eq!(wait, waits.iter().map(|w| w.1).min());
+                                prop_assert!(wait != Some(Duration::ZERO));
+                            }
+                        }
+                    }
+                    5 => {
+                        if !reserved.is_empty() {
+                            let slot = reserved.swap_remove(n as usize % reserved.len());
+                            // Every other reservation is given up without a call.
+                            if ms % 2 == 0 {
+                                prop_assert!(s.start_rate(slot, now));
+                            }
+                            s.end_rate(slot, now);
+                        }
+                    }
+                    6 => s.aim(n as usize, (n as usize + ms as usize) % 8),
+                    _ => {
+                        for r in s.release(now) {
+                            prop_assert!(!busy.contains(&r.slot) || r.kind != Kind::Call);
+                            prop_assert!(!reserved.contains(&r.slot) || r.kind != Kind::Rate);
+                        }
+                        s.add(Kind::Call, 0..calls);
+                        s.add(Kind::Rate, 0..rate_slots(f64::from(per_second)).0);
+                    }
+                }
+            }
+        }
+
 
         /// Processes sharing one account's slots through a table, with random wants, calls,
         /// aims and hand-overs: at no moment are more than `cap` calls running, and no

@@ -5,6 +5,7 @@
 use super::config::{AccountConfig, Code, MAX_VISIBILITY_WINDOW_MS};
 use super::{Endpoint, Limits};
 use crate::core::breaker::BreakerConfig;
+use crate::core::caps::MAX_CALL_SLOTS;
 use crate::provider::codes::Codes;
 use crate::secret::Secret;
 use std::time::Duration;
@@ -43,6 +44,12 @@ pub(super) fn check(
         return Err(format!(
             "account {}: max_concurrent, max_retrying, max_per_second and request_timeout_ms must be positive",
             c.id
+        ));
+    }
+    if c.max_concurrent > MAX_CALL_SLOTS as usize {
+        return Err(format!(
+            "account {}: max_concurrent is {}, more than the {MAX_CALL_SLOTS} calls at once an account can be given (each is a slot the processes share)",
+            c.id, c.max_concurrent
         ));
     }
     let codes = code_lists(&c)?;
