@@ -30,9 +30,11 @@ use std::time::{Duration, Instant};
 pub const MAX_RATE_SLOTS: u32 = 1_000;
 
 /// The most call slots an account may have, so the largest `max_concurrent`: each is a row
-/// of `provider_slots` that the processes' keepers read and move, and at 100,000 those
-/// statements took seconds (README). An account to call without a practical cap sets this.
-pub const MAX_CALL_SLOTS: u32 = 10_000;
+/// of `provider_slots` that the processes' keepers read and move. The benchmark ran at
+/// 1,000 orders/s with 4,096; with 10,000 the keepers' statements took about 3 s and the
+/// stages got no slots for seconds at a time, and 100,000 stopped dispatch (README). An
+/// account to call without a practical cap sets this.
+pub const MAX_CALL_SLOTS: u32 = 4_096;
 
 /// How many rate slots `per_second` needs and how long each rests after a call: for an
 /// integer rate N up to [`MAX_RATE_SLOTS`], N slots resting one second; otherwise k =

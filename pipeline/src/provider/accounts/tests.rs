@@ -79,10 +79,10 @@ fn code_lists_have_documented_defaults_and_are_checked() {
     assert!(a.try_retrying().is_some(), "a place is free again");
     let err = with("max_retrying = 0\n").unwrap_err();
     assert!(err.contains("max_retrying"), "{err}");
-    assert!(with("max_concurrent = 10000\n").is_ok());
+    assert!(with("max_concurrent = 4096\n").is_ok());
     let err = with("max_concurrent = 100000\n").unwrap_err();
     assert!(
-        err.contains("max_concurrent is 100000") && err.contains("10000"),
+        err.contains("max_concurrent is 100000") && err.contains("4096"),
         "{err}"
     );
     let err = with("not_found_code = [\"4\"]\n").unwrap_err();
