@@ -31,9 +31,9 @@ pub const MAX_RATE_SLOTS: u32 = 1_000;
 
 /// The most call slots an account may have, so the largest `max_concurrent`: each is a row
 /// of `provider_slots` that the processes' keepers read and move. The benchmark ran at
-/// 1,000 orders/s with 4,096; with 10,000 the keepers' statements took about 3 s and the
-/// stages got no slots for seconds at a time, and 100,000 stopped dispatch (README). An
-/// account to call without a practical cap sets this.
+/// 1,000 orders/s and at `max` with 4,096; with 100,000 the slot statements took seconds
+/// and dispatch stopped, and a run with 10,000 (and 5,000 calls in flight per stage) stalled
+/// (README). An account to call without a practical cap sets this.
 pub const MAX_CALL_SLOTS: u32 = 4_096;
 
 /// How many rate slots `per_second` needs and how long each rests after a call: for an
