@@ -268,21 +268,19 @@ impl Slots {
             return Err(None);
         }
         while let Some(&(last_use, slot)) = self.idle_rates.front() {
-            let current = self
-                .rates
-                .get(&slot)
-                .is_some_and(|s| !s.reserved && !s.leaving && s.last_use == last_use);
-            if current {
-                if let Some(at) = last_use.map(|t| t + self.rest).filter(|at| *at > now) {
-                    return Err(Some(at - now));
-                }
-            }
-            self.idle_rates.pop_front();
-            if current {
-                if let Some(s) = self.rates.get_mut(&slot) {
+            match self.rates.get_mut(&slot) {
+                Some(s) if !s.reserved && !s.leaving && s.last_use == last_use => {
+                    if let Some(at) = last_use.map(|t| t + self.rest).filter(|at| *at > now) {
+                        return Err(Some(at - now));
+                    }
                     s.reserved = true;
+                    self.idle_rates.pop_front();
+                    return Ok(slot);
                 }
-                return Ok(slot);
+                // Taken, dropped or leaving since it was queued.
+                _ => {
+                    self.idle_rates.pop_front();
+                }
             }
         }
         Err(None)
@@ -777,6 +775,7 @@ mod tests {
                 prop_assert_eq!(shares, fair, "no room while the cap is wanted whole");
             }
         }
+
         /// Taking a slot from the set and the queue answers what a scan of every held
         /// slot would: a call slot whenever one is free and not leaving; the rate slot
         /// reserved is ready, one is reserved whenever one is ready, and otherwise the wait
@@ -851,7 +850,6 @@ mod tests {
                 }
             }
         }
-
 
         /// Processes sharing one account's slots through a table, with random wants, calls,
         /// aims and hand-overs: at no moment are more than `cap` calls running, and no
