@@ -5,6 +5,7 @@ mod common;
 
 use chrono::Utc;
 use orderflow::db::claims::{self, Begin, Claimed, NewClaim, Outcome, Phase};
+use orderflow::db::BatchConnections;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -173,6 +174,7 @@ async fn no_call_is_begun_past_the_deadline() {
 
 /// Claims `count` new orders for `owner` in batches of 500, as dispatch does.
 async fn claim_new(pool: &sqlx::PgPool, owner: Uuid, count: usize) -> Vec<Uuid> {
+    let batch = BatchConnections::beside(pool);
     let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
     let deadline = Utc::now() + chrono::Duration::hours(1);
     for chunk in ids.chunks(500) {
@@ -188,7 +190,7 @@ async fn claim_new(pool: &sqlx::PgPool, owner: Uuid, count: usize) -> Vec<Uuid> 
                 lease: LEASE,
             })
             .collect();
-        let claimed = claims::claim_new_batch(pool, &new, owner).await.unwrap();
+        let claimed = claims::claim_new_batch(&batch, &new, owner).await.unwrap();
         assert_eq!(claimed.len(), chunk.len());
     }
     ids
@@ -217,9 +219,10 @@ async fn settling_a_batch_does_not_read_the_claims_settled_before_it() {
         .await
         .unwrap();
     let owner = Uuid::new_v4();
+    let connections = BatchConnections::beside(&db.pool);
     let settled_before = claim_new(&db.pool, owner, 5_000).await;
     for chunk in settled_before.chunks(500) {
-        let settled = claims::settle_batch(&db.pool, owner, &placed(chunk))
+        let settled = claims::settle_batch(&connections, owner, &placed(chunk))
             .await
             .unwrap();
         assert_eq!(settled.len(), chunk.len());
@@ -246,7 +249,7 @@ async fn settling_a_batch_does_not_read_the_claims_settled_before_it() {
     );
     assert!(plan.contains("dispatch_claims_pkey"), "{plan}");
 
-    let settled = claims::settle_batch(&db.pool, owner, &placed(&batch))
+    let settled = claims::settle_batch(&connections, owner, &placed(&batch))
         .await
         .unwrap();
     assert_eq!(settled.len(), batch.len());

@@ -184,3 +184,121 @@ async fn a_batch_finish_reads_its_chains_by_primary_key_before_any_statistics() 
     assert!(plan.contains("check_chains_pkey"), "{plan}");
     db.drop_now().await;
 }
+
+/// The backend process of a batch connection's session.
+async fn backend_pid(batch: &orderflow::db::BatchConnections) -> i32 {
+    let mut conn = batch.acquire().await.expect("a batch connection");
+    let pid = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn.connection())
+        .await;
+    conn.release(pid).expect("asking for the backend's pid")
+}
+
+/// A batch connection keeps its session from statement to statement (no reconnect, so no
+/// round trip of sqlx's release ping either), with the planner settings of batch
+/// statements; one whose statement was refused, or abandoned halfway, is not reused.
+#[tokio::test]
+async fn a_batch_connection_is_kept_only_after_its_statement_answered() {
+    let db = common::TestDb::new_migrated().await;
+    let batch = orderflow::db::BatchConnections::beside(&db.pool);
+    assert_eq!(
+        batch.idle_count(),
+        0,
+        "none is opened before the first statement"
+    );
+
+    let first = backend_pid(&batch).await;
+    assert_eq!(backend_pid(&batch).await, first, "the session is kept");
+    assert_eq!(batch.idle_count(), 1);
+    let mut conn = batch.acquire().await.unwrap();
+    let settings: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, setting FROM pg_settings
+          WHERE name IN ('enable_nestloop', 'enable_seqscan') ORDER BY name",
+    )
+    .fetch_all(conn.connection())
+    .await
+    .unwrap();
+    assert_eq!(
+        settings,
+        [
+            ("enable_nestloop".to_owned(), "off".to_owned()),
+            ("enable_seqscan".to_owned(), "off".to_owned())
+        ]
+    );
+    assert_eq!(batch.in_use(), 1);
+    conn.release(Ok(())).unwrap();
+    assert_eq!(batch.in_use(), 0);
+
+    // The server refuses the statement: the connection is closed, not reused.
+    let mut conn = batch.acquire().await.unwrap();
+    let refused = sqlx::query("SELECT 1 / 0").execute(conn.connection()).await;
+    assert!(conn.release(refused).is_err());
+    let second = backend_pid(&batch).await;
+    assert_ne!(second, first, "a refused statement's connection was reused");
+
+    // A statement abandoned halfway (its future dropped, as at shutdown): the connection
+    // is in an unknown state and is closed.
+    let mut conn = batch.acquire().await.unwrap();
+    let abandoned = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        sqlx::query("SELECT pg_sleep(2)").execute(conn.connection()),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the sleep answered within 200 ms");
+    drop(conn);
+    assert_eq!(batch.in_use(), 0);
+    let third = backend_pid(&batch).await;
+    assert_ne!(
+        third, second,
+        "an abandoned statement's connection was reused"
+    );
+    db.drop_now().await;
+}
+
+/// When PostgreSQL drops the sessions (a restart, an operator's `pg_terminate_backend`),
+/// the statement on a dead connection fails, every idle one is closed with it, and the
+/// next statement opens a new session: one failure for the caller to retry, not one per
+/// idle connection.
+#[tokio::test]
+async fn batch_connections_lost_with_the_server_fail_one_statement() {
+    let db = common::TestDb::new_migrated().await;
+    let batch = orderflow::db::BatchConnections::beside(&db.pool);
+    // Three sessions open and idle.
+    let (a, b, c) = tokio::join!(batch.acquire(), batch.acquire(), batch.acquire());
+    let mut pids = Vec::new();
+    for mut conn in [a.unwrap(), b.unwrap(), c.unwrap()] {
+        let pid: Result<i32, _> = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(conn.connection())
+            .await;
+        pids.push(conn.release(pid).unwrap());
+    }
+    assert_eq!(batch.idle_count(), 3);
+    let ended: Vec<bool> =
+        sqlx::query_scalar("SELECT pg_terminate_backend(pid) FROM UNNEST($1::int4[]) AS t(pid)")
+            .bind(&pids)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(ended, [true, true, true]);
+    // The terminated backends are gone once the server says so.
+    for _ in 0..50 {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                .bind(&pids)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let mut conn = batch.acquire().await.unwrap();
+    let lost = sqlx::query("SELECT 1").execute(conn.connection()).await;
+    assert!(conn.release(lost).is_err(), "a terminated session answered");
+    assert_eq!(batch.idle_count(), 0, "the other dead sessions were kept");
+    let pid = backend_pid(&batch).await;
+    assert!(!pids.contains(&pid));
+    db.drop_now().await;
+}

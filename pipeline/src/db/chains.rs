@@ -8,6 +8,7 @@
 //! and is dropped as stale. [`finish_step`] records the step's outcome after its events
 //! are on the broker. The reconciler asks [`overdue`] which chains stopped moving.
 
+use super::BatchConnections;
 use crate::core::event::{StatusCheck, SCHEMA_VERSION};
 use crate::core::lifecycle::{version, OrderState};
 use chrono::{DateTime, Utc};
@@ -377,7 +378,7 @@ pub async fn given_up(
 /// go through [`begin_step`] one by one, which says which. Rows are taken in order-id
 /// order.
 pub async fn begin_steps(
-    pool: &PgPool,
+    batch: &BatchConnections,
     steps: &[(&StatusCheck, Duration)],
     owner: Uuid,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
@@ -399,7 +400,8 @@ pub async fn begin_steps(
     let dues: Vec<DateTime<Utc>> = sorted.iter().map(|(c, _)| c.due_at).collect();
     let leases: Vec<f64> = sorted.iter().map(|(_, l)| millis(*l)).collect();
     // The conditions of `begin_step`, row by row.
-    sqlx::query_scalar(
+    let mut conn = batch.acquire().await?;
+    let answer = sqlx::query_scalar(
         "INSERT INTO check_chains AS c (order_id, tenant_id, provider_account, provider_reference,
                                        dispatched_at, deadline, seq, step_done, attempts, version,
                                        next_check_at, lease_owner, lease_until)
@@ -434,8 +436,9 @@ pub async fn begin_steps(
     .bind(&dues)
     .bind(&leases)
     .bind(owner)
-    .fetch_all(pool)
-    .await
+    .fetch_all(conn.connection())
+    .await;
+    conn.release(answer)
 }
 
 /// The statement of [`finish_steps`] (`$1` the owner; `$2` to `$9` the order ids, steps,
@@ -461,10 +464,10 @@ pub const FINISH_STEPS: &str = "UPDATE check_chains c
       RETURNING c.order_id";
 
 /// [`finish_step`] for many steps of `owner`, in one statement ([`FINISH_STEPS`],
-/// hash-joined to the batch: [`super::batch_update`]). Returns the orders whose step it
-/// recorded; one missing was taken over by another worker.
+/// hash-joined to the batch: [`super::batch_connections::PLANNER_SETTINGS`]). Returns the
+/// orders whose step it recorded; one missing was taken over by another worker.
 pub async fn finish_steps(
-    pool: &PgPool,
+    batch: &BatchConnections,
     owner: Uuid,
     steps: &[(Uuid, i64, &StepEnd)],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
@@ -481,8 +484,8 @@ pub async fn finish_steps(
         .collect();
     let tiers: Vec<Option<&str>> = sorted.iter().map(|(.., e)| e.tier.as_deref()).collect();
     let errors: Vec<Option<&str>> = sorted.iter().map(|(.., e)| e.error.as_deref()).collect();
-    let mut tx = super::batch_update(pool).await?;
-    let done = sqlx::query_scalar(FINISH_STEPS)
+    let mut conn = batch.acquire().await?;
+    let answer = sqlx::query_scalar(FINISH_STEPS)
         .bind(owner)
         .bind(&ids)
         .bind(&seqs)
@@ -492,8 +495,7 @@ pub async fn finish_steps(
         .bind(&finals)
         .bind(&tiers)
         .bind(&errors)
-        .fetch_all(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(done)
+        .fetch_all(conn.connection())
+        .await;
+    conn.release(answer)
 }

@@ -8,8 +8,12 @@
 //! provider account (balance, breaker, caps, recent answers), read by `orderflow accounts`
 //! and the status page; `provider_slots` and `provider_slot_holders` each account's caps as
 //! slots shared by the processes under one lease each (`caps`).
+//!
+//! The stages' batch statements run on connections of their own ([`BatchConnections`]:
+//! planner settings per session, no ping when one is given back); the rest on sqlx's pool.
 
 pub mod account_status;
+pub mod batch_connections;
 pub mod caps;
 pub mod chains;
 pub mod claims;
@@ -18,6 +22,8 @@ pub mod journey;
 pub mod orders;
 pub mod overview;
 pub mod replays;
+
+pub use batch_connections::BatchConnections;
 
 use crate::core::outage::Fault;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -245,45 +251,14 @@ impl DbConfig {
             .max_connections(self.max_connections)
             // No ping before each acquire (sqlx's default): a round trip per statement.
             // A broken connection fails its statement instead, and every caller retries
-            // (sqlx still pings once when a connection goes back to the pool, so the
-            // batched statements of the stages keep acquires few).
+            // (sqlx still pings once when a connection goes back to the pool; the stages'
+            // batch statements use `BatchConnections`, which does not).
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_millis(self.connect_timeout_ms))
             .connect_with(options)
             .await
             .map_err(|source| DbError::Unreachable { url: shown, source })
     }
-}
-
-/// A transaction for one batch `UPDATE … FROM UNNEST(…)` (poll's finish, dispatch's
-/// settle), with nested-loop joins and sequential scans off for its statements.
-///
-/// The planner estimates the rows of the updated table from the statement's conditions
-/// (`lease_owner = $1`, `NOT step_done`, `phase IN (…)`) as if they were independent of the
-/// batch's order ids; for the batch's own rows they all hold, so it expects about one row,
-/// chooses a nested loop with the unnested batch as its inner side, and compares every
-/// row with every element: quadratic in the batch. Measured on 2026-12-03 (`auto_explain`
-/// and `perf` over a 100,000-order benchmark): that plan in most batches, poll's finish
-/// taking 7.7 ms per batch of 56 where the same statement hash-joined takes under 1 ms,
-/// and tuple reads and deforming of the inner side the largest item of PostgreSQL's
-/// profile. A hash join is linear whatever the estimate.
-///
-/// Each of these statements names its rows by primary key (`order_id = ANY($2)`), so a
-/// sequential scan is never the plan to choose, but a table without statistics (the first
-/// minute of a new database, before autovacuum's first `ANALYZE`) looked small enough for
-/// one to the planner: 864 sequential scans of `check_chains`, 20.7 million rows read, in
-/// one 60,000-order benchmark (2026-12-03, `pg_stat_user_tables`).
-///
-/// `SET LOCAL` ends with the transaction, so the pool's connections keep the planner's
-/// defaults for everything else. The settings go with `BEGIN` as one simple query, one
-/// round trip: at a paced rate PostgreSQL's CPU goes mostly to the kernel's side of round
-/// trips and commits (`perf` at 300 orders/s), not to executing statements. Public so that
-/// a test plans a batch statement the way the stages run it.
-pub async fn batch_update(
-    pool: &PgPool,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    pool.begin_with("BEGIN; SET LOCAL enable_nestloop = off; SET LOCAL enable_seqscan = off")
-        .await
 }
 
 /// Applies every migration not yet applied.

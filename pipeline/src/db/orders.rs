@@ -114,7 +114,7 @@ pub async fn upsert(pool: &PgPool, row: &OrderRow) -> Result<bool, sqlx::Error> 
 /// the JSON of the state event it comes from. Returns the orders whose row it wrote; the
 /// guard kept the others as they were (their row supersedes the one given).
 pub async fn upsert_batch(
-    pool: &PgPool,
+    batch: &super::BatchConnections,
     rows: &[OrderRow],
     events: &[String],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
@@ -123,7 +123,8 @@ pub async fn upsert_batch(
             rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
         };
     }
-    let done: Vec<sqlx::postgres::PgRow> = sqlx::query(concat!(
+    let mut conn = batch.acquire().await?;
+    let answer = sqlx::query(concat!(
         "INSERT INTO orders (order_id, tenant_id, provider_account, provider_reference, state,
                             failure_reason, pin_encrypted, attempts, next_check_at, deadline,
                             last_error, version, state_event)
@@ -147,8 +148,9 @@ pub async fn upsert_batch(
     .bind(column!(last_error))
     .bind(column!(version))
     .bind(events)
-    .fetch_all(pool)
-    .await?;
+    .fetch_all(conn.connection())
+    .await;
+    let done: Vec<sqlx::postgres::PgRow> = conn.release(answer)?;
     Ok(done.into_iter().map(|row| row.get(0)).collect())
 }
 

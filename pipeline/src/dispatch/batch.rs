@@ -160,7 +160,7 @@ impl DispatchHandler {
             "claiming a batch of orders",
             &self.placer.backoff,
             shutdown,
-            || claims::claim_new_batch(&self.placer.pool, &new, owner),
+            || claims::claim_new_batch(&self.placer.batch, &new, owner),
         )
         .await;
         drop(new);
@@ -380,7 +380,7 @@ impl DispatchHandler {
             "recording a batch of outcomes",
             &self.placer.backoff,
             shutdown,
-            || claims::settle_batch(&self.placer.pool, owner, &outcomes),
+            || claims::settle_batch(&self.placer.batch, owner, &outcomes),
         )
         .await;
         drop(outcomes);

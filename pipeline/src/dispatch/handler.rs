@@ -78,6 +78,7 @@ impl DispatchHandler {
         Ok(DispatchHandler {
             accounts,
             placer: Placer {
+                batch: crate::db::BatchConnections::beside(&pool),
                 pool,
                 backoff: config.backoff(),
                 park_after: Duration::from_millis(config.park_after_ms),

@@ -155,6 +155,8 @@ struct Work<'a> {
 
 pub struct Placer {
     pub pool: PgPool,
+    /// The batch claims' and settles' connections ([`crate::db::BatchConnections`]).
+    pub batch: crate::db::BatchConnections,
     pub backoff: Backoff,
     /// How long one order may be worked on in this process, its waits included, before
     /// it is parked instead of waiting again.

@@ -129,7 +129,7 @@ impl PollHandler {
         let begun_at = Instant::now();
         let taken =
             crate::db::retry_unless_refused("taking check steps", &self.backoff, shutdown, || {
-                chains::begin_steps(&self.pool, &steps, owner)
+                chains::begin_steps(&self.batch, &steps, owner)
             })
             .await;
         drop(steps);
@@ -292,7 +292,7 @@ impl PollHandler {
             "recording check steps",
             &self.backoff,
             shutdown,
-            || chains::finish_steps(&self.pool, owner, &steps),
+            || chains::finish_steps(&self.batch, owner, &steps),
         )
         .await;
         drop(steps);

@@ -12,7 +12,7 @@ use crate::core::event::{
     self, InvalidEvent, InvalidKind, OrderDispatched, OrderStateEvent, StatusCheck,
 };
 use crate::core::schedule::Schedule;
-use crate::db::chains;
+use crate::db::{chains, BatchConnections};
 use crate::kafka::dlq::DeadLetters;
 use crate::kafka::emit::{until_sent, Emitter};
 use crate::kafka::topics::name;
@@ -36,6 +36,8 @@ const MAX_EVENT_BYTES: usize = 16 * 1024;
 pub struct PollHandler {
     pub(super) accounts: Accounts,
     pub(super) pool: PgPool,
+    /// The batch statements' connections ([`crate::db::BatchConnections`]).
+    pub(super) batch: BatchConnections,
     pub(super) schedule: Schedule,
     keys: PinKeys,
     emitter: Emitter,
@@ -83,6 +85,7 @@ impl PollHandler {
             .collect();
         Ok(PollHandler {
             accounts,
+            batch: BatchConnections::beside(&pool),
             pool,
             hold,
             lateness,

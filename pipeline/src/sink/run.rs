@@ -42,7 +42,7 @@ pub async fn run(
     };
     let batcher = Batcher {
         metrics: Arc::clone(&metrics),
-        pool,
+        batch: crate::db::BatchConnections::beside(&pool),
         repairer: repairer.clone(),
         rows,
         linger: Duration::from_millis(config.batch_linger_ms),

@@ -9,10 +9,10 @@ use super::repair::Repairer;
 use crate::core::backoff::{random_fraction, Backoff};
 use crate::core::lifecycle::Rank;
 use crate::db::orders::{self, OrderRow};
+use crate::db::BatchConnections;
 use crate::db::Refused;
 use crate::metrics::Metrics;
 use crate::shutdown::{Interrupted, Shutdown};
-use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +35,8 @@ pub(super) struct Pending {
 /// Writes rows in batches; see the module header.
 pub struct Batcher {
     pub(super) metrics: Arc<Metrics>,
-    pub(super) pool: PgPool,
+    /// The upserts' connections ([`crate::db::BatchConnections`]).
+    pub(super) batch: BatchConnections,
     pub(super) repairer: Repairer,
     pub(super) rows: usize,
     pub(super) linger: Duration,
@@ -92,7 +93,7 @@ impl Batcher {
         let mut attempt = 0;
         loop {
             let started = std::time::Instant::now();
-            match orders::upsert_batch(&self.pool, &rows, &events).await {
+            match orders::upsert_batch(&self.batch, &rows, &events).await {
                 Ok(written) => {
                     let changed = written.len();
                     self.metrics.sink_batch_rows.observe(rows.len() as f64);
@@ -141,7 +142,7 @@ impl Batcher {
             let mut attempt = 0;
             let outcome = loop {
                 match orders::upsert_batch(
-                    &self.pool,
+                    &self.batch,
                     std::slice::from_ref(&item.row),
                     std::slice::from_ref(&item.event),
                 )

@@ -194,25 +194,21 @@ impl TestDb {
 pub type ExplainQuery<'q> =
     sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::postgres::PgArguments>;
 
-/// What PostgreSQL plans for `statement` with the arguments `bind` gives it, planned in a
-/// batch update's transaction (`orderflow::db::batch_update`) as the stages run it and
-/// rolled back: the plan's lines, one per node.
+/// What PostgreSQL plans for `statement` with the arguments `bind` gives it, planned on a
+/// batch connection to the database of `pool` (`orderflow::db::BatchConnections`, with its
+/// planner settings) as the stages run it: the plan's lines, one per node.
 pub async fn batch_plan(
     pool: &PgPool,
     statement: &str,
     bind: impl for<'q> FnOnce(ExplainQuery<'q>) -> ExplainQuery<'q>,
 ) -> String {
     let explain = format!("EXPLAIN {statement}");
-    let mut tx = orderflow::db::batch_update(pool)
-        .await
-        .expect("beginning a batch update");
-    let lines: Vec<String> = bind(sqlx::query_scalar(&explain))
-        .fetch_all(&mut *tx)
-        .await
-        .expect("planning the statement");
-    tx.rollback()
-        .await
-        .expect("rolling the plan's transaction back");
+    let batch = orderflow::db::BatchConnections::beside(pool);
+    let mut conn = batch.acquire().await.expect("opening a batch connection");
+    let planned = bind(sqlx::query_scalar(&explain))
+        .fetch_all(conn.connection())
+        .await;
+    let lines: Vec<String> = conn.release(planned).expect("planning the statement");
     lines.join("\n")
 }
 

@@ -4,6 +4,7 @@
 //! They keep the protocol of the module above (G1).
 
 use super::{get, Claim, ClaimRow, Phase};
+use crate::db::BatchConnections;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -29,7 +30,7 @@ pub struct NewClaim<'a> {
 /// the batch). Orders that already have a claim are left alone and not returned: they go
 /// through [`claim_with_content`] one by one. Rows are inserted in order-id order.
 pub async fn claim_new_batch(
-    pool: &PgPool,
+    batch: &BatchConnections,
     orders: &[NewClaim<'_>],
     owner: Uuid,
 ) -> Result<Vec<Claim>, sqlx::Error> {
@@ -43,7 +44,8 @@ pub async fn claim_new_batch(
     let deadlines: Vec<DateTime<Utc>> = sorted.iter().map(|o| o.deadline).collect();
     let leases: Vec<f64> = sorted.iter().map(|o| o.lease.as_millis() as f64).collect();
     let users: Vec<Option<&str>> = sorted.iter().map(|o| o.user_digest).collect();
-    let rows: Vec<ClaimRow> = sqlx::query_as(concat!(
+    let mut conn = batch.acquire().await?;
+    let answer = sqlx::query_as(concat!(
         "INSERT INTO dispatch_claims AS c (order_id, tenant_id, provider_account, deadline,
                                            content_digest, lease_owner, lease_until, phase,
                                            place_calls, user_digest)
@@ -69,8 +71,9 @@ pub async fn claim_new_batch(
     .bind(&leases)
     .bind(owner)
     .bind(&users)
-    .fetch_all(pool)
-    .await?;
+    .fetch_all(conn.connection())
+    .await;
+    let rows: Vec<ClaimRow> = conn.release(answer)?;
     rows.into_iter().map(ClaimRow::into_claim).collect()
 }
 
@@ -106,10 +109,10 @@ pub const SETTLE_BATCH: &str = "UPDATE dispatch_claims c
                 c.lease_until, c.content_digest, c.first_not_found_at";
 
 /// [`settle`] for many orders leased to `owner`, in one statement ([`SETTLE_BATCH`],
-/// hash-joined to the batch: [`crate::db::batch_update`]). Returns the claims it recorded;
-/// an order missing from the answer passed to another owner.
+/// hash-joined to the batch: [`crate::db::batch_connections::PLANNER_SETTINGS`]). Returns
+/// the claims it recorded; an order missing from the answer passed to another owner.
 pub async fn settle_batch(
-    pool: &PgPool,
+    batch: &BatchConnections,
     owner: Uuid,
     outcomes: &[Outcome<'_>],
 ) -> Result<Vec<Claim>, sqlx::Error> {
@@ -129,16 +132,16 @@ pub async fn settle_batch(
         .collect();
     let codes: Vec<Option<&str>> = sorted.iter().map(|o| o.code).collect();
     let messages: Vec<Option<&str>> = sorted.iter().map(|o| o.message).collect();
-    let mut tx = crate::db::batch_update(pool).await?;
-    let rows: Vec<ClaimRow> = sqlx::query_as(SETTLE_BATCH)
+    let mut conn = batch.acquire().await?;
+    let answer = sqlx::query_as(SETTLE_BATCH)
         .bind(owner)
         .bind(&ids)
         .bind(&phases)
         .bind(&codes)
         .bind(&messages)
-        .fetch_all(&mut *tx)
-        .await?;
-    tx.commit().await?;
+        .fetch_all(conn.connection())
+        .await;
+    let rows: Vec<ClaimRow> = conn.release(answer)?;
     rows.into_iter().map(ClaimRow::into_claim).collect()
 }
 
