@@ -45,10 +45,11 @@ fresh_database() {
   local user=${ORDERFLOW_DB_USER:-orderflow} password=${ORDERFLOW_DB_PASSWORD:-orderflow} err=
   # An autovacuum worker in the database makes DROP ... WITH (FORCE) fail for a role that
   # is not a superuser ("must be a member of the role whose process is being terminated");
-  # the worker is gone a moment later. Seen once in about 40 benchmark runs.
-  for _ in 1 2 3 4 5; do
+  # the worker is gone once it has vacuumed the tables, which after a benchmark's 100,000
+  # orders took longer than 5 s (seen twice in about 60 runs); so up to 60 s.
+  for _ in $(seq 30); do
     err=$(bash ops/postgres/db.sh psql -qc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" 2>&1 >/dev/null) && { err=; break; }
-    sleep 1
+    sleep 2
   done
   [[ -z $err ]] || { echo "could not drop database $1: $err" >&2; return 1; }
   bash ops/postgres/db.sh psql -qc "CREATE DATABASE $1 OWNER $user" >/dev/null

@@ -155,7 +155,7 @@ impl BatchConnection {
     pub fn connection(&mut self) -> &mut PgConnection {
         self.conn
             .as_mut()
-            .expect("a batch connection is held until kept")
+            .expect("a batch connection is held until released")
     }
 
     /// Gives the connection back with its statement's `answer`, which it returns: kept for
