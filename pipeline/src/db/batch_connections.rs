@@ -106,11 +106,6 @@ impl BatchConnections {
         })
     }
 
-    /// Closes every idle connection (the next statements open new ones).
-    pub fn close_idle(&self) {
-        self.shared.close_idle();
-    }
-
     /// Connections open and waiting for a statement.
     pub fn idle_count(&self) -> usize {
         self.shared.idle.lock().expect("idle list poisoned").len()
@@ -135,6 +130,7 @@ fn session_lost(error: &sqlx::Error) -> bool {
 }
 
 impl Shared {
+    /// Closes every idle connection (the next statements open new ones).
     fn close_idle(&self) {
         let idle = std::mem::take(&mut *self.idle.lock().expect("idle list poisoned"));
         drop(idle);
