@@ -51,6 +51,10 @@ pub struct ThroughputReport {
     /// Intended send time to the producer accepting the order (the generator's lag).
     pub intended_to_producer: Percentiles,
     pub created_to_dispatched: Percentiles,
+    /// Created-to-dispatched of the orders intended within the steady window: the run
+    /// without its first seconds (the clients' first connections and requests, the
+    /// stages' first statements) and its tail.
+    pub created_to_dispatched_steady: Percentiles,
     /// Created-to-dispatched of the orders intended in each second of the run: whether
     /// the slow ones queue all along or come in stalls.
     pub created_to_dispatched_by_second: Vec<SecondPercentiles>,
@@ -223,6 +227,20 @@ async fn measure_ceiling(
     Ok(ceiling::measure(kafka, &events, Duration::from_secs_f64(span), shutdown).await?)
 }
 
+/// Created-to-dispatched of the orders intended between the moments 10 % and 90 % of the
+/// orders were final (the steady window), sorted; all of them when there is no window.
+fn steady_dispatch(report: &load::LoadReport) -> Vec<Duration> {
+    let window = load::steady_window(&report.answer_secs);
+    let mut steady: Vec<Duration> = report
+        .dispatch_by_intended
+        .iter()
+        .filter(|(at, _)| window.is_none_or(|(a, b)| (a..=b).contains(at)))
+        .map(|&(_, d)| d)
+        .collect();
+    steady.sort();
+    steady
+}
+
 /// The run's figures: counts, rates, percentiles and every process's cost per final order.
 fn assemble(
     config: &LoadConfig,
@@ -267,6 +285,7 @@ fn assemble(
         seconds_to_last_final: report.last_answer.as_secs_f64(),
         intended_to_producer: Percentiles::of(&report.handed_latencies),
         created_to_dispatched: Percentiles::of(&report.dispatch_latencies),
+        created_to_dispatched_steady: Percentiles::of(&steady_dispatch(report)),
         created_to_dispatched_by_second: SecondPercentiles::of(&report.dispatch_by_intended),
         created_to_final: Percentiles::of(&report.final_latencies),
         created_to_final_event: Percentiles::of(&report.final_event_latencies),
@@ -326,6 +345,7 @@ fn render_throughput(r: &ThroughputReport, report: &load::LoadReport) -> String 
         &[
             ("intended→producer", &report.handed_latencies),
             ("created→dispatched", &report.dispatch_latencies),
+            ("  in the steady window", &steady_dispatch(report)),
             ("created→final event", &report.final_event_latencies),
             ("created→final row", &report.final_latencies),
         ],
@@ -556,5 +576,35 @@ fn depth_panel(series: &[Snapshot]) -> Panel {
                     .collect(),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_steady_latencies_leave_out_the_orders_intended_before_and_after_the_window() {
+        // Twenty answers one second apart: 10 % at 2 s, 90 % at 18 s.
+        let answer_secs: Vec<f64> = (0..20).map(f64::from).collect();
+        let ms = Duration::from_millis;
+        let report = load::LoadReport {
+            answer_secs,
+            dispatch_by_intended: vec![
+                (0.5, ms(900)), // the start: left out
+                (2.0, ms(30)),
+                (10.0, ms(10)),
+                (18.0, ms(20)),
+                (19.5, ms(700)), // the tail: left out
+            ],
+            ..load::LoadReport::default()
+        };
+        assert_eq!(steady_dispatch(&report), [ms(10), ms(20), ms(30)]);
+        // Too few answers for a window: every order counts.
+        let few = load::LoadReport {
+            dispatch_by_intended: report.dispatch_by_intended.clone(),
+            ..load::LoadReport::default()
+        };
+        assert_eq!(steady_dispatch(&few).len(), 5);
     }
 }
