@@ -9,7 +9,7 @@ use crate::core::backoff::Backoff;
 use crate::core::event::{OrderDispatched, OrderStateEvent, StatusCheck, SCHEMA_VERSION};
 use crate::kafka::headers;
 use crate::kafka::topics::name;
-use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
+use crate::kafka::{Context, KafkaConfig, KafkaSetupError, Pace};
 use crate::shutdown::{Interrupted, Shutdown};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -33,12 +33,18 @@ pub struct Emitter {
 }
 
 impl Emitter {
+    /// An emitter whose records linger as a [`Pace::Prompt`] stage's.
     pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaSetupError> {
+        Self::paced(kafka, Pace::Prompt)
+    }
+
+    /// An emitter whose records linger as `pace` says (see [`Pace`]).
+    pub fn paced(kafka: &KafkaConfig, pace: Pace) -> Result<Self, KafkaSetupError> {
         let context = Context::default();
         Ok(Emitter {
             metrics: None,
             counters: Default::default(),
-            producer: kafka.producer_with(context.clone())?,
+            producer: kafka.producer_with(pace, context.clone())?,
             context,
             state_topic: kafka.topic(name::ORDERS_STATE),
             dispatched_topic: kafka.topic(name::ORDERS_DISPATCHED),

@@ -33,33 +33,53 @@ use crate::shutdown::Shutdown;
 use properties::{PropertiesError, Property};
 use std::time::Instant;
 
-/// How long the broker may hold a stage's fetches to make them fuller. A consumer's fetch
-/// names every partition it owns (librdkafka has no incremental fetch sessions; the poll
-/// stage owns seven topics of 24 partitions). A broker that answers as soon as any record
-/// arrives answers a fetch for every record or two at a paced rate, so on a small cluster
-/// its CPU follows the number of requests more than the number of records.
+/// How long a stage's Kafka traffic may wait to be gathered into fewer, fuller requests.
+/// A consumer's fetch names every partition it owns (librdkafka has no incremental fetch
+/// sessions; the poll stage owns seven topics of 24 partitions), and librdkafka sends one
+/// partition per produce request (its issue #1700). On a small cluster the broker's CPU,
+/// and the clients', follow the number of requests and wake-ups more than the number of
+/// records: at 1,000 orders/s a broker that answered every fetch as soon as one record
+/// arrived, and producers that sent each record nearly alone, kept the 2-core benchmark
+/// machine 95 % busy (README, "Traffic gathered by pace").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pace {
     /// Someone waits for what follows (dispatch: a shop waits for `dispatched`): the broker
-    /// answers a fetch as soon as it has a record.
+    /// holds a fetch at most 5 ms and the producer lingers 5 ms. Each hop adds a few
+    /// milliseconds next to the provider's answer, and a stage fetches at most about 200
+    /// times a second however fast records arrive.
     Prompt,
     /// What follows is due seconds later at the earliest (poll: a check is due 30 s or more
     /// after its message in production) or only fills a table (the sink): the broker holds
-    /// a fetch until it has 1 MB or `fetch.wait.max.ms` (100 ms) passed, so such a
-    /// consumer fetches about ten times a second. The broker checks a held fetch again at
-    /// every produce to a partition it names, over all of them (16–21 % of its CPU at
-    /// 1,000 orders/s, README). Its records are still produced promptly:
-    /// a longer `linger.ms` holds each check's in-flight slot that much longer, and at
-    /// `max` rate poll then fell behind (README).
+    /// a fetch until it has 1 MB or 100 ms passed, and the producer lingers 10 ms so that
+    /// a batch's outputs to one partition share a request more often (poll's batches also
+    /// linger longer: `poll::BATCH_LINGER_MS`). The producer's linger stays short: a check
+    /// holds its in-flight place until its outputs are acknowledged, so a longer one lowers
+    /// what a process can carry (at `max` rate poll fell behind with 25 ms in one run of
+    /// two, and with 100 ms).
     Patient,
 }
 
 impl Pace {
-    /// `fetch.min.bytes`: what the broker waits for before it answers a fetch.
+    /// `fetch.min.bytes`: what the broker waits for before it answers a fetch; in practice
+    /// never reached, so `fetch.wait.max.ms` decides when a caught-up fetch is answered. A
+    /// consumer behind its partitions gets its fetch answered at once.
     fn fetch_min_bytes(self) -> &'static str {
+        "1048576"
+    }
+
+    /// `fetch.wait.max.ms`: how long the broker may hold a fetch for more records.
+    fn fetch_wait_max_ms(self) -> &'static str {
         match self {
-            Pace::Prompt => "1",
-            Pace::Patient => "1048576",
+            Pace::Prompt => "5",
+            Pace::Patient => "100",
+        }
+    }
+
+    /// `linger.ms` of the stage's producer.
+    fn linger_ms(self) -> &'static str {
+        match self {
+            Pace::Prompt => "5",
+            Pace::Patient => "10",
         }
     }
 }
@@ -289,14 +309,16 @@ impl KafkaConfig {
 
     /// A producer that never reorders or duplicates within a partition and only reports
     /// success once every in-sync replica has the record.
+    /// Its records linger as a [`Pace::Prompt`] stage's.
     pub fn producer(&self) -> Result<FutureProducer<Context>, KafkaSetupError> {
-        self.producer_with(Context::default())
+        self.producer_with(Pace::Prompt, Context::default())
     }
 
-    /// [`KafkaConfig::producer`] with `context`, a clone of which can count its requests
-    /// later ([`Context::count_requests`]).
+    /// [`KafkaConfig::producer`] lingering as `pace` says, with `context`, a clone of which
+    /// can count its requests later ([`Context::count_requests`]).
     pub fn producer_with(
         &self,
+        pace: Pace,
         context: Context,
     ) -> Result<FutureProducer<Context>, KafkaSetupError> {
         let mut config = self.client_config();
@@ -304,10 +326,10 @@ impl KafkaConfig {
             // G2: a record is on every in-sync replica, once, before a stage moves on.
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            // A stage produces a batch's outputs together and awaits them together: 5 ms
-            // lets them (and other batches' outputs) share produce requests, a small part
-            // of an order's time next to the provider's answer.
-            .set("linger.ms", "5")
+            // A stage produces a batch's outputs together and awaits them together; the
+            // linger lets them (and other batches' outputs) share produce requests: 5 ms
+            // where someone waits, 10 ms where nobody does ([`Pace`]).
+            .set("linger.ms", pace.linger_ms())
             // Up to 10,000 records per request (librdkafka's default, named here) so a
             // batch's outputs to one partition rarely need a second request.
             .set("batch.num.messages", "10000")

@@ -105,6 +105,13 @@ impl DepthConfig {
     }
 }
 
+/// How long a due check waits for its batch to fill unless `--batch-linger-ms` says
+/// otherwise, in milliseconds. A check is due seconds after its message (30 s at the
+/// shortest tier in production), so a tenth of a second more costs it nothing, while at a
+/// paced rate a batch of 5 ms held a check or two: every batch costs a statement to take
+/// its steps and one per group of answers, and its outputs' produce requests.
+pub const BATCH_LINGER_MS: u64 = 100;
+
 /// Settings of the poll stage (flags or environment variables).
 #[derive(Clone, Debug, clap::Args)]
 pub struct PollConfig {

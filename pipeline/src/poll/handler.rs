@@ -16,7 +16,7 @@ use crate::db::{chains, BatchConnections};
 use crate::kafka::dlq::DeadLetters;
 use crate::kafka::emit::{until_sent, Emitter};
 use crate::kafka::topics::name;
-use crate::kafka::KafkaConfig;
+use crate::kafka::{KafkaConfig, Pace};
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::pin::PinKeys;
 use crate::provider::accounts::Accounts;
@@ -62,7 +62,7 @@ impl PollHandler {
         keys: PinKeys,
         metrics: Arc<Metrics>,
     ) -> Result<Self, PollError> {
-        let emitter = Emitter::new(kafka)?.counted(Arc::clone(&metrics));
+        let emitter = Emitter::paced(kafka, Pace::Patient)?.counted(Arc::clone(&metrics));
         let dead_letters = DeadLetters::new(
             emitter.producer().clone(),
             kafka.topic(name::ORDERS_DLQ),

@@ -9,6 +9,10 @@ use crate::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a due message waits for its batch to fill unless the stage or its settings
+/// say otherwise, in milliseconds: little next to a provider's answer.
+pub const DEFAULT_BATCH_LINGER_MS: u64 = 5;
+
 /// How a stage batches its work and how much may wait for its due time (flags or
 /// environment variables, shared by every stage).
 #[derive(Clone, Copy, Debug, clap::Args)]
@@ -22,14 +26,15 @@ pub struct StageConfig {
     )]
     pub batch_max: usize,
 
-    /// How long a due message may wait for its batch to fill, in milliseconds.
+    /// How long a due message may wait for its batch to fill, in milliseconds; by default
+    /// 5, and 100 in poll (a check is due seconds after its message, and a fuller batch
+    /// costs fewer statements and requests per check).
     #[arg(
         id = "stage_batch_linger_ms",
         long = "batch-linger-ms",
-        env = "ORDERFLOW_BATCH_LINGER_MS",
-        default_value_t = 5
+        env = "ORDERFLOW_BATCH_LINGER_MS"
     )]
-    pub batch_linger_ms: u64,
+    pub batch_linger_ms: Option<u64>,
 
     /// Messages waiting for their due time in this process; each partition it owns gets an
     /// even share, past which the partition is paused (and resumed below half).
@@ -64,7 +69,7 @@ impl Default for StageConfig {
     fn default() -> Self {
         StageConfig {
             batch_max: 256,
-            batch_linger_ms: 5,
+            batch_linger_ms: None,
             wait_buffer_messages: 100_000,
             wait_buffer_bytes: 32 * 1024 * 1024,
             shutdown_grace_ms: 15_000,
@@ -94,7 +99,11 @@ impl LoopConfig {
     pub(super) fn engine(&self) -> engine::EngineConfig {
         engine::EngineConfig {
             batch_max: self.stage.batch_max,
-            batch_linger_ms: self.stage.batch_linger_ms.min(60_000) as i64,
+            batch_linger_ms: self
+                .stage
+                .batch_linger_ms
+                .unwrap_or(DEFAULT_BATCH_LINGER_MS)
+                .min(60_000) as i64,
             max_in_flight: self.max_in_flight,
             buffer_messages: self.stage.wait_buffer_messages,
             buffer_bytes: self.stage.wait_buffer_bytes,

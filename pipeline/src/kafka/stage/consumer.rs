@@ -130,11 +130,11 @@ pub fn consumer(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("statistics.interval.ms", "5000")
-        // Batches: the broker answers a fetch once it has what the stage's pace asks for
-        // (a prompt stage: any record), and waits at most 100 ms, so a due message is not
-        // held back by an idle fetch.
+        // Batches: the broker holds a caught-up fetch as long as the stage's pace allows
+        // (5 ms where someone waits, 100 ms where nobody does), so that a fetch carries
+        // what arrived meanwhile instead of a record or two ([`crate::kafka::Pace`]).
         .set("fetch.min.bytes", options.pace.fetch_min_bytes())
-        .set("fetch.wait.max.ms", "100")
+        .set("fetch.wait.max.ms", options.pace.fetch_wait_max_ms())
         // librdkafka's own prefetch, small per partition: a pause drops it and the resume
         // fetches it again, so it bounds what a pause costs. With 10,000 (and up to 1 MB
         // per partition and fetch) the benchmark measured orders.created fetched 28 times
