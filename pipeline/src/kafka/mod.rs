@@ -59,14 +59,12 @@ pub enum Pace {
     Patient,
 }
 
-impl Pace {
-    /// `fetch.min.bytes`: what the broker waits for before it answers a fetch; in practice
-    /// never reached, so `fetch.wait.max.ms` decides when a caught-up fetch is answered. A
-    /// consumer behind its partitions gets its fetch answered at once.
-    fn fetch_min_bytes(self) -> &'static str {
-        "1048576"
-    }
+/// `fetch.min.bytes` of every stage: what the broker waits for before it answers a fetch;
+/// in practice never reached by a caught-up consumer, so its pace's `fetch.wait.max.ms`
+/// decides when the fetch is answered.
+const FETCH_MIN_BYTES: &str = "1048576";
 
+impl Pace {
     /// `fetch.wait.max.ms`: how long the broker may hold a fetch for more records.
     fn fetch_wait_max_ms(self) -> &'static str {
         match self {

@@ -133,7 +133,7 @@ pub fn consumer(
         // Batches: the broker holds a caught-up fetch as long as the stage's pace allows
         // (5 ms where someone waits, 100 ms where nobody does), so that a fetch carries
         // what arrived meanwhile instead of a record or two ([`crate::kafka::Pace`]).
-        .set("fetch.min.bytes", options.pace.fetch_min_bytes())
+        .set("fetch.min.bytes", crate::kafka::FETCH_MIN_BYTES)
         .set("fetch.wait.max.ms", options.pace.fetch_wait_max_ms())
         // librdkafka's own prefetch, small per partition: a pause drops it and the resume
         // fetches it again, so it bounds what a pause costs. With 10,000 (and up to 1 MB
