@@ -4,7 +4,7 @@
 use super::{tier_topics, PollConfig, PollError, PollHandler};
 use crate::account_caps;
 use crate::account_status;
-use crate::kafka::stage::{self, LoopConfig, StageConfig};
+use crate::kafka::stage::{self, LoopConfig};
 use crate::kafka::topics::name;
 use crate::kafka::{KafkaConfig, Pace};
 use crate::metrics::Metrics;
@@ -58,13 +58,8 @@ pub async fn run(
         max_in_flight: config.max_in_flight.max(1),
         // Every check is due a while after its message was written.
         pace: Pace::Patient,
-        stage: StageConfig {
-            batch_linger_ms: config
-                .stage
-                .batch_linger_ms
-                .or(Some(super::BATCH_LINGER_MS)),
-            ..config.stage
-        },
+        default_batch_linger_ms: super::BATCH_LINGER_MS,
+        stage: config.stage,
         metrics,
     };
     let consumer = stage::consumer(&kafka, &options)?;

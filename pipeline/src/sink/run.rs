@@ -68,6 +68,7 @@ pub async fn run(
         max_in_flight: rows * 2,
         // Rows for reading later, not answers someone waits for.
         pace: Pace::Patient,
+        default_batch_linger_ms: stage::config::DEFAULT_BATCH_LINGER_MS,
         stage: config.stage,
         metrics,
     };

@@ -9,8 +9,9 @@ use crate::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a due message waits for its batch to fill unless the stage or its settings
-/// say otherwise, in milliseconds: little next to a provider's answer.
+/// How long a due message waits for its batch to fill, in milliseconds, in a stage that
+/// does not say otherwise ([`LoopConfig::default_batch_linger_ms`]): little next to a
+/// provider's answer.
 pub const DEFAULT_BATCH_LINGER_MS: u64 = 5;
 
 /// How a stage batches its work and how much may wait for its due time (flags or
@@ -86,6 +87,9 @@ pub struct LoopConfig {
     pub max_in_flight: usize,
     /// How long the broker may hold the stage's fetches.
     pub pace: crate::kafka::Pace,
+    /// How long a due message waits for its batch to fill in this stage, in milliseconds,
+    /// unless `--batch-linger-ms` says otherwise.
+    pub default_batch_linger_ms: u64,
     pub stage: StageConfig,
     pub metrics: Arc<Metrics>,
 }
@@ -102,7 +106,7 @@ impl LoopConfig {
             batch_linger_ms: self
                 .stage
                 .batch_linger_ms
-                .unwrap_or(DEFAULT_BATCH_LINGER_MS)
+                .unwrap_or(self.default_batch_linger_ms)
                 .min(60_000) as i64,
             max_in_flight: self.max_in_flight,
             buffer_messages: self.stage.wait_buffer_messages,
