@@ -319,8 +319,13 @@ fn render_throughput(r: &ThroughputReport, report: &load::LoadReport) -> String 
     );
     let _ = writeln!(
         out,
-        "orders       published {} | completed {} | failed {} | dead-lettered {} | missing {} (final = row final in PostgreSQL)",
-        r.published, r.completed, r.failed, r.dead_lettered, r.missing
+        "orders       published {} | completed {} | failed {} | dead-lettered {} | missing {} (final = row final in PostgreSQL; {:.1} row lookups per order)",
+        r.published,
+        r.completed,
+        r.failed,
+        r.dead_lettered,
+        r.missing,
+        r.row_lookups as f64 / r.orders.max(1) as f64,
     );
     let _ = writeln!(
         out,
