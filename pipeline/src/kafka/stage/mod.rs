@@ -20,13 +20,15 @@
 //!
 //! The files: [`handler`] is what a stage implements and what it is handed, [`config`]
 //! how it consumes, [`consumer`] the librdkafka consumer and its rebalance and statistics
-//! callbacks, `run` the loop itself, and `commit` what the loop tells the consumer (pauses
-//! and offsets to store).
+//! callbacks, `run` the loop itself, `commit` what the loop tells the consumer (pauses
+//! and offsets to store), and `lateness` its warnings about delayed messages handed over
+//! late.
 
 mod commit;
 pub mod config;
 pub mod consumer;
 pub mod handler;
+mod lateness;
 mod run;
 
 pub use config::{LoopConfig, StageConfig};

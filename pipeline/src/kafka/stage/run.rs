@@ -7,6 +7,7 @@ use super::commit::{apply, final_commit};
 use super::config::LoopConfig;
 use super::consumer::StageContext;
 use super::handler::{Ack, Delivery, Handler};
+use super::lateness::Lateness;
 use super::{Done, StageError};
 use crate::core::engine::{Engine, Handout, Millis, Outcome, PartitionId};
 use crate::metrics::{Metrics, PartitionLabels, TopicLabel};
@@ -68,81 +69,6 @@ fn seconds(millis: Millis) -> f64 {
     millis.max(0) as f64 / 1000.0
 }
 
-/// Lateness past which a delayed message handed over is worth a warning.
-const LATE: Duration = Duration::from_secs(1);
-
-/// At most one lateness warning per topic this often.
-const LATE_WARNING_EVERY: Duration = Duration::from_secs(10);
-
-/// Delayed messages handed over more than [`LATE`] after their due time, warned about once
-/// per topic at most every [`LATE_WARNING_EVERY`] with how many and the latest of them: in
-/// overload every message is late, and a line each was 72,942 lines (12.5 MB) from poll in
-/// one 100,000-order benchmark at `max`. The lateness of every check is poll's histogram
-/// (`orderflow_check_lateness_seconds`).
-#[derive(Debug)]
-struct Lateness {
-    topics: Vec<LateSince>,
-}
-
-/// One topic's late messages since its last warning.
-#[derive(Debug, Default)]
-struct LateSince {
-    count: u64,
-    worst: Duration,
-    warned_at: Option<std::time::Instant>,
-}
-
-impl Lateness {
-    fn new(topics: usize) -> Self {
-        Lateness {
-            topics: (0..topics).map(|_| LateSince::default()).collect(),
-        }
-    }
-
-    /// Counts a message of `topic` handed over `late`, if that is more than [`LATE`].
-    fn record(&mut self, topic: usize, late: Duration) {
-        if late <= LATE {
-            return;
-        }
-        if let Some(t) = self.topics.get_mut(topic) {
-            t.count += 1;
-            t.worst = t.worst.max(late);
-        }
-    }
-
-    /// The warnings due at `now`, as (topic, messages, latest), each topic's count reset:
-    /// a topic's first late messages at once, later ones [`LATE_WARNING_EVERY`] after its
-    /// previous warning.
-    fn due(&mut self, now: std::time::Instant) -> Vec<(usize, u64, Duration)> {
-        let mut due = Vec::new();
-        for (i, t) in self.topics.iter_mut().enumerate() {
-            let waited = t
-                .warned_at
-                .is_none_or(|at| now.duration_since(at) >= LATE_WARNING_EVERY);
-            if t.count > 0 && waited {
-                due.push((i, t.count, t.worst));
-                *t = LateSince {
-                    warned_at: Some(now),
-                    ..LateSince::default()
-                };
-            }
-        }
-        due
-    }
-
-    /// Logs the warnings due at `now`.
-    fn warn(&mut self, topics: &Topics, now: std::time::Instant) {
-        for (topic, messages, worst) in self.due(now) {
-            tracing::warn!(
-                topic = topics.names[topic].as_str(),
-                messages,
-                latest_ms = worst.as_millis() as u64,
-                "delayed messages were handed over more than 1 s late (since the last such warning)"
-            );
-        }
-    }
-}
-
 /// Runs `handler` over the consumer's messages until `shutdown`.
 pub async fn run<H: Handler>(
     consumer: StreamConsumer<StageContext>,
@@ -178,7 +104,7 @@ pub async fn run<H: Handler>(
                 now,
                 &mut lateness,
             );
-            lateness.warn(&topics, std::time::Instant::now());
+            lateness.warn(&topics.names, std::time::Instant::now());
             continue;
         }
         let wake = [engine.next_due(), engine.next_linger()]
@@ -200,7 +126,7 @@ pub async fn run<H: Handler>(
             _ = look.tick() => {
                 rebalanced(&consumer, &topics, &mut engine, &metrics);
                 report(&metrics, &topics, &engine);
-                lateness.warn(&topics, std::time::Instant::now());
+                lateness.warn(&topics.names, std::time::Instant::now());
             }
             _ = tokio::time::sleep(sleep_for), if wake.is_some() => {
                 engine.tick(now_millis());
@@ -436,52 +362,4 @@ fn rebalanced(
     // Ready while this consumer has partitions to work on.
     let owns = consumer.assignment().is_ok_and(|a| a.count() > 0);
     metrics.set_ready(owns);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Instant;
-
-    #[test]
-    fn the_first_late_messages_are_warned_about_at_once_then_at_most_every_ten_seconds() {
-        let start = Instant::now();
-        let mut lateness = Lateness::new(2);
-        lateness.record(0, Duration::from_millis(1500));
-        lateness.record(0, Duration::from_millis(3000));
-        assert_eq!(
-            lateness.due(start),
-            vec![(0, 2, Duration::from_millis(3000))]
-        );
-        // A storm of late messages right after: counted, not warned about one by one.
-        for _ in 0..1000 {
-            lateness.record(0, Duration::from_secs(2));
-        }
-        assert!(lateness.due(start + Duration::from_secs(1)).is_empty());
-        assert!(lateness.due(start + Duration::from_secs(9)).is_empty());
-        assert_eq!(
-            lateness.due(start + LATE_WARNING_EVERY),
-            vec![(0, 1000, Duration::from_secs(2))]
-        );
-        // Nothing late since: nothing to say.
-        assert!(lateness.due(start + LATE_WARNING_EVERY * 3).is_empty());
-    }
-
-    #[test]
-    fn a_message_at_most_a_second_late_is_not_counted_and_topics_are_apart() {
-        let start = Instant::now();
-        let mut lateness = Lateness::new(2);
-        lateness.record(0, LATE);
-        lateness.record(1, Duration::from_millis(1001));
-        lateness.record(7, Duration::from_secs(5)); // not a topic of the stage: ignored
-        assert_eq!(
-            lateness.due(start),
-            vec![(1, 1, Duration::from_millis(1001))]
-        );
-        lateness.record(0, Duration::from_secs(4));
-        assert_eq!(
-            lateness.due(start + Duration::from_secs(1)),
-            vec![(0, 1, Duration::from_secs(4))]
-        );
-    }
 }
