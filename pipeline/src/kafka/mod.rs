@@ -52,7 +52,7 @@ pub enum Pace {
     /// after its message in production) or only fills a table (the sink): the broker holds
     /// a fetch until it has 1 MB or 100 ms passed, and the producer lingers 10 ms so that
     /// a batch's outputs to one partition share a request more often (poll's batches also
-    /// linger longer: `poll::BATCH_LINGER_MS`). The producer's linger stays short: a check
+    /// linger longer: `BATCH_LINGER_MS` in `poll/config.rs`). The producer's linger stays short: a check
     /// holds its in-flight place until its outputs are acknowledged, so a longer one lowers
     /// what a process can carry (at `max` rate poll fell behind with 25 ms in one run of
     /// two, and with 100 ms).

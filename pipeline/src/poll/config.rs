@@ -110,7 +110,7 @@ impl DepthConfig {
 /// shortest tier in production), so a tenth of a second more costs it nothing, while at a
 /// paced rate a batch of 5 ms held a check or two: every batch costs a statement to take
 /// its steps and one per group of answers, and its outputs' produce requests.
-pub const BATCH_LINGER_MS: u64 = 100;
+pub(super) const BATCH_LINGER_MS: u64 = 100;
 
 /// Settings of the poll stage (flags or environment variables).
 #[derive(Clone, Debug, clap::Args)]

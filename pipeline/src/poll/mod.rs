@@ -52,8 +52,8 @@ mod run;
 mod step;
 
 pub use config::{
-    tier_topics, DepthConfig, DepthError, PollConfig, ScheduleConfig, BATCH_LINGER_MS,
-    DEFAULT_CHECK_TIERS, DEFAULT_GROUP,
+    tier_topics, DepthConfig, DepthError, PollConfig, ScheduleConfig, DEFAULT_CHECK_TIERS,
+    DEFAULT_GROUP,
 };
 pub use decide::{decide, Decision};
 pub use due::{due_at, hold_at_most};
