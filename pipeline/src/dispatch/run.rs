@@ -81,6 +81,7 @@ pub async fn run(
         max_in_flight: config.max_in_flight.max(1),
         // A shop waits for each order's answer.
         pace: Pace::Prompt,
+        prefetch: stage::Prefetch::Small,
         default_batch_linger_ms: stage::config::DEFAULT_BATCH_LINGER_MS,
         stage: config.stage,
         metrics,

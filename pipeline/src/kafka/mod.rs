@@ -331,6 +331,13 @@ impl KafkaConfig {
             // Up to 10,000 records per request (librdkafka's default, named here) so a
             // batch's outputs to one partition rarely need a second request.
             .set("batch.num.messages", "10000")
+            // But at most 32 KB of them (before compression; librdkafka's default is 1 MB):
+            // what the stages that pause partitions fetch of one partition at a time
+            // (`stage::Prefetch::Small`). A record batch larger than a fetch's share of its
+            // partition comes back only when that partition is the fetch's first, one batch
+            // a fetch: under load poll's batches grew past 32 KB and the stages reading
+            // them fell up to a minute behind.
+            .set("batch.size", "32768")
             // JSON events compress well, and lz4 costs little CPU.
             .set("compression.type", "lz4")
             // Its requests, counted once a stage asks (`Context::count_requests`).

@@ -58,6 +58,7 @@ pub async fn run(
         max_in_flight: config.max_in_flight.max(1),
         // Every check is due a while after its message was written.
         pace: Pace::Patient,
+        prefetch: stage::Prefetch::Small,
         default_batch_linger_ms: super::config::BATCH_LINGER_MS,
         stage: config.stage,
         metrics,

@@ -24,7 +24,9 @@ pub struct SinkConfig {
     )]
     pub batch_rows: usize,
 
-    /// How long a batch waits for more rows before it is written, in milliseconds.
+    /// How long a batch waits for more rows after its first row arrived, in milliseconds;
+    /// a batch whose first row waited that long already (while the batch before it was
+    /// written) is written at once.
     #[arg(
         long = "sink-batch-linger-ms",
         env = "ORDERFLOW_SINK_BATCH_LINGER_MS",

@@ -103,6 +103,7 @@ mod tests {
             at: (0, offset),
             copy: false,
             done: oneshot::channel().0,
+            queued: tokio::time::Instant::now(),
         }
     }
 

@@ -72,6 +72,7 @@ impl SinkHandler {
             at: (message.partition(), message.offset()),
             copy,
             done,
+            queued: tokio::time::Instant::now(),
         };
         match self.batcher.send(pending) {
             Ok(()) => Queued::Batched(committed),

@@ -2,10 +2,10 @@
 //!
 //! Each message runs through [`SinkHandler`] on the shared consumer loop: decoded and
 //! checked (an unusable event goes to `orders.dlq`), then handed, in the log's order, to
-//! the [`Batcher`], which
-//! collects up to `batch_rows` rows or waits `batch_linger`, merges the rows of one order
-//! by the rule of [`crate::core::lifecycle::replaces`], and upserts them in one
-//! statement whose guard applies the same rule against the table. A message's handler
+//! the [`Batcher`], which collects up to `batch_rows` rows or what arrives within
+//! `batch_linger` of the first one, merges the rows of one order by the rule of
+//! [`crate::core::lifecycle::replaces`], and upserts them in one statement whose guard
+//! applies the same rule against the table. A message's handler
 //! returns only once its batch is committed, so offsets move after the database commit. A
 //! database outage is retried with backoff while nothing is acknowledged; a row the
 //! database refuses (SQLSTATE class 22, 23 or 54, see [`crate::db::Refused`]) is found by

@@ -1,8 +1,9 @@
-//! Writing rows in batches (G2, G3): the [`Batcher`] collects up to `batch_rows` events or
-//! waits `batch_linger`, upserts one merged row per order in one statement, retries an
-//! outage with backoff, finds the rows the database refuses by writing a refused batch row
-//! by row, then answers each event's handler. The handler acknowledges only after that
-//! answer, so offsets move after the commit.
+//! Writing rows in batches (G2, G3): the [`Batcher`] collects up to `batch_rows` events, or
+//! what came within `batch_linger` of the first one's arrival ([`gather`]), upserts one
+//! merged row per order in one statement, retries an outage with backoff, finds the rows
+//! the database refuses by writing a refused batch row by row, then answers each event's
+//! handler. The handler acknowledges only after that answer, so offsets move after the
+//! commit.
 
 use super::decide::{merge, winners};
 use super::repair::Repairer;
@@ -17,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 /// One decoded event waiting for its batch.
 pub(super) struct Pending {
@@ -30,6 +32,8 @@ pub(super) struct Pending {
     pub(super) copy: bool,
     /// `Ok` once committed, or why the database refused the row.
     pub(super) done: oneshot::Sender<Result<(), Refused>>,
+    /// When it was handed to the batcher: its batch's linger counts from here.
+    pub(super) queued: Instant,
 }
 
 /// Writes rows in batches; see the module header.
@@ -70,18 +74,8 @@ impl Batcher {
                 }
                 return;
             };
-            let mut batch = vec![first];
-            let linger = tokio::time::sleep(self.linger);
-            tokio::pin!(linger);
-            while batch.len() < self.rows {
-                tokio::select! {
-                    item = inbox.recv() => match item {
-                        Some(item) => batch.push(item),
-                        None => break,
-                    },
-                    _ = &mut linger => break,
-                }
-            }
+            let since = first.queued;
+            let batch = gather(&mut inbox, first, since, self.rows, self.linger).await;
             if self.write(batch, &mut shutdown).await.is_err() {
                 return;
             }
@@ -171,5 +165,116 @@ impl Batcher {
             let _ = item.done.send(outcome);
         }
         Ok(())
+    }
+}
+
+/// One batch: `first`, everything already waiting behind it, then what arrives until
+/// `linger` after `since` (when `first` was queued), at most `rows` in all. A batch whose
+/// first row has waited out the linger already, while the previous batch was written, is
+/// written at once with what is there: the linger is there to gather rows while the writer
+/// is idle, not to add a wait to every batch when the sink has a backlog.
+pub(super) async fn gather<T>(
+    inbox: &mut mpsc::UnboundedReceiver<T>,
+    first: T,
+    since: Instant,
+    rows: usize,
+    linger: Duration,
+) -> Vec<T> {
+    let mut batch = vec![first];
+    let deadline = tokio::time::sleep_until(since + linger);
+    tokio::pin!(deadline);
+    while batch.len() < rows {
+        match inbox.try_recv() {
+            Ok(item) => {
+                batch.push(item);
+                continue;
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        tokio::select! {
+            biased;
+            item = inbox.recv() => match item {
+                Some(item) => batch.push(item),
+                None => break,
+            },
+            _ = &mut deadline => break,
+        }
+    }
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    /// A batch whose first row waited out the linger takes what is there and goes.
+    #[tokio::test]
+    async fn a_backlog_is_written_without_lingering() {
+        let (tx, mut inbox) = mpsc::unbounded_channel();
+        for i in 1..=5 {
+            tx.send(i).unwrap();
+        }
+        let since = Instant::now() - LONG;
+        let batch = tokio::time::timeout(
+            Duration::from_secs(5),
+            gather(&mut inbox, 0, since, 100, Duration::from_secs(1)),
+        )
+        .await
+        .expect("no linger for a batch that waited already");
+        assert_eq!(batch, vec![0, 1, 2, 3, 4, 5]);
+        drop(tx);
+    }
+
+    /// At most `rows`; the rest stays for the next batch, in order.
+    #[tokio::test]
+    async fn a_full_batch_goes_at_once_and_leaves_the_rest() {
+        let (tx, mut inbox) = mpsc::unbounded_channel();
+        for i in 1..10 {
+            tx.send(i).unwrap();
+        }
+        let batch = tokio::time::timeout(
+            Duration::from_secs(5),
+            gather(&mut inbox, 0, Instant::now(), 4, LONG),
+        )
+        .await
+        .expect("a full batch does not linger");
+        assert_eq!(batch, vec![0, 1, 2, 3]);
+        assert_eq!(inbox.try_recv().unwrap(), 4);
+        drop(tx);
+    }
+
+    /// A fresh first row waits the linger for company, and takes what came meanwhile.
+    #[tokio::test]
+    async fn a_fresh_batch_lingers_for_more() {
+        let (tx, mut inbox) = mpsc::unbounded_channel();
+        let linger = Duration::from_millis(200);
+        let started = Instant::now();
+        let later = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx.send(1).unwrap();
+            tx
+        });
+        let batch = gather(&mut inbox, 0, started, 100, linger).await;
+        assert_eq!(batch, vec![0, 1]);
+        assert!(started.elapsed() >= linger, "written before its linger");
+        drop(later.await.unwrap());
+    }
+
+    /// When every sender is gone, what came is the batch.
+    #[tokio::test]
+    async fn a_closed_inbox_ends_the_batch() {
+        let (tx, mut inbox) = mpsc::unbounded_channel();
+        tx.send(1).unwrap();
+        drop(tx);
+        let batch = tokio::time::timeout(
+            Duration::from_secs(5),
+            gather(&mut inbox, 0, Instant::now(), 100, LONG),
+        )
+        .await
+        .expect("a closed inbox does not linger");
+        assert_eq!(batch, vec![0, 1]);
     }
 }

@@ -139,8 +139,12 @@ pub fn consumer(
         // fetches it again, so it bounds what a pause costs. With 10,000 (and up to 1 MB
         // per partition and fetch) the benchmark measured orders.created fetched 28 times
         // over; the loop's own queue (engine::QUEUE_PER_TOPIC) holds the work instead.
+        // How much of a partition one fetch brings is the stage's (`config::Prefetch`).
         .set("queued.min.messages", "100")
-        .set("fetch.message.max.bytes", "32768")
+        .set(
+            "fetch.message.max.bytes",
+            options.prefetch.partition_bytes(),
+        )
         .set("queued.max.messages.kbytes", "16384")
         // A full prefetch queue delays the next fetch by 50 ms rather than the default
         // second, which showed as dispatch stalling for about a second at a time.

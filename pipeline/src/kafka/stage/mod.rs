@@ -31,7 +31,7 @@ pub mod handler;
 mod lateness;
 mod run;
 
-pub use config::{LoopConfig, StageConfig};
+pub use config::{LoopConfig, Prefetch, StageConfig};
 pub use consumer::{consumer, StageContext};
 pub use handler::{in_groups, message_span, Ack, Delivery, Handler, MessageHandler, PerMessage};
 pub use run::run;

@@ -15,6 +15,8 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -104,37 +106,39 @@ pub(super) fn watch_rows(
     })
 }
 
-/// The candidates waiting for their row, each with when it is next looked up (pure: the
-/// watcher gives it the clock).
+/// The candidates waiting for their row, earliest next lookup first, so that a tick costs
+/// the candidates it takes, not every pending one (pure: the watcher gives it the clock).
 #[derive(Debug, Default)]
 struct Lookups {
-    pending: Vec<Candidate>,
+    pending: BinaryHeap<Reverse<Candidate>>,
 }
 
 /// An order whose row is looked up at `next`, after waiting `wait` since the last lookup
-/// (or since its final event was read).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// (or since its final event was read). Ordered by `next` first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Candidate {
-    order_id: Uuid,
     next: Instant,
+    order_id: Uuid,
     wait: Duration,
 }
 
 impl Lookups {
     /// A candidate read at `now`: first looked up [`FIRST_LOOK`] later.
     fn add(&mut self, order_id: Uuid, now: Instant) {
-        self.pending.push(Candidate {
+        self.pending.push(Reverse(Candidate {
             order_id,
             next: now + FIRST_LOOK,
             wait: FIRST_LOOK,
-        });
+        }));
     }
 
     /// The candidates due a lookup at `now`, taken out: those not found final come back
     /// through [`Lookups::again`].
     fn due(&mut self, now: Instant) -> Vec<Candidate> {
-        let (due, waiting) = self.pending.drain(..).partition(|c| c.next <= now);
-        self.pending = waiting;
+        let mut due = Vec::new();
+        while self.pending.peek().is_some_and(|Reverse(c)| c.next <= now) {
+            due.extend(self.pending.pop().map(|Reverse(c)| c));
+        }
         due
     }
 
@@ -143,11 +147,11 @@ impl Lookups {
     fn again(&mut self, looked_up: &[Candidate], now: Instant) {
         self.pending.extend(looked_up.iter().map(|c| {
             let wait = (c.wait * 2).min(LONGEST_WAIT);
-            Candidate {
+            Reverse(Candidate {
                 order_id: c.order_id,
                 next: now + wait,
                 wait,
-            }
+            })
         }));
     }
 }
