@@ -328,8 +328,8 @@ impl KafkaConfig {
             // linger lets them (and other batches' outputs) share produce requests: 5 ms
             // where someone waits, 10 ms where nobody does ([`Pace`]).
             .set("linger.ms", pace.linger_ms())
-            // Up to 10,000 records per request (librdkafka's default, named here) so a
-            // batch's outputs to one partition rarely need a second request.
+            // Up to 10,000 records per request (librdkafka's default, named here), so that
+            // a batch's outputs to one partition share requests up to the size below.
             .set("batch.num.messages", "10000")
             // But at most 32 KB of them (before compression; librdkafka's default is 1 MB):
             // what the stages that pause partitions fetch of one partition at a time

@@ -68,7 +68,8 @@ pub async fn run(
         max_in_flight: rows * 2,
         // Rows for reading later, not answers someone waits for.
         pace: Pace::Patient,
-        // It never holds a message back: whole record batches, however large poll's are.
+        // Nothing waits here for a due time, and its queue pauses a partition only when
+        // the database holds it back: whole record batches, whatever their size.
         prefetch: stage::Prefetch::Large,
         default_batch_linger_ms: stage::config::DEFAULT_BATCH_LINGER_MS,
         stage: config.stage,

@@ -208,73 +208,81 @@ pub(super) async fn gather<T>(
 mod tests {
     use super::*;
 
-    const LONG: Duration = Duration::from_secs(30);
+    // Tokio's clock is paused in these tests and moves only when every task waits, so the
+    // times asserted are exact whatever the machine's load.
 
-    /// A batch whose first row waited out the linger takes what is there and goes.
-    #[tokio::test]
+    const LINGER: Duration = Duration::from_millis(200);
+
+    /// A batch whose first row waited out the linger takes what is there and goes,
+    /// without waiting at all.
+    #[tokio::test(start_paused = true)]
     async fn a_backlog_is_written_without_lingering() {
         let (tx, mut inbox) = mpsc::unbounded_channel();
+        let since = Instant::now();
+        tokio::time::advance(LINGER * 2).await;
         for i in 1..=5 {
             tx.send(i).unwrap();
         }
-        let since = Instant::now() - LONG;
-        let batch = tokio::time::timeout(
-            Duration::from_secs(5),
-            gather(&mut inbox, 0, since, 100, Duration::from_secs(1)),
-        )
-        .await
-        .expect("no linger for a batch that waited already");
+        let called = Instant::now();
+        let batch = gather(&mut inbox, 0, since, 100, LINGER).await;
         assert_eq!(batch, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(called.elapsed(), Duration::ZERO, "lingered again");
         drop(tx);
     }
 
-    /// At most `rows`; the rest stays for the next batch, in order.
-    #[tokio::test]
-    async fn a_full_batch_goes_at_once_and_leaves_the_rest() {
-        let (tx, mut inbox) = mpsc::unbounded_channel();
-        for i in 1..10 {
-            tx.send(i).unwrap();
-        }
-        let batch = tokio::time::timeout(
-            Duration::from_secs(5),
-            gather(&mut inbox, 0, Instant::now(), 4, LONG),
-        )
-        .await
-        .expect("a full batch does not linger");
-        assert_eq!(batch, vec![0, 1, 2, 3]);
-        assert_eq!(inbox.try_recv().unwrap(), 4);
+    /// A first row that waited part of the linger waits only the rest.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_lingers_from_its_first_rows_arrival() {
+        let (tx, mut inbox) = mpsc::unbounded_channel::<u32>();
+        let since = Instant::now();
+        tokio::time::advance(Duration::from_millis(150)).await;
+        let called = Instant::now();
+        let batch = gather(&mut inbox, 0, since, 100, LINGER).await;
+        assert_eq!(batch, vec![0]);
+        assert_eq!(called.elapsed(), Duration::from_millis(50));
         drop(tx);
     }
 
-    /// A fresh first row waits the linger for company, and takes what came meanwhile.
-    #[tokio::test]
+    /// A fresh first row waits the whole linger for company, and takes what came meanwhile.
+    #[tokio::test(start_paused = true)]
     async fn a_fresh_batch_lingers_for_more() {
         let (tx, mut inbox) = mpsc::unbounded_channel();
-        let linger = Duration::from_millis(200);
         let started = Instant::now();
         let later = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
             tx.send(1).unwrap();
             tx
         });
-        let batch = gather(&mut inbox, 0, started, 100, linger).await;
+        let batch = gather(&mut inbox, 0, started, 100, LINGER).await;
         assert_eq!(batch, vec![0, 1]);
-        assert!(started.elapsed() >= linger, "written before its linger");
+        assert_eq!(started.elapsed(), LINGER);
         drop(later.await.unwrap());
     }
 
-    /// When every sender is gone, what came is the batch.
-    #[tokio::test]
+    /// At most `rows`, at once; the rest stays for the next batch, in order.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_goes_at_once_and_leaves_the_rest() {
+        let (tx, mut inbox) = mpsc::unbounded_channel();
+        for i in 1..10 {
+            tx.send(i).unwrap();
+        }
+        let called = Instant::now();
+        let batch = gather(&mut inbox, 0, called, 4, LINGER).await;
+        assert_eq!(batch, vec![0, 1, 2, 3]);
+        assert_eq!(called.elapsed(), Duration::ZERO);
+        assert_eq!(inbox.try_recv().unwrap(), 4);
+        drop(tx);
+    }
+
+    /// When every sender is gone, what came is the batch, at once.
+    #[tokio::test(start_paused = true)]
     async fn a_closed_inbox_ends_the_batch() {
         let (tx, mut inbox) = mpsc::unbounded_channel();
         tx.send(1).unwrap();
         drop(tx);
-        let batch = tokio::time::timeout(
-            Duration::from_secs(5),
-            gather(&mut inbox, 0, Instant::now(), 100, LONG),
-        )
-        .await
-        .expect("a closed inbox does not linger");
+        let called = Instant::now();
+        let batch = gather(&mut inbox, 0, called, 100, LINGER).await;
         assert_eq!(batch, vec![0, 1]);
+        assert_eq!(called.elapsed(), Duration::ZERO);
     }
 }

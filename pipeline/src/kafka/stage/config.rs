@@ -86,8 +86,8 @@ pub enum Prefetch {
     /// resume fetches it again, so a small fetch keeps that cheap. With 1 MB the benchmark at
     /// `max` fetched orders.created 4.8 times and poll's delayed topics 1.3 times over.
     Small,
-    /// 1 MB (librdkafka's default), for a stage that takes every message as it comes (the
-    /// sink). A partition whose next record batch is larger than a fetch's share of it
+    /// 1 MB (librdkafka's default), for a stage that holds no message for a due time and
+    /// pauses only when its own work is held up (the sink, by its database). A partition whose next record batch is larger than a fetch's share of it
     /// brings nothing in that fetch (the broker returns a whole batch only for the fetch's
     /// first partition). orderflow's producers keep their batches within 32 KB
     /// (`batch.size`, [`crate::kafka::KafkaConfig::producer_with`]); before they did, the

@@ -135,11 +135,11 @@ pub fn consumer(
         // what arrived meanwhile instead of a record or two ([`crate::kafka::Pace`]).
         .set("fetch.min.bytes", crate::kafka::FETCH_MIN_BYTES)
         .set("fetch.wait.max.ms", options.pace.fetch_wait_max_ms())
-        // librdkafka's own prefetch, small per partition: a pause drops it and the resume
-        // fetches it again, so it bounds what a pause costs. With 10,000 (and up to 1 MB
-        // per partition and fetch) the benchmark measured orders.created fetched 28 times
-        // over; the loop's own queue (engine::QUEUE_PER_TOPIC) holds the work instead.
-        // How much of a partition one fetch brings is the stage's (`config::Prefetch`).
+        // librdkafka's own prefetch, small: a pause drops it and the resume fetches it
+        // again, so it bounds what a pause costs. With 10,000 (and up to 1 MB per
+        // partition and fetch) the benchmark measured orders.created fetched 28 times
+        // over; the loop's own queue (engine::QUEUE_PER_TOPIC) holds the work instead. How
+        // much of a partition one fetch brings is the stage's (`config::Prefetch`).
         .set("queued.min.messages", "100")
         .set(
             "fetch.message.max.bytes",

@@ -114,7 +114,8 @@ struct Lookups {
 }
 
 /// An order whose row is looked up at `next`, after waiting `wait` since the last lookup
-/// (or since its final event was read). Ordered by `next` first.
+/// (or since its final event was read). Ordered by `next` first: the derived order follows
+/// the fields' order, which the heap in [`Lookups`] depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Candidate {
     next: Instant,
@@ -207,6 +208,29 @@ mod tests {
             ms,
             vec![300, 900, 1900, 2900, 3900, 4900, 5900, 6900, 7900, 8900, 9900, 10900]
         );
+        assert!(lookups.pending.is_empty());
+    }
+
+    /// Several candidates: a tick takes exactly those due, earliest first, however they
+    /// were added (their ids sort the other way round than their times here).
+    #[test]
+    fn only_the_candidates_due_are_taken_earliest_first() {
+        let start = Instant::now();
+        let ms = |n: u64| start + Duration::from_millis(n);
+        let ids: Vec<Uuid> = (0..4u128).map(|i| Uuid::from_u128(100 - i)).collect();
+        let mut lookups = Lookups::default();
+        // Read at 0, 100, 200 and 300 ms, so first looked up at 300 to 600 ms.
+        for i in [2, 0, 3, 1] {
+            lookups.add(ids[i], ms(100 * i as u64));
+        }
+        let taken = |due: Vec<Candidate>| due.iter().map(|c| c.order_id).collect::<Vec<_>>();
+        assert!(lookups.due(ms(299)).is_empty());
+        let first = lookups.due(ms(450));
+        assert_eq!(taken(first.clone()), ids[..2]);
+        // The first one again, 600 ms after this lookup: after the other two.
+        lookups.again(&first[..1], ms(450));
+        assert_eq!(taken(lookups.due(ms(1_049))), ids[2..]);
+        assert_eq!(taken(lookups.due(ms(1_050))), ids[..1]);
         assert!(lookups.pending.is_empty());
     }
 
