@@ -62,11 +62,11 @@ pub enum Pace {
 /// `fetch.min.bytes` of every stage: what the broker waits for before it answers a fetch;
 /// in practice never reached by a caught-up consumer, so its pace's `fetch.wait.max.ms`
 /// decides when the fetch is answered.
-const FETCH_MIN_BYTES: &str = "1048576";
+pub(crate) const FETCH_MIN_BYTES: &str = "1048576";
 
 impl Pace {
     /// `fetch.wait.max.ms`: how long the broker may hold a fetch for more records.
-    fn fetch_wait_max_ms(self) -> &'static str {
+    pub(crate) fn fetch_wait_max_ms(self) -> &'static str {
         match self {
             Pace::Prompt => "5",
             Pace::Patient => "100",

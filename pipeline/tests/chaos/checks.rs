@@ -252,11 +252,15 @@ pub struct DlqCheck {
     pub copies: usize,
 }
 
+/// The DLQ reasons of hostile events that may be parked before they are refused.
+const PARKED_FIRST: [&str; 2] = ["account_conflict", "conflicting_duplicate"];
+
 /// G8: orders.dlq holds exactly the hostile events, each with its reason, from dispatch,
 /// with its source topic and a detail. The source is orders.created, or orders.dispatch-retry
-/// for an event that was parked before its conflict showed: a second event of an order whose
-/// first is still being placed (under faults, past `--dispatch-park-after-ms`) waits for that
-/// claim's lease and is parked, and is dead-lettered when it comes back.
+/// for a conflicting event that was parked before its conflict showed: a second event of an
+/// order whose first is still being placed (under faults, past `--dispatch-park-after-ms`)
+/// waits for that claim's lease and is parked, and is dead-lettered when it comes back.
+/// Only the conflicts can take that way; an event refused on its own is refused at once.
 pub fn dlq_holds_the_hostile(
     bed: &Bed,
     dlq: &[OwnedMessage],
@@ -292,7 +296,9 @@ pub fn dlq_holds_the_hostile(
         if header(headers::DLQ_REASON) != h.reason
             || header(headers::DLQ_DETAIL).is_empty()
             || header(headers::DLQ_STAGE) != "dispatch"
-            || ![&created_topic, &retry_topic].contains(&&header(headers::DLQ_SOURCE_TOPIC))
+            || !(header(headers::DLQ_SOURCE_TOPIC) == created_topic
+                || (header(headers::DLQ_SOURCE_TOPIC) == retry_topic
+                    && PARKED_FIRST.contains(&h.reason)))
         {
             dlq_problems.push(format!(
                 "{}: reason {:?} (expected {}), stage {:?}, source topic {:?}, detail {:?}",

@@ -2,7 +2,7 @@
 //! `orders.dlq` (no group offsets), so a load run sees only what it causes.
 
 use crate::kafka::topics::name;
-use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
+use crate::kafka::{Context, KafkaConfig, KafkaSetupError, Pace};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
@@ -20,12 +20,12 @@ pub(super) async fn watch_from_now(
         .client_config()
         .set("group.id", format!("orderflow.load.{}", Uuid::new_v4()))
         .set("enable.auto.commit", "false")
-        // Its fetches gathered as a prompt stage's are ([`crate::kafka::Pace::Prompt`]):
-        // with librdkafka's defaults the broker answered as soon as one state event was
-        // there, and this watcher is not the system measured. It sees an event up to 5 ms
-        // later, which only ever lengthens the latencies it reports.
-        .set("fetch.min.bytes", "1048576")
-        .set("fetch.wait.max.ms", "5")
+        // Its fetches gathered as a prompt stage's are ([`Pace::Prompt`]): with
+        // librdkafka's defaults the broker answered as soon as one state event was there,
+        // and this watcher is not the system measured. It sees an event up to the pace's
+        // 5 ms later, which only ever lengthens the latencies it reports.
+        .set("fetch.min.bytes", crate::kafka::FETCH_MIN_BYTES)
+        .set("fetch.wait.max.ms", Pace::Prompt.fetch_wait_max_ms())
         .create_with_context(Context::default())
         .map_err(KafkaSetupError::Client)?;
     // Right after `topics apply` a partition may not have a leader yet: ask again a while.
