@@ -255,6 +255,55 @@ async fn a_batch_connection_is_kept_only_after_its_statement_answered() {
     db.drop_now().await;
 }
 
+/// A stage opens its batch connections before its first message, so that its first
+/// statements under load do not each open one: [`OPENED_AHEAD`] of them, at most the pool's
+/// bound, each a session of its own; asked again, it opens none while they are idle.
+#[tokio::test]
+async fn batch_connections_are_opened_ahead_up_to_the_bound() {
+    use orderflow::db::batch_connections::OPENED_AHEAD;
+    let db = common::TestDb::new_migrated().await;
+    let batch = orderflow::db::BatchConnections::beside(&db.pool);
+    batch.open_ahead().await;
+    assert_eq!(batch.idle_count(), OPENED_AHEAD);
+    assert_eq!(batch.in_use(), 0);
+    batch.open_ahead().await;
+    assert_eq!(
+        batch.idle_count(),
+        OPENED_AHEAD,
+        "opened more while idle ones were there"
+    );
+    let taken: Vec<_> = futures::future::join_all((0..OPENED_AHEAD).map(|_| batch.acquire()))
+        .await
+        .into_iter()
+        .map(|c| c.expect("an idle connection"))
+        .collect();
+    assert_eq!(batch.idle_count(), 0);
+    let mut pids = Vec::new();
+    for mut conn in taken {
+        let pid: Result<i32, _> = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(conn.connection())
+            .await;
+        pids.push(conn.release(pid).unwrap());
+    }
+    pids.sort();
+    pids.dedup();
+    assert_eq!(pids.len(), OPENED_AHEAD, "sessions shared");
+
+    let small = orderflow::db::DbConfig {
+        max_connections: 2,
+        ..orderflow::db::DbConfig::for_tests(&db.url)
+    }
+    .connect()
+    .await
+    .unwrap();
+    let bounded = orderflow::db::BatchConnections::beside(&small);
+    bounded.open_ahead().await;
+    assert_eq!(bounded.idle_count(), 2.min(OPENED_AHEAD), "past the bound");
+    drop(bounded);
+    small.close().await;
+    db.drop_now().await;
+}
+
 /// When PostgreSQL drops the sessions (a restart, an operator's `pg_terminate_backend`),
 /// the statement on a dead connection fails, every idle one is closed with it, and the
 /// next statement opens a new session: one failure for the caller to retry, not one per

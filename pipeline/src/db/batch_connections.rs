@@ -23,7 +23,8 @@
 //! whose future was dropped halfway (shutdown) is closed, and a failure that is not the
 //! server's verdict on the statement (the connection lost, PostgreSQL restarted) closes
 //! the idle ones too, since they most likely went with it. Connections open on demand, up
-//! to the pool's `max_connections` (`--database-max-connections` bounds each of the two).
+//! to the pool's `max_connections` (`--database-max-connections` bounds each of the two);
+//! a stage opens [`OPENED_AHEAD`] of them before it takes its first message.
 
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{Connection, PgConnection};
@@ -39,6 +40,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// 60,000-order run (`pg_stat_user_tables`), before autovacuum's first `ANALYZE`.
 pub const PLANNER_SETTINGS: [(&str, &str); 2] =
     [("enable_nestloop", "off"), ("enable_seqscan", "off")];
+
+/// How many batch connections a stage opens before it takes messages
+/// ([`BatchConnections::open_ahead`]): the statements a stage has running at once at a
+/// steady rate, by its code (a claim or a begin, and two groups settling or finishing:
+/// dispatch's `SETTLING_AT_ONCE`, poll's `FINISHING_AT_ONCE`). Opening one
+/// costs far more than a statement (a backend started, TLS, SCRAM's key derivation on
+/// both sides): opened on demand, a stage's first batches under load each opened one,
+/// while the other stages did the same, and the first second's statements took 120–320 ms
+/// instead of 1–2 (README, "Connections opened before the first message").
+pub const OPENED_AHEAD: usize = 3;
 
 /// The batch statements' connections of one process (cheap to clone: shared).
 #[derive(Clone)]
@@ -104,6 +115,26 @@ impl BatchConnections {
             shared: Arc::clone(&self.shared),
             _permit: permit,
         })
+    }
+
+    /// Opens [`OPENED_AHEAD`] connections now (at most the bound), all at once, and keeps
+    /// them idle for the first statements. One that cannot be opened is left to open on
+    /// demand, as any other, with a warning (the stage checked the database at start).
+    pub async fn open_ahead(&self) {
+        let n = OPENED_AHEAD
+            .min(self.shared.max)
+            .saturating_sub(self.idle_count());
+        let opened = futures::future::join_all((0..n).map(|_| self.acquire())).await;
+        for conn in opened {
+            match conn {
+                Ok(conn) => {
+                    let _ = conn.release(Ok::<(), sqlx::Error>(()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not open a batch connection ahead; it opens on demand")
+                }
+            }
+        }
     }
 
     /// Connections open and waiting for a statement.

@@ -63,6 +63,7 @@ pub async fn run(
         stage: config.stage,
         metrics,
     };
+    handler.batch.open_ahead().await;
     let consumer = stage::consumer(&kafka, &options)?;
     tracing::info!(group = %options.group, topics = ?options.topics, "poll stage running");
     let ran = stage::run(consumer, handler, options, shutdown).await;

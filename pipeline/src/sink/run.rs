@@ -40,9 +40,11 @@ pub async fn run(
         emitter: Emitter::new(&kafka)?,
         backoff,
     };
+    let batch = crate::db::BatchConnections::beside(&pool);
+    batch.open_ahead().await;
     let batcher = Batcher {
         metrics: Arc::clone(&metrics),
-        batch: crate::db::BatchConnections::beside(&pool),
+        batch,
         repairer: repairer.clone(),
         rows,
         linger: Duration::from_millis(config.batch_linger_ms),

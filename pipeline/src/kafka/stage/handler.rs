@@ -182,3 +182,79 @@ impl Drop for Ack {
         self.send(outcome);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::time::{sleep, Instant};
+
+    /// Work that ends `after` ms from now with `value`.
+    fn work(value: u32, after: u64) -> BoxFuture<'static, u32> {
+        Box::pin(async move {
+            sleep(Duration::from_millis(after)).await;
+            value
+        })
+    }
+
+    /// Runs `in_groups` over work ending at `ends` (ms), each group taking `settling` ms to
+    /// settle: the groups in the order they were handed over, each with the ms it was
+    /// handed over at, and the ms `in_groups` returned at.
+    async fn groups(ends: &[u64], concurrent: usize, settling: u64) -> (Vec<(u64, Vec<u32>)>, u64) {
+        let start = Instant::now();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let running: FuturesUnordered<_> = ends
+            .iter()
+            .enumerate()
+            .map(|(i, &end)| work(i as u32, end))
+            .collect();
+        in_groups(running, concurrent, |mut group| {
+            group.sort();
+            let at = start.elapsed().as_millis() as u64;
+            seen.lock().unwrap().push((at, group));
+            sleep(Duration::from_millis(settling))
+        })
+        .await;
+        let seen = seen.lock().unwrap().clone();
+        (seen, start.elapsed().as_millis() as u64)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_message_is_settled_at_once() {
+        let (seen, ended) = groups(&[10], 2, 3).await;
+        assert_eq!(seen, vec![(10, vec![0])]);
+        assert_eq!(ended, 13, "returns once its group is settled");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_finishes_while_the_places_are_taken_goes_in_one_group() {
+        // One place, groups settled in 5 ms: 0 is settled alone at 1; 1, 2 and 3 finish
+        // meanwhile and go together at 6; 4 finishes later and goes alone.
+        let (seen, ended) = groups(&[1, 2, 3, 4, 20], 1, 5).await;
+        assert_eq!(seen, vec![(1, vec![0]), (6, vec![1, 2, 3]), (20, vec![4])]);
+        assert_eq!(ended, 25);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_the_bound_is_settled_at_once() {
+        let settling = Arc::new(Mutex::new((0usize, 0usize))); // (now, most)
+        let running: FuturesUnordered<_> = (0..8).map(|i| work(i, u64::from(i))).collect();
+        let groups = Arc::new(Mutex::new(0));
+        in_groups(running, 2, |_group| {
+            let settling = Arc::clone(&settling);
+            *groups.lock().unwrap() += 1;
+            async move {
+                {
+                    let mut s = settling.lock().unwrap();
+                    s.0 += 1;
+                    s.1 = s.1.max(s.0);
+                }
+                sleep(Duration::from_millis(3)).await;
+                settling.lock().unwrap().0 -= 1;
+            }
+        })
+        .await;
+        assert_eq!(settling.lock().unwrap().1, 2);
+        assert!(*groups.lock().unwrap() < 8, "every message settled alone");
+    }
+}
