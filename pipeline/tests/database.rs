@@ -187,11 +187,22 @@ async fn a_batch_finish_reads_its_chains_by_primary_key_before_any_statistics() 
 
 /// The backend process of a batch connection's session.
 async fn backend_pid(batch: &orderflow::db::BatchConnections) -> i32 {
-    let mut conn = batch.acquire().await.expect("a batch connection");
-    let pid = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(conn.connection())
-        .await;
-    conn.release(pid).expect("asking for the backend's pid")
+    let conn = batch.acquire().await.expect("a batch connection");
+    backend_pids([conn]).await[0]
+}
+
+/// The backend processes of connections held at once, each given back after answering.
+async fn backend_pids(
+    held: impl IntoIterator<Item = orderflow::db::batch_connections::BatchConnection>,
+) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for mut conn in held {
+        let pid = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(conn.connection())
+            .await;
+        pids.push(conn.release(pid).expect("asking for the backend's pid"));
+    }
+    pids
 }
 
 /// A batch connection keeps its session from statement to statement (no reconnect, so no
@@ -278,13 +289,7 @@ async fn batch_connections_are_opened_ahead_up_to_the_bound() {
         .map(|c| c.expect("an idle connection"))
         .collect();
     assert_eq!(batch.idle_count(), 0);
-    let mut pids = Vec::new();
-    for mut conn in taken {
-        let pid: Result<i32, _> = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(conn.connection())
-            .await;
-        pids.push(conn.release(pid).unwrap());
-    }
+    let mut pids = backend_pids(taken).await;
     pids.sort();
     pids.dedup();
     assert_eq!(pids.len(), OPENED_AHEAD, "sessions shared");
@@ -314,13 +319,7 @@ async fn batch_connections_lost_with_the_server_fail_one_statement() {
     let batch = orderflow::db::BatchConnections::beside(&db.pool);
     // Three sessions open and idle.
     let (a, b, c) = tokio::join!(batch.acquire(), batch.acquire(), batch.acquire());
-    let mut pids = Vec::new();
-    for mut conn in [a.unwrap(), b.unwrap(), c.unwrap()] {
-        let pid: Result<i32, _> = sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(conn.connection())
-            .await;
-        pids.push(conn.release(pid).unwrap());
-    }
+    let pids = backend_pids([a.unwrap(), b.unwrap(), c.unwrap()]).await;
     assert_eq!(batch.idle_count(), 3);
     let ended: Vec<bool> =
         sqlx::query_scalar("SELECT pg_terminate_backend(pid) FROM UNNEST($1::int4[]) AS t(pid)")

@@ -10,6 +10,7 @@
 use crate::kafka::topics::name;
 use crate::kafka::{Context, KafkaConfig, KafkaSetupError};
 use crate::shutdown::Shutdown;
+use crate::testbed::load::SHOP_LINGER_MS;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -109,7 +110,7 @@ async fn run(
 ) -> Result<Ceiling, CeilingError> {
     let consumer = from_the_beginning(kafka, topic, partitions)?;
     // A topic created a moment ago may not have leaders yet: the first send waits for them.
-    let producer = kafka.producer()?;
+    let producer = kafka.producer_lingering(SHOP_LINGER_MS, Context::default())?;
     let first = events.first().map_or(&[][..], |(_, p)| p.as_slice());
     producer
         .send(

@@ -163,7 +163,7 @@ impl<'a> Publisher<'a> {
     fn new(kafka: &KafkaConfig, config: &'a LoadConfig) -> Result<Self, LoadError> {
         Ok(Publisher {
             config,
-            producer: kafka.producer()?,
+            producer: kafka.producer_lingering(super::SHOP_LINGER_MS, Context::default())?,
             created: kafka.topic(name::ORDERS_CREATED),
             mix: Seeded::new(0x5EED),
             next_publish: 0,
