@@ -39,13 +39,13 @@ mod rows;
 mod run;
 
 pub use crate::poll::DepthConfig;
+pub use report::{human, latency_table, percentile, LoadReport};
+pub use run::run;
 
 /// `linger.ms` of the load's producer, which stands for a shop's (its outbox relay): 5 ms,
 /// as in every figure of the README; the raw Kafka ceiling sends with the same. A stage's
 /// own linger is its [`crate::kafka::Pace`].
 pub const SHOP_LINGER_MS: &str = "5";
-pub use report::{human, latency_table, percentile, LoadReport};
-pub use run::run;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct LoadConfig {
