@@ -267,32 +267,36 @@ async fn a_batch_connection_is_kept_only_after_its_statement_answered() {
 }
 
 /// A stage opens its batch connections before its first message, so that its first
-/// statements under load do not each open one: [`OPENED_AHEAD`] of them, at most the pool's
-/// bound, each a session of its own; asked again, it opens none while they are idle.
+/// statements under load do not each open one: as many as the pool's bound, each a session
+/// of its own; asked again, it opens none while they are open, and one closed since is
+/// opened again.
 #[tokio::test]
-async fn batch_connections_are_opened_ahead_up_to_the_bound() {
-    use orderflow::db::batch_connections::OPENED_AHEAD;
+async fn every_batch_connection_is_opened_ahead() {
     let db = common::TestDb::new_migrated().await;
     let batch = orderflow::db::BatchConnections::beside(&db.pool);
+    let bound = batch.bound();
+    assert_eq!(bound, 4, "the test pool's max_connections");
     batch.open_ahead().await;
-    assert_eq!(batch.idle_count(), OPENED_AHEAD);
+    assert_eq!(batch.idle_count(), bound);
     assert_eq!(batch.in_use(), 0);
+    let before = backend_pids(idle_all(&batch, bound).await).await;
     batch.open_ahead().await;
-    assert_eq!(
-        batch.idle_count(),
-        OPENED_AHEAD,
-        "opened more while idle ones were there"
-    );
-    let taken: Vec<_> = futures::future::join_all((0..OPENED_AHEAD).map(|_| batch.acquire()))
-        .await
-        .into_iter()
-        .map(|c| c.expect("an idle connection"))
-        .collect();
-    assert_eq!(batch.idle_count(), 0);
-    let mut pids = backend_pids(taken).await;
+    assert_eq!(batch.idle_count(), bound);
+    let mut again = backend_pids(idle_all(&batch, bound).await).await;
+    let mut pids = before.clone();
     pids.sort();
+    again.sort();
+    assert_eq!(again, pids, "opened more while open ones were there");
     pids.dedup();
-    assert_eq!(pids.len(), OPENED_AHEAD, "sessions shared");
+    assert_eq!(pids.len(), bound, "sessions shared");
+
+    // One refused statement closes its connection; asked again, only that one is opened.
+    let mut conn = batch.acquire().await.unwrap();
+    let refused = sqlx::query("SELECT 1 / 0").execute(conn.connection()).await;
+    assert!(conn.release(refused).is_err());
+    assert_eq!(batch.idle_count(), bound - 1);
+    batch.open_ahead().await;
+    assert_eq!(batch.idle_count(), bound);
 
     let small = orderflow::db::DbConfig {
         max_connections: 2,
@@ -303,10 +307,24 @@ async fn batch_connections_are_opened_ahead_up_to_the_bound() {
     .unwrap();
     let bounded = orderflow::db::BatchConnections::beside(&small);
     bounded.open_ahead().await;
-    assert_eq!(bounded.idle_count(), 2.min(OPENED_AHEAD), "past the bound");
+    assert_eq!(bounded.idle_count(), 2, "not the pool's bound");
     drop(bounded);
     small.close().await;
     db.drop_now().await;
+}
+
+/// Every idle connection of `batch` (it holds `n`), taken at once.
+async fn idle_all(
+    batch: &orderflow::db::BatchConnections,
+    n: usize,
+) -> Vec<orderflow::db::batch_connections::BatchConnection> {
+    let taken: Vec<_> = futures::future::join_all((0..n).map(|_| batch.acquire()))
+        .await
+        .into_iter()
+        .map(|c| c.expect("an idle connection"))
+        .collect();
+    assert_eq!(batch.idle_count(), 0);
+    taken
 }
 
 /// When PostgreSQL drops the sessions (a restart, an operator's `pg_terminate_backend`),

@@ -22,9 +22,10 @@
 //! A connection is kept only after its statement answered; one whose statement failed or
 //! whose future was dropped halfway (shutdown) is closed, and a failure that is not the
 //! server's verdict on the statement (the connection lost, PostgreSQL restarted) closes
-//! the idle ones too, since they most likely went with it. Connections open on demand, up
-//! to the pool's `max_connections` (`--database-max-connections` bounds each of the two);
-//! a stage opens [`OPENED_AHEAD`] of them before it takes its first message.
+//! the idle ones too, since they most likely went with it. There are at most as many as
+//! the pool's `max_connections` (`--database-max-connections` bounds each of the two); a
+//! stage opens all of them before it takes its first message
+//! ([`BatchConnections::open_ahead`]), and one closed is opened again on demand.
 
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{Connection, PgConnection};
@@ -40,16 +41,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// 60,000-order run (`pg_stat_user_tables`), before autovacuum's first `ANALYZE`.
 pub const PLANNER_SETTINGS: [(&str, &str); 2] =
     [("enable_nestloop", "off"), ("enable_seqscan", "off")];
-
-/// How many batch connections a stage opens before it takes messages
-/// ([`BatchConnections::open_ahead`]): the statements a stage has running at once at a
-/// steady rate, by its code (a claim or a begin, and two groups settling or finishing:
-/// dispatch's `SETTLING_AT_ONCE`, poll's `FINISHING_AT_ONCE`). Opening one
-/// costs far more than a statement (a backend started, TLS, SCRAM's key derivation on
-/// both sides): opened on demand, a stage's first batches under load each opened one,
-/// while the other stages did the same, and the first second's statements took 120–320 ms
-/// instead of 1–2 (README, "Connections opened before the first message").
-pub const OPENED_AHEAD: usize = 3;
 
 /// The batch statements' connections of one process (cheap to clone: shared).
 #[derive(Clone)]
@@ -117,13 +108,20 @@ impl BatchConnections {
         })
     }
 
-    /// Opens [`OPENED_AHEAD`] connections now (at most the bound), all at once, and keeps
-    /// them idle for the first statements. One that cannot be opened is left to open on
-    /// demand, as any other, with a warning (the stage checked the database at start).
+    /// Opens every connection the bound allows now, all at once, and keeps them idle for
+    /// the first statements: a stage calls it before it creates its consumer. Opening one
+    /// costs far more than a statement: a backend started, TLS (sqlx's native-tls handshake
+    /// builds an OpenSSL connector for each connection, which reads the system's CA bundle),
+    /// and SCRAM's key derivation on both sides. Opened on demand under load, each cost
+    /// dispatch about 45 ms of CPU, and the first batches' statements, slowed, overlapped
+    /// and opened more: the first second's orders waited 100–300 ms (README, "Connections
+    /// opened before the first message", and "Every batch connection opened before the
+    /// first message"). One that cannot be opened is left to open on demand, as any
+    /// other, with a warning (the stage checked the database at start).
     pub async fn open_ahead(&self) {
-        let n = OPENED_AHEAD
-            .min(self.shared.max)
-            .saturating_sub(self.idle_count());
+        // Every connection not in use, the idle ones among them: those are taken back as
+        // they are, and the rest opened.
+        let n = self.shared.permits.available_permits();
         let opened = futures::future::join_all((0..n).map(|_| self.acquire())).await;
         for conn in opened {
             match conn {
@@ -140,6 +138,11 @@ impl BatchConnections {
     /// Connections open and waiting for a statement.
     pub fn idle_count(&self) -> usize {
         self.shared.idle.lock().expect("idle list poisoned").len()
+    }
+
+    /// How many connections there may be at once: the pool's `max_connections`.
+    pub fn bound(&self) -> usize {
+        self.shared.max
     }
 
     /// Connections running a statement now.
