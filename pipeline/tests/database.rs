@@ -283,7 +283,7 @@ async fn every_batch_connection_is_opened_ahead() {
     batch.open_ahead().await;
     assert_eq!(batch.idle_count(), bound);
     let mut again = backend_pids(idle_all(&batch, bound).await).await;
-    let mut pids = before.clone();
+    let mut pids = before;
     pids.sort();
     again.sort();
     assert_eq!(again, pids, "opened more while open ones were there");

@@ -113,11 +113,11 @@ impl BatchConnections {
     /// costs far more than a statement: a backend started, TLS (sqlx's native-tls handshake
     /// builds an OpenSSL connector for each connection, which reads the system's CA bundle),
     /// and SCRAM's key derivation on both sides. Opened on demand under load, each cost
-    /// dispatch about 45 ms of CPU, and the first batches' statements, slowed, overlapped
-    /// and opened more: the first second's orders waited 100–300 ms (README, "Connections
-    /// opened before the first message", and "Every batch connection opened before the
-    /// first message"). One that cannot be opened is left to open on demand, as any
-    /// other, with a warning (the stage checked the database at start).
+    /// dispatch about 45 ms of CPU; the first batches' statements slowed, overlapped and
+    /// opened more, and the first second's orders waited 100–300 ms (README, "Every batch
+    /// connection opened before the first message"). One that cannot be opened is left
+    /// to open on demand, as any other, with a warning (the stage checked the database
+    /// at start).
     pub async fn open_ahead(&self) {
         // Every connection not in use, the idle ones among them: those are taken back as
         // they are, and the rest opened.
