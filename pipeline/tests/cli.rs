@@ -86,6 +86,15 @@ fn a_bad_argument_is_answered_by_clap_not_a_panic() {
     assert!(!stderr.contains("panicked"));
 }
 
+/// A pool of no connections cannot be built (sqlx panicked on it): clap answers first.
+#[test]
+fn no_database_connections_is_answered_by_clap_not_a_panic() {
+    let (code, _, stderr, _) = orderflow(&["dispatch", "--database-max-connections", "0"], &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("invalid value '0'"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
+
 #[test]
 fn help_lists_only_working_subcommands() {
     let (code, stdout, _, _) = orderflow(&["--help"], &[]);

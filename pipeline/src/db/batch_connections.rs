@@ -27,6 +27,7 @@
 //! stage opens all of them before it takes its first message
 //! ([`BatchConnections::open_ahead`]), and one closed is opened again on demand.
 
+use futures::StreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{Connection, PgConnection};
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// 60,000-order run (`pg_stat_user_tables`), before autovacuum's first `ANALYZE`.
 pub const PLANNER_SETTINGS: [(&str, &str); 2] =
     [("enable_nestloop", "off"), ("enable_seqscan", "off")];
+
+/// Connections [`BatchConnections::open_ahead`] opens at once. Each costs tens of
+/// milliseconds of CPU on both sides (TLS, SCRAM), so more at once finish no sooner on a
+/// small machine; all at once, 150 of them (`--database-max-connections 150`) all ran
+/// past the 5 s connect timeout on this project's 2-core machine.
+const OPENING_AT_ONCE: usize = 4;
 
 /// The batch statements' connections of one process (cheap to clone: shared).
 #[derive(Clone)]
@@ -108,30 +115,37 @@ impl BatchConnections {
         })
     }
 
-    /// Opens every connection the bound allows now, all at once, and keeps them idle for
-    /// the first statements: a stage calls it before it creates its consumer. Opening one
-    /// costs far more than a statement: a backend started, TLS (sqlx's native-tls handshake
-    /// builds an OpenSSL connector for each connection, which reads the system's CA bundle),
-    /// and SCRAM's key derivation on both sides. Opened on demand under load, each cost
-    /// dispatch about 45 ms of CPU; the first batches' statements slowed, overlapped and
-    /// opened more, and the first second's orders waited 100–300 ms (README, "Every batch
-    /// connection opened before the first message"). One that cannot be opened is left
-    /// to open on demand, as any other, with a warning (the stage checked the database
-    /// at start).
+    /// Opens every connection the bound allows now, [`OPENING_AT_ONCE`] at a time, and
+    /// keeps them idle for the first statements: a stage calls it before it creates its
+    /// consumer. Opening one costs far more than a statement: a backend started, TLS
+    /// (sqlx's native-tls handshake builds an OpenSSL connector for each connection, which
+    /// reads the system's CA bundle), and SCRAM's key derivation on both sides. Opened on
+    /// demand under load, each cost dispatch about 45 ms of CPU; the first batches'
+    /// statements slowed, overlapped and opened more, and the first second's orders
+    /// waited 100–300 ms (README, "Every batch connection opened before the first
+    /// message"). At the first that cannot be opened (the server's `max_connections`
+    /// reached, say) it stops with one warning; the rest open on demand, as any other
+    /// (the stage checked the database at start).
     pub async fn open_ahead(&self) {
-        // Every connection not in use, the idle ones among them: those are taken back as
-        // they are, and the rest opened.
-        let n = self.shared.permits.available_permits();
-        let opened = futures::future::join_all((0..n).map(|_| self.acquire())).await;
-        for conn in opened {
+        // Every connection not in use, the idle ones among them: all are held until the
+        // end, so that each acquire past the idle ones opens a new one.
+        let wanted = self.shared.permits.available_permits();
+        let mut opening = futures::stream::iter(0..wanted)
+            .map(|_| self.acquire())
+            .buffer_unordered(OPENING_AT_ONCE);
+        let mut held = Vec::with_capacity(wanted);
+        while let Some(conn) = opening.next().await {
             match conn {
-                Ok(conn) => {
-                    let _ = conn.release(Ok::<(), sqlx::Error>(()));
-                }
+                Ok(conn) => held.push(conn),
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not open a batch connection ahead; it opens on demand")
+                    tracing::warn!(opened = held.len(), wanted, error = %e, "could not open every batch connection ahead; the others open on demand");
+                    break;
                 }
             }
+        }
+        drop(opening);
+        for conn in held {
+            let _ = conn.release(Ok::<(), sqlx::Error>(()));
         }
     }
 

@@ -47,11 +47,12 @@ pub struct DbConfig {
     )]
     pub url: String,
 
-    /// Connections in the pool.
+    /// Connections in the pool (at least 1).
     #[arg(
         long = "database-max-connections",
         env = "ORDERFLOW_DATABASE_MAX_CONNECTIONS",
-        default_value_t = 8
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_connections: u32,
 
