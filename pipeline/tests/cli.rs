@@ -78,21 +78,22 @@ fn a_wrong_database_is_one_clear_line_without_the_password() {
     }
 }
 
+/// A value of the wrong kind, and one out of range: a pool of no connections cannot be built
+/// (sqlx panicked on it), so clap answers first.
 #[test]
 fn a_bad_argument_is_answered_by_clap_not_a_panic() {
-    let (code, _, stderr, _) = orderflow(&["dispatch", "--dispatch-max-in-flight", "many"], &[]);
-    assert_eq!(code, 2);
-    assert!(stderr.contains("invalid value 'many'"), "{stderr}");
-    assert!(!stderr.contains("panicked"));
-}
-
-/// A pool of no connections cannot be built (sqlx panicked on it): clap answers first.
-#[test]
-fn no_database_connections_is_answered_by_clap_not_a_panic() {
-    let (code, _, stderr, _) = orderflow(&["dispatch", "--database-max-connections", "0"], &[]);
-    assert_eq!(code, 2);
-    assert!(stderr.contains("invalid value '0'"), "{stderr}");
-    assert!(!stderr.contains("panicked"));
+    for (flag, value) in [
+        ("--dispatch-max-in-flight", "many"),
+        ("--database-max-connections", "0"),
+    ] {
+        let (code, _, stderr, _) = orderflow(&["dispatch", flag, value], &[]);
+        assert_eq!(code, 2, "{flag}");
+        assert!(
+            stderr.contains(&format!("invalid value '{value}'")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
 
 #[test]

@@ -274,7 +274,7 @@ async fn a_batch_connection_is_kept_only_after_its_statement_answered() {
 async fn every_batch_connection_is_opened_ahead() {
     let db = common::TestDb::new_migrated().await;
     let batch = orderflow::db::BatchConnections::beside(&db.pool);
-    let bound = batch.bound();
+    let bound = db.pool.options().get_max_connections() as usize;
     assert_eq!(bound, 4, "the test pool's max_connections");
     batch.open_ahead().await;
     assert_eq!(batch.idle_count(), bound);

@@ -154,11 +154,6 @@ impl BatchConnections {
         self.shared.idle.lock().expect("idle list poisoned").len()
     }
 
-    /// How many connections there may be at once: the pool's `max_connections`.
-    pub fn bound(&self) -> usize {
-        self.shared.max
-    }
-
     /// Connections running a statement now.
     pub fn in_use(&self) -> usize {
         self.shared.max - self.shared.permits.available_permits()
